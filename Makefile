@@ -1,0 +1,60 @@
+# jobstream — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/jobstream/v1/*.proto)
+GEN_DIR := client/jobstream/v1
+HOST ?= 127.0.0.1
+PORT ?= 50051
+DATA ?= ./data
+
+.PHONY: help install run test check lint typecheck proto proto-check bench clean faults
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip>=25.1'
+	$(PY) -m pip install -q -e '.[server,postgres]' --group dev
+	touch $(STAMP)
+
+install: $(STAMP) ## create the venv and install jobstream with every extra and the dev tools
+
+run: $(STAMP) ## serve on $(HOST):$(PORT) with SQLite under $(DATA) and the demo handlers
+	$(BIN)/jobstream serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --handlers jobstream.client.demo
+
+proto: $(STAMP) ## regenerate client/jobstream/v1 from protos/
+	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=client --mypy_out=client \
+	  --grpc_python_out=client --mypy_grpc_out=client $(PROTOS)
+
+proto-check: proto ## fail when the generated code differs from protos/
+	@git diff --exit-code --stat -- $(GEN_DIR) || { echo "generated code is stale: run make proto and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || { git status --porcelain -- $(GEN_DIR); echo "untracked generated files: commit them"; exit 1; }
+
+lint: $(STAMP) ## ruff, and buf lint/format on the protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+	$(BIN)/buf format --exit-code -d
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+check: lint typecheck proto-check ## every static check
+
+test: $(STAMP) check ## static checks, then the whole test suite
+	$(BIN)/pytest
+
+faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)
+	JOBSTREAM_FAULTS=full $(BIN)/pytest -p no:cacheprovider -o timeout=900 tests/faults
+
+bench: $(STAMP) ## benchmarks against bare baselines
+	$(PY) -m bench
+
+clean: ## remove the venv and caches (not ./data)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,161 @@
+"""The targets of issue 4: one report row each, with its floor and goal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Judge(StrEnum):
+    """How a row passes."""
+
+    RATIO = "ratio"
+    """The median per-round ratio service/baseline must be at least the floor."""
+    AT_MOST = "at_most"
+    """The median service value must be at most the floor (a latency or a
+    time); the baseline and ratio are shown for scale only."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Target:
+    """One row of the report."""
+
+    id: str
+    measure: str
+    service: str
+    baseline: str
+    unit: str
+    floor: float
+    goal: float
+    judge: Judge = Judge.RATIO
+
+    def passes(self, ratio: float, service: float) -> bool:
+        """Whether the floor is met."""
+        if self.judge is Judge.RATIO:
+            return ratio >= self.floor
+        return service <= self.floor
+
+    def meets_goal(self, ratio: float, service: float) -> bool:
+        """Whether the goal is met."""
+        if self.judge is Judge.RATIO:
+            return ratio >= self.goal
+        return service <= self.goal
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        id="T1",
+        measure="SubmitJob/s, 32 in flight",
+        service="SubmitJob, 32 in flight",
+        baseline="bare unary echo, 32 in flight",
+        unit="calls/s",
+        floor=0.50,
+        goal=0.70,
+    ),
+    Target(
+        id="T2",
+        measure="SubmitJob/s, 1 in flight",
+        service="SubmitJob, 1 in flight",
+        baseline="bare unary echo, 1 in flight",
+        unit="calls/s",
+        floor=0.65,
+        goal=0.80,
+    ),
+    Target(
+        id="T3",
+        measure="T1 with synchronous=FULL vs NORMAL",
+        service="SubmitJob x32, --synchronous full",
+        baseline="SubmitJob x32, --synchronous normal",
+        unit="calls/s",
+        floor=0.80,
+        goal=0.95,
+    ),
+    Target(
+        id="T4",
+        measure="persisted log lines/s, 8 jobs via the Worker API",
+        service="8 jobs ctx.log() until acknowledged",
+        baseline="raw sqlite3 WAL, 100 rows/commit",
+        unit="lines/s",
+        floor=0.25,
+        goal=0.50,
+    ),
+    Target(
+        id="T5",
+        measure="lines/s delivered to 100 watchers of one job",
+        service="WatchJob x100 while a worker logs",
+        baseline="bare fan-out to 100",
+        unit="lines/s per watcher",
+        floor=0.50,
+        goal=0.75,
+    ),
+    Target(
+        id="T6",
+        measure="one watcher's tail rate",
+        service="WatchJob x1 while a worker logs",
+        baseline="bare 1-subscriber stream",
+        unit="lines/s",
+        floor=0.60,
+        goal=0.85,
+    ),
+    Target(
+        id="T7",
+        measure="T5 with 1 of 100 watchers stalled vs none",
+        service="WatchJob x100, 1 stalled",
+        baseline="WatchJob x100 (T5)",
+        unit="lines/s per watcher",
+        floor=0.90,
+        goal=0.97,
+    ),
+    Target(
+        id="T8",
+        measure="ListJobs (page of 50) with 10^6 log lines vs empty log table",
+        service="ListJobs, 10^6 log lines stored",
+        baseline="ListJobs, no log lines",
+        unit="calls/s",
+        floor=0.90,
+        goal=0.95,
+    ),
+    Target(
+        id="T9",
+        measure="batch submit jobs/s vs raw sqlite3 batched rows/s",
+        service="SubmitJobs, 500 jobs per call",
+        baseline="raw sqlite3 WAL, 100 rows/commit",
+        unit="jobs/s",
+        floor=0.10,
+        goal=0.25,
+    ),
+    Target(
+        id="T10.p50",
+        measure="submit -> handler start latency, p50",
+        service="SubmitJob -> Worker handler start",
+        baseline="bare unary echo round trip",
+        unit="ms",
+        floor=10.0,
+        goal=5.0,
+        judge=Judge.AT_MOST,
+    ),
+    Target(
+        id="T10.p99",
+        measure="submit -> handler start latency, p99",
+        service="SubmitJob -> Worker handler start",
+        baseline="bare unary echo round trip",
+        unit="ms",
+        floor=50.0,
+        goal=20.0,
+        judge=Judge.AT_MOST,
+    ),
+    Target(
+        id="T11",
+        measure="restart with 10^6 jobs: time to first GetJob answer",
+        service="start with 10^6 jobs stored",
+        baseline="start with an empty database",
+        unit="s",
+        floor=2.0,
+        goal=0.5,
+        judge=Judge.AT_MOST,
+    ),
+)
+"""Every row, in report order."""
+
+BY_ID = {t.id: t for t in TARGETS}
+"""Targets by row id."""

@@ -1,0 +1,301 @@
+"""The client commands: submit, watch, ls, get, logs, cancel, rm.
+
+Each takes the parsed arguments and returns the exit status; errors from
+the server propagate as ``JobstreamError`` for ``main`` to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE, exit_code_for
+from jobstream.client.cli.jsonout import print_json, to_jsonable
+from jobstream.client.cli.render import (
+    job_detail,
+    job_table,
+    log_line,
+    safe_text,
+    state_text,
+    styled,
+)
+from jobstream.client.cli.top import cmd_top
+from jobstream.client.cli.watchview import only_events, watch_live
+from jobstream.client.client import JobClient
+from jobstream.client.models import Job, JobEvent, JobState
+from jobstream.client.security import cli_security
+
+__all__ = ["COMMANDS", "Output"]
+
+MAX_PAGE_SIZE = 1000
+"""Largest ListJobs page the server accepts."""
+
+PIPE_WIDTH = 200
+"""Line width for output to a pipe or file: rich would assume 80 columns and
+squeeze tables into ellipses that ``grep`` then cannot find. ``COLUMNS``
+overrides it."""
+
+
+class _Console(Console):
+    """A rich Console that leaves a closed stdout to ``main``.
+
+    rich's own handling exits with status 1, which here means "the job
+    failed"; ``main`` turns the error into status 141 instead.
+    """
+
+    def on_broken_pipe(self) -> None:
+        """Stop writing and let the error reach ``main``."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Output:
+    """Where and how a command prints: a rich console on stdout, or JSON."""
+
+    console: Console
+    json: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Output:
+        """The output the common flags ask for."""
+        # markup, emoji and highlighting off: nothing printed is ever read
+        # as markup (untrusted text is Text anyway; this guards plain str
+        # cells too) and numbers in ids are not recoloured.
+        console = _Console(markup=False, emoji=False, highlight=False)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console.width = PIPE_WIDTH
+        return cls(console=console, json=bool(args.json))
+
+    def json_out(self, value: Any, *, indent: int | None = 2) -> None:
+        """Print one JSON document (``indent=None``: one line, for JSON lines)."""
+        print_json(value, file=sys.stdout, indent=indent)
+
+    def line(self, text: Text) -> None:
+        """Print one line of output, never wrapped into several."""
+        self.console.print(text, soft_wrap=True)
+
+
+@contextmanager
+def _client(args: argparse.Namespace) -> Iterator[JobClient]:
+    timeout: float = args.timeout
+    with JobClient(args.target, timeout=timeout or None, security=cli_security(args)) as client:
+        yield client
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    """Cancel a server stream we stop reading early."""
+    close: Callable[[], None] | None = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+def _watch(client: JobClient, job_id: str, after_seq: int, out: Output) -> int:
+    """Follow one job to its end; the exit status says how it ended."""
+    stream = client.watch(job_id, after_seq=after_seq)
+    try:
+        snapshot = next(stream, None)
+        if not isinstance(snapshot, Job):
+            print(f"error: the watch of {job_id!r} sent no snapshot", file=sys.stderr)
+            return EXIT_USAGE
+        state = snapshot.state
+        if out.json:
+            out.json_out({"snapshot": snapshot}, indent=None)
+            for item in stream:
+                if isinstance(item, JobEvent):
+                    out.json_out({"event": item}, indent=None)
+                    if item.state_change is not None:
+                        state = item.state_change.state
+        else:
+            state = watch_live(out.console, snapshot, only_events(stream)).state
+    finally:
+        _close(stream)
+    return _final_status(client, job_id, state)
+
+
+def _final_status(client: JobClient, job_id: str, state: JobState) -> int:
+    if not state.terminal:
+        # The stream ends only after the terminal event; ending sooner
+        # means it was cut, so ask once more before calling it an error.
+        state = client.get(job_id).state
+    if not state.terminal:
+        print(f"error: the watch of {job_id!r} ended while the job is {state}", file=sys.stderr)
+    return exit_code_for(state)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``jobstream submit KIND``: print the new job's id (or the job as JSON)."""
+    out = Output.from_args(args)
+    params: dict[str, Any] = dict(args.params_json or {})
+    params.update(dict(args.param or []))
+    labels: dict[str, str] = dict(args.label or [])
+    if args.not_before is not None and getattr(args, "in") is not None:
+        print("error: give --in or --not-before, not both", file=sys.stderr)
+        return EXIT_USAGE
+    with _client(args) as client:
+        job = client.submit(
+            args.kind,
+            params,
+            job_id=args.id or None,
+            queue=args.queue,
+            priority=args.priority,
+            labels=labels,
+            max_attempts=args.max_attempts,
+            not_before=args.not_before or getattr(args, "in"),
+            request_id=args.request_id or None,
+        )
+        if args.watch:
+            # --json --watch prints the watch stream alone: its snapshot
+            # line is the submitted job, so nothing is said twice.
+            if not out.json:
+                out.line(safe_text(job.id))
+            return _watch(client, job.id, 0, out)
+    if out.json:
+        out.json_out(job)
+    else:
+        out.line(safe_text(job.id))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``jobstream watch ID``: live progress and log until the job ends."""
+    out = Output.from_args(args)
+    with _client(args) as client:
+        return _watch(client, args.job_id, args.after_seq, out)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``jobstream ls``: a table (or JSON array) of jobs, newest first."""
+    out = Output.from_args(args)
+    limit: int = args.limit
+    with _client(args) as client:
+        found = client.list(
+            states=tuple(args.state or ()),
+            kinds=tuple(args.kind or ()),
+            labels=dict(args.label or []),
+            queues=tuple(args.queue or ()),
+            page_size=min(limit, MAX_PAGE_SIZE),
+        )
+        jobs = list(islice(found, limit))
+        _close(found)
+    if out.json:
+        out.json_out(jobs)
+    elif jobs:
+        out.console.print(job_table(jobs, out.console))
+    else:
+        out.line(styled("no jobs", "dim"))
+    return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """``jobstream get ID``: one job in detail."""
+    out = Output.from_args(args)
+    with _client(args) as client:
+        job = client.get(args.job_id)
+    if out.json:
+        out.json_out(job)
+    else:
+        out.console.print(job_detail(job))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """``jobstream logs ID [-f]``: the job's log lines; ``-f`` until it ends."""
+    out = Output.from_args(args)
+
+    def show(event: JobEvent) -> None:
+        if event.log is None:
+            return
+        if out.json:
+            out.json_out(event, indent=None)
+        else:
+            out.line(log_line(event, date=True))
+
+    with _client(args) as client:
+        if not args.follow:
+            for event in client.logs(args.job_id):
+                show(event)
+            return EXIT_OK
+        # A watch from seq 0 replays every stored event and then the live
+        # ones, so each line shows exactly once with no stitching of a
+        # GetJobLogs listing onto a watch.
+        stream = client.watch(args.job_id)
+        state: JobState | None = None
+        try:
+            for item in stream:
+                if isinstance(item, Job):
+                    state = item.state
+                    continue
+                show(item)
+                if item.state_change is not None:
+                    state = item.state_change.state
+        finally:
+            _close(stream)
+        if state is None:
+            print(f"error: the watch of {args.job_id!r} sent no snapshot", file=sys.stderr)
+            return EXIT_USAGE
+        return _final_status(client, args.job_id, state)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``jobstream cancel ID``: cancel a queued job, or ask a running one to stop."""
+    out = Output.from_args(args)
+    with _client(args) as client:
+        job = client.cancel(args.job_id, args.reason)
+    if out.json:
+        out.json_out(job)
+        return EXIT_OK
+    text = safe_text(job.id, "bold")
+    if job.state is JobState.CANCELLED:
+        text.append(" cancelled")
+    elif job.cancel_requested and not job.state.terminal:
+        text.append(" asked to stop; it ends cancelled when its worker stops")
+    else:
+        text.append(" is ")
+        text.append_text(state_text(job.state))
+    out.line(text)
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """``jobstream rm ID``: delete a job and its files; list what was removed."""
+    out = Output.from_args(args)
+    job_id: str = args.job_id
+    with _client(args) as client:
+        result = client.delete(job_id, force=args.force, allow_missing=args.allow_missing)
+    if out.json:
+        out.json_out({"job_id": job_id, **to_jsonable(result)})
+        return EXIT_OK
+    text = safe_text(job_id, "bold")
+    text.append(" deleted" if result.deleted else " did not exist; nothing deleted")
+    out.line(text)
+    for path in result.removed_paths:
+        out.line(Text("  removed ").append_text(safe_text(path)))
+    for path in result.refused_paths:
+        # The server never touches a recorded path outside its data
+        # directory; someone should look at how it got recorded.
+        line = styled("  refused (outside the data directory, left in place) ", "yellow")
+        out.line(line.append_text(safe_text(path)))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "submit": cmd_submit,
+    "watch": cmd_watch,
+    "ls": cmd_ls,
+    "get": cmd_get,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "rm": cmd_rm,
+    "top": cmd_top,
+}
+"""Command name -> implementation, for ``main``."""

@@ -1,0 +1,159 @@
+"""Values of command-line flags and environment variables, parsed.
+
+Each converter takes the text as typed (after a flag, or in a
+``JOBSTREAM_*`` variable) and returns the value or raises
+``argparse.ArgumentTypeError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobstream.client.models import JobState
+
+__all__ = [
+    "delay",
+    "duration",
+    "flag",
+    "integer",
+    "json_object",
+    "key_value",
+    "non_negative_int",
+    "param",
+    "positive_int",
+    "state",
+    "timeout",
+    "timestamp",
+]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+_DURATION = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def integer(text: str) -> int:
+    """Any integer."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def timeout(text: str) -> float:
+    """Seconds; 0 means no deadline (the caller turns it into ``None``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0: {text!r}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``k=v`` as a pair; the key may not be empty, the value may."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def param(text: str) -> tuple[str, Any]:
+    """``k=v`` with ``v`` read as JSON when it is JSON (``n=200`` is 200)."""
+    key, value = key_value(text)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object (a dict)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def state(text: str) -> JobState:
+    """A job state by name, in any case (``running``, ``RUNNING``)."""
+    name = text.strip().lower()
+    try:
+        return JobState(name)
+    except ValueError:
+        valid = ", ".join(member.value for member in JobState)
+        raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of: {valid})") from None
+
+
+def timestamp(text: str) -> datetime:
+    """An ISO 8601 time (UTC unless it says otherwise) or ``+N[smhd]`` from now."""
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time or +N[smhd], got {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def flag(text: str) -> bool:
+    """A boolean environment value: 1/0, true/false, yes/no, on/off."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+
+
+def duration(text: str) -> timedelta:
+    """A span such as ``30d``, ``12h``, ``10m``, ``90s`` or plain seconds."""
+    match = _SPAN.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30d, 12h, 10m or 90s, got {text!r}"
+        )
+    seconds = float(match.group(1)) * _DURATION_UNITS.get(match.group(2), 1.0)
+    return timedelta(seconds=seconds)
+
+
+def delay(text: str) -> datetime:
+    """A time ``text`` (a duration, see :func:`duration`) from now."""
+    return datetime.now(UTC) + duration(text)

@@ -1,0 +1,83 @@
+"""Demo handlers, for trying jobstream out and for tests::
+
+    jobstream worker --handlers jobstream.client.demo
+    jobstream submit demo.count -p n=20
+
+``demo.sleep`` (async) sleeps ``seconds`` (default 1) and honours cancel;
+``demo.count`` counts to ``n`` (default 100) with ``delay`` seconds (default
+0.01) per item, reporting progress, phases, steps, a log line and a result
+per item; ``demo.fail`` raises (and is retried); ``demo.fatal`` fails for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from jobstream.client.worker import FatalJobError, Handlers, JobCancelled, JobContext
+
+__all__ = ["handlers"]
+
+handlers = Handlers()
+"""The demo handlers, by kind."""
+
+_SLEEP_SLICE = 0.05
+"""demo.sleep checks for cancellation this often, in seconds."""
+
+
+def _number(ctx: JobContext, name: str, default: float) -> float:
+    value = ctx.params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise FatalJobError(
+            f"params.{name} must be a number >= 0, not {value!r}", code="bad_params"
+        )
+    return float(value)
+
+
+@handlers.handler("demo.sleep")
+async def sleep(ctx: JobContext) -> dict[str, Any]:
+    """Sleep ``params.seconds`` (default 1), stopping early when cancelled."""
+    seconds = _number(ctx, "seconds", 1.0)
+    ctx.progress(0, 0, message=f"sleeping {seconds:g}s")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while (elapsed := loop.time() - start) < seconds:
+        ctx.check_cancelled()
+        ctx.progress(fraction=elapsed / seconds)
+        await asyncio.sleep(min(_SLEEP_SLICE, seconds - elapsed))
+    return {"slept": seconds}
+
+
+@handlers.handler("demo.count")
+def count(ctx: JobContext) -> dict[str, Any]:
+    """Count to ``params.n`` (default 100), ``params.delay`` seconds apart."""
+    n = int(_number(ctx, "n", 100))
+    delay = _number(ctx, "delay", 0.01)
+    ctx.phase("count")
+    with ctx.step_scope("count"):
+        for i in range(1, n + 1):
+            if ctx.cancelled:
+                raise JobCancelled(f"cancelled at {i - 1} of {n}")
+            ctx.log(f"item {i} of {n}")
+            ctx.result_item(f"item-{i}", data={"i": i, "square": i * i})
+            ctx.progress(i, n, message=f"item {i}")
+            if delay:
+                time.sleep(delay)
+    ctx.phase("summarise")
+    with ctx.step_scope("summarise"):
+        ctx.log(f"counted {n} items")
+    return {"total": n}
+
+
+@handlers.handler("demo.fail")
+def fail(ctx: JobContext) -> None:
+    """Always fails with a retryable error."""
+    ctx.log("about to fail", level="error")
+    raise RuntimeError(str(ctx.params.get("message", "demo.fail always fails")))
+
+
+@handlers.handler("demo.fatal")
+def fatal(ctx: JobContext) -> None:
+    """Always fails, and is not retried."""
+    raise FatalJobError(str(ctx.params.get("message", "demo.fatal fails for good")), code="fatal")

@@ -1,0 +1,293 @@
+"""``jobstream db``: schema migrations, integrity check, online backup and
+vacuum of the server's database.
+
+The operations are plain functions returning values; :func:`main` is the
+command line around them (like ``app.main`` for ``serve``), the only part
+that prints. Every operation is safe while a server is serving the same
+database: SQLite runs in WAL mode, so the backup's read transaction never
+blocks the server's writer, and VACUUM waits its turn through the busy
+timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import peewee as pw
+
+from jobstream.server.config import ServerConfig, env_default
+from jobstream.server.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    apply_migrations,
+    execute,
+    is_sqlite,
+    open_database,
+    schema_status,
+)
+
+__all__ = [
+    "CheckReport",
+    "backup",
+    "check",
+    "main",
+    "migrate",
+    "vacuum",
+]
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+"""``db check`` found pending migrations or corruption."""
+EXIT_USAGE = 2
+"""Bad arguments, a missing database, or an operation the backend lacks."""
+
+INTEGRITY_MAX_ERRORS = 100
+"""Most problems ``PRAGMA integrity_check`` reports before stopping; enough to
+diagnose, bounded so a wrecked file does not flood the terminal."""
+
+
+class AdminError(Exception):
+    """An operation cannot run (no database there, wrong backend, target exists)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckReport:
+    """What ``db check`` found."""
+
+    database: str
+    applied: tuple[str, ...]
+    pending: tuple[str, ...]
+    integrity: tuple[str, ...]
+    """Problems ``PRAGMA integrity_check`` reported; empty when it said ok
+    (and on PostgreSQL, which checks its own pages)."""
+
+    @property
+    def ok(self) -> bool:
+        """No pending migrations and no integrity problems."""
+        return not self.pending and not self.integrity
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VacuumReport:
+    """Database file size before and after a vacuum (SQLite; 0 elsewhere)."""
+
+    before_bytes: int
+    after_bytes: int
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The SQLite file ``url`` names, or None for another backend."""
+    if "://" not in url:
+        return Path(url)
+    for prefix in ("sqlite:///", "sqliteext:///"):
+        if url.startswith(prefix):
+            return Path(url[len(prefix) :])
+    return None
+
+
+def _open_existing(url: str) -> pw.Database:
+    """Opens the database without migrating it; refuses to create an SQLite
+    file that is not there (a typo in --data-dir must not look healthy)."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise AdminError(f"no database at {path}")
+    return open_database(url, migrate=False)
+
+
+def migrate(url: str) -> list[str]:
+    """Applies pending migrations (creating the database if need be); returns
+    the names applied."""
+    db = open_database(url, migrate=False)
+    try:
+        return apply_migrations(db)
+    finally:
+        db.close()
+
+
+def check(url: str) -> CheckReport:
+    """Pending migrations, and on SQLite ``PRAGMA integrity_check``."""
+    db = _open_existing(url)
+    try:
+        status = schema_status(db)
+        problems: tuple[str, ...] = ()
+        if is_sqlite(db):
+            with db.connection_context():
+                rows = execute(db, f"PRAGMA integrity_check({INTEGRITY_MAX_ERRORS})").fetchall()
+            found = tuple(str(row[0]) for row in rows)
+            problems = () if found == ("ok",) else found
+    finally:
+        db.close()
+    return CheckReport(
+        database=url, applied=status.applied, pending=status.pending, integrity=problems
+    )
+
+
+def backup(url: str, target: Path, *, overwrite: bool = False) -> int:
+    """Copies the SQLite database to ``target`` with SQLite's online backup
+    API; returns the copy's size in bytes.
+
+    The copy is made in one step, i.e. inside one read transaction, so it is
+    a consistent snapshot of one moment even while the server commits (WAL
+    lets the writer carry on meanwhile). It is written beside ``target`` and
+    renamed into place only after it passes ``PRAGMA quick_check``, so
+    ``target`` is never a half-written file.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        raise AdminError("backup is for SQLite; back PostgreSQL up with pg_dump")
+    if not path.is_file():
+        raise AdminError(f"no database at {path}")
+    if target.exists() and not overwrite:
+        raise AdminError(f"{target} exists (use --force to replace it)")
+    if target.resolve() == path.resolve():
+        raise AdminError("the backup cannot replace the database itself")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.unlink(missing_ok=True)
+    source = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        dest = sqlite3.connect(partial)
+        try:
+            source.backup(dest)  # pages=-1: everything in one step, one snapshot
+            # A backup file travels alone: no -wal beside it to depend on.
+            dest.execute("PRAGMA journal_mode=DELETE")
+            (verdict,) = dest.execute("PRAGMA quick_check").fetchone()
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    if verdict != "ok":
+        partial.unlink(missing_ok=True)
+        raise AdminError(f"the copy failed its check: {verdict}")
+    os.replace(partial, target)
+    return target.stat().st_size
+
+
+def vacuum(url: str) -> VacuumReport:
+    """Rebuilds the database to return the space of deleted jobs.
+
+    SQLite: VACUUM, then a WAL checkpoint that truncates the log, so the
+    file sizes reflect the result. PostgreSQL: ``VACUUM ANALYZE``.
+    """
+    db = _open_existing(url)
+    path = sqlite_path(url)
+    try:
+        with db.connection_context():
+            before = _size(path)
+            if is_sqlite(db):
+                execute(db, "VACUUM")
+                execute(db, "PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                execute(db, "VACUUM ANALYZE")
+            after = _size(path)
+    finally:
+        db.close()
+    return VacuumReport(before_bytes=before, after_bytes=after)
+
+
+def _size(path: Path | None) -> int:
+    """An SQLite database's bytes on disk, its WAL included."""
+    if path is None:
+        return 0
+    wal = path.with_name(path.name + "-wal")
+    return sum(p.stat().st_size for p in (path, wal) if p.exists())
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``jobstream db`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env_default("DATA_DIR", "data")),
+        help="the server's data directory [JOBSTREAM_DATA_DIR]",
+    )
+    common.add_argument(
+        "--db",
+        default=env_default("DB", ""),
+        help="database URL; default: DATA_DIR/jobstream.db [JOBSTREAM_DB]",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=env_default("JSON", "") not in ("", "0", "false", "no"),
+        help="print JSON for scripts [JOBSTREAM_JSON]",
+    )
+    p = argparse.ArgumentParser(
+        prog="jobstream db",
+        description="Maintain the server's database; safe while a server is serving it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="report pending migrations and SQLite integrity problems; exit 1 if any",
+    )
+    b = sub.add_parser(
+        "backup", parents=[common], help="copy the SQLite database to FILE, online and consistent"
+    )
+    b.add_argument("file", type=Path, metavar="FILE")
+    b.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    sub.add_parser("vacuum", parents=[common], help="give deleted jobs' space back")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``jobstream db ACTION``; returns the exit status."""
+    args = parser().parse_args(list(argv))
+    url = ServerConfig(data_dir=args.data_dir, db_url=args.db).database_url
+    try:
+        return _run(args, url)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (pw.DatabaseError, sqlite3.Error) as exc:
+        print(f"error: database: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace, url: str) -> int:
+    as_json: bool = args.json
+    if args.action == "migrate":
+        applied = migrate(url)
+        if as_json:
+            _print_json({"applied": applied})
+        else:
+            print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+        return EXIT_OK
+    if args.action == "check":
+        report = check(url)
+        if as_json:
+            _print_json({**asdict(report), "ok": report.ok})
+        else:
+            print(f"migrations applied: {len(report.applied)}")
+            for name in report.pending:
+                print(f"pending migration: {name} (run `jobstream db migrate`)")
+            for problem in report.integrity:
+                print(f"integrity: {problem}")
+            print("ok" if report.ok else "problems found")
+        return EXIT_OK if report.ok else EXIT_PROBLEMS
+    if args.action == "backup":
+        size = backup(url, args.file, overwrite=args.force)
+        if as_json:
+            _print_json({"file": str(args.file), "bytes": size})
+        else:
+            print(f"backed up to {args.file} ({size} bytes)")
+        return EXIT_OK
+    report_v = vacuum(url)
+    if as_json:
+        _print_json(asdict(report_v))
+    else:
+        print(f"vacuumed: {report_v.before_bytes} -> {report_v.after_bytes} bytes")
+    return EXIT_OK
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))

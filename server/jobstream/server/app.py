@@ -1,0 +1,285 @@
+"""Wiring: database, store, writer, broker, services, gRPC server, the
+lease sweeper and the in-process worker; start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from jobstream.server import limits, logs, tls
+from jobstream.server.auth import AuthInterceptor
+from jobstream.server.broker import Broker
+from jobstream.server.config import ServerConfig, from_args
+from jobstream.server.db import is_sqlite, open_database
+from jobstream.server.domain import now_us
+from jobstream.server.guard import RequestGuard
+from jobstream.server.logs import LogContextInterceptor
+from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
+from jobstream.server.purge import MIN_RETENTION_EVERY_S, retention_loop
+from jobstream.server.quotas import WatcherQuota
+from jobstream.server.service import JobsService
+from jobstream.server.servicers import JobServicer, WorkerServicer
+from jobstream.server.store import RetryPolicy, Store
+from jobstream.server.writer import Writer
+from jobstream.v1 import (
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+"""Worker ids of in-process workers start with this; with SQLite (one server
+per file) any such lease found at start-up belongs to a dead process."""
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # Ping idle connections so a vanished watcher is noticed and reaped.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+HEALTH_SERVICES = (
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+"""Services the health service reports on by name (besides the server, "")."""
+
+
+def main(argv: Sequence[str]) -> int:
+    """``jobstream serve``: runs until SIGINT/SIGTERM."""
+    config = from_args(argv)
+    logs.configure(config.log_level, as_json=config.log_json)
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+    except tls.ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+async def serve(
+    config: ServerConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Serves until ``stop`` is set (or a signal arrives)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    auth, access = tls.prepare(config)
+    limits.configure(
+        max_params_bytes=config.max_params_bytes,
+        max_artifact_bytes=config.max_artifact_bytes,
+        max_artifacts_per_job=config.max_artifacts_per_job,
+        max_json_depth=config.max_json_depth,
+        max_labels=config.max_labels,
+        max_label_value_bytes=config.max_label_value_bytes,
+        max_log_line_bytes=config.max_log_line_bytes,
+        max_log_lines_per_job=config.max_log_lines_per_job,
+    )
+    db = open_database(config.database_url, synchronous=config.synchronous)
+    origin = uuid.uuid4().hex[:12]
+    store = Store(
+        db,
+        RetryPolicy(
+            default_max_attempts=config.max_attempts, backoff_base_us=int(config.backoff_s * 1e6)
+        ),
+        origin=origin,
+    )
+    broker = Broker()
+    metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
+    writer = Writer(db, store, loop, metrics.observe_commits(broker.publish))
+    writer.on_group = metrics.on_group
+    writer.start()
+    service = JobsService(
+        store=store,
+        writer=writer,
+        broker=broker,
+        data_dir=config.data_dir,
+        lease_us=int(config.lease_s * 1e6),
+        max_lease_us=int(config.max_lease_s * 1e6),
+    )
+    # Metrics outermost, so calls the auth interceptor refuses are counted too.
+    # RequestGuard innermost: it wraps the servicers' own handlers.
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+        AuthInterceptor(auth),
+        RequestGuard(),
+    ]
+    if config.metrics_port:
+        interceptors.insert(0, MetricsInterceptor(metrics))
+    # Outermost: the ids are set before anything else runs for the call.
+    interceptors.insert(0, LogContextInterceptor())
+    server = grpc.aio.server(
+        options=_server_options(config.max_message_bytes), interceptors=interceptors
+    )
+    quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        JobServicer(service, auth=auth, quota=quota), server
+    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(service), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+            worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    credentials = tls.server_credentials(config)
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if access.socket_path is not None:
+        server.add_insecure_port(f"unix:{access.socket_path}")
+    if is_sqlite(db):
+        while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
+            pass
+    await server.start()
+    # Per-service statuses too: health probes (grpc_health_probe -service,
+    # Kubernetes grpc probes) commonly ask for a service by name.
+    for name in ("", *HEALTH_SERVICES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d (data in %s)", config.host, port, config.data_dir)
+    if config.port_file:
+        config.port_file.write_text(str(port))
+
+    _install_signals(loop, stop)
+    tasks = [asyncio.create_task(_sweep(service, config.sweep_s, metrics), name="sweeper")]
+    if config.retention_s > 0:
+        tasks.append(
+            asyncio.create_task(
+                retention_loop(
+                    service,
+                    keep_us=int(config.retention_s * 1e6),
+                    every_s=max(config.retention_every_s, MIN_RETENTION_EVERY_S),
+                ),
+                name="retention",
+            )
+        )
+    stop_metrics = None
+    if config.metrics_port:
+        metrics.watch_broker(lambda: broker.watcher_count)
+        tasks.append(
+            asyncio.create_task(
+                refresh_loop(
+                    metrics,
+                    lambda: service.read(store.count_jobs, now_us()),
+                    config.metrics_interval_s,
+                ),
+                name="metrics",
+            )
+        )
+        stop_metrics = metrics.serve(config.host, config.metrics_port)
+    if store.channel is not None:
+        from jobstream.server.listener import Listener, listen_url
+
+        listener = Listener(
+            listen_url(config.database_url), store.channel, origin, broker, config.poll_s
+        )
+        tasks.append(asyncio.create_task(listener.run(), name="listener"))
+    worker = _embedded_worker(config, port, access)
+    if worker is not None:
+        tasks.append(asyncio.create_task(worker.run_async(), name="embedded-worker"))
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down (grace %.0fs)", config.grace_s)
+        await health.enter_graceful_shutdown()
+        broker.close()
+        if worker is not None:
+            await worker.stop(grace=config.grace_s)
+        await server.stop(config.grace_s)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stop_metrics is not None:
+            stop_metrics()
+        writer.stop()
+        service.close()
+        db.close()
+        log.info("stopped")
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM drains; a second one exits at once."""
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+
+
+async def _sweep(service: JobsService, interval: float, metrics: Metrics) -> None:
+    """Rescues jobs whose lease ran out, forever."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while expired := await service.expire_leases():
+                metrics.lease_expiries.inc(expired)
+        except Exception:
+            log.exception("lease sweep failed; will retry")
+
+
+def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """SERVER_OPTIONS with the configured message size limit."""
+    key = "grpc.max_receive_message_length"
+    return [o for o in SERVER_OPTIONS if o[0] != key] + [(key, max_message_bytes)]
+
+
+def _embedded_worker(config: ServerConfig, port: int, access: tls.EmbeddedAccess) -> Any:
+    """The in-process worker for --handlers, through the same Worker code
+    that `jobstream worker` runs, talking to this server over loopback."""
+    if not config.handlers:
+        return None
+    from jobstream.client.security import Security
+    from jobstream.client.worker import Handlers, Worker
+
+    merged = Handlers()
+    for name in config.handlers:
+        merged.update(importlib.import_module(name).handlers)
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    target = f"unix:{access.socket_path}" if access.socket_path else f"{host}:{port}"
+    return Worker(
+        target,
+        merged,
+        concurrency=config.concurrency,
+        lease_duration=config.lease_s,
+        worker_id=f"{EMBEDDED_PREFIX}{socket.gethostname()}:{os.getpid()}",
+        security=Security(token=access.token),
+    )

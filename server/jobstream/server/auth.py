@@ -1,0 +1,295 @@
+"""Who is calling, and what they may do: bearer tokens from a tokens file
+mapped to a principal and roles, checked for every JobService and
+WorkerService call (unary and streaming alike) before the servicer runs.
+
+Without a tokens file every caller is :data:`ANONYMOUS`, an admin owning
+nothing in particular: the single-user, loopback-only default.
+
+Tokens file (JSON)::
+
+    {"tokens": [
+      {"token": "s3cret", "principal": "growth", "roles": ["submitter"]},
+      {"token_sha256": "9f86…", "principal": "growth-dash", "roles": ["reader"]},
+      {"token": "w0rk", "principal": "pool-a", "roles": ["worker"]}
+    ]}
+
+Ownership is by principal name: a job belongs to the principal that
+submitted it, so a read-only token for a team's jobs is a second token with
+the same principal name and the ``reader`` role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION = "authorization"
+"""The metadata key that carries ``Bearer <token>``."""
+
+BEARER = "bearer "
+"""The scheme prefix, compared case-insensitively (RFC 6750)."""
+
+GUARDED_PREFIX = "/jobstream."
+"""Methods under this prefix need a token; health checking and reflection do
+not (load balancers and grpcurl call them without credentials)."""
+
+
+class Role(StrEnum):
+    """What a token may do."""
+
+    ADMIN = "admin"
+    """Every call, on every principal's jobs."""
+    SUBMITTER = "submitter"
+    """Submit, read, cancel and delete its own jobs."""
+    READER = "reader"
+    """Read and watch its own jobs."""
+    WORKER = "worker"
+    """Acquire, report and finish jobs of any principal (a lease is the
+    permission for one job)."""
+
+
+_JOBS = "/jobstream.v1.JobService/"
+_WORKERS = "/jobstream.v1.WorkerService/"
+_READ = frozenset({Role.SUBMITTER, Role.READER})
+_WRITE = frozenset({Role.SUBMITTER})
+
+METHOD_ROLES: Mapping[str, frozenset[Role]] = {
+    _JOBS + "SubmitJob": _WRITE,
+    _JOBS + "SubmitJobs": _WRITE,
+    _JOBS + "GetJob": _READ,
+    _JOBS + "ListJobs": _READ,
+    _JOBS + "WatchJob": _READ,
+    _JOBS + "WatchJobs": _READ,
+    _JOBS + "CancelJob": _WRITE,
+    _JOBS + "DeleteJob": _WRITE,
+    _JOBS + "GetJobLogs": _READ,
+    _JOBS + "ListJobResults": _READ,
+    _WORKERS + "AcquireJob": frozenset({Role.WORKER}),
+    _WORKERS + "ReportJob": frozenset({Role.WORKER}),
+    _WORKERS + "FinishJob": frozenset({Role.WORKER}),
+    _JOBS + "RetryJob": _WRITE,
+    _JOBS + "GetStats": _READ,
+    _JOBS + "ListArtifacts": _READ,
+    _JOBS + "DownloadArtifact": _READ,
+    _WORKERS + "UploadArtifact": frozenset({Role.WORKER}),
+    # PurgeJobs stays admin-only: it deletes in bulk.
+}
+"""Non-admin roles allowed to call each method. A guarded method missing
+here (e.g. one added later) is admin-only until it is listed: new calls fail
+closed, and must also apply owner isolation before they are opened up."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    roles: frozenset[Role]
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether it sees and changes every job."""
+        return Role.ADMIN in self.roles
+
+    def may_call(self, method: str) -> bool:
+        """Whether its roles allow ``method`` (a full gRPC method name)."""
+        return self.is_admin or bool(self.roles & METHOD_ROLES.get(method, frozenset()))
+
+    def sees(self, owner: str) -> bool:
+        """Whether a job owned by ``owner`` exists as far as it is concerned."""
+        return self.is_admin or owner == self.name
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner its listings are restricted to; None for admins."""
+        return None if self.is_admin else self.name
+
+
+ANONYMOUS = Principal(name="", roles=frozenset({Role.ADMIN}))
+"""Every caller when no tokens file is configured (owner ``""``, as before
+authentication existed)."""
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenTable:
+    """Token digests → principals. Lookups compare against every entry in
+    constant time, so response timing says nothing about which bytes of a
+    guessed token were right."""
+
+    def __init__(self, entries: Iterable[tuple[bytes, Principal]] = ()) -> None:
+        self._entries = list(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, token: str, principal: Principal) -> None:
+        """Adds a token (the server's own embedded worker uses this)."""
+        self._entries.append((_digest(token), principal))
+
+    def lookup(self, token: str) -> Principal | None:
+        """The principal of ``token``, or None."""
+        presented = _digest(token)
+        found: Principal | None = None
+        for digest, principal in self._entries:
+            if hmac.compare_digest(digest, presented) and found is None:
+                found = principal
+        return found
+
+    @classmethod
+    def load(cls, path: Path) -> TokenTable:
+        """Reads a tokens file; ValueError names what is wrong with it."""
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read tokens file {path}: {exc}") from exc
+        rows = doc.get("tokens") if isinstance(doc, dict) else None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected {{'tokens': [...]}}")
+        table = cls()
+        for i, row in enumerate(rows):
+            where = f"{path}: tokens[{i}]"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object")
+            name = row.get("principal")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where}: 'principal' must be a non-empty string")
+            try:
+                roles = frozenset(Role(r) for r in row.get("roles", []))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}; roles are {[r.value for r in Role]}") from exc
+            if not roles:
+                raise ValueError(f"{where}: name at least one role")
+            principal = Principal(name=name, roles=roles)
+            if isinstance(row.get("token"), str) and row["token"]:
+                table.add(row["token"], principal)
+            elif isinstance(row.get("token_sha256"), str):
+                try:
+                    digest = bytes.fromhex(row["token_sha256"])
+                except ValueError as exc:
+                    raise ValueError(f"{where}: token_sha256 is not hex") from exc
+                if len(digest) != hashlib.sha256().digest_size:
+                    raise ValueError(f"{where}: token_sha256 must be 64 hex digits")
+                table._entries.append((digest, principal))
+            else:
+                raise ValueError(f"{where}: needs 'token' or 'token_sha256'")
+        return table
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of an ``authorization: Bearer …`` entry, if any."""
+    for key, value in metadata or ():
+        if (
+            key.lower() == AUTHORIZATION
+            and isinstance(value, str)
+            and value[: len(BEARER)].lower() == BEARER
+        ):
+            return value[len(BEARER) :].strip()
+    return None
+
+
+class Auth:
+    """Authentication for the servicers: ``principal(context)``. Disabled
+    (no table) means everyone is :data:`ANONYMOUS`."""
+
+    def __init__(self, table: TokenTable | None) -> None:
+        self.table = table
+
+    @property
+    def enabled(self) -> bool:
+        """Whether callers must present a token."""
+        return self.table is not None
+
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal | None:
+        """The caller, or None when its token is missing or unknown."""
+        if self.table is None:
+            return ANONYMOUS
+        token = bearer_token(metadata)
+        return None if token is None else self.table.lookup(token)
+
+    def principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """The caller of a call the interceptor already let through."""
+        found = self.authenticate(context.invocation_metadata())
+        if found is None:  # pragma: no cover - the interceptor refused it already
+            raise PermissionError("unauthenticated call reached a servicer")
+        return found
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as ``handler`` that only refuses."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator, as streams need
+
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream, request_deserializer=des, response_serializer=ser
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            refuse, request_deserializer=des, response_serializer=ser
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream, request_deserializer=des, response_serializer=ser
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        refuse, request_deserializer=des, response_serializer=ser
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses guarded calls without a valid token (UNAUTHENTICATED) or
+    without a role that allows the method (PERMISSION_DENIED), streams
+    included, before any servicer code runs."""
+
+    def __init__(self, auth: Auth) -> None:
+        self.auth = auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """See grpc.aio.ServerInterceptor."""
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or not self.auth.enabled or not method.startswith(GUARDED_PREFIX):
+            return handler
+        principal = self.auth.authenticate(handler_call_details.invocation_metadata)
+        if principal is None:
+            return _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send 'authorization: Bearer <token>' with a token from the server's tokens file",
+            )
+        if not principal.may_call(method):
+            roles = ", ".join(sorted(r.value for r in principal.roles))
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method.rsplit('/', 1)[-1]} is not allowed for role(s) {roles}",
+            )
+        return handler

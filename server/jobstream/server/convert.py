@@ -1,0 +1,221 @@
+"""Domain values to protobuf messages, for the gRPC layer's answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from jobstream.server.domain import (
+    JSON,
+    Artifact,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Job,
+    JobState,
+    Lease,
+    Stats,
+    Step,
+)
+from jobstream.server.validation import JOB_STATES, LOG_LEVELS, RESULT_STATUSES, STEP_STATES
+from jobstream.v1 import job_pb2, job_service_pb2
+
+_STATE_PB = {state: value for value, state in JOB_STATES.items()}
+_STEP_PB = {name: value for value, name in STEP_STATES.items()}
+_LEVEL_PB = {name: value for value, name in LOG_LEVELS.items()}
+_RESULT_PB = {name: value for value, name in RESULT_STATUSES.items()}
+
+
+def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
+    """Microseconds since the epoch as a Timestamp (None stays unset)."""
+    if us is None:
+        return None
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def struct(value: JSON | None) -> struct_pb2.Struct | None:
+    """A dict as a Struct (None stays unset)."""
+    if value is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+def error(value: ErrorInfo | JSON | None) -> job_pb2.JobError | None:
+    """An error (domain or event body) as a JobError."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = ErrorInfo(
+            code=value["code"], message=value["message"], details=value.get("details")
+        )
+    return job_pb2.JobError(code=value.code, message=value.message, details=struct(value.details))
+
+
+def step(value: Step) -> job_pb2.Step:
+    """A step as a Step message."""
+    return job_pb2.Step(
+        name=value.name,
+        state=_STEP_PB[value.state],
+        attempts=value.attempts,
+        error=value.error,
+        data=struct(value.data),
+        start_time=timestamp(value.start_time),
+        end_time=timestamp(value.end_time),
+    )
+
+
+def job(value: Job) -> job_pb2.Job:
+    """A job as a Job message."""
+    p = value.progress
+    return job_pb2.Job(
+        id=value.id,
+        kind=value.kind,
+        queue=value.queue,
+        priority=value.priority,
+        params=struct(value.params),
+        labels=value.labels,
+        state=_STATE_PB[value.state],
+        cancel_requested=value.cancel_requested,
+        progress=job_pb2.Progress(
+            fraction=p.fraction, done=p.done, total=p.total, phase=p.phase, message=p.message
+        ),
+        counters=job_pb2.Counters(
+            succeeded=value.counters.succeeded,
+            failed=value.counters.failed,
+            skipped=value.counters.skipped,
+        ),
+        steps=[step(s) for s in value.steps],
+        result=struct(value.result),
+        error=error(value.error),
+        attempt=value.attempt,
+        max_attempts=value.max_attempts,
+        not_before=timestamp(value.not_before),
+        owner=value.owner,
+        request_id=value.request_id,
+        create_time=timestamp(value.create_time),
+        start_time=timestamp(value.start_time),
+        end_time=timestamp(value.end_time),
+        update_time=timestamp(value.update_time),
+        last_seq=value.last_seq,
+        worker_id=value.worker_id,
+    )
+
+
+def _state_change(b: JSON) -> dict[str, Any]:
+    return {
+        "state_change": job_pb2.StateChange(
+            state=_STATE_PB[JobState(b["state"])],
+            reason=b["reason"],
+            error=error(b.get("error")),
+            attempt=b.get("attempt", 0),
+        )
+    }
+
+
+def _progress(b: JSON) -> dict[str, Any]:
+    return {"progress": job_pb2.Progress(**b)}
+
+
+def _log(b: JSON) -> dict[str, Any]:
+    return {
+        "log": job_pb2.LogLine(
+            level=_LEVEL_PB[b["level"]],
+            text=b["text"],
+            stream=b["stream"],
+            truncated=b.get("truncated", False),
+        )
+    }
+
+
+def _step_event(b: JSON) -> dict[str, Any]:
+    return {"step": step(Step(**b))}
+
+
+def _result(b: JSON) -> dict[str, Any]:
+    return {
+        "result_item": job_pb2.ResultItem(
+            key=b["key"],
+            status=_RESULT_PB[b["status"]],
+            data=struct(b.get("data")),
+            error=b.get("error", ""),
+        )
+    }
+
+
+def _cancel(b: JSON) -> dict[str, Any]:
+    return {"cancel_requested": job_pb2.CancelRequested(reason=b["reason"])}
+
+
+def artifact(value: Artifact) -> job_pb2.Artifact:
+    """An artifact as an Artifact message."""
+    return job_pb2.Artifact(
+        name=value.name,
+        size_bytes=value.size_bytes,
+        sha256=value.sha256,
+        content_type=value.content_type,
+        create_time=timestamp(value.create_time),
+        attempt=value.attempt,
+    )
+
+
+def _artifact_added(b: JSON) -> dict[str, Any]:
+    return {"artifact_added": artifact(Artifact(**b))}
+
+
+_PAYLOADS: dict[EventKind, Callable[[JSON], dict[str, Any]]] = {
+    EventKind.STATE: _state_change,
+    EventKind.PROGRESS: _progress,
+    EventKind.LOG: _log,
+    EventKind.STEP: _step_event,
+    EventKind.RESULT: _result,
+    EventKind.CANCEL: _cancel,
+    EventKind.ARTIFACT: _artifact_added,
+}
+
+
+def event(value: Event) -> job_pb2.JobEvent:
+    """An event as a JobEvent message."""
+    return job_pb2.JobEvent(
+        job_id=value.job_id,
+        seq=value.seq,
+        time=timestamp(value.time),
+        **_PAYLOADS[value.kind](value.body),
+    )
+
+
+def lease_fields(lease: Lease) -> dict[str, Any]:
+    """An AcquireJobResponse's fields for a lease."""
+    return {
+        "job": job(lease.job),
+        "lease_id": lease.lease_id,
+        "lease_expire_time": timestamp(lease.expire_time),
+    }
+
+
+def duration(us: int) -> duration_pb2.Duration:
+    """Microseconds as a Duration."""
+    return duration_pb2.Duration(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def stats(value: Stats) -> job_service_pb2.GetStatsResponse:
+    """Stats as a GetStatsResponse."""
+    minutes = value.window_us / 60e6
+    return job_service_pb2.GetStatsResponse(
+        state_counts=[
+            job_service_pb2.StateCount(state=_STATE_PB[s], count=n) for s, n in value.by_state
+        ],
+        kind_counts=[
+            job_service_pb2.KindStateCount(kind=k, state=_STATE_PB[s], count=n)
+            for k, s, n in value.by_kind
+        ],
+        window=duration(value.window_us),
+        ended_count=value.ended,
+        success_rate=value.success_rate,
+        duration_p50=duration(value.duration_p50_us),
+        duration_p95=duration(value.duration_p95_us),
+        throughput_per_minute=value.ended / minutes,
+    )

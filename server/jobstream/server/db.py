@@ -1,0 +1,276 @@
+"""Peewee models and the database connection.
+
+Models bind to ``database`` (a proxy) at run time, so nothing connects at
+import. Times are BigInteger microseconds since the epoch (see domain.py);
+JSON values are stored as text so both backends read them the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+from playhouse.db_url import connect as connect_url
+from playhouse.migrations import Runner
+
+log = logging.getLogger(__name__)
+
+database = pw.DatabaseProxy()
+"""The database every model uses; bound by :func:`open_database`."""
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long an SQLite connection waits for another's lock before failing."""
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+"""Numbered migration scripts (playhouse.migrations)."""
+
+MIGRATION_LOCK = 0x6A6F6273
+"""PostgreSQL advisory lock key held while migrating, so servers starting
+together on an empty database do not race to create the schema."""
+
+
+class BaseModel(pw.Model):
+    """Binds models to the proxy and names tables after the class."""
+
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class JobRow(BaseModel):
+    """One job: its spec, state, progress, lease and outcome."""
+
+    id = pw.TextField(primary_key=True)
+    kind = pw.TextField()
+    queue = pw.TextField()
+    priority = pw.IntegerField(default=0)
+    params = pw.TextField(default="{}")
+    labels = pw.TextField(default="{}")
+    state = pw.TextField()
+    cancel_requested = pw.BooleanField(default=False)
+    fraction = pw.FloatField(default=0.0)
+    done = pw.BigIntegerField(default=0)
+    total = pw.BigIntegerField(default=0)
+    phase = pw.TextField(default="")
+    message = pw.TextField(default="")
+    succeeded = pw.BigIntegerField(default=0)
+    failed = pw.BigIntegerField(default=0)
+    skipped = pw.BigIntegerField(default=0)
+    result = pw.TextField(null=True)
+    error = pw.TextField(null=True)
+    attempt = pw.IntegerField(default=0)
+    max_attempts = pw.IntegerField(default=1)
+    not_before = pw.BigIntegerField()
+    owner = pw.TextField(default="")
+    request_id = pw.TextField(null=True)
+    request_hash = pw.TextField(null=True)
+    create_time = pw.BigIntegerField()
+    start_time = pw.BigIntegerField(null=True)
+    end_time = pw.BigIntegerField(null=True)
+    update_time = pw.BigIntegerField()
+    last_seq = pw.BigIntegerField(default=0)
+    step_count = pw.IntegerField(default=0)
+    worker_id = pw.TextField(default="")
+    lease_id = pw.TextField(null=True)
+    lease_expire = pw.BigIntegerField(null=True)
+    lease_us = pw.BigIntegerField(default=0)
+    report_seq = pw.BigIntegerField(default=0)
+    files = pw.TextField(default="[]")
+
+    class Meta:
+        table_name = "job"
+
+
+# Acquire walks queued jobs of one queue in (priority desc, age) order.
+JobRow.add_index(
+    JobRow.index(
+        JobRow.state,
+        JobRow.queue,
+        JobRow.priority.desc(),
+        JobRow.create_time,
+        JobRow.id,
+        name="job_acquire",
+    )
+)
+# The lease sweeper finds expired leases without a scan.
+JobRow.add_index(JobRow.index(JobRow.state, JobRow.lease_expire))
+# Listing is newest first; ids break ties between jobs made in the same µs.
+JobRow.add_index(JobRow.index(JobRow.create_time, JobRow.id))
+# Idempotent submit: one job per (owner, request_id); NULL ids never collide.
+JobRow.add_index(JobRow.index(JobRow.owner, JobRow.request_id, unique=True))
+
+
+class LabelRow(BaseModel):
+    """A job's label, one row each, so label filters can use an index."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    key = pw.TextField()
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "job_label"
+        primary_key = pw.CompositeKey("job", "key")
+        indexes = ((("key", "value"), False),)
+
+
+class EventRow(BaseModel):
+    """One event of a job; ``seq`` is gap-free per job, assigned in the
+    transaction that stores the event."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    seq = pw.BigIntegerField()
+    time = pw.BigIntegerField()
+    kind = pw.TextField()
+    body = pw.TextField()
+
+    class Meta:
+        table_name = "job_event"
+        primary_key = pw.CompositeKey("job", "seq")
+
+
+class StepRow(BaseModel):
+    """The latest state of one named step of a job."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    name = pw.TextField()
+    position = pw.IntegerField()
+    state = pw.TextField()
+    attempts = pw.IntegerField(default=0)
+    error = pw.TextField(default="")
+    data = pw.TextField(null=True)
+    start_time = pw.BigIntegerField(null=True)
+    end_time = pw.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "job_step"
+        primary_key = pw.CompositeKey("job", "name")
+
+
+class ChangeRow(BaseModel):
+    """The job-change log WatchJobs follows: one row per job changed (or
+    deleted) by a commit. Not a foreign key: a deleted job's row stays so a
+    resumed watcher learns of the delete."""
+
+    position = pw.BigAutoField()
+    job_id = pw.TextField()
+    deleted = pw.BooleanField(default=False)
+    time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "job_change"
+
+
+# Purge and stats find jobs by when they ended (migration 0003).
+JobRow.add_index(JobRow.index(JobRow.state, JobRow.end_time))
+
+
+class ArtifactRow(BaseModel):
+    """One named output file of a job; the bytes live under
+    data/artifacts/<job id>/<name>."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    name = pw.TextField()
+    size_bytes = pw.BigIntegerField()
+    sha256 = pw.TextField()
+    content_type = pw.TextField(default="")
+    create_time = pw.BigIntegerField()
+    attempt = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "job_artifact"
+        primary_key = pw.CompositeKey("job", "name")
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    JobRow,
+    LabelRow,
+    EventRow,
+    StepRow,
+    ChangeRow,
+    ArtifactRow,
+)
+
+
+def open_database(url: str, *, synchronous: str = "full", migrate: bool = True) -> pw.Database:
+    """Opens the database at ``url`` (a peewee db_url, or a plain SQLite
+    path), binds the models to it and applies pending migrations.
+
+    SQLite gets WAL (readers never block the writer), a busy timeout and
+    foreign keys (cascading deletes depend on them).
+    """
+    db: pw.Database
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{url}"
+    if url.startswith("sqlite"):
+        db = connect_url(
+            url,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": synchronous,
+                "foreign_keys": 1,
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "cache_size": -64_000,
+            },
+        )
+    else:
+        db = connect_url(url)
+    database.initialize(db)
+    if migrate:
+        applied = apply_migrations(db)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+    log.info("database ready: %s", _redact(url))
+    return db
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SchemaStatus:
+    """Which migrations a database has and lacks."""
+
+    applied: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+def apply_migrations(db: pw.Database) -> list[str]:
+    """Applies pending migrations in order; returns their names."""
+    with db.connection_context():
+        if is_sqlite(db):
+            return list(Runner(db, str(MIGRATIONS_DIR)).up())
+        execute(db, "SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            return list(Runner(db, str(MIGRATIONS_DIR)).up())
+        finally:
+            execute(db, "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def schema_status(db: pw.Database) -> SchemaStatus:
+    """The applied and pending migrations."""
+    with db.connection_context():
+        status = Runner(db, str(MIGRATIONS_DIR)).status()
+    return SchemaStatus(
+        applied=tuple(m.name for m in status if m.applied),
+        pending=tuple(m.name for m in status if not m.applied),
+    )
+
+
+def execute(db: pw.Database, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """Runs raw SQL (for what peewee has no words: advisory locks, NOTIFY)."""
+    return db.execute_sql(query, params)  # type: ignore[no-untyped-call]
+
+
+def is_sqlite(db: pw.Database) -> bool:
+    """Whether ``db`` is SQLite (one server per file)."""
+    return isinstance(db, pw.SqliteDatabase)
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url

@@ -1,0 +1,318 @@
+"""The server's own vocabulary: job states, events and the values that flow
+between the service layer and the store. Protobuf never reaches past the
+service layer; these frozen dataclasses do.
+
+Times are integers: microseconds since the Unix epoch, UTC. That keeps them
+exact, cheap to compare and identical on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+def now_us() -> int:
+    """The current time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+class JobState(StrEnum):
+    """Where a job is in its life; stored as its lowercase value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the four states a job never leaves."""
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class EventKind(StrEnum):
+    """What an event records; stored as its value."""
+
+    STATE = "state"
+    PROGRESS = "progress"
+    LOG = "log"
+    STEP = "step"
+    RESULT = "result"
+    CANCEL = "cancel"
+    ARTIFACT = "artifact"
+
+
+class Outcome(StrEnum):
+    """How a worker ends an attempt."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Progress:
+    """How far a job has come."""
+
+    fraction: float = 0.0
+    done: int = 0
+    total: int = 0
+    phase: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Counters:
+    """Per-item result counts."""
+
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorInfo:
+    """Why a job failed, was cancelled or was interrupted."""
+
+    code: str
+    message: str
+    details: JSON | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    """One named step of a job."""
+
+    name: str
+    state: str
+    attempts: int = 0
+    error: str = ""
+    data: JSON | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """A job as stored."""
+
+    id: str
+    kind: str
+    queue: str
+    priority: int
+    params: JSON
+    labels: dict[str, str]
+    state: JobState
+    cancel_requested: bool
+    progress: Progress
+    counters: Counters
+    result: JSON | None
+    error: ErrorInfo | None
+    attempt: int
+    max_attempts: int
+    not_before: int
+    owner: str
+    request_id: str
+    create_time: int
+    start_time: int | None
+    end_time: int | None
+    update_time: int
+    last_seq: int
+    worker_id: str
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """One stored change to a job; ``body`` holds the kind's fields as JSON."""
+
+    job_id: str
+    seq: int
+    time: int
+    kind: EventKind
+    body: JSON
+
+    @property
+    def terminal(self) -> bool:
+        """True when this event moved the job into a terminal state."""
+        return self.kind is EventKind.STATE and JobState(self.body["state"]).terminal
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewJob:
+    """A validated submit request."""
+
+    kind: str
+    job_id: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    params: JSON = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    max_attempts: int = 0
+    not_before: int | None = None
+    request_id: str | None = None
+    owner: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogLine:
+    """A log line reported by a worker."""
+
+    level: str
+    text: str
+    stream: str = ""
+    truncated: bool = False
+    """The text was cut to the server's log line limit."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResultItem:
+    """A per-item result reported by a worker."""
+
+    key: str
+    status: str
+    data: JSON | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Report:
+    """One validated ReportJob batch."""
+
+    progress: Progress | None = None
+    logs: tuple[LogLine, ...] = ()
+    steps: tuple[Step, ...] = ()
+    results: tuple[ResultItem, ...] = ()
+    files: tuple[str, ...] = ()
+    report_seq: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportAck:
+    """The answer to a report: renewed lease and whether to stop."""
+
+    cancel_requested: bool
+    lease_expire_time: int
+    last_seq: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Finish:
+    """A validated FinishJob request."""
+
+    outcome: Outcome
+    result: JSON | None = None
+    error: ErrorInfo | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Lease:
+    """A job handed to a worker, and the lease that fences its calls."""
+
+    job: Job
+    lease_id: str
+    expire_time: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobFilter:
+    """Selects jobs; empty fields match everything."""
+
+    states: tuple[JobState, ...] = ()
+    kinds: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    queues: tuple[str, ...] = ()
+    owner: str | None = None
+    """Only this principal's jobs (set by the server for non-admin callers)."""
+
+    def matches(self, job: Job) -> bool:
+        """Whether ``job`` passes this filter (used on live changes)."""
+        return (
+            (self.owner is None or job.owner == self.owner)
+            and (not self.states or job.state in self.states)
+            and (not self.kinds or job.kind in self.kinds)
+            and (not self.queues or job.queue in self.queues)
+            and all(job.labels.get(k) == v for k, v in self.labels)
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobChange:
+    """One row of the job-change log that WatchJobs follows."""
+
+    position: int
+    job_id: str
+    deleted: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Deletion:
+    """What deleting a job removed from the database, and the files to remove."""
+
+    job_id: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Artifact:
+    """A stored output file of a job."""
+
+    name: str
+    size_bytes: int
+    sha256: str
+    content_type: str
+    create_time: int
+    attempt: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArtifactSpec:
+    """A validated upload header: which leased job, which file, what to expect."""
+
+    job_id: str
+    lease_id: str
+    name: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stats:
+    """Counts and timings of a set of jobs (see GetStats)."""
+
+    by_state: tuple[tuple[JobState, int], ...]
+    by_kind: tuple[tuple[str, JobState, int], ...]
+    window_us: int
+    ended: int
+    success_rate: float
+    duration_p50_us: int
+    duration_p95_us: int
+
+
+@dataclass(kw_only=True, slots=True)
+class Changes:
+    """What one write transaction did, for the broker: collected while the
+    transaction runs, published only after it commits."""
+
+    events: list[Event] = field(default_factory=list)
+    changed_jobs: set[str] = field(default_factory=set)
+    deleted_jobs: set[str] = field(default_factory=set)
+    acquirable: set[tuple[str, str]] = field(default_factory=set)
+    """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
+
+    def merge(self, other: Changes) -> None:
+        """Adds another (committed) operation's changes to these."""
+        self.events.extend(other.events)
+        self.changed_jobs |= other.changed_jobs
+        self.deleted_jobs |= other.deleted_jobs
+        self.acquirable |= other.acquirable

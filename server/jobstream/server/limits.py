@@ -1,0 +1,152 @@
+"""Input limits: every bound the service enforces at its edge, named once."""
+
+from __future__ import annotations
+
+import re
+
+CLIENT_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+"""Ids a client may choose (DESIGN.md). Server-made ids never match it."""
+
+SERVER_JOB_ID = re.compile(r"job_[0-9a-z]{26}")
+"""Ids the server makes: ``job_`` + a lowercase ULID."""
+
+KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+"""Job kinds, e.g. ``enrich.companies``."""
+
+QUEUE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+"""Queue names."""
+
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+"""Label keys, e.g. ``team`` or ``app.kubernetes.io/name``."""
+
+WORKER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+"""Worker names."""
+
+LEASE_ID = re.compile(r"[0-9a-f]{32}")
+"""Leases as the server makes them."""
+
+MAX_LABELS = 32
+"""Labels per job."""
+
+MAX_LABEL_VALUE_BYTES = 256
+"""Bytes (UTF-8) in a label value."""
+
+MAX_PARAMS_BYTES = 256 * 1024
+"""Bytes of a job's params as compact JSON."""
+
+MAX_JSON_DEPTH = 32
+"""Nesting depth of params, results and other JSON values."""
+
+MAX_RESULT_BYTES = 1024 * 1024
+"""Bytes of a job's final result or one item's data, as compact JSON."""
+
+MAX_REQUEST_ID_BYTES = 128
+"""Bytes in an idempotency key."""
+
+MAX_TEXT_BYTES = 4 * 1024
+"""Bytes in short texts: phase, message, reasons, error messages, names."""
+
+MAX_LOG_LINE_BYTES = 32 * 1024
+"""Bytes in one log line."""
+
+MAX_PATH_BYTES = 4096
+"""Bytes in a recorded file path."""
+
+MAX_REPORT_ITEMS = 5_000
+"""Log lines + steps + results + files in one ReportJob."""
+
+MAX_BATCH_SUBMIT = 1_000
+"""Jobs in one SubmitJobs call."""
+
+MAX_ATTEMPTS = 100
+"""Upper bound of max_attempts."""
+
+MAX_PRIORITY = 1_000
+"""Priorities range over [-MAX_PRIORITY, MAX_PRIORITY]."""
+
+DEFAULT_JOB_PAGE = 50
+"""ListJobs page size when none is given."""
+
+MAX_JOB_PAGE = 1_000
+"""Largest ListJobs page."""
+
+DEFAULT_EVENT_PAGE = 500
+"""GetJobLogs / ListJobResults page size when none is given."""
+
+MAX_EVENT_PAGE = 5_000
+"""Largest GetJobLogs / ListJobResults page."""
+
+MAX_WAIT_S = 60.0
+"""Longest AcquireJob long-poll."""
+
+MAX_SEQ = 2**62
+"""Resume points beyond this are malformed, not merely in the future."""
+
+ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""Artifact names: a plain file name (no path separators, no leading dot), so
+data/artifacts/<job>/<name> can never point elsewhere."""
+
+MAX_ARTIFACT_BYTES = 1024**3
+"""Bytes in one artifact."""
+
+MAX_ARTIFACTS_PER_JOB = 1_000
+"""Artifacts one job may hold (a re-upload under the same name replaces)."""
+
+MAX_ARTIFACT_CHUNK_BYTES = 1024 * 1024
+"""Bytes in one UploadArtifact chunk message."""
+
+MAX_CONTENT_TYPE_BYTES = 255
+"""Bytes in an artifact's content type."""
+
+DEFAULT_STATS_WINDOW_S = 3600
+"""GetStats' window when none is given."""
+
+MAX_STATS_WINDOW_S = 366 * 86400
+"""Longest GetStats window."""
+
+MAX_PURGE_AGE_S = 100 * 366 * 86400
+"""Largest PurgeJobs older_than (a century); more is a typo."""
+
+MAX_LOG_LINES_PER_JOB = 1_000_000
+"""Log lines one job may store; the report that reaches it stores one
+"truncated" line, and later reports carrying log lines are refused
+(RESOURCE_EXHAUSTED)."""
+
+TRUNCATED_MARKER = " …[truncated]"
+"""Appended to a log line cut to MAX_LOG_LINE_BYTES (its event also says
+``truncated``)."""
+
+
+def configure(
+    *,
+    max_params_bytes: int | None = None,
+    max_json_depth: int | None = None,
+    max_labels: int | None = None,
+    max_label_value_bytes: int | None = None,
+    max_log_line_bytes: int | None = None,
+    max_log_lines_per_job: int | None = None,
+    max_artifact_bytes: int | None = None,
+    max_artifacts_per_job: int | None = None,
+) -> None:
+    """Replaces the configurable limits above with the server's settings.
+    Called once at start-up, before serving: one server per process, and the
+    checks read these names at call time."""
+    global MAX_PARAMS_BYTES, MAX_JSON_DEPTH, MAX_LABELS, MAX_LABEL_VALUE_BYTES
+    global MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_JOB
+    global MAX_ARTIFACT_BYTES, MAX_ARTIFACTS_PER_JOB
+    if max_params_bytes is not None:
+        MAX_PARAMS_BYTES = max_params_bytes
+    if max_json_depth is not None:
+        MAX_JSON_DEPTH = max_json_depth
+    if max_labels is not None:
+        MAX_LABELS = max_labels
+    if max_label_value_bytes is not None:
+        MAX_LABEL_VALUE_BYTES = max_label_value_bytes
+    if max_log_line_bytes is not None:
+        MAX_LOG_LINE_BYTES = max_log_line_bytes
+    if max_log_lines_per_job is not None:
+        MAX_LOG_LINES_PER_JOB = max_log_lines_per_job
+    if max_artifact_bytes is not None:
+        MAX_ARTIFACT_BYTES = max_artifact_bytes
+    if max_artifacts_per_job is not None:
+        MAX_ARTIFACTS_PER_JOB = max_artifacts_per_job

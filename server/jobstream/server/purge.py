@@ -1,0 +1,91 @@
+"""Purge and retention: deleting old terminal jobs with their files.
+
+A purge deletes in batches of PURGE_BATCH jobs, each its own writer
+operation, so submits, reports and watchers' writes queued meanwhile commit
+between (or alongside) the batches instead of waiting for one huge
+transaction. The cutoff is fixed when the purge starts: jobs that end while
+it runs are left for the next one, so a purge always terminates. Files are
+removed after each batch commits, as DeleteJob does, and only inside the
+data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from jobstream.server.domain import JobFilter, now_us
+from jobstream.server.files import remove_files
+from jobstream.server.service import JobsService
+
+log = logging.getLogger(__name__)
+
+PURGE_BATCH = 200
+"""Jobs deleted per writer operation: small enough that one batch (rows,
+cascaded events, change-log entries) commits in milliseconds."""
+
+MIN_RETENTION_EVERY_S = 0.1
+"""Floor of the retention interval, so a typo cannot make it spin."""
+
+MAX_LISTED = 1_000
+"""Job ids and paths a purge reports back; the count is always complete."""
+
+
+@dataclass(kw_only=True, slots=True)
+class PurgeOutcome:
+    """What a purge deleted (or, dry, would delete)."""
+
+    count: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+async def purge(
+    service: JobsService, flt: JobFilter, *, older_than_us: int, dry_run: bool
+) -> PurgeOutcome:
+    """Deletes the terminal jobs matching ``flt`` that ended at least
+    ``older_than_us`` ago; with ``dry_run`` only counts and lists them."""
+    store = service.store
+    cutoff = now_us() - older_than_us
+    if dry_run:
+        count, ids = await service.read(
+            store.purge_preview, flt, ended_before=cutoff, list_limit=MAX_LISTED
+        )
+        return PurgeOutcome(count=count, job_ids=ids)
+    outcome = PurgeOutcome()
+    while True:
+        deletions = await service.writer.run(
+            lambda c: store.purge_batch(c, flt, ended_before=cutoff, limit=PURGE_BATCH)
+        )
+        for deletion in deletions:
+            removal = await service.read(
+                remove_files, service.data_dir, deletion.job_id, deletion.files
+            )
+            _extend(outcome.removed, removal.removed)
+            _extend(outcome.refused, removal.refused)
+        outcome.count += len(deletions)
+        _extend(outcome.job_ids, [d.job_id for d in deletions])
+        if len(deletions) < PURGE_BATCH:
+            return outcome
+        # Let the event loop run the RPCs that arrived during the batch, so
+        # their writes queue up behind ours rather than after the whole purge.
+        await asyncio.sleep(0)
+
+
+async def retention_loop(service: JobsService, *, keep_us: int, every_s: float) -> None:
+    """Purges jobs that ended more than ``keep_us`` ago, now and then every
+    ``every_s`` seconds, forever."""
+    while True:
+        try:
+            outcome = await purge(service, JobFilter(), older_than_us=keep_us, dry_run=False)
+            if outcome.count:
+                log.info("retention: purged %d ended jobs", outcome.count)
+        except Exception:
+            log.exception("retention purge failed; will retry")
+        await asyncio.sleep(every_s)
+
+
+def _extend(listed: list[str], more: list[str] | tuple[str, ...]) -> None:
+    listed.extend(more[: max(0, MAX_LISTED - len(listed))])

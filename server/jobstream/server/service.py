@@ -1,0 +1,345 @@
+"""What the RPCs do, in domain terms: writes go through the writer, reads
+run on reader threads, live updates come from the broker. The gRPC layer
+(servicers.py) validates and converts around this."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from jobstream.server.broker import Broker
+from jobstream.server.domain import (
+    Event,
+    EventKind,
+    Finish,
+    Job,
+    JobFilter,
+    Lease,
+    NewJob,
+    Report,
+    ReportAck,
+    Stats,
+    now_us,
+)
+from jobstream.server.errors import NotFound, OutOfRange, Unavailable
+from jobstream.server.files import Removal, remove_files
+from jobstream.server.store import Store
+from jobstream.server.writer import Writer
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EVENT_PAGE = 1_000
+"""Events read from the database per query while a watcher catches up."""
+
+CHANGE_PAGE = 500
+"""Change-log rows read per query by a job-list watcher."""
+
+ACQUIRE_RECHECK_S = 1.0
+"""A waiting AcquireJob looks again this often even without a wake-up, so a
+job whose not_before passes is found."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WatchItem:
+    """One message of a job watch: the snapshot, or an event."""
+
+    snapshot: Job | None = None
+    event: Event | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListChange:
+    """One message of a job-list watch."""
+
+    position: int
+    job: Job | None = None
+    deleted_job_id: str | None = None
+    caught_up: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeleteOutcome:
+    """What a delete did."""
+
+    deleted: bool
+    removal: Removal
+
+
+class JobsService:
+    """The job service's behaviour, independent of gRPC."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        writer: Writer,
+        broker: Broker,
+        data_dir: Path,
+        lease_us: int,
+        max_lease_us: int,
+        readers: int = 4,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.broker = broker
+        self.data_dir = data_dir
+        self.lease_us = lease_us
+        self.max_lease_us = max_lease_us
+        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
+
+    def close(self) -> None:
+        """Stops the reader threads."""
+        self._pool.shutdown(wait=True)
+
+    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Runs a store read on a reader thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        # In the caller's context, so its log lines keep the request and job ids.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._pool, context.run, functools.partial(fn, *args, **kwargs)
+        )
+
+    # ---------------------------------------------------------------- producers
+
+    async def submit(self, specs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """Stores new jobs; see Store.submit."""
+        return await self.writer.run(lambda c: self.store.submit(c, specs, now_us()))
+
+    async def get(self, job_id: str) -> Job:
+        """One job with its steps."""
+        return await self.read(self.store.get_job, job_id)
+
+    async def list_jobs(
+        self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
+    ) -> tuple[list[Job], tuple[int, str] | None]:
+        """A page of jobs, newest first."""
+        return await self.read(self.store.list_jobs, flt, page_size=page_size, cursor=cursor)
+
+    async def cancel(self, job_id: str, reason: str) -> Job:
+        """Cancels or asks to stop; see Store.cancel."""
+        return await self.writer.run(lambda c: self.store.cancel(c, job_id, reason, now_us()))
+
+    async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
+        """Deletes the rows, then (after the commit) the files."""
+        deletion = await self.writer.run(
+            lambda c: self.store.delete(c, job_id, force=force, allow_missing=allow_missing)
+        )
+        if deletion is None:
+            return DeleteOutcome(deleted=False, removal=Removal(removed=(), refused=()))
+        removal = await self.read(remove_files, self.data_dir, deletion.job_id, deletion.files)
+        return DeleteOutcome(deleted=True, removal=removal)
+
+    async def retry(self, job_id: str, reason: str, additional_attempts: int) -> Job:
+        """Queues an ended job again as a new attempt; see Store.retry."""
+        return await self.writer.run(
+            lambda c: self.store.retry(c, job_id, reason, additional_attempts, now_us())
+        )
+
+    async def stats(self, flt: JobFilter, window_us: int) -> Stats:
+        """Counts and timings of the selected jobs; see Store.stats."""
+        return await self.read(self.store.stats, flt, window_us=window_us, now=now_us())
+
+    async def events_page(
+        self, job_id: str, kind: EventKind, after_seq: int, page_size: int
+    ) -> list[Event]:
+        """A page of one kind of event (log lines, results); NotFound for an
+        unknown job rather than an empty page."""
+
+        def page() -> list[Event]:
+            events = self.store.read_events(job_id, after_seq=after_seq, limit=page_size, kind=kind)
+            if not events and not self.store.job_exists(job_id):
+                raise NotFound(f"no job {job_id!r}", field="job_id")
+            return events
+
+        return await self.read(page)
+
+    # ---------------------------------------------------------------- watchers
+
+    async def watch(self, job_id: str, after_seq: int) -> AsyncIterator[WatchItem]:
+        """Snapshot, stored events after ``after_seq``, then live events; ends
+        after the terminal event.
+
+        The subscription starts before the snapshot is read, so an event
+        committed after the read is queued for us; one committed before it may
+        come twice and is dropped by seq. On overflow or a gap the watcher
+        re-reads from the database: it never skips and never holds a backlog.
+        A retried job's history holds earlier terminal events; only one at or
+        after the snapshot's last seq ends the stream.
+        """
+        with self.broker.job(job_id) as sub:
+            job = await self.get(job_id)
+            if after_seq > job.last_seq:
+                raise OutOfRange(
+                    f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",
+                    field="after_seq",
+                )
+            yield WatchItem(snapshot=job)
+            last = after_seq
+            if job.state.terminal and last >= job.last_seq:
+                return
+            from_db = True
+            while True:
+                self._check_open()
+                if sub.deleted:
+                    raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                if from_db or sub.overflowed:
+                    sub.reset()
+                    events = await self.read(
+                        self.store.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                    )
+                    for event in events:
+                        yield WatchItem(event=event)
+                        last = event.seq
+                        if event.terminal and event.seq >= job.last_seq:
+                            return
+                    from_db = len(events) == EVENT_PAGE
+                    if not events and not await self.read(self.store.job_exists, job_id):
+                        # Deleted through another server: no local publish said so.
+                        raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                    continue
+                while sub.events and not sub.overflowed:
+                    event = sub.events.popleft()
+                    if event.seq <= last:
+                        continue
+                    if event.seq != last + 1:
+                        from_db = True
+                        break
+                    yield WatchItem(event=event)
+                    last = event.seq
+                    if event.terminal and event.seq >= job.last_seq:
+                        return
+                if from_db or sub.overflowed or sub.events or sub.deleted:
+                    continue
+                sub.wake.clear()
+                await sub.wake.wait()
+
+    async def watch_list(self, flt: JobFilter, after_position: int) -> AsyncIterator[ListChange]:
+        """Job-level changes of matching jobs, from the change log."""
+        with self.broker.changes() as wake:
+            head = await self.read(self.store.head_position)
+            if after_position > head:
+                raise OutOfRange(
+                    f"after_position {after_position} is beyond the newest position {head}",
+                    field="after_position",
+                )
+            position = after_position
+            if after_position == 0:
+                cursor: tuple[int, str] | None = None
+                while True:
+                    jobs, cursor = await self.list_jobs(flt, CHANGE_PAGE, cursor)
+                    for job in jobs:
+                        yield ListChange(position=head, job=job)
+                    if cursor is None:
+                        break
+                yield ListChange(position=head, caught_up=True)
+                position = head
+            while True:
+                self._check_open()
+                wake.clear()
+                changes = await self.read(
+                    self.store.read_changes, after_position=position, limit=CHANGE_PAGE
+                )
+                if not changes:
+                    await wake.wait()
+                    continue
+                current = await self.read(
+                    self.store.get_jobs, {c.job_id for c in changes if not c.deleted}
+                )
+                newest = {c.job_id: c.position for c in changes}
+                for change in changes:
+                    if newest[change.job_id] != change.position:
+                        continue  # a later row of this page carries the job's newer state
+                    found = current.get(change.job_id)
+                    if change.deleted:
+                        yield ListChange(position=change.position, deleted_job_id=change.job_id)
+                    elif found is not None and flt.matches(found):
+                        yield ListChange(position=change.position, job=found)
+                position = changes[-1].position
+
+    def _check_open(self) -> None:
+        """Ends streams when the server shuts down; clients resume elsewhere."""
+        if self.broker.closed:
+            raise Unavailable("server is shutting down; resume from your last position")
+
+    # ---------------------------------------------------------------- workers
+
+    async def acquire(
+        self,
+        *,
+        worker_id: str,
+        kinds: Sequence[str],
+        queues: Sequence[str],
+        wait_s: float,
+        lease_us: int | None,
+    ) -> Lease | None:
+        """Leases a job, waiting up to ``wait_s`` for one."""
+        lease = min(lease_us or self.lease_us, self.max_lease_us)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            with self.broker.acquirable(queues, kinds) as wake:
+                got = await self._acquire_once(worker_id, kinds, queues, lease)
+                remaining = deadline - loop.time()
+                if got is not None or remaining <= 0 or self.broker.closed:
+                    return got
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(remaining, ACQUIRE_RECHECK_S))
+
+    async def _acquire_once(
+        self, worker_id: str, kinds: Sequence[str], queues: Sequence[str], lease_us: int
+    ) -> Lease | None:
+        """One acquire attempt. If the caller goes away while it commits, the
+        lease it took is released: a cancelled AcquireJob never strands a
+        job as RUNNING with nobody holding its lease."""
+        attempt = asyncio.ensure_future(
+            self.writer.run(
+                lambda c: self.store.acquire(
+                    c,
+                    worker_id=worker_id,
+                    kinds=kinds,
+                    queues=queues,
+                    lease_us=lease_us,
+                    now=now_us(),
+                )
+            )
+        )
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            lease = await attempt
+            if lease is not None:
+                job_id, lease_id = lease.job.id, lease.lease_id
+                await self.writer.run(lambda c: self.store.release(c, job_id, lease_id, now_us()))
+            raise
+
+    async def report(self, job_id: str, lease_id: str, report: Report) -> ReportAck:
+        """Stores a worker's batch and renews its lease."""
+        return await self.writer.run(
+            lambda c: self.store.report(c, job_id, lease_id, report, now=now_us())
+        )
+
+    async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
+        """Ends an attempt."""
+        return await self.writer.run(
+            lambda c: self.store.finish(c, job_id, lease_id, finish, now_us())
+        )
+
+    async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
+        """Rescues jobs from dead workers; see Store.expire_leases."""
+        return await self.writer.run(
+            lambda c: self.store.expire_leases(
+                c, now_us(), limit=limit, worker_prefix=worker_prefix
+            )
+        )

@@ -1,0 +1,423 @@
+"""The gRPC layer: validate the request, call the service, convert the answer.
+Domain errors become status codes here, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import peewee as pw
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from jobstream.server import convert, limits, validation
+from jobstream.server.artifacts import ArtifactFiles
+from jobstream.server.auth import Auth, Principal
+from jobstream.server.domain import EventKind, Job
+from jobstream.server.errors import InvalidArgument, NotFound, ServiceError, not_found
+from jobstream.server.purge import purge
+from jobstream.server.quotas import (
+    DEFAULT_MAX_WATCHERS,
+    DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
+    WatcherQuota,
+)
+from jobstream.server.service import JobsService
+from jobstream.v1 import (
+    job_service_pb2 as js,
+)
+from jobstream.v1 import (
+    job_service_pb2_grpc,
+    worker_service_pb2_grpc,
+)
+from jobstream.v1 import (
+    worker_service_pb2 as ws,
+)
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Servicer = TypeVar("Servicer")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from an exception to what the caller is told."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.details()
+    if isinstance(exc, pw.IntegrityError):
+        return grpc.StatusCode.ALREADY_EXISTS, "conflicts with a concurrent change; retry"
+    if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
+        return grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}"
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
+
+
+async def _abort(context: Context, exc: Exception) -> None:
+    """Ends the call with ``_status(exc)``; INVALID_ARGUMENT also carries a
+    google.rpc.BadRequest naming the field, for clients that read details."""
+    code, message = _status(exc)
+    trailers: Any = ()
+    if code is grpc.StatusCode.INVALID_ARGUMENT and isinstance(exc, ServiceError) and exc.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.message
+        )
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        trailers = rpc_status.to_status(status).trailing_metadata
+    await context.abort(code, message, trailers)
+
+
+def unary(
+    fn: Callable[[Servicer, Req, Context], Awaitable[Resp]],
+) -> Callable[[Servicer, Req, Context], Awaitable[Resp]]:
+    """Maps errors of a unary method to status codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def streaming(
+    fn: Callable[[Servicer, Req, Context], AsyncIterator[Resp]],
+) -> Callable[[Servicer, Req, Context], AsyncIterator[Resp]]:
+    """Maps errors of a server-streaming method to status codes."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Servicer, request: Req, context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """JobService over gRPC."""
+
+    def __init__(
+        self,
+        service: JobsService,
+        *,
+        auth: Auth | None = None,
+        quota: WatcherQuota | None = None,
+    ) -> None:
+        self.service = service
+        self.auth = auth or Auth(None)
+        self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
+
+    async def _own(self, job_id: str, principal: Principal) -> Job:
+        """The job, if ``principal`` may see it; another principal's job is
+        NotFound with exactly the wording of a missing one."""
+        job = await self.service.get(job_id)
+        if not principal.sees(job.owner):
+            raise not_found(job_id)
+        return job
+
+    @unary
+    async def SubmitJob(
+        self, request: js.SubmitJobRequest, context: Context
+    ) -> js.SubmitJobResponse:
+        owner = self.auth.principal(context).name
+        [(job, created)] = await self.service.submit([validation.new_job(request, owner=owner)])
+        return js.SubmitJobResponse(job=convert.job(job), created=created)
+
+    @unary
+    async def SubmitJobs(
+        self, request: js.SubmitJobsRequest, context: Context
+    ) -> js.SubmitJobsResponse:
+        owner = self.auth.principal(context).name
+        results = await self.service.submit(validation.new_jobs(request, owner=owner))
+        return js.SubmitJobsResponse(
+            responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
+        )
+
+    @unary
+    async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
+        job = await self._own(validation.job_id(request.job_id), self.auth.principal(context))
+        return js.GetJobResponse(job=convert.job(job))
+
+    @unary
+    async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
+        flt = dataclasses.replace(
+            validation.job_filter(request.filter),
+            owner=self.auth.principal(context).owner_filter,
+        )
+        size = validation.page_size(request.page_size, limits.DEFAULT_JOB_PAGE, limits.MAX_JOB_PAGE)
+        jobs, cursor = await self.service.list_jobs(
+            flt, size, validation.job_cursor(request.page_token)
+        )
+        return js.ListJobsResponse(
+            jobs=[convert.job(j) for j in jobs],
+            next_page_token=validation.encode_token(list(cursor)) if cursor else "",
+        )
+
+    @streaming
+    async def WatchJob(
+        self, request: js.WatchJobRequest, context: Context
+    ) -> AsyncIterator[js.WatchJobResponse]:
+        job_id = validation.job_id(request.job_id)
+        after = validation.seq(request.after_seq, "after_seq")
+        principal = self.auth.principal(context)
+        with self.quota.hold(principal.name):
+            await self._own(job_id, principal)
+            async for item in self.service.watch(job_id, after):
+                if item.snapshot is not None:
+                    yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
+                elif item.event is not None:
+                    yield js.WatchJobResponse(event=convert.event(item.event))
+
+    @streaming
+    async def WatchJobs(
+        self, request: js.WatchJobsRequest, context: Context
+    ) -> AsyncIterator[js.WatchJobsResponse]:
+        principal = self.auth.principal(context)
+        flt = dataclasses.replace(
+            validation.job_filter(request.filter), owner=principal.owner_filter
+        )
+        after = validation.seq(request.after_position, "after_position")
+        # A deleted job's row (and owner) is gone: a non-admin is told only
+        # of deletions of jobs this stream has shown it, never of others'.
+        shown: set[str] | None = None if principal.is_admin else set()
+        with self.quota.hold(principal.name):
+            async for change in self.service.watch_list(flt, after):
+                if change.job is not None:
+                    if shown is not None:
+                        shown.add(change.job.id)
+                    yield js.WatchJobsResponse(
+                        position=change.position, job=convert.job(change.job)
+                    )
+                elif change.deleted_job_id is not None:
+                    if shown is not None and change.deleted_job_id not in shown:
+                        continue
+                    yield js.WatchJobsResponse(
+                        position=change.position, deleted_job_id=change.deleted_job_id
+                    )
+                else:
+                    yield js.WatchJobsResponse(position=change.position, caught_up=True)
+
+    @unary
+    async def CancelJob(
+        self, request: js.CancelJobRequest, context: Context
+    ) -> js.CancelJobResponse:
+        job_id = validation.job_id(request.job_id)
+        reason = validation.text(request.reason, "reason")
+        await self._own(job_id, self.auth.principal(context))
+        job = await self.service.cancel(job_id, reason)
+        return js.CancelJobResponse(job=convert.job(job))
+
+    @unary
+    async def DeleteJob(
+        self, request: js.DeleteJobRequest, context: Context
+    ) -> js.DeleteJobResponse:
+        job_id = validation.job_id(request.job_id)
+        try:
+            await self._own(job_id, self.auth.principal(context))
+        except NotFound:
+            if not request.allow_missing:
+                raise
+            # Missing, or not the caller's: the same "nothing deleted" answer.
+            return js.DeleteJobResponse(deleted=False)
+        outcome = await self.service.delete(
+            job_id,
+            force=request.force,
+            allow_missing=request.allow_missing,
+        )
+        return js.DeleteJobResponse(
+            deleted=outcome.deleted,
+            removed_paths=outcome.removal.removed,
+            refused_paths=outcome.removal.refused,
+        )
+
+    @unary
+    async def GetJobLogs(
+        self, request: js.GetJobLogsRequest, context: Context
+    ) -> js.GetJobLogsResponse:
+        events, token = await self._events(request, EventKind.LOG, context)
+        return js.GetJobLogsResponse(events=events, next_page_token=token)
+
+    @unary
+    async def ListJobResults(
+        self, request: js.ListJobResultsRequest, context: Context
+    ) -> js.ListJobResultsResponse:
+        events, token = await self._events(request, EventKind.RESULT, context)
+        return js.ListJobResultsResponse(events=events, next_page_token=token)
+
+    async def _events(
+        self,
+        request: js.GetJobLogsRequest | js.ListJobResultsRequest,
+        kind: EventKind,
+        context: Context,
+    ) -> tuple[list[Any], str]:
+        job_id = validation.job_id(request.job_id)
+        await self._own(job_id, self.auth.principal(context))
+        size = validation.page_size(
+            request.page_size, limits.DEFAULT_EVENT_PAGE, limits.MAX_EVENT_PAGE
+        )
+        after = validation.seq_token(request.page_token)
+        events = await self.service.events_page(job_id, kind, after, size)
+        token = validation.encode_token(events[-1].seq) if len(events) == size else ""
+        return [convert.event(e) for e in events], token
+
+    # -- retry, purge, stats, artifacts (issue 6)
+
+    @unary
+    async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
+        job_id = validation.job_id(request.job_id)
+        reason = validation.text(request.reason, "reason")
+        attempts = validation.retry_attempts(request.additional_attempts)
+        await self._own(job_id, self.auth.principal(context))
+        job = await self.service.retry(job_id, reason, attempts)
+        return js.RetryJobResponse(job=convert.job(job))
+
+    @unary
+    async def PurgeJobs(
+        self, request: js.PurgeJobsRequest, context: Context
+    ) -> js.PurgeJobsResponse:
+        flt = dataclasses.replace(
+            validation.purge_filter(request.filter),
+            owner=self.auth.principal(context).owner_filter,
+        )
+        outcome = await purge(
+            self.service,
+            flt,
+            older_than_us=validation.purge_age_us(request),
+            dry_run=request.dry_run,
+        )
+        return js.PurgeJobsResponse(
+            purged_count=outcome.count,
+            job_ids=outcome.job_ids,
+            removed_paths=outcome.removed,
+            refused_paths=outcome.refused,
+        )
+
+    @unary
+    async def GetStats(self, request: js.GetStatsRequest, context: Context) -> js.GetStatsResponse:
+        flt = dataclasses.replace(
+            validation.job_filter(request.filter),
+            owner=self.auth.principal(context).owner_filter,
+        )
+        stats = await self.service.stats(flt, validation.stats_window_us(request))
+        return convert.stats(stats)
+
+    @unary
+    async def ListArtifacts(
+        self, request: js.ListArtifactsRequest, context: Context
+    ) -> js.ListArtifactsResponse:
+        job_id = validation.job_id(request.job_id)
+        await self._own(job_id, self.auth.principal(context))
+        found = await ArtifactFiles(self.service).list(job_id)
+        return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
+
+    @streaming
+    async def DownloadArtifact(
+        self, request: js.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[js.DownloadArtifactResponse]:
+        job_id = validation.job_id(request.job_id)
+        name = validation.artifact_name(request.name)
+        offset = validation.download_offset(request.offset)
+        await self._own(job_id, self.auth.principal(context))
+        items = ArtifactFiles(self.service).download(job_id, name, offset)
+        async for item in items:
+            if isinstance(item, bytes):
+                yield js.DownloadArtifactResponse(chunk=item)
+            else:
+                yield js.DownloadArtifactResponse(artifact=convert.artifact(item))
+
+
+class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+    """WorkerService over gRPC."""
+
+    def __init__(self, service: JobsService) -> None:
+        self.service = service
+
+    @unary
+    async def AcquireJob(
+        self, request: ws.AcquireJobRequest, context: Context
+    ) -> ws.AcquireJobResponse:
+        worker_id = validation.pattern(request.worker_id, limits.WORKER_ID, "worker_id")
+        if not request.kinds:
+            raise InvalidArgument("name at least one kind", field="kinds")
+        kinds = [validation.pattern(k, limits.KIND, "kinds") for k in request.kinds]
+        queues = [validation.pattern(q, limits.QUEUE, "queues") for q in request.queues]
+        wait = request.wait.ToTimedelta().total_seconds()
+        if not 0 <= wait <= limits.MAX_WAIT_S:
+            raise InvalidArgument(f"{wait}s is outside 0..{limits.MAX_WAIT_S:g}s", field="wait")
+        lease_us = None
+        if request.HasField("lease_duration"):
+            lease_us = int(request.lease_duration.ToTimedelta().total_seconds() * 1e6)
+            if lease_us < 1_000_000:
+                raise InvalidArgument("must be at least 1s", field="lease_duration")
+        lease = await self.service.acquire(
+            worker_id=worker_id,
+            kinds=kinds,
+            queues=queues or ["default"],
+            wait_s=wait,
+            lease_us=lease_us,
+        )
+        if lease is None:
+            return ws.AcquireJobResponse()
+        return ws.AcquireJobResponse(**convert.lease_fields(lease))
+
+    @unary
+    async def ReportJob(
+        self, request: ws.ReportJobRequest, context: Context
+    ) -> ws.ReportJobResponse:
+        ack = await self.service.report(
+            validation.job_id(request.job_id),
+            validation.lease_id(request.lease_id),
+            validation.report(request),
+        )
+        return ws.ReportJobResponse(
+            cancel_requested=ack.cancel_requested,
+            lease_expire_time=convert.timestamp(ack.lease_expire_time),
+            last_seq=ack.last_seq,
+        )
+
+    @unary
+    async def FinishJob(
+        self, request: ws.FinishJobRequest, context: Context
+    ) -> ws.FinishJobResponse:
+        job = await self.service.finish(
+            validation.job_id(request.job_id),
+            validation.lease_id(request.lease_id),
+            validation.finish(request),
+        )
+        return ws.FinishJobResponse(job=convert.job(job))
+
+    @unary
+    async def UploadArtifact(
+        self, request: AsyncIterator[ws.UploadArtifactRequest], context: Context
+    ) -> ws.UploadArtifactResponse:
+        messages = aiter(request)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise InvalidArgument("the first message must carry the header", field="header")
+        spec = validation.artifact_header(first.header)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in messages:
+                if message.WhichOneof("item") != "chunk":
+                    raise InvalidArgument("only the first message may carry it", field="header")
+                if len(message.chunk) > limits.MAX_ARTIFACT_CHUNK_BYTES:
+                    raise InvalidArgument(
+                        f"is {len(message.chunk)} bytes; the limit is "
+                        f"{limits.MAX_ARTIFACT_CHUNK_BYTES}",
+                        field="chunk",
+                    )
+                yield message.chunk
+
+        artifact, seq = await ArtifactFiles(self.service).upload(spec, chunks())
+        return ws.UploadArtifactResponse(artifact=convert.artifact(artifact), seq=seq)

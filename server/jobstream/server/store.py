@@ -1,0 +1,1171 @@
+"""All SQL of jobstream: one store over Peewee, the same code on SQLite and
+PostgreSQL. Dialect differences are decided once, in ``Store.__init__``.
+
+Write methods take a :class:`Changes` collector and must run inside the
+writer's transaction (see writer.py); they record the events they store so
+the broker can publish them after the commit. Read methods run on any thread
+with that thread's own connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import peewee as pw
+
+from jobstream.server import limits
+from jobstream.server.db import (
+    ArtifactRow,
+    ChangeRow,
+    EventRow,
+    JobRow,
+    LabelRow,
+    StepRow,
+    execute,
+    is_sqlite,
+)
+from jobstream.server.domain import (
+    JSON,
+    Artifact,
+    Changes,
+    Counters,
+    Deletion,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Finish,
+    Job,
+    JobChange,
+    JobFilter,
+    JobState,
+    Lease,
+    LogLine,
+    NewJob,
+    Outcome,
+    Progress,
+    Report,
+    ReportAck,
+    Stats,
+    Step,
+)
+from jobstream.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    not_found,
+)
+from jobstream.server.ids import new_job_id
+
+TERMINAL_STEP_STATES = frozenset({"succeeded", "failed", "skipped"})
+"""Step states that set a step's end time."""
+
+CHANGE_LOG_LOCK = 0x6A6F6263
+"""PostgreSQL advisory lock key that orders change-log writers (see
+Store.record_changes)."""
+
+NOTIFY_MAX_IDS = 100
+"""Job ids named in one NOTIFY; past this the hint says "everything"."""
+
+TERMINAL_STATES = tuple(s for s in JobState if s.terminal)
+"""The states purge and stats treat as ended."""
+
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
+"""States RetryJob accepts: a succeeded job is done, a live one is not over."""
+
+STATS_PERCENTILES = (0.50, 0.95)
+"""The run-time percentiles GetStats reports."""
+
+RESULT_COUNTER = {"succeeded": "succeeded", "failed": "failed", "skipped": "skipped"}
+"""Which job counter a result item's status increments."""
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with options builds a new encoder per call,
+which showed in profiles of the event hot path."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; control characters (NUL included) come out escaped, so
+    the text is storable on both backends."""
+    return _JSON.encode(value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How attempts are spaced: ``base * 2**(attempt-1)``, capped."""
+
+    default_max_attempts: int = 3
+    backoff_base_us: int = 1_000_000
+    backoff_max_us: int = 300_000_000
+
+    def backoff_us(self, attempt: int) -> int:
+        """The delay before attempt ``attempt + 1``."""
+        return int(min(self.backoff_max_us, self.backoff_base_us * 2 ** max(0, attempt - 1)))
+
+
+class _RawInsert:
+    """A fixed INSERT run with ``executemany``. Peewee builds the SQL of
+    every row it inserts, which profiles showed dominating the write hot
+    paths (submit, report); the statement here is built once."""
+
+    def __init__(self, db: pw.Database, model: type[pw.Model], columns: Sequence[str]) -> None:
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join([db.param] * len(columns))
+        self.sql = f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})'
+        self.db = db
+
+    def run(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Inserts ``rows`` (tuples in the column order) on the current
+        transaction's connection."""
+        if rows:
+            self.db.cursor().executemany(self.sql, rows)  # type: ignore[no-untyped-call]
+
+
+class _Compiled:
+    """SQL of hot-path queries, built once per shape: for a one-row acquire,
+    peewee building the SELECT and UPDATE cost more than SQLite running them."""
+
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+        self._cache: dict[tuple[Any, ...], str] = {}
+
+    def acquire(self, queues: int, kinds: int, skip_locked: bool) -> str:
+        """The acquire SELECT; parameters: state, *queues, *kinds, now, limit."""
+        key = ("acquire", queues, kinds, skip_locked)
+        if key not in self._cache:
+            query = (
+                JobRow.select()
+                .where(
+                    (JobRow.state == "")
+                    & JobRow.queue.in_([""] * queues)
+                    & JobRow.kind.in_([""] * kinds)
+                    & (JobRow.not_before <= 0)
+                )
+                .order_by(JobRow.priority.desc(), JobRow.create_time, JobRow.id)
+                .limit(1)
+            )
+            if skip_locked:
+                query = query.for_update(skip_locked=True)
+            sql, params = query.sql()
+            assert len(params) == 3 + queues + kinds, "acquire parameters out of order"
+            self._cache[key] = sql
+        return self._cache[key]
+
+    def update_job(self, columns: Sequence[str]) -> str:
+        """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
+        key = ("update", *columns)
+        if key not in self._cache:
+            sets = ", ".join(f'"{c}" = {self.db.param}' for c in columns)
+            self._cache[key] = f'UPDATE "job" SET {sets} WHERE "id" = {self.db.param}'
+        return self._cache[key]
+
+    def update(self, job_id: str, values: dict[str, Any]) -> None:
+        """Sets plain column values of one job."""
+        execute(self.db, self.update_job(tuple(values)), (*values.values(), job_id))
+
+
+JOB_COLUMNS = tuple(f.column_name for f in JobRow._meta.sorted_fields)
+"""Every column of the job table, in the order a raw insert fills them."""
+
+JOB_DEFAULTS = {f.column_name: f.default for f in JobRow._meta.sorted_fields}
+"""Column values a new job row takes unless submit sets them (peewee keeps
+defaults in Python, not in the schema, so a raw insert must supply them)."""
+
+
+class Store:
+    """Jobs, events, steps, labels and the change log, in one database."""
+
+    def __init__(
+        self, db: pw.Database, policy: RetryPolicy | None = None, *, origin: str = ""
+    ) -> None:
+        self.db = db
+        self.policy = policy or RetryPolicy()
+        self.origin = origin
+        shared = not is_sqlite(db)
+        # SQLite has one writer at a time (ours), so a plain SELECT is enough;
+        # PostgreSQL servers race for the same rows and must skip locked ones
+        # (SELECT ... FOR UPDATE SKIP LOCKED), order their change-log writes
+        # and tell each other about commits.
+        self.skip_locked = shared
+        self.ordered_changes = shared
+        self.channel: str | None = None
+        if shared:
+            with db.connection_context():
+                schema = execute(db, "SELECT current_schema()").fetchone()[0]
+            # NOTIFY is database-wide; one channel per schema keeps
+            # deployments (and test runs) sharing a database apart.
+            self.channel = f"jobstream_{schema}"[:63]
+        self._compiled = _Compiled(db)
+        self._insert_job = _RawInsert(db, JobRow, JOB_COLUMNS)
+        self._insert_label = _RawInsert(db, LabelRow, ("job_id", "key", "value"))
+        self._insert_event = _RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
+        self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time"))
+
+    # ------------------------------------------------------------------ writes
+
+    def submit(self, changes: Changes, specs: Sequence[NewJob], now: int) -> list[tuple[Job, bool]]:
+        """Stores new jobs (all or none); a repeated request_id with the same
+        payload returns the earlier job with ``created`` False."""
+        out: list[tuple[Job, bool]] = []
+        rows: list[dict[str, Any]] = []
+        labels: list[tuple[str, str, str]] = []
+        seen_ids: set[str] = set()
+        for spec in specs:
+            digest = _spec_digest(spec) if spec.request_id else None
+            if spec.request_id:
+                earlier = JobRow.get_or_none(
+                    (JobRow.owner == spec.owner) & (JobRow.request_id == spec.request_id)
+                )
+                if earlier is not None:
+                    if earlier.request_hash != digest:
+                        raise AlreadyExists(
+                            f"request_id {spec.request_id!r} was used for a different job "
+                            f"({earlier.id})",
+                            field="request_id",
+                        )
+                    out.append((self._job(earlier), False))
+                    continue
+            job_id = spec.job_id or new_job_id()
+            if job_id in seen_ids or (
+                spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
+            ):
+                raise AlreadyExists(f"job {job_id!r} already exists", field="job_id")
+            seen_ids.add(job_id)
+            row = {
+                "id": job_id,
+                "kind": spec.kind,
+                "queue": spec.queue,
+                "priority": spec.priority,
+                "params": dumps(spec.params),
+                "labels": dumps(spec.labels),
+                "state": JobState.QUEUED.value,
+                "max_attempts": spec.max_attempts or self.policy.default_max_attempts,
+                "not_before": spec.not_before or now,
+                "owner": spec.owner,
+                "request_id": spec.request_id,
+                "request_hash": digest,
+                "create_time": now,
+                "update_time": now,
+                "last_seq": 1,
+            }
+            rows.append(row)
+            labels.extend((job_id, k, v) for k, v in spec.labels.items())
+            out.append((self._job_from_new(row, spec), True))
+        if rows:
+            self._insert_job.run(
+                [tuple(r.get(c, JOB_DEFAULTS[c]) for c in JOB_COLUMNS) for r in rows]
+            )
+            self._insert_label.run(labels)
+            events = [
+                Event(
+                    job_id=r["id"],
+                    seq=1,
+                    time=now,
+                    kind=EventKind.STATE,
+                    body={"state": "queued", "reason": "submitted", "attempt": 0},
+                )
+                for r in rows
+            ]
+            self._insert_events(changes, events)
+            changes.acquirable.update((r["queue"], r["kind"]) for r in rows)
+        return out
+
+    def acquire(
+        self,
+        changes: Changes,
+        *,
+        worker_id: str,
+        kinds: Sequence[str],
+        queues: Sequence[str],
+        lease_us: int,
+        now: int,
+    ) -> Lease | None:
+        """Leases the best runnable job, or returns None."""
+        sql = self._compiled.acquire(len(queues), len(kinds), self.skip_locked)
+        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, 1))
+        if not rows:
+            return None
+        row = rows[0]
+        lease_id = secrets.token_hex(16)
+        attempt = row.attempt + 1
+        expire = now + lease_us
+        seq = self._append(
+            changes,
+            row,
+            now,
+            [
+                (
+                    EventKind.STATE,
+                    {"state": "running", "reason": f"acquired by {worker_id}", "attempt": attempt},
+                )
+            ],
+        )
+        self._compiled.update(
+            row.id,
+            {
+                "state": JobState.RUNNING.value,
+                "attempt": attempt,
+                "start_time": now,
+                "end_time": None,
+                "worker_id": worker_id,
+                "lease_id": lease_id,
+                "lease_expire": expire,
+                "lease_us": lease_us,
+                "report_seq": 0,
+                "update_time": now,
+                "last_seq": seq,
+            },
+        )
+        # Built from the row just read rather than read again: acquire sits
+        # on the submit-to-start latency path.
+        job = replace(
+            self._job(row),
+            state=JobState.RUNNING,
+            attempt=attempt,
+            start_time=now,
+            end_time=None,
+            worker_id=worker_id,
+            update_time=now,
+            last_seq=seq,
+        )
+        return Lease(job=job, lease_id=lease_id, expire_time=expire)
+
+    def release(self, changes: Changes, job_id: str, lease_id: str, now: int) -> None:
+        """Returns a job whose lease never reached its worker (the AcquireJob
+        call was cancelled as it completed) to the queue; the attempt does
+        not count."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None or row.state != JobState.RUNNING.value or row.lease_id != lease_id:
+            return
+        reason = "lease released: the worker went away before receiving it"
+        self._transition(changes, row, JobState.QUEUED, reason, now, attempt=row.attempt - 1)
+
+    def report(
+        self, changes: Changes, job_id: str, lease_id: str, report: Report, *, now: int
+    ) -> ReportAck:
+        """Stores a worker's batch and renews its lease for the length it
+        was granted."""
+        row = self._leased(job_id, lease_id, now)
+        expire = now + row.lease_us
+        if report.report_seq and report.report_seq <= row.report_seq:
+            # A retry of a report we stored (its answer was lost): renew only.
+            JobRow.update(lease_expire=expire).where(JobRow.id == row.id).execute()
+            return ReportAck(
+                cancel_requested=row.cancel_requested,
+                lease_expire_time=expire,
+                last_seq=row.last_seq,
+            )
+        items: list[tuple[EventKind, JSON]] = []
+        update: dict[Any, Any] = {}
+        if report.progress is not None:
+            p = report.progress
+            items.append((EventKind.PROGRESS, _progress_body(p)))
+            update.update(
+                {
+                    JobRow.fraction: p.fraction,
+                    JobRow.done: p.done,
+                    JobRow.total: p.total,
+                    JobRow.phase: p.phase,
+                    JobRow.message: p.message,
+                }
+            )
+        items.extend((EventKind.LOG, body) for body in self._capped_logs(row, report.logs))
+        step_count = row.step_count
+        for step in report.steps:
+            stored, step_count = self._upsert_step(row.id, step, step_count, now)
+            items.append((EventKind.STEP, _step_body(stored)))
+        if report.steps:
+            update[JobRow.step_count] = step_count
+        counts = dict.fromkeys(RESULT_COUNTER.values(), 0)
+        for item in report.results:
+            counts[RESULT_COUNTER[item.status]] += 1
+            items.append(
+                (
+                    EventKind.RESULT,
+                    {
+                        "key": item.key,
+                        "status": item.status,
+                        "data": item.data,
+                        "error": item.error,
+                    },
+                )
+            )
+        for name, n in counts.items():
+            if n:
+                column = getattr(JobRow, name)
+                update[column] = column + n
+        if report.files:
+            files = json.loads(row.files)
+            files.extend(f for f in report.files if f not in files)
+            update[JobRow.files] = dumps(files)
+        seq = self._append(changes, row, now, items) if items else row.last_seq
+        if report.report_seq:
+            update[JobRow.report_seq] = report.report_seq
+        update.update({JobRow.lease_expire: expire, JobRow.update_time: now, JobRow.last_seq: seq})
+        JobRow.update(update).where(JobRow.id == row.id).execute()
+        return ReportAck(
+            cancel_requested=row.cancel_requested, lease_expire_time=expire, last_seq=seq
+        )
+
+    def _capped_logs(self, row: JobRow, logs: Sequence[LogLine]) -> list[JSON]:
+        """Event bodies of ``logs`` within MAX_LOG_LINES_PER_JOB: the lines
+        that fit, then one "truncated" line; once that is stored, any
+        further line is refused. Counting runs only when the job's whole
+        event count could have reached the limit."""
+        bodies: list[JSON] = []
+        for ln in logs:
+            body: JSON = {"level": ln.level, "text": ln.text, "stream": ln.stream}
+            if ln.truncated:
+                body["truncated"] = True
+            bodies.append(body)
+        limit = limits.MAX_LOG_LINES_PER_JOB
+        if not bodies or row.last_seq + len(bodies) <= limit:
+            return bodies
+        stored = (
+            EventRow.select()
+            .where((EventRow.job == row.id) & (EventRow.kind == EventKind.LOG.value))
+            .count()
+        )
+        if stored > limit:
+            raise ResourceExhausted(
+                f"the job has reached its limit of {limit} log lines "
+                "(--max-log-lines-per-job); later lines are refused",
+                field="logs",
+            )
+        room = limit - stored
+        if len(bodies) <= room:
+            return bodies
+        marker: JSON = {
+            "level": "warning",
+            "text": f"log truncated: the job reached its limit of {limit} log lines "
+            "(--max-log-lines-per-job); later lines are refused",
+            "stream": "",
+        }
+        return [*bodies[:room], marker]
+
+    def finish(self, changes: Changes, job_id: str, lease_id: str, finish: Finish, now: int) -> Job:
+        """Ends the leased attempt: terminal, or QUEUED again for a retry."""
+        row = self._leased(job_id, lease_id, now)
+        fields: dict[str, Any] = {}
+        if finish.outcome is Outcome.SUCCEEDED:
+            state, reason = JobState.SUCCEEDED, "handler succeeded"
+            fields["result"] = dumps(finish.result) if finish.result is not None else None
+        elif finish.outcome is Outcome.CANCELLED or (
+            finish.outcome is Outcome.RELEASED and row.cancel_requested
+        ):
+            state, reason = JobState.CANCELLED, "handler stopped after cancel"
+        elif finish.outcome is Outcome.RELEASED:
+            # The worker stopped (graceful shutdown) before the handler ended:
+            # back to the queue now, and the attempt does not count.
+            state = JobState.QUEUED
+            reason = f"released by worker {row.worker_id}: it stopped before the job finished"
+            fields["attempt"] = row.attempt - 1
+            fields["not_before"] = now
+        elif finish.retryable and not row.cancel_requested and row.attempt < row.max_attempts:
+            state = JobState.QUEUED
+            delay = self.policy.backoff_us(row.attempt)
+            fields["not_before"] = now + delay
+            reason = (
+                f"attempt {row.attempt}/{row.max_attempts} failed; retrying in {delay / 1e6:g}s"
+            )
+        else:
+            state, reason = JobState.FAILED, "handler failed"
+        error = finish.error
+        if state is JobState.CANCELLED and error is None:
+            error = ErrorInfo(code="cancelled", message="cancelled while running")
+        self._transition(changes, row, state, reason, now, error=error, **fields)
+        return self.get_job(job_id)
+
+    def cancel(self, changes: Changes, job_id: str, reason: str, now: int) -> Job:
+        """Cancels a queued job at once; asks a running one to stop."""
+        row = self._row(job_id)
+        state = JobState(row.state)
+        why = reason or "cancelled by client"
+        if state is JobState.QUEUED:
+            self._transition(
+                changes,
+                row,
+                JobState.CANCELLED,
+                why,
+                now,
+                error=ErrorInfo(code="cancelled", message=why),
+            )
+        elif state is JobState.RUNNING:
+            if not row.cancel_requested:
+                seq = self._append(changes, row, now, [(EventKind.CANCEL, {"reason": why})])
+                JobRow.update(cancel_requested=True, last_seq=seq, update_time=now).where(
+                    JobRow.id == row.id
+                ).execute()
+        elif state is not JobState.CANCELLED:
+            raise FailedPrecondition(f"job {job_id!r} already ended {state.value}", field="job_id")
+        return self.get_job(job_id)
+
+    def delete(
+        self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool
+    ) -> Deletion | None:
+        """Deletes a job's rows (events, steps and labels cascade) and
+        returns the files recorded for it; the caller removes those after
+        the commit."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None:
+            if allow_missing:
+                return None
+            raise not_found(job_id)
+        if row.state == JobState.RUNNING.value and not force:
+            raise FailedPrecondition(
+                f"job {job_id!r} is running: cancel it first or delete with force", field="force"
+            )
+        JobRow.delete().where(JobRow.id == job_id).execute()
+        changes.deleted_jobs.add(job_id)
+        return Deletion(job_id=job_id, files=tuple(json.loads(row.files)))
+
+    def expire_leases(
+        self, changes: Changes, now: int, *, limit: int, worker_prefix: str | None = None
+    ) -> int:
+        """Returns jobs whose lease ran out (or, with ``worker_prefix``, that
+        dead in-process workers held) to the queue, or ends them."""
+        cond = JobRow.state == JobState.RUNNING.value
+        if worker_prefix is None:
+            cond &= JobRow.lease_expire < now
+            why = "lease expired: worker {w} stopped reporting"
+        else:
+            cond &= JobRow.worker_id.startswith(worker_prefix)
+            why = "server restarted while its worker {w} ran the job"
+        query = JobRow.select().where(cond).limit(limit)
+        if self.skip_locked:
+            query = query.for_update(skip_locked=True)
+        rows = list(query)
+        for row in rows:
+            reason = why.format(w=row.worker_id)
+            if row.cancel_requested:
+                self._transition(
+                    changes,
+                    row,
+                    JobState.CANCELLED,
+                    reason,
+                    now,
+                    error=ErrorInfo(code="cancelled", message=reason),
+                )
+            elif row.attempt < row.max_attempts:
+                delay = self.policy.backoff_us(row.attempt)
+                self._transition(
+                    changes,
+                    row,
+                    JobState.QUEUED,
+                    f"{reason}; retrying in {delay / 1e6:g}s",
+                    now,
+                    not_before=now + delay,
+                )
+            else:
+                self._transition(
+                    changes,
+                    row,
+                    JobState.INTERRUPTED,
+                    reason,
+                    now,
+                    error=ErrorInfo(code="lease_expired", message=reason),
+                )
+        return len(rows)
+
+    def record_changes(self, changes: Changes, now: int) -> None:
+        """Appends the transaction's changed and deleted jobs to the change
+        log, once each, in the same transaction."""
+        rows = [
+            (job_id, False, now) for job_id in sorted(changes.changed_jobs - changes.deleted_jobs)
+        ]
+        rows += [(job_id, True, now) for job_id in sorted(changes.deleted_jobs)]
+        if rows:
+            if self.ordered_changes:
+                # Positions come from a sequence, and on PostgreSQL a position
+                # taken first could commit last: a watcher that had read past
+                # the later one would skip it forever. Taking this lock before
+                # drawing positions, and holding it to commit, makes positions
+                # commit in the order they are drawn, so everything below a
+                # visible position is already visible.
+                execute(self.db, "SELECT pg_advisory_xact_lock(%s)", (CHANGE_LOG_LOCK,))
+            self._insert_change.run(rows)
+
+    def notify(self, changes: Changes) -> None:
+        """Tells the other servers (PostgreSQL NOTIFY, sent at commit) which
+        jobs changed. A hint only: they read the data from the tables."""
+        if self.channel is None or not (
+            changes.changed_jobs or changes.deleted_jobs or changes.acquirable
+        ):
+            return
+        ids = sorted(changes.changed_jobs | changes.deleted_jobs)
+        payload = {
+            "origin": self.origin,
+            "jobs": ids if len(ids) <= NOTIFY_MAX_IDS else None,
+            "acquirable": bool(changes.acquirable),
+        }
+        execute(self.db, "SELECT pg_notify(%s, %s)", (self.channel, dumps(payload)))
+
+    # ------------------------------------------------------------------ reads
+
+    def get_job(self, job_id: str) -> Job:
+        """One job with its steps, or NotFound."""
+        with self.db.atomic():
+            row = self._row(job_id)
+            steps = tuple(
+                _step(s)
+                for s in StepRow.select().where(StepRow.job == job_id).order_by(StepRow.position)
+            )
+        return self._job(row, steps)
+
+    def get_jobs(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        """The jobs that exist among ``job_ids`` (without steps)."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        return {row.id: self._job(row) for row in JobRow.select().where(JobRow.id.in_(ids))}
+
+    def list_jobs(
+        self, flt: JobFilter, *, page_size: int, cursor: tuple[int, str] | None
+    ) -> tuple[list[Job], tuple[int, str] | None]:
+        """A page of jobs, newest first, and the cursor of the next page."""
+        query = _filtered(JobRow.select(), flt)
+        if cursor is not None:
+            ctime, cid = cursor
+            # A row-value comparison is one index seek; the equivalent OR of
+            # two conditions makes SQLite scan from the top of the index.
+            query = query.where(pw.Tuple(JobRow.create_time, JobRow.id) < pw.Tuple(ctime, cid))
+        rows = list(
+            query.order_by(JobRow.create_time.desc(), JobRow.id.desc()).limit(page_size + 1)
+        )
+        more = len(rows) > page_size
+        jobs = [self._job(r) for r in rows[:page_size]]
+        last = jobs[-1] if more else None
+        return jobs, (last.create_time, last.id) if last else None
+
+    def job_exists(self, job_id: str) -> bool:
+        """Whether the job exists."""
+        return bool(JobRow.select().where(JobRow.id == job_id).exists())
+
+    def read_events(
+        self, job_id: str, *, after_seq: int, limit: int, kind: EventKind | None = None
+    ) -> list[Event]:
+        """Up to ``limit`` stored events after ``after_seq``, in order."""
+        query = EventRow.select(EventRow.seq, EventRow.time, EventRow.kind, EventRow.body).where(
+            (EventRow.job == job_id) & (EventRow.seq > after_seq)
+        )
+        if kind is not None:
+            query = query.where(EventRow.kind == kind.value)
+        return [
+            Event(job_id=job_id, seq=seq, time=t, kind=EventKind(k), body=json.loads(body))
+            for seq, t, k, body in cast(
+                Iterable[tuple[int, int, str, str]],
+                query.order_by(EventRow.seq).limit(limit).tuples(),
+            )
+        ]
+
+    def read_changes(self, *, after_position: int, limit: int) -> list[JobChange]:
+        """Up to ``limit`` change-log rows after ``after_position``, in order."""
+        query = cast(
+            Iterable[tuple[int, str, bool]],
+            ChangeRow.select(ChangeRow.position, ChangeRow.job_id, ChangeRow.deleted)
+            .where(ChangeRow.position > after_position)
+            .order_by(ChangeRow.position)
+            .limit(limit)
+            .tuples(),
+        )
+        return [JobChange(position=p, job_id=j, deleted=bool(d)) for p, j, d in query]
+
+    def head_position(self) -> int:
+        """The newest change-log position (0 when empty); an index lookup."""
+        value = ChangeRow.select(pw.fn.MAX(ChangeRow.position)).scalar()
+        return int(value or 0)
+
+    def count_jobs(self, now: int) -> tuple[dict[str, int], dict[str, int]]:
+        """Jobs by state, and queued jobs ready to run at ``now`` by queue
+        (for metrics). Both GROUP BYs lead with ``state``, which the acquire
+        index starts with."""
+        by_state = dict(
+            cast(
+                Iterable[tuple[str, int]],
+                JobRow.select(JobRow.state, pw.fn.COUNT(JobRow.id)).group_by(JobRow.state).tuples(),
+            )
+        )
+        ready = dict(
+            cast(
+                Iterable[tuple[str, int]],
+                JobRow.select(JobRow.queue, pw.fn.COUNT(JobRow.id))
+                .where((JobRow.state == JobState.QUEUED.value) & (JobRow.not_before <= now))
+                .group_by(JobRow.queue)
+                .tuples(),
+            )
+        )
+        return by_state, ready
+
+    # ------------------------------------------- retry, purge, stats, artifacts
+
+    def retry(
+        self, changes: Changes, job_id: str, reason: str, additional_attempts: int, now: int
+    ) -> Job:
+        """Queues an ended (not succeeded) job again as a new attempt.
+
+        The history stays: the QUEUED event follows the job's last seq, the
+        attempt counter keeps counting (the next acquire makes attempt + 1)
+        and max_attempts becomes the current attempt plus
+        ``additional_attempts``, so the lease sweeper and FinishJob's retry
+        logic work on the new attempt exactly as on the first. Counters,
+        steps and artifacts are kept; the error, result, end time, cancel
+        flag and progress of the ended attempt are cleared.
+        """
+        row = self._row(job_id)
+        state = JobState(row.state)
+        if state not in RETRYABLE_STATES:
+            raise FailedPrecondition(
+                f"job {job_id!r} is {state.value}; only failed, interrupted or cancelled "
+                "jobs can be retried",
+                field="job_id",
+            )
+        why = f"retried: {reason}" if reason else "retried by client"
+        self._transition(changes, row, JobState.QUEUED, why, now)
+        JobRow.update(
+            max_attempts=row.attempt + additional_attempts,
+            not_before=now,
+            error=None,
+            result=None,
+            end_time=None,
+            cancel_requested=False,
+            fraction=0.0,
+            done=0,
+            total=0,
+            phase="",
+            message="",
+        ).where(JobRow.id == row.id).execute()
+        return self.get_job(job_id)
+
+    def purge_batch(
+        self, changes: Changes, flt: JobFilter, *, ended_before: int, limit: int
+    ) -> list[Deletion]:
+        """Deletes up to ``limit`` terminal jobs that match ``flt`` and ended
+        at or before ``ended_before``, oldest first; returns their recorded
+        files for the caller to remove after the commit."""
+        query = self._purgeable(JobRow.select(JobRow.id, JobRow.files), flt, ended_before)
+        query = query.order_by(JobRow.end_time, JobRow.id).limit(limit)
+        if self.skip_locked:
+            query = query.for_update(skip_locked=True)
+        rows = list(query)
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        JobRow.delete().where(JobRow.id.in_(ids)).execute()
+        changes.deleted_jobs.update(ids)
+        return [Deletion(job_id=r.id, files=tuple(json.loads(r.files))) for r in rows]
+
+    def purge_preview(
+        self, flt: JobFilter, *, ended_before: int, list_limit: int
+    ) -> tuple[int, list[str]]:
+        """How many jobs a purge would delete now, and the first of their ids."""
+        with self.db.atomic():
+            count = self._purgeable(JobRow.select(), flt, ended_before).count()
+            ids = [
+                r.id
+                for r in self._purgeable(JobRow.select(JobRow.id), flt, ended_before)
+                .order_by(JobRow.end_time, JobRow.id)
+                .limit(list_limit)
+            ]
+        return int(count), ids
+
+    def _purgeable(self, query: Any, flt: JobFilter, ended_before: int) -> Any:
+        states = [s for s in flt.states if s.terminal] if flt.states else TERMINAL_STATES
+        scoped = dataclasses.replace(flt, states=())
+        return _filtered(query, scoped).where(
+            JobRow.state.in_([s.value for s in states]) & (JobRow.end_time <= ended_before)
+        )
+
+    def stats(self, flt: JobFilter, *, window_us: int, now: int) -> Stats:
+        """Counts by state and kind over every selected job; success rate,
+        run-time percentiles and ended count over the jobs that ended within
+        the window."""
+        since = now - window_us
+        with self.db.atomic():
+            by_kind = [
+                (kind, JobState(state), int(n))
+                for kind, state, n in _filtered(
+                    JobRow.select(JobRow.kind, JobRow.state, pw.fn.COUNT(JobRow.id)), flt
+                )
+                .group_by(JobRow.kind, JobRow.state)
+                .order_by(JobRow.kind, JobRow.state)
+                .tuples()
+            ]
+            ended = {
+                JobState(state): int(n)
+                for state, n in _filtered(JobRow.select(JobRow.state, pw.fn.COUNT(JobRow.id)), flt)
+                .where(
+                    JobRow.state.in_([s.value for s in TERMINAL_STATES])
+                    & (JobRow.end_time >= since)
+                )
+                .group_by(JobRow.state)
+                .tuples()
+            }
+            run = JobRow.end_time - JobRow.start_time
+            timed = _filtered(JobRow.select(run), flt).where(
+                JobRow.state.in_([JobState.SUCCEEDED.value, JobState.FAILED.value])
+                & (JobRow.end_time >= since)
+                & JobRow.start_time.is_null(False)
+            )
+            n_timed = timed.count()
+            p50, p95 = (_nearest_rank(timed.order_by(run), n_timed, q) for q in STATS_PERCENTILES)
+        by_state: dict[JobState, int] = {}
+        for _, state, n in by_kind:
+            by_state[state] = by_state.get(state, 0) + n
+        total_ended = sum(ended.values())
+        decided = total_ended - ended.get(JobState.CANCELLED, 0)
+        return Stats(
+            by_state=tuple((s, by_state[s]) for s in JobState if s in by_state),
+            by_kind=tuple(by_kind),
+            window_us=window_us,
+            ended=total_ended,
+            success_rate=ended.get(JobState.SUCCEEDED, 0) / decided if decided else 0.0,
+            duration_p50_us=p50,
+            duration_p95_us=p95,
+        )
+
+    def add_artifact(
+        self,
+        changes: Changes,
+        job_id: str,
+        lease_id: str,
+        *,
+        name: str,
+        size_bytes: int,
+        sha256: str,
+        content_type: str,
+        max_per_job: int,
+        now: int,
+    ) -> tuple[Artifact, int]:
+        """Records an uploaded artifact of a leased job (replacing one of the
+        same name), with an event; renews the lease. Returns the artifact
+        and the event's seq."""
+        row = self._leased(job_id, lease_id, now)
+        existing = ArtifactRow.select().where(ArtifactRow.job == job_id)
+        if (
+            not existing.where(ArtifactRow.name == name).exists()
+            and existing.count() >= max_per_job
+        ):
+            raise ResourceExhausted(
+                f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
+                field="name",
+            )
+        artifact = Artifact(
+            name=name,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            content_type=content_type,
+            create_time=now,
+            attempt=row.attempt,
+        )
+        ArtifactRow.delete().where(
+            (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
+        ).execute()
+        ArtifactRow.insert(job=job_id, **_artifact_body(artifact)).execute()
+        seq = self._append(changes, row, now, [(EventKind.ARTIFACT, _artifact_body(artifact))])
+        JobRow.update(lease_expire=now + row.lease_us, update_time=now, last_seq=seq).where(
+            JobRow.id == row.id
+        ).execute()
+        return artifact, seq
+
+    def check_lease(self, job_id: str, lease_id: str, now: int) -> None:
+        """FailedPrecondition (or NotFound) unless ``lease_id`` is the job's
+        live lease: lets an upload be refused before its bytes are taken."""
+        self._leased(job_id, lease_id, now)
+
+    def list_artifacts(self, job_id: str) -> list[Artifact]:
+        """A job's artifacts by name; NotFound for an unknown job."""
+        with self.db.atomic():
+            self._row(job_id)
+            rows = list(
+                ArtifactRow.select().where(ArtifactRow.job == job_id).order_by(ArtifactRow.name)
+            )
+        return [_artifact(r) for r in rows]
+
+    def get_artifact(self, job_id: str, name: str) -> Artifact:
+        """One artifact; NotFound naming the job or the artifact."""
+        with self.db.atomic():
+            self._row(job_id)
+            row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
+        if row is None:
+            raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")
+        return _artifact(row)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _row(self, job_id: str) -> JobRow:
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None:
+            raise not_found(job_id)
+        return row
+
+    def _leased(self, job_id: str, lease_id: str, now: int) -> JobRow:
+        """The job, if ``lease_id`` is its live lease; fencing for workers."""
+        row = self._row(job_id)
+        if row.state != JobState.RUNNING.value or row.lease_id != lease_id:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} is not the current lease of job {job_id!r} "
+                f"(job is {row.state}, attempt {row.attempt})",
+                field="lease_id",
+            )
+        if (row.lease_expire or 0) < now:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} of job {job_id!r} expired", field="lease_id"
+            )
+        return row
+
+    def _transition(
+        self,
+        changes: Changes,
+        row: JobRow,
+        state: JobState,
+        reason: str,
+        now: int,
+        *,
+        error: ErrorInfo | None = None,
+        **fields: Any,
+    ) -> None:
+        """Moves a job to ``state`` with an event saying why; ends the lease."""
+        body: JSON = {"state": state.value, "reason": reason, "attempt": row.attempt}
+        if error is not None:
+            body["error"] = _error_body(error)
+            fields["error"] = dumps(body["error"])
+        seq = self._append(changes, row, now, [(EventKind.STATE, body)])
+        if state.terminal:
+            fields["end_time"] = now
+        else:
+            changes.acquirable.add((row.queue, row.kind))
+        self._compiled.update(
+            row.id,
+            {
+                "state": state.value,
+                "lease_id": None,
+                "lease_expire": None,
+                "update_time": now,
+                "last_seq": seq,
+                **fields,
+            },
+        )
+
+    def _append(
+        self, changes: Changes, row: JobRow, now: int, items: Sequence[tuple[EventKind, JSON]]
+    ) -> int:
+        """Stores events for ``row`` after its last seq; returns the new last seq."""
+        first = row.last_seq + 1
+        events = [
+            Event(job_id=row.id, seq=first + i, time=now, kind=kind, body=body)
+            for i, (kind, body) in enumerate(items)
+        ]
+        self._insert_events(changes, events)
+        row.last_seq = first + len(items) - 1
+        return int(row.last_seq)
+
+    def _insert_events(self, changes: Changes, events: list[Event]) -> None:
+        self._insert_event.run(
+            [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
+        )
+        changes.events.extend(events)
+        changes.changed_jobs.update(e.job_id for e in events)
+
+    def _upsert_step(self, job_id: str, step: Step, count: int, now: int) -> tuple[Step, int]:
+        """Updates a named step's latest state; returns it and the step count."""
+        row = StepRow.get_or_none((StepRow.job == job_id) & (StepRow.name == step.name))
+        if row is None:
+            row = StepRow(job=job_id, name=step.name, position=count, state="pending")
+            count += 1
+            created = True
+        else:
+            created = False
+        if step.state == "running" and row.state != "running":
+            row.attempts += 1
+            row.start_time = row.start_time or now
+            row.end_time = None
+        if step.state in TERMINAL_STEP_STATES:
+            row.start_time = row.start_time or now
+            row.end_time = now
+        row.state = step.state
+        row.error = step.error
+        if step.data is not None:
+            row.data = dumps(step.data)
+        row.save(force_insert=created)
+        return _step(row), count
+
+    def _job(self, row: JobRow, steps: tuple[Step, ...] = ()) -> Job:
+        return Job(
+            id=row.id,
+            kind=row.kind,
+            queue=row.queue,
+            priority=row.priority,
+            params=json.loads(row.params),
+            labels=json.loads(row.labels),
+            state=JobState(row.state),
+            cancel_requested=bool(row.cancel_requested),
+            progress=Progress(
+                fraction=row.fraction,
+                done=row.done,
+                total=row.total,
+                phase=row.phase,
+                message=row.message,
+            ),
+            counters=Counters(succeeded=row.succeeded, failed=row.failed, skipped=row.skipped),
+            result=json.loads(row.result) if row.result is not None else None,
+            error=_error(json.loads(row.error)) if row.error else None,
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            not_before=row.not_before,
+            owner=row.owner,
+            request_id=row.request_id or "",
+            create_time=row.create_time,
+            start_time=row.start_time,
+            end_time=row.end_time,
+            update_time=row.update_time,
+            last_seq=row.last_seq,
+            worker_id=row.worker_id,
+            steps=steps,
+        )
+
+    def _job_from_new(self, row: dict[str, Any], spec: NewJob) -> Job:
+        """The Job just inserted, without reading it back."""
+        return Job(
+            id=row["id"],
+            kind=spec.kind,
+            queue=spec.queue,
+            priority=spec.priority,
+            params=spec.params,
+            labels=spec.labels,
+            state=JobState.QUEUED,
+            cancel_requested=False,
+            progress=Progress(),
+            counters=Counters(),
+            result=None,
+            error=None,
+            attempt=0,
+            max_attempts=row["max_attempts"],
+            not_before=row["not_before"],
+            owner=spec.owner,
+            request_id=spec.request_id or "",
+            create_time=row["create_time"],
+            start_time=None,
+            end_time=None,
+            update_time=row["update_time"],
+            last_seq=1,
+            worker_id="",
+        )
+
+
+def _filtered(query: Any, flt: JobFilter) -> Any:
+    """``query`` narrowed to the jobs ``flt`` selects."""
+    if flt.owner is not None:
+        query = query.where(JobRow.owner == flt.owner)
+    if flt.states:
+        query = query.where(JobRow.state.in_([s.value for s in flt.states]))
+    if flt.kinds:
+        query = query.where(JobRow.kind.in_(list(flt.kinds)))
+    if flt.queues:
+        query = query.where(JobRow.queue.in_(list(flt.queues)))
+    for key, value in flt.labels:
+        query = query.where(
+            JobRow.id.in_(
+                LabelRow.select(LabelRow.job).where(
+                    (LabelRow.key == key) & (LabelRow.value == value)
+                )
+            )
+        )
+    return query
+
+
+def _artifact(row: ArtifactRow) -> Artifact:
+    return Artifact(
+        name=row.name,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        create_time=row.create_time,
+        attempt=row.attempt,
+    )
+
+
+def _artifact_body(a: Artifact) -> JSON:
+    return {
+        "name": a.name,
+        "size_bytes": a.size_bytes,
+        "sha256": a.sha256,
+        "content_type": a.content_type,
+        "create_time": a.create_time,
+        "attempt": a.attempt,
+    }
+
+
+def _nearest_rank(ordered: Any, n: int, q: float) -> int:
+    """The ``q`` quantile (nearest-rank) of an ordered one-column query of
+    ``n`` rows, read with OFFSET so only one row comes back; 0 when empty."""
+    if n == 0:
+        return 0
+    rank = max(1, math.ceil(q * n))
+    value = ordered.limit(1).offset(rank - 1).scalar()
+    return int(value or 0)
+
+
+def _spec_digest(spec: NewJob) -> str:
+    """A fingerprint of what a submit asked for, to tell a retry from a
+    different request reusing its request_id."""
+    payload = [
+        spec.job_id,
+        spec.kind,
+        spec.queue,
+        spec.priority,
+        spec.params,
+        sorted(spec.labels.items()),
+        spec.max_attempts,
+        spec.not_before,
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _progress_body(p: Progress) -> JSON:
+    return {
+        "fraction": p.fraction,
+        "done": p.done,
+        "total": p.total,
+        "phase": p.phase,
+        "message": p.message,
+    }
+
+
+def _step_body(s: Step) -> JSON:
+    return {
+        "name": s.name,
+        "state": s.state,
+        "attempts": s.attempts,
+        "error": s.error,
+        "data": s.data,
+        "start_time": s.start_time,
+        "end_time": s.end_time,
+    }
+
+
+def _error_body(e: ErrorInfo) -> JSON:
+    return {"code": e.code, "message": e.message, "details": e.details}
+
+
+def _error(body: JSON) -> ErrorInfo:
+    return ErrorInfo(code=body["code"], message=body["message"], details=body.get("details"))
+
+
+def _step(row: StepRow) -> Step:
+    return Step(
+        name=row.name,
+        state=row.state,
+        attempts=row.attempts,
+        error=row.error,
+        data=json.loads(row.data) if row.data else None,
+        start_time=row.start_time,
+        end_time=row.end_time,
+    )

@@ -1,0 +1,480 @@
+"""The edge: turns protobuf requests into validated domain values, or raises
+InvalidArgument naming the field and the limit. Nothing reaches the store
+unchecked."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from jobstream.server import limits
+from jobstream.server.domain import (
+    JSON,
+    ArtifactSpec,
+    ErrorInfo,
+    Finish,
+    JobFilter,
+    JobState,
+    LogLine,
+    NewJob,
+    Outcome,
+    Progress,
+    Report,
+    ResultItem,
+    Step,
+)
+from jobstream.server.errors import InvalidArgument, ResourceExhausted
+from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
+
+JOB_STATES = {job_pb2.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
+STEP_STATES = {
+    v: n.removeprefix("STEP_STATE_").lower()
+    for n, v in job_pb2.StepState.items()
+    if v != job_pb2.STEP_STATE_UNSPECIFIED
+}
+LOG_LEVELS = {
+    v: n.removeprefix("LOG_LEVEL_").lower()
+    for n, v in job_pb2.LogLevel.items()
+    if v != job_pb2.LOG_LEVEL_UNSPECIFIED
+}
+RESULT_STATUSES = {
+    v: n.removeprefix("RESULT_STATUS_").lower()
+    for n, v in job_pb2.ResultStatus.items()
+    if v != job_pb2.RESULT_STATUS_UNSPECIFIED
+}
+OUTCOMES = {worker_service_pb2.JobOutcome.Value(f"JOB_OUTCOME_{o.name}"): o for o in Outcome}
+
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""Measures JSON values' size; built once (see store.dumps)."""
+
+
+# ---------------------------------------------------------------- primitives
+
+
+def job_id(value: str, field: str = "job_id") -> str:
+    """An id naming an existing job (either form)."""
+    if limits.CLIENT_JOB_ID.fullmatch(value) or limits.SERVER_JOB_ID.fullmatch(value):
+        return value
+    raise InvalidArgument(
+        f"{value[:80]!r} is not a job id ([a-z0-9][a-z0-9._-]{{0,62}} or job_<ulid>)",
+        field=field,
+    )
+
+
+def log_text(value: str, field: str) -> str:
+    """A log line, cut (not refused) at MAX_LOG_LINE_BYTES: a handler that
+    prints one huge line should lose its tail, not its whole batch."""
+    encoded = value.encode()
+    if len(encoded) > limits.MAX_LOG_LINE_BYTES:
+        room = max(0, limits.MAX_LOG_LINE_BYTES - len(limits.TRUNCATED_MARKER.encode()))
+        value = encoded[:room].decode(errors="ignore") + limits.TRUNCATED_MARKER
+    return text(value, field, max(limits.MAX_LOG_LINE_BYTES, len(value.encode())))
+
+
+def pattern(value: str, regex: re.Pattern[str], field: str) -> str:
+    """``value`` if it matches ``regex`` whole."""
+    if not regex.fullmatch(value):
+        raise InvalidArgument(f"{value[:80]!r} must match {regex.pattern}", field=field)
+    return value
+
+
+def text(value: str, field: str, max_bytes: int = limits.MAX_TEXT_BYTES) -> str:
+    """Free text: bounded, and without NUL (which PostgreSQL cannot store;
+    refused on every backend so both behave the same)."""
+    size = len(value.encode())
+    if size > max_bytes:
+        raise InvalidArgument(f"is {size} bytes; the limit is {max_bytes}", field=field)
+    if "\x00" in value:
+        raise InvalidArgument("contains a NUL character", field=field)
+    return value
+
+
+def json_value(struct: struct_pb2.Struct, field: str, max_bytes: int) -> JSON:
+    """A Struct as a plain dict, bounded in size and depth. Whole numbers
+    come back as ints (Struct carries every number as a double)."""
+    value = _plain(struct, field, 0)
+    size = len(_COMPACT_JSON.encode(value).encode())
+    if size > max_bytes:
+        raise ResourceExhausted(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
+    assert isinstance(value, dict)
+    return value
+
+
+def _plain(message: Any, field: str, depth: int) -> Any:
+    if depth > limits.MAX_JSON_DEPTH:
+        raise ResourceExhausted(
+            f"nests deeper than {limits.MAX_JSON_DEPTH} levels (the limit)", field=field
+        )
+    if isinstance(message, struct_pb2.Struct):
+        return {k: _plain(v, field, depth + 1) for k, v in message.fields.items()}
+    if isinstance(message, struct_pb2.ListValue):
+        return [_plain(v, field, depth + 1) for v in message.values]
+    kind = message.WhichOneof("kind")
+    if kind == "struct_value":
+        return _plain(message.struct_value, field, depth)
+    if kind == "list_value":
+        return _plain(message.list_value, field, depth)
+    if kind == "number_value":
+        number = message.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument("numbers must be finite", field=field)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return message.string_value
+    if kind == "bool_value":
+        return message.bool_value
+    return None
+
+
+def page_size(value: int, default: int, maximum: int) -> int:
+    """A page size: 0 takes the default; beyond 1..maximum is refused."""
+    if value == 0:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidArgument(f"{value} is outside 1..{maximum}", field="page_size")
+    return value
+
+
+def encode_token(value: Any) -> str:
+    """An opaque page token."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+
+def decode_token(token: str) -> Any:
+    """The value inside a page token; InvalidArgument if it is not ours."""
+    try:
+        return json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeError) as exc:
+        raise InvalidArgument("is not a token this server issued", field="page_token") from exc
+
+
+def seq_token(token: str) -> int:
+    """The seq a GetJobLogs / ListJobResults page token resumes after."""
+    if not token:
+        return 0
+    value = decode_token(token)
+    if not isinstance(value, int) or not 0 <= value <= limits.MAX_SEQ:
+        raise InvalidArgument("is not a token this server issued", field="page_token")
+    return value
+
+
+def job_cursor(token: str) -> tuple[int, str] | None:
+    """The (create_time, id) a ListJobs page token resumes after."""
+    if not token:
+        return None
+    value = decode_token(token)
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and isinstance(value[1], str)
+    ):
+        return value[0], value[1]
+    raise InvalidArgument("is not a token this server issued", field="page_token")
+
+
+def seq(value: int, field: str) -> int:
+    """A resume point: 0 or a positive seq / position."""
+    if not 0 <= value <= limits.MAX_SEQ:
+        raise InvalidArgument(f"{value} is outside 0..{limits.MAX_SEQ}", field=field)
+    return value
+
+
+def timestamp_us(ts: timestamp_pb2.Timestamp, field: str) -> int:
+    """A Timestamp in microseconds; refuses out-of-range values."""
+    if not 0 <= ts.seconds <= 253402300799 or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            "is not a valid timestamp (0001..9999, nanos 0..999999999)", field=field
+        )
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _labels(labels: Mapping[str, str], field: str) -> dict[str, str]:
+    # Over a configured bound is RESOURCE_EXHAUSTED (the issue's rule for
+    # limits); a malformed key or value stays INVALID_ARGUMENT.
+    if len(labels) > limits.MAX_LABELS:
+        raise ResourceExhausted(
+            f"has {len(labels)} labels; the limit is {limits.MAX_LABELS}", field=field
+        )
+    for key, value in labels.items():
+        pattern(key, limits.LABEL_KEY, f"{field}[{key[:40]!r}]")
+        size = len(value.encode())
+        if size > limits.MAX_LABEL_VALUE_BYTES:
+            raise ResourceExhausted(
+                f"is {size} bytes; the limit is {limits.MAX_LABEL_VALUE_BYTES}",
+                field=f"{field}[{key!r}]",
+            )
+        text(value, f"{field}[{key!r}]", limits.MAX_LABEL_VALUE_BYTES)
+    return dict(labels)
+
+
+def _names(values: Iterable[str], regex: re.Pattern[str], field: str) -> tuple[str, ...]:
+    return tuple(pattern(v, regex, field) for v in values)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def new_job(req: job_service_pb2.SubmitJobRequest, field: str = "", owner: str = "") -> NewJob:
+    """A SubmitJobRequest as a NewJob."""
+    if req.job_id:
+        pattern(req.job_id, limits.CLIENT_JOB_ID, f"{field}job_id")
+    if not req.kind:
+        raise InvalidArgument("is required", field=f"{field}kind")
+    pattern(req.kind, limits.KIND, f"{field}kind")
+    if req.queue:
+        pattern(req.queue, limits.QUEUE, f"{field}queue")
+    if not -limits.MAX_PRIORITY <= req.priority <= limits.MAX_PRIORITY:
+        raise InvalidArgument(
+            f"{req.priority} is outside -{limits.MAX_PRIORITY}..{limits.MAX_PRIORITY}",
+            field=f"{field}priority",
+        )
+    if not 0 <= req.max_attempts <= limits.MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"{req.max_attempts} is outside 0..{limits.MAX_ATTEMPTS}", field=f"{field}max_attempts"
+        )
+    if req.request_id:
+        text(req.request_id, f"{field}request_id", limits.MAX_REQUEST_ID_BYTES)
+    return NewJob(
+        kind=req.kind,
+        job_id=req.job_id or None,
+        queue=req.queue or "default",
+        priority=req.priority,
+        params=json_value(req.params, f"{field}params", limits.MAX_PARAMS_BYTES),
+        labels=_labels(req.labels, f"{field}labels"),
+        max_attempts=req.max_attempts,
+        not_before=(
+            timestamp_us(req.not_before, f"{field}not_before")
+            if req.HasField("not_before")
+            else None
+        ),
+        request_id=req.request_id or None,
+        owner=owner,
+    )
+
+
+def new_jobs(req: job_service_pb2.SubmitJobsRequest, owner: str = "") -> list[NewJob]:
+    """A SubmitJobsRequest as NewJobs, each field named by its index."""
+    if not 1 <= len(req.requests) <= limits.MAX_BATCH_SUBMIT:
+        raise InvalidArgument(
+            f"has {len(req.requests)} jobs; allowed 1..{limits.MAX_BATCH_SUBMIT}", field="requests"
+        )
+    return [new_job(r, f"requests[{i}].", owner) for i, r in enumerate(req.requests)]
+
+
+def job_filter(flt: job_pb2.JobFilter) -> JobFilter:
+    """A JobFilter message as a domain filter."""
+    states = []
+    for value in flt.states:
+        if value not in JOB_STATES:
+            raise InvalidArgument(f"{value} is not a job state", field="filter.states")
+        states.append(JOB_STATES[value])
+    return JobFilter(
+        states=tuple(states),
+        kinds=_names(flt.kinds, limits.KIND, "filter.kinds"),
+        labels=tuple(sorted(_labels(flt.labels, "filter.labels").items())),
+        queues=_names(flt.queues, limits.QUEUE, "filter.queues"),
+    )
+
+
+def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
+    if value not in table:
+        raise InvalidArgument(f"{value} is not one of {sorted(table)}", field=field)
+    return table[value]
+
+
+def report(req: worker_service_pb2.ReportJobRequest) -> Report:
+    """A ReportJobRequest as a Report."""
+    count = len(req.logs) + len(req.steps) + len(req.results) + len(req.files)
+    if count > limits.MAX_REPORT_ITEMS:
+        raise InvalidArgument(
+            f"carries {count} items; the limit is {limits.MAX_REPORT_ITEMS}", field="logs"
+        )
+    progress = None
+    if req.HasField("progress"):
+        p = req.progress
+        if p.done < 0 or p.total < 0:
+            raise InvalidArgument("done and total must not be negative", field="progress")
+        fraction = p.fraction
+        if fraction == 0 and p.total > 0:
+            fraction = min(1.0, p.done / p.total)
+        if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
+            raise InvalidArgument(f"{p.fraction} is outside 0..1", field="progress.fraction")
+        progress = Progress(
+            fraction=fraction,
+            done=p.done,
+            total=p.total,
+            phase=text(p.phase, "progress.phase"),
+            message=text(p.message, "progress.message"),
+        )
+    logs = tuple(
+        LogLine(
+            level=LOG_LEVELS.get(ln.level, "info"),
+            text=log_text(ln.text, f"logs[{i}].text"),
+            stream=text(ln.stream, f"logs[{i}].stream"),
+            truncated=len(ln.text.encode()) > limits.MAX_LOG_LINE_BYTES,
+        )
+        for i, ln in enumerate(req.logs)
+    )
+    steps = tuple(
+        Step(
+            name=_required(text(s.name, f"steps[{i}].name"), f"steps[{i}].name"),
+            state=_enum(s.state, STEP_STATES, f"steps[{i}].state"),
+            error=text(s.error, f"steps[{i}].error"),
+            data=(
+                json_value(s.data, f"steps[{i}].data", limits.MAX_RESULT_BYTES)
+                if s.HasField("data")
+                else None
+            ),
+        )
+        for i, s in enumerate(req.steps)
+    )
+    results = tuple(
+        ResultItem(
+            key=text(r.key, f"results[{i}].key"),
+            status=_enum(r.status, RESULT_STATUSES, f"results[{i}].status"),
+            data=(
+                json_value(r.data, f"results[{i}].data", limits.MAX_RESULT_BYTES)
+                if r.HasField("data")
+                else None
+            ),
+            error=text(r.error, f"results[{i}].error"),
+        )
+        for i, r in enumerate(req.results)
+    )
+    files = tuple(
+        _required(text(f, f"files[{i}]", limits.MAX_PATH_BYTES), f"files[{i}]")
+        for i, f in enumerate(req.files)
+    )
+    return Report(
+        progress=progress,
+        logs=logs,
+        steps=steps,
+        results=results,
+        files=files,
+        report_seq=seq(req.report_seq, "report_seq"),
+    )
+
+
+def finish(req: worker_service_pb2.FinishJobRequest) -> Finish:
+    """A FinishJobRequest as a Finish."""
+    outcome = _enum(req.outcome, OUTCOMES, "outcome")
+    error = None
+    if req.HasField("error"):
+        error = ErrorInfo(
+            code=text(req.error.code, "error.code"),
+            message=text(req.error.message, "error.message", limits.MAX_LOG_LINE_BYTES),
+            details=(
+                json_value(req.error.details, "error.details", limits.MAX_RESULT_BYTES)
+                if req.error.HasField("details")
+                else None
+            ),
+        )
+    result = (
+        json_value(req.result, "result", limits.MAX_RESULT_BYTES)
+        if req.HasField("result")
+        else None
+    )
+    return Finish(outcome=outcome, result=result, error=error, retryable=req.retryable)
+
+
+def lease_id(value: str) -> str:
+    """A lease id as the server makes them."""
+    return pattern(value, limits.LEASE_ID, "lease_id")
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument("is required", field=field)
+    return value
+
+
+# ------------------------------------------- retry, purge, stats, artifacts
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+"""A SHA-256 digest as lowercase hex."""
+
+
+def retry_attempts(value: int) -> int:
+    """RetryJob's additional_attempts: 0 means one more attempt."""
+    if not 0 <= value <= limits.MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"{value} is outside 0..{limits.MAX_ATTEMPTS}", field="additional_attempts"
+        )
+    return value or 1
+
+
+def _seconds(value: duration_pb2.Duration, field: str, lo: float, hi: float) -> float:
+    """A Duration in seconds within ``lo..hi``."""
+    seconds = value.seconds + value.nanos / 1e9
+    if not lo <= seconds <= hi:
+        raise InvalidArgument(f"{seconds:g}s is outside {lo:g}s..{hi:g}s", field=field)
+    return seconds
+
+
+def purge_filter(flt: job_pb2.JobFilter) -> JobFilter:
+    """A PurgeJobs filter: its states, if any, must all be terminal."""
+    domain = job_filter(flt)
+    live = [s.value for s in domain.states if not s.terminal]
+    if live:
+        raise InvalidArgument(
+            f"{', '.join(live)} is not a terminal state; live jobs are never purged",
+            field="filter.states",
+        )
+    return domain
+
+
+def purge_age_us(req: job_service_pb2.PurgeJobsRequest) -> int:
+    """PurgeJobs' older_than in microseconds; required so that an empty
+    request can never mean "delete everything"."""
+    if not req.HasField("older_than"):
+        raise InvalidArgument("is required (0s selects every ended job)", field="older_than")
+    return int(_seconds(req.older_than, "older_than", 0, limits.MAX_PURGE_AGE_S) * 1e6)
+
+
+def stats_window_us(req: job_service_pb2.GetStatsRequest) -> int:
+    """GetStats' window in microseconds (unset: the default)."""
+    if not req.HasField("window"):
+        return limits.DEFAULT_STATS_WINDOW_S * 1_000_000
+    return int(_seconds(req.window, "window", 1, limits.MAX_STATS_WINDOW_S) * 1e6)
+
+
+def artifact_name(value: str, field: str = "name") -> str:
+    """An artifact name (a plain file name)."""
+    if not value:
+        raise InvalidArgument("is required", field=field)
+    return pattern(value, limits.ARTIFACT_NAME, field)
+
+
+def artifact_header(header: worker_service_pb2.ArtifactHeader) -> ArtifactSpec:
+    """The first message of an upload, checked."""
+    if not 0 <= header.size_bytes <= limits.MAX_ARTIFACT_BYTES:
+        raise InvalidArgument(
+            f"{header.size_bytes} is outside 0..{limits.MAX_ARTIFACT_BYTES}",
+            field="header.size_bytes",
+        )
+    return ArtifactSpec(
+        job_id=job_id(header.job_id, "header.job_id"),
+        lease_id=pattern(header.lease_id, limits.LEASE_ID, "header.lease_id"),
+        name=artifact_name(header.name, "header.name"),
+        content_type=text(
+            header.content_type, "header.content_type", limits.MAX_CONTENT_TYPE_BYTES
+        ),
+        size_bytes=header.size_bytes,
+        sha256=pattern(header.sha256, SHA256_HEX, "header.sha256"),
+    )
+
+
+def download_offset(value: int) -> int:
+    """DownloadArtifact's offset (the upper bound is the artifact's size)."""
+    if not 0 <= value <= limits.MAX_ARTIFACT_BYTES:
+        raise InvalidArgument(f"{value} is outside 0..{limits.MAX_ARTIFACT_BYTES}", field="offset")
+    return value

@@ -1,0 +1,147 @@
+"""The one writer: every state change goes through a single thread that
+commits concurrent operations in groups.
+
+Many RPCs arriving together share one transaction (and one fsync), which is
+what makes ``synchronous=FULL`` nearly free. Each operation runs in its own
+savepoint, so one rejected call rolls back alone. An RPC's future resolves
+only after the group commits: what was acknowledged is on disk. The broker
+hears of the group's events only after the commit, so nothing uncommitted is
+ever published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import peewee as pw
+
+from jobstream.server.domain import Changes, now_us
+from jobstream.server.errors import ServiceError, Unavailable
+from jobstream.server.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_GROUP = 512
+"""Most operations committed in one transaction; bounds a group's latency."""
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[Changes], Any]
+    future: asyncio.Future[Any]
+    changes: Changes = field(default_factory=Changes)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    """The caller's context (made on the caller's side): the operation runs
+    in it, so its log lines carry the caller's request and job ids."""
+
+
+class Writer:
+    """Runs write operations on one thread, committing them in groups."""
+
+    def __init__(
+        self,
+        db: pw.Database,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        on_commit: Callable[[Changes], None],
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._loop = loop
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
+        self.groups = 0
+        self.ops = 0
+        self.on_group: Callable[[int, float], None] | None = None
+        """Called on the writer thread after each group with its size and
+        seconds taken (metrics); must be quick and thread-safe."""
+
+    def start(self) -> None:
+        """Starts the writer thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commits what is queued, then ends the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    async def run(self, fn: Callable[[Changes], T]) -> T:
+        """Runs ``fn`` in the next group; returns its result after the commit."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Op(fn, future))
+        return await future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stopping = True
+                    break
+                group.append(op)
+            self._commit(group)
+        self._db.close()
+
+    def _commit(self, group: list[_Op]) -> None:
+        started = time.perf_counter()
+        done: list[tuple[_Op, Any, BaseException | None]] = []
+        committed = Changes()
+        try:
+            with self._db.atomic():
+                for op in group:
+                    try:
+                        with self._db.atomic():  # a savepoint: a failed op rolls back alone
+                            result = op.context.run(op.fn, op.changes)
+                    except ServiceError as exc:
+                        done.append((op, None, exc))
+                    except Exception as exc:
+                        op.context.run(log.exception, "write operation failed")
+                        done.append((op, None, exc))
+                    else:
+                        committed.merge(op.changes)
+                        done.append((op, result, None))
+                self._store.record_changes(committed, now_us())
+                self._store.notify(committed)
+        except Exception as exc:
+            # The commit itself failed (disk full, database gone): nothing of
+            # this group is stored, so every caller hears so.
+            log.exception("commit of %d operations failed", len(group))
+            error = Unavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
+            done = [(op, None, error) for op in group]
+            committed = Changes()
+        self.groups += 1
+        self.ops += len(group)
+        if self.on_group is not None:
+            self.on_group(len(group), time.perf_counter() - started)
+        self._loop.call_soon_threadsafe(self._deliver, done, committed)
+
+    def _deliver(
+        self, done: list[tuple[_Op, Any, BaseException | None]], committed: Changes
+    ) -> None:
+        self._on_commit(committed)
+        for op, result, exc in done:
+            if op.future.done():  # the caller went away; the work is committed anyway
+                continue
+            if exc is None:
+                op.future.set_result(result)
+            else:
+                op.future.set_exception(exc)

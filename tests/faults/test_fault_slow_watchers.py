@@ -1,0 +1,128 @@
+"""Scenario 3: a slow watcher (one message a second) and a stalled one beside
+fast watchers while one job logs at full speed. The server's memory stays
+bounded, the fast watchers get every event, and the slow one later gets
+every event, in order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from conftest import ServerProcess
+from helpers import RawWorker, rss_bytes
+
+from faults.follow import Followed, follow
+from faults.record import record, size
+from jobstream.client import JobClient
+from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
+
+RSS_GROWTH_LIMIT = 64 * 1024 * 1024
+"""The issue's bound on the server's memory growth."""
+
+BATCH = 1_000
+"""Log lines per ReportJob."""
+
+MAX_LINES = 900_000
+"""Upper bound on lines written, below the server's per-job log limit."""
+
+SLOW_INTERVAL_S = 1.0
+"""The slow watcher reads one message this often while the job logs."""
+
+DRAIN_S = 240.0
+"""How long watchers may take to read the rest after logging stops."""
+
+
+def _slow_reader(stream: Any, stop: threading.Event, seqs: list[int]) -> None:
+    """Reads one message a second until ``stop``."""
+    while not stop.wait(SLOW_INTERVAL_S):
+        msg = next(stream, None)
+        if msg is None:
+            return
+        if msg.HasField("event"):
+            seqs.append(msg.event.seq)
+
+
+def test_slow_and_stalled_watchers_beside_fast_ones(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    duration = size(8, 60)
+    n_fast = size(5, 20)
+    server = start_server()
+    assert server.proc is not None
+    channel = grpc.insecure_channel(server.target)
+    stub = job_service_pb2_grpc.JobServiceStub(channel)
+    stop_slow = threading.Event()
+    worker = RawWorker(server.target)
+    try:
+        with JobClient(server.target) as client:
+            job = client.submit("faults.chatty")
+            lease = worker.acquire("faults.chatty", lease_s=duration + 600)
+            call_timeout = duration + DRAIN_S + 60
+            request = job_service_pb2.WatchJobRequest(job_id=job.id)
+            stalled: Any = stub.WatchJob(request, timeout=call_timeout)
+            assert next(stalled).HasField("snapshot")  # connected; then it stops reading
+            slow: Any = stub.WatchJob(request, timeout=call_timeout)
+            assert next(slow).HasField("snapshot")
+            slow_seqs: list[int] = []
+            slow_thread = threading.Thread(target=_slow_reader, args=(slow, stop_slow, slow_seqs))
+            slow_thread.start()
+            fast = [Followed() for _ in range(n_fast)]
+            fast_threads = [
+                threading.Thread(target=follow, args=(server.target, job.id, duration + DRAIN_S, f))
+                for f in fast
+            ]
+            for thread in fast_threads:
+                thread.start()
+
+            baseline = peak = rss_bytes(server.proc.pid)
+            written = 0
+            started = time.monotonic()
+            while time.monotonic() - started < duration and written < MAX_LINES:
+                worker.log(
+                    job.id,
+                    lease.lease_id,
+                    [f"line {written + i:07d} " + "x" * 80 for i in range(BATCH)],
+                )
+                written += BATCH
+                peak = max(peak, rss_bytes(server.proc.pid))
+            logged_s = time.monotonic() - started
+            stop_slow.set()
+            slow_thread.join(SLOW_INTERVAL_S + 30)
+            slow_during = len(slow_seqs)
+            worker.finish(job.id, lease.lease_id)
+            drain_started = time.monotonic()
+            for thread in fast_threads:
+                thread.join(max(1.0, DRAIN_S - (time.monotonic() - drain_started)))
+            peak = max(peak, rss_bytes(server.proc.pid))
+            last_seq = client.get(job.id).last_seq
+            # The slow and the stalled watcher now read everything left.
+            slow_seqs += [m.event.seq for m in slow if m.HasField("event")]
+            stalled_seqs = [m.event.seq for m in stalled if m.HasField("event")]
+    finally:
+        stop_slow.set()
+        worker.close()
+        channel.close()
+    expected = list(range(1, last_seq + 1))
+    fast_complete = sum(1 for f in fast if [e.seq for e in f.events] == expected and f.ended)
+    growth = peak - baseline
+    passed = (
+        growth <= RSS_GROWTH_LIMIT
+        and fast_complete == n_fast
+        and slow_seqs == expected
+        and stalled_seqs == expected
+    )
+    record(
+        3,
+        f"{written:,} lines in {logged_s:.0f} s; RSS +{growth / 2**20:.1f} MiB (bound 64); "
+        f"fast {fast_complete}/{n_fast} complete; slow read {slow_during} live, then "
+        f"{'all in order' if slow_seqs == expected else 'NOT all in order'}; stalled "
+        f"{'all in order' if stalled_seqs == expected else 'NOT all in order'}",
+        passed,
+    )
+    assert growth <= RSS_GROWTH_LIMIT, f"server grew {growth >> 20} MiB"
+    assert fast_complete == n_fast, [(len(f.events), f.ended, f.error) for f in fast]
+    assert slow_seqs == expected
+    assert stalled_seqs == expected

@@ -1,0 +1,114 @@
+"""Small shared test helpers: a raw worker on the generated stubs (for the
+tests that must hold a lease themselves), polling with a deadline, and
+process memory readings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from jobstream.client import Job, JobClient, JobEvent, JobState
+from jobstream.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 15.0, every: float = 0.05) -> T:
+    """Polls ``probe`` until it returns something truthy; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        time.sleep(every)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class RawWorker:
+    """A worker speaking WorkerService directly, holding its lease by hand."""
+
+    def __init__(self, target: str, worker_id: str = "raw-worker") -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = worker_service_pb2_grpc.WorkerServiceStub(self.channel)
+        self.worker_id = worker_id
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def acquire(
+        self, kind: str, wait: float = 5.0, lease_s: int | None = None
+    ) -> worker_service_pb2.AcquireJobResponse:
+        req = worker_service_pb2.AcquireJobRequest(
+            worker_id=self.worker_id, kinds=[kind], wait=Duration(seconds=int(wait))
+        )
+        if lease_s is not None:
+            req.lease_duration.CopyFrom(Duration(seconds=lease_s))
+        response: worker_service_pb2.AcquireJobResponse = self.stub.AcquireJob(
+            req, timeout=wait + 10
+        )
+        return response
+
+    def log(
+        self, job_id: str, lease_id: str, lines: list[str], files: list[str] | None = None
+    ) -> worker_service_pb2.ReportJobResponse:
+        response: worker_service_pb2.ReportJobResponse = self.stub.ReportJob(
+            worker_service_pb2.ReportJobRequest(
+                job_id=job_id,
+                lease_id=lease_id,
+                logs=[job_pb2.LogLine(text=t) for t in lines],
+                files=files or [],
+            ),
+            timeout=30,
+        )
+        return response
+
+    def finish(
+        self,
+        job_id: str,
+        lease_id: str,
+        outcome: worker_service_pb2.JobOutcome.ValueType = (
+            worker_service_pb2.JOB_OUTCOME_SUCCEEDED
+        ),
+    ) -> worker_service_pb2.FinishJobResponse:
+        response: worker_service_pb2.FinishJobResponse = self.stub.FinishJob(
+            worker_service_pb2.FinishJobRequest(job_id=job_id, lease_id=lease_id, outcome=outcome),
+            timeout=30,
+        )
+        return response
+
+
+def stored_events(client: JobClient, job_id: str) -> list[JobEvent]:
+    """The job's events stored so far (a watch that hangs up at the current
+    last seq, so it works for jobs that are not finished)."""
+    last = client.get(job_id).last_seq
+    events: list[JobEvent] = []
+    if last == 0:
+        return events
+    for item in client.watch(job_id):
+        if isinstance(item, JobEvent):
+            events.append(item)
+            if item.seq >= last:
+                break
+    return events
+
+
+def job_in(client: JobClient, job_id: str, *states: JobState) -> Job | None:
+    """The job if it is in one of ``states`` (any terminal state when none
+    is named), else None: a probe for :func:`eventually`."""
+    job = client.get(job_id)
+    wanted = job.state in states if states else job.state.terminal
+    return job if wanted else None

@@ -1,0 +1,211 @@
+"""The operations commands of ``jobstream`` (retry, results, artifacts,
+download, purge, stats, submit --in), run as real subprocesses against a
+real server with the demo handlers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import ServerProcess
+from helpers import RawWorker, eventually, job_in
+
+from jobstream.client import JobClient, JobState
+from jobstream.v1 import worker_service_pb2
+
+RUN_TIMEOUT_S = 60.0
+"""Longest any one CLI run may take."""
+
+CLI = (sys.executable, "-m", "jobstream.client.cli")
+
+
+@pytest.fixture(scope="module")
+def db_backend() -> str:
+    """The CLI is the same whatever the server's database: SQLite only."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[JobClient]:
+    with JobClient(server.target) as c:
+        yield c
+
+
+def run(
+    server: ServerProcess, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``jobstream --target SERVER ARGS`` to completion, without JOBSTREAM_* from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
+    return subprocess.run(
+        [*CLI, "--target", server.target, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout of a run that must have succeeded."""
+    assert result.returncode == 0, (result.returncode, result.stderr, result.stdout)
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """stderr of a run that must have failed with status 2 and no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr, result.stdout)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_submit_in_sets_not_before(server: ServerProcess, client: JobClient) -> None:
+    before = datetime.now(UTC)
+    job = json.loads(ok(run(server, "submit", "demo.sleep", "--in", "10m", "--json")))
+    stored = client.get(job["id"])
+    assert stored.state is JobState.QUEUED and stored.not_before is not None
+    assert before + timedelta(minutes=9) < stored.not_before < before + timedelta(minutes=11)
+    client.cancel(job["id"])
+    assert "not both" in usage_error(
+        run(server, "submit", "demo.sleep", "--in", "1m", "--not-before", "+1m")
+    )
+    assert "duration" in usage_error(run(server, "submit", "demo.sleep", "--in", "soon"))
+
+
+def test_retry_runs_a_failed_job_again(server: ServerProcess, client: JobClient) -> None:
+    job_id = ok(run(server, "submit", "demo.fatal")).strip()
+    eventually(lambda: job_in(client, job_id, JobState.FAILED))
+    text = ok(run(server, "retry", job_id, "--reason", "try again"))
+    assert job_id in text and "attempt 2 of 2" in text
+    eventually(lambda: _failed_again(client, job_id))
+    retried = json.loads(ok(run(server, "retry", job_id, "--attempts", "3", "--json")))
+    assert retried["state"] == "queued" and retried["max_attempts"] == 5
+    assert "NOT_FOUND" in usage_error(run(server, "retry", "no-such-job-x"))
+    running = ok(run(server, "submit", "demo.sleep", "-p", "seconds=30")).strip()
+    assert "FAILED_PRECONDITION" in usage_error(run(server, "retry", running))
+    client.cancel(running)
+
+
+def _failed_again(client: JobClient, job_id: str) -> bool:
+    job = client.get(job_id)
+    return job.state is JobState.FAILED and job.attempt == 2
+
+
+def test_results_jsonl_streams_every_item(server: ServerProcess, client: JobClient) -> None:
+    job_id = ok(run(server, "submit", "demo.count", "-p", "n=30", "-p", "delay=0")).strip()
+    eventually(lambda: job_in(client, job_id, JobState.SUCCEEDED))
+    lines = [
+        json.loads(line) for line in ok(run(server, "results", job_id, "--jsonl")).splitlines()
+    ]
+    assert [line["key"] for line in lines] == [f"item-{i}" for i in range(1, 31)]
+    assert lines[3]["status"] == "succeeded" and lines[3]["data"] == {"i": 4, "square": 16}
+    assert all(isinstance(line["seq"], int) for line in lines)
+    plain = ok(run(server, "results", job_id))
+    assert "item-1 succeeded" in plain.splitlines()[0]
+    assert "NOT_FOUND" in usage_error(run(server, "results", "no-such-job-r"))
+
+
+def _upload(raw: RawWorker, job_id: str, lease_id: str, name: str, data: bytes) -> None:
+    header = worker_service_pb2.ArtifactHeader(
+        job_id=job_id,
+        lease_id=lease_id,
+        name=name,
+        content_type="text/plain",
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    messages = [
+        worker_service_pb2.UploadArtifactRequest(header=header),
+        worker_service_pb2.UploadArtifactRequest(chunk=data),
+    ]
+    raw.stub.UploadArtifact(iter(messages), timeout=RUN_TIMEOUT_S)
+
+
+def test_artifacts_and_download(server: ServerProcess, client: JobClient, tmp_path: Path) -> None:
+    kind = f"cli.art.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    data = b"hello artifact\n" * 1000
+    raw = RawWorker(server.target)
+    try:
+        lease = raw.acquire(kind)
+        _upload(raw, job.id, lease.lease_id, "hello.txt", data)
+        raw.finish(job.id, lease.lease_id)
+    finally:
+        raw.close()
+
+    assert "→ artifact hello.txt  15000 bytes" in ok(run(server, "watch", job.id))
+    table = ok(run(server, "artifacts", job.id))
+    assert "hello.txt" in table and "14.6 KiB" in table and "text/plain" in table
+    [listed] = json.loads(ok(run(server, "artifacts", job.id, "--json")))
+    assert listed["sha256"] == hashlib.sha256(data).hexdigest()
+
+    target = tmp_path / "copy.txt"
+    said = ok(run(server, "download", job.id, "hello.txt", "-o", str(target)))
+    assert "sha256 verified" in said and target.read_bytes() == data
+    ok(run(server, "download", job.id, "hello.txt", cwd=tmp_path))
+    assert (tmp_path / "hello.txt").read_bytes() == data
+    target.write_bytes(data[:100])
+    ok(run(server, "download", job.id, "hello.txt", "-o", str(target), "--resume"))
+    assert target.read_bytes() == data
+    assert "NOT_FOUND" in usage_error(run(server, "download", job.id, "missing.txt", cwd=tmp_path))
+    assert not (tmp_path / "missing.txt").exists()  # a refused download makes no file
+    empty = f"cli.none.{uuid.uuid4().hex[:6]}"
+    other = client.submit(empty)
+    assert "no artifacts" in ok(run(server, "artifacts", other.id))
+    client.cancel(other.id)
+
+
+def test_purge_dry_run_then_purge(server: ServerProcess, client: JobClient) -> None:
+    label = f"t={uuid.uuid4().hex[:10]}"
+    ids = [
+        ok(run(server, "submit", "demo.sleep", "--in", "1h", "--label", label)).strip()
+        for _ in range(2)
+    ]
+    for job_id in ids:
+        client.cancel(job_id)
+    dry = ok(run(server, "purge", "--older-than", "0", "--label", label, "--dry-run"))
+    assert "would delete 2 job(s)" in dry and all(i in dry for i in ids)
+    assert len(list(client.list(labels=dict([label.split("=")])))) == 2
+    done = json.loads(ok(run(server, "purge", "--older-than", "0s", "--label", label, "--json")))
+    assert done["purged_count"] == 2 and sorted(done["job_ids"]) == sorted(ids)
+    assert list(client.list(labels=dict([label.split("=")]))) == []
+    assert "--older-than" in usage_error(run(server, "purge"))
+    refused = usage_error(run(server, "purge", "--older-than", "30d", "--state", "running"))
+    assert "INVALID_ARGUMENT" in refused and "filter.states" in refused
+
+
+def test_stats_table_and_json(server: ServerProcess, client: JobClient) -> None:
+    label = f"t={uuid.uuid4().hex[:10]}"
+    job_id = ok(
+        run(server, "submit", "demo.count", "-p", "n=3", "-p", "delay=0", "--label", label)
+    ).strip()
+    eventually(lambda: job_in(client, job_id, JobState.SUCCEEDED))
+    text = ok(run(server, "stats", "--label", label, "--window", "1d"))
+    assert "demo.count" in text and "SUCCEEDED" in text
+    assert "success rate 100.0%" in text and "last 1440.0 min" in text
+    data = json.loads(ok(run(server, "stats", "--label", label, "--json")))
+    assert data["by_state"] == {"succeeded": 1} and data["ended_count"] == 1
+    assert data["window"] == 3600 and data["success_rate"] == 1.0
+    assert "window" in usage_error(run(server, "stats", "--window", "0"))
+
+
+def test_help_names_the_new_environment_variables(server: ServerProcess) -> None:
+    for command, variable in [
+        ("purge", "JOBSTREAM_PURGE_OLDER_THAN"),
+        ("submit", "JOBSTREAM_SUBMIT_IN"),
+        ("download", "JOBSTREAM_DOWNLOAD_OUTPUT"),
+        ("stats", "JOBSTREAM_STATS_WINDOW"),
+        ("results", "JOBSTREAM_RESULTS_JSONL"),
+        ("retry", "JOBSTREAM_RETRY_ATTEMPTS"),
+    ]:
+        assert variable in ok(run(server, command, "--help")).replace("\n", " "), command

@@ -1,0 +1,205 @@
+"""``jobstream top`` in a real terminal: tmux runs it in a pseudo-terminal
+against a server with live jobs, and the tests read the screen tmux shows.
+
+Each test has its own tmux server (``-L`` socket name), killed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import shlex
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ServerProcess
+from helpers import eventually
+from test_cli import CLI, _env, jobstream, ok
+
+from jobstream.client import JobClient
+
+SCREEN = (160, 30)
+"""Columns and lines of the terminal top runs in."""
+
+TMUX_TIMEOUT_S = 10.0
+"""Longest one tmux command may take."""
+
+SLOW_COUNT = {"n": 100_000, "delay": 0.01}
+"""demo.count params for a job that runs until it is cancelled."""
+
+READ_TIMEOUT_S = 20.0
+"""Deadline of each JSON line read from ``top --json``."""
+
+PERCENT = re.compile(r"(\d+\.\d)%")
+
+
+class Tmux:
+    """One private tmux server running one command in a detached session."""
+
+    def __init__(self, command: str, status_file: Path) -> None:
+        self.socket = f"jobstream-test-{uuid.uuid4().hex[:8]}"
+        self.status_file = status_file
+        # sh records the exit status once the command ends (tmux would
+        # close the pane and forget it). `trap : INT` keeps sh alive through
+        # Ctrl-C; a trap (unlike an ignore) is not inherited, so the command
+        # still gets SIGINT as usual.
+        shell = f"trap : INT; {command}; echo $? > {shlex.quote(str(status_file))}"
+        cols, lines = SCREEN
+        self._tmux(
+            "new-session", "-d", "-s", "top", "-x", str(cols), "-y", str(lines), "sh", "-c", shell
+        )
+
+    def _tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=TMUX_TIMEOUT_S,
+            env=_env({"TERM": "xterm-256color"}),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def screen(self) -> str:
+        """The visible screen as text."""
+        return self._tmux("capture-pane", "-p", "-t", "top")
+
+    def keys(self, *keys: str) -> None:
+        """Type ``keys`` (tmux key names, e.g. ``C-c``)."""
+        self._tmux("send-keys", "-t", "top", *keys)
+
+    def kill(self) -> None:
+        """Ends the tmux server and whatever still runs in it."""
+        subprocess.run(
+            ["tmux", "-L", self.socket, "kill-server"],
+            capture_output=True,
+            timeout=TMUX_TIMEOUT_S,
+            check=False,
+        )
+
+
+@pytest.fixture
+def label() -> str:
+    """A label value only this test's jobs carry."""
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+def top(server: ServerProcess, label: str, tmp_path: Path) -> Iterator[Tmux]:
+    """``jobstream top --label run=LABEL`` in a tmux pseudo-terminal."""
+    command = shlex.join([*CLI, "--target", server.target, "top", "--label", f"run={label}"])
+    tmux = Tmux(command, tmp_path / "status")
+    yield tmux
+    tmux.kill()
+
+
+def _row(screen: str, job_id: str) -> str | None:
+    """The screen line of ``job_id``, if shown."""
+    return next((line for line in screen.splitlines() if job_id in line), None)
+
+
+def _percent(screen: str, job_id: str) -> float | None:
+    row = _row(screen, job_id)
+    match = PERCENT.search(row) if row else None
+    return float(match.group(1)) if match else None
+
+
+def test_top_shows_jobs_and_their_progress_changing(
+    server: ServerProcess, label: str, top: Tmux
+) -> None:
+    with JobClient(server.target) as client:
+        running = client.submit("demo.count", SLOW_COUNT, labels={"run": label})
+        waiting = client.submit("top.nobody", labels={"run": label})
+        other = client.submit("top.nobody", labels={"run": "someone-else"})
+
+        def both_shown() -> str | None:
+            screen = top.screen()
+            row = _row(screen, running.id)
+            if row and "running" in row and _row(screen, waiting.id) and PERCENT.search(row):
+                return screen
+            return None
+
+        screen = eventually(both_shown)
+        assert "jobstream top" in screen
+        assert "queued" in (_row(screen, waiting.id) or "")
+        assert "demo.count" in (_row(screen, running.id) or "")
+        assert other.id not in screen  # filtered out by label
+        first = _percent(screen, running.id)
+        assert first is not None
+
+        # The bar moves as the worker reports, with no input from us.
+        def moved() -> float | None:
+            now = _percent(top.screen(), running.id)
+            return now if now is not None and now > first else None
+
+        eventually(moved)
+
+        client.cancel(running.id)
+        eventually(lambda: "cancelled" in (_row(top.screen(), running.id) or ""))
+        client.delete(waiting.id)
+        eventually(lambda: _row(top.screen(), waiting.id) is None)
+
+    top.keys("C-c")
+    status = eventually(lambda: top.status_file.exists() and top.status_file.read_text().strip())
+    assert status == "130"
+
+
+def test_top_in_a_pipe_prints_the_table_once(server: ServerProcess, label: str) -> None:
+    with JobClient(server.target) as client:
+        job = client.submit("top.nobody", labels={"run": label})
+    printed = ok(jobstream("top", "--label", f"run={label}", target=server.target))
+    row = _row(printed, job.id)
+    assert row is not None and "queued" in row and "top.nobody" in row
+    assert "1 jobs" in printed
+    assert "\x1b" not in printed
+
+
+def _line_reader(
+    proc: subprocess.Popen[str],
+) -> tuple[Callable[[], dict[str, Any]], threading.Thread]:
+    """Reads the process's JSON lines on a thread, so each read can have a
+    deadline; returns the reader and the thread (it ends at EOF)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+
+    def next_line() -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(lines.get(timeout=READ_TIMEOUT_S))
+        return value
+
+    return next_line, thread
+
+
+def test_top_json_streams_changes(server: ServerProcess, label: str) -> None:
+    with JobClient(server.target) as client:
+        job = client.submit("top.nobody", labels={"run": label})
+        argv = [*CLI, "--target", server.target, "--json", "top", "--label", f"run={label}"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=_env(), text=True)
+        try:
+            next_line, pump = _line_reader(proc)
+            first = next_line()
+            assert first["job"]["id"] == job.id and first["job"]["state"] == "queued"
+            assert next_line()["caught_up"] is True
+            client.cancel(job.id)
+            change = next_line()
+            assert change["job"]["id"] == job.id and change["job"]["state"] == "cancelled"
+            assert change["position"] > first["position"]
+        finally:
+            proc.kill()
+            proc.wait(10)
+            pump.join(10)  # EOF after the kill; then the pipe is safe to close
+            assert proc.stdout is not None
+            proc.stdout.close()

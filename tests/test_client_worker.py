@@ -1,0 +1,296 @@
+"""The worker's pieces without a server: the Handlers registry and the
+JobContext buffer (coalesced progress, ordered updates, batch limits,
+acknowledgement, back-pressure)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from jobstream.client import FatalJobError, Handlers, JobContext, Worker, demo
+from jobstream.client.models import Job, JobState, Progress
+from jobstream.client.worker import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+    MAX_PENDING_ITEMS,
+    default_worker_id,
+)
+from jobstream.v1 import job_pb2
+
+
+@pytest.fixture
+def ctx() -> Iterator[JobContext]:
+    loop = asyncio.new_event_loop()
+    job = Job(id="j", kind="k", state=JobState.RUNNING, params={"n": 2})
+    yield JobContext(job, loop)
+    loop.close()
+
+
+def in_thread(fn: Any) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+# -- Handlers
+
+
+def test_handlers_register_and_look_up() -> None:
+    handlers = Handlers()
+
+    @handlers.handler("a.sync")
+    def sync(ctx: JobContext) -> dict[str, Any]:
+        return {}
+
+    @handlers.handler("a.async")
+    async def asynchronous(ctx: JobContext) -> None:
+        return None
+
+    assert handlers.kinds == ("a.async", "a.sync")
+    assert handlers.get("a.sync") is sync and "a.async" in handlers and len(handlers) == 2
+    assert handlers.get("missing") is None
+    handlers.register("a.sync", sync)  # the same function again is fine
+    with pytest.raises(ValueError, match="already has a handler"):
+        handlers.register("a.sync", asynchronous)
+    with pytest.raises(ValueError, match="not a valid job kind"):
+        handlers.register("Bad Kind", sync)
+
+
+def test_handlers_update_merges() -> None:
+    merged = Handlers()
+    merged.update(demo.handlers)
+    assert merged.kinds == ("demo.count", "demo.fail", "demo.fatal", "demo.sleep")
+    merged.update(demo.handlers)  # idempotent
+
+
+def test_worker_registers_on_its_handlers() -> None:
+    worker = Worker("127.0.0.1:1")
+
+    @worker.handler("w.k")
+    def fn(ctx: JobContext) -> None:
+        return None
+
+    assert worker.handlers.get("w.k") is fn
+    assert worker.worker_id == default_worker_id()
+    with pytest.raises(ValueError, match="poll_wait"):
+        Worker(poll_wait=61)
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(concurrency=0)
+
+
+def test_run_async_needs_handlers() -> None:
+    with pytest.raises(ValueError, match="no handlers"):
+        asyncio.run(Worker("127.0.0.1:1").run_async())
+
+
+def test_stop_before_run_makes_run_return() -> None:
+    async def main() -> None:
+        worker = Worker("127.0.0.1:1", demo.handlers)
+        await worker.stop()
+        await asyncio.wait_for(worker.run_async(), 5)
+
+    asyncio.run(main())
+
+
+def test_stop_cancels_the_long_poll_at_once() -> None:
+    async def main() -> float:
+        # Nothing listens on port 1: the worker keeps backing off, and stop
+        # must still be prompt.
+        worker = Worker("127.0.0.1:1", demo.handlers, poll_wait=20)
+        task = asyncio.create_task(worker.run_async())
+        await asyncio.sleep(0.3)
+        start = time.monotonic()
+        await worker.stop()
+        await asyncio.wait_for(task, 5)
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) < 1.0
+
+
+def test_fatal_job_error_code() -> None:
+    assert FatalJobError("x").code == "FatalJobError"
+    assert FatalJobError("x", code="bad_input", details={"row": 3}).details == {"row": 3}
+
+
+# -- JobContext
+
+
+def test_params_and_id(ctx: JobContext) -> None:
+    assert ctx.id == "j" and ctx.params == {"n": 2} and ctx.job.kind == "k"
+
+
+def test_progress_is_coalesced_and_derived(ctx: JobContext) -> None:
+    for i in range(1, 101):
+        ctx.progress(i, 200, message=f"item {i}")
+    ctx.phase("enrich")
+    batch = ctx._take_batch()
+    assert batch is not None and batch.progress is not None
+    assert batch.progress == job_pb2.Progress(
+        fraction=0.5, done=100, total=200, phase="enrich", message="item 100"
+    )
+    assert ctx._take_batch() is None  # nothing left
+    ctx.progress(fraction=0.75)
+    batch = ctx._take_batch()
+    assert batch is not None and batch.progress is not None
+    assert (batch.progress.fraction, batch.progress.done, batch.progress.phase) == (
+        0.75,
+        100,
+        "enrich",
+    )
+
+
+def test_updates_keep_their_order(ctx: JobContext) -> None:
+    ctx.log("one")
+    ctx.step("fetch")
+    ctx.log("two\n", level="warning", stream="stderr")
+    ctx.result_item("row-1", data={"x": 1})
+    ctx.result_item("row-2", "failed", error="bad")
+    ctx.add_file("/data/out.csv")
+    batch = ctx._take_batch()
+    assert batch is not None and batch.progress is None
+    assert [line.text for line in batch.logs] == ["one", "two"]
+    assert batch.logs[1].level == job_pb2.LOG_LEVEL_WARNING and batch.logs[1].stream == "stderr"
+    assert [s.name for s in batch.steps] == ["fetch"]
+    assert batch.steps[0].state == job_pb2.STEP_STATE_RUNNING
+    assert [(r.key, r.status) for r in batch.results] == [
+        ("row-1", job_pb2.RESULT_STATUS_SUCCEEDED),
+        ("row-2", job_pb2.RESULT_STATUS_FAILED),
+    ]
+    assert batch.files == ["/data/out.csv"]
+
+
+def test_bad_values_fail_at_the_call(ctx: JobContext) -> None:
+    with pytest.raises(ValueError, match="not a LogLevel"):
+        ctx.log("x", level="loud")
+    with pytest.raises(ValueError, match="data: not JSON-serialisable"):
+        ctx.result_item("k", data={"x": object()})
+
+
+def test_step_scope(ctx: JobContext) -> None:
+    with ctx.step_scope("fetch"):
+        pass
+    with pytest.raises(KeyError), ctx.step_scope("parse"):
+        raise KeyError("col")
+    batch = ctx._take_batch()
+    assert batch is not None
+    assert [(s.name, s.state, s.error) for s in batch.steps] == [
+        ("fetch", job_pb2.STEP_STATE_RUNNING, ""),
+        ("fetch", job_pb2.STEP_STATE_SUCCEEDED, ""),
+        ("parse", job_pb2.STEP_STATE_RUNNING, ""),
+        ("parse", job_pb2.STEP_STATE_FAILED, "'col'"),
+    ]
+
+
+def test_batches_respect_the_item_limit(ctx: JobContext) -> None:
+    for i in range(2 * MAX_BATCH_ITEMS + 5):
+        ctx.log(f"line {i}")
+    sizes = []
+    texts: list[str] = []
+    while (batch := ctx._take_batch()) is not None:
+        sizes.append(len(batch.logs))
+        texts += [line.text for line in batch.logs]
+    assert sizes == [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 5]
+    assert texts == [f"line {i}" for i in range(2 * MAX_BATCH_ITEMS + 5)]
+
+
+def test_batches_respect_the_byte_limit(ctx: JobContext) -> None:
+    line = "x" * 100_000
+    for _ in range(25):
+        ctx.log(line)
+    counts = []
+    while (batch := ctx._take_batch()) is not None:
+        assert sum(m.ByteSize() for m in batch.logs) <= MAX_BATCH_BYTES
+        counts.append(len(batch.logs))
+    assert sum(counts) == 25 and len(counts) == 3
+
+
+def test_acknowledge_tracks_what_was_sent(ctx: JobContext) -> None:
+    ctx.log("a")
+    ctx.progress(1, 2)
+    ctx.log("b")
+    assert ctx._take_batch() is not None
+    ctx.log("c")  # after the take: not covered by the acknowledgement
+    ctx._acknowledge()
+    assert ctx._acked == 3
+    assert ctx._take_batch() is not None
+    ctx._acknowledge()
+    assert ctx._acked == 4
+
+
+def test_flush_blocks_a_handler_thread_until_acknowledged(ctx: JobContext) -> None:
+    ctx.log("a")
+    flushed = threading.Event()
+
+    def handler() -> None:
+        ctx.flush()
+        flushed.set()
+
+    thread = in_thread(handler)
+    assert not flushed.wait(0.2)
+    assert ctx._take_batch() is not None
+    ctx._acknowledge()
+    assert flushed.wait(5)
+    thread.join(5)
+
+
+def test_flush_on_the_loop_thread_is_refused(ctx: JobContext) -> None:
+    with pytest.raises(RuntimeError, match="aflush"):
+        ctx.flush()
+
+
+def test_a_full_buffer_blocks_a_handler_thread(ctx: JobContext) -> None:
+    done = threading.Event()
+
+    def handler() -> None:
+        for i in range(MAX_PENDING_ITEMS + 10):
+            ctx.log(f"line {i}")
+        done.set()
+
+    thread = in_thread(handler)
+    assert not done.wait(1.0)
+    assert len(ctx._items) == MAX_PENDING_ITEMS
+    taken = 0
+    while not done.is_set() or ctx._items:
+        batch = ctx._take_batch()
+        taken += len(batch.logs) if batch else 0
+        time.sleep(0.001)
+    thread.join(5)
+    assert taken == MAX_PENDING_ITEMS + 10
+
+
+def test_closing_releases_and_drops(ctx: JobContext) -> None:
+    done = threading.Event()
+
+    def handler() -> None:
+        for _ in range(MAX_PENDING_ITEMS + 1):
+            ctx.log("x")
+        ctx.flush()
+        done.set()
+
+    in_thread(handler)
+    time.sleep(0.3)
+    ctx._cancel("lease_lost")
+    ctx._close()
+    assert done.wait(5)
+    assert ctx.cancelled
+    ctx.log("after")
+    assert ctx._take_batch() is None
+
+
+def test_check_cancelled(ctx: JobContext) -> None:
+    ctx.check_cancelled()
+    ctx._cancel("requested")
+    ctx._cancel("shutdown")  # the first reason sticks
+    assert ctx._cancel_reason == "requested"
+    with pytest.raises(Exception, match="cancelled") as raised:
+        ctx.check_cancelled()
+    assert type(raised.value).__name__ == "JobCancelled"
+
+
+def test_progress_model_default() -> None:
+    assert Progress() == Progress(fraction=0.0, done=0, total=0, phase="", message="")

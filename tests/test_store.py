@@ -1,0 +1,332 @@
+"""The store against a real database file: every state transition, its
+events and its refusals. (End-to-end behaviour over gRPC is in test_e2e_*.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import peewee as pw
+import pytest
+
+from jobstream.server.db import EventRow, JobRow, LabelRow, open_database
+from jobstream.server.domain import (
+    Changes,
+    EventKind,
+    Finish,
+    JobFilter,
+    JobState,
+    LogLine,
+    NewJob,
+    Outcome,
+    Progress,
+    Report,
+    ResultItem,
+    Step,
+    now_us,
+)
+from jobstream.server.errors import AlreadyExists, FailedPrecondition, NotFound
+from jobstream.server.store import RetryPolicy, Store
+
+T = TypeVar("T")
+SECOND = 1_000_000
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A store on a fresh database of each backend."""
+    db = open_database(database_url)
+    yield Store(db, RetryPolicy(default_max_attempts=2, backoff_base_us=SECOND))
+    db.close()
+
+
+def write(store: Store, fn: Callable[[Changes], T]) -> tuple[T, Changes]:
+    """Runs one write in its own transaction, as the writer does."""
+    changes = Changes()
+    with store.db.atomic():
+        result = fn(changes)
+        store.record_changes(changes, now_us())
+    return result, changes
+
+
+def submit(store: Store, **kw: Any) -> str:
+    spec = NewJob(kind=kw.pop("kind", "demo.count"), **kw)
+    [(job, _)], _ = write(store, lambda c: store.submit(c, [spec], now_us()))
+    return job.id
+
+
+def acquire(
+    store: Store,
+    kinds: tuple[str, ...] = ("demo.count",),
+    now: int | None = None,
+    lease_us: int = 30 * SECOND,
+) -> Any:
+    lease, _ = write(
+        store,
+        lambda c: store.acquire(
+            c,
+            worker_id="w1",
+            kinds=kinds,
+            queues=["default"],
+            lease_us=lease_us,
+            now=now or now_us(),
+        ),
+    )
+    return lease
+
+
+def seqs(store: Store, job_id: str) -> list[int]:
+    return [e.seq for e in store.read_events(job_id, after_seq=0, limit=10_000)]
+
+
+def test_submit_stores_job_and_first_event(store: Store) -> None:
+    job_id = submit(store, labels={"team": "growth"}, params={"n": 3})
+    job = store.get_job(job_id)
+    assert job.state is JobState.QUEUED
+    assert job.params == {"n": 3} and job.labels == {"team": "growth"}
+    assert job.max_attempts == 2 and job.last_seq == 1
+    [event] = store.read_events(job_id, after_seq=0, limit=10)
+    assert (event.seq, event.kind, event.body["state"]) == (1, EventKind.STATE, "queued")
+
+
+def test_idempotent_submit_same_payload_returns_same_job(store: Store) -> None:
+    first = submit(store, request_id="r-1", params={"a": 1})
+    again, _ = write(
+        store,
+        lambda c: store.submit(
+            c, [NewJob(kind="demo.count", request_id="r-1", params={"a": 1})], now_us()
+        ),
+    )
+    assert [(job.id, created) for job, created in again] == [(first, False)]
+    with pytest.raises(AlreadyExists) as info:
+        submit(store, request_id="r-1", params={"a": 2})
+    assert info.value.field == "request_id"
+    assert JobRow.select().count() == 1
+
+
+def test_client_chosen_id_collision_is_already_exists(store: Store) -> None:
+    submit(store, job_id="nightly-1")
+    with pytest.raises(AlreadyExists):
+        submit(store, job_id="nightly-1")
+
+
+def test_batch_submit_is_all_or_nothing(store: Store) -> None:
+    specs = [NewJob(kind="demo.count", job_id="a1"), NewJob(kind="demo.count", job_id="a1")]
+    with pytest.raises(AlreadyExists):
+        write(store, lambda c: store.submit(c, specs, now_us()))
+    assert JobRow.select().count() == 0 and EventRow.select().count() == 0
+
+
+def test_acquire_takes_priority_then_age_and_respects_not_before(store: Store) -> None:
+    low = submit(store, priority=0)
+    high = submit(store, priority=5)
+    later = submit(store, priority=9, not_before=now_us() + 60 * SECOND)
+    assert acquire(store).job.id == high
+    assert acquire(store).job.id == low
+    assert acquire(store) is None
+    assert store.get_job(later).state is JobState.QUEUED
+    assert acquire(store, kinds=("other.kind",)) is None
+
+
+def test_report_appends_gap_free_events_and_updates_job(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    report = Report(
+        progress=Progress(fraction=0.5, done=1, total=2, phase="count"),
+        logs=tuple(LogLine(level="info", text=f"line {i}") for i in range(3)),
+        steps=(Step(name="fetch", state="running"),),
+        results=(ResultItem(key="a", status="succeeded"), ResultItem(key="b", status="failed")),
+        files=("out/a.txt",),
+    )
+    ack, changes = write(
+        store, lambda c: store.report(c, job_id, lease.lease_id, report, now=now_us())
+    )
+    assert ack.last_seq == 2 + 1 + 3 + 1 + 2
+    assert seqs(store, job_id) == list(range(1, ack.last_seq + 1))
+    assert [e.seq for e in changes.events] == list(range(3, ack.last_seq + 1))
+    job = store.get_job(job_id)
+    assert (job.progress.done, job.progress.phase) == (1, "count")
+    assert (job.counters.succeeded, job.counters.failed) == (1, 1)
+    assert [(s.name, s.state, s.attempts) for s in job.steps] == [("fetch", "running", 1)]
+    logs = store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
+    assert [e.body["text"] for e in logs] == ["line 0", "line 1", "line 2"]
+
+
+def test_stale_lease_is_refused_and_changes_nothing(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    before = store.get_job(job_id)
+    with pytest.raises(FailedPrecondition) as info:
+        write(
+            store,
+            lambda c: store.report(
+                c, job_id, "0" * 32, Report(logs=(LogLine(level="info", text="x"),)), now=now_us()
+            ),
+        )
+    assert info.value.field == "lease_id"
+    expired_now = now_us() + 60 * SECOND
+    with pytest.raises(FailedPrecondition):
+        write(
+            store,
+            lambda c: store.finish(
+                c, job_id, lease.lease_id, Finish(outcome=Outcome.SUCCEEDED), expired_now
+            ),
+        )
+    assert store.get_job(job_id) == before
+
+
+def test_failed_attempt_retries_with_backoff_then_fails(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    t0 = now_us()
+    job, _ = write(
+        store,
+        lambda c: store.finish(
+            c, job_id, lease.lease_id, Finish(outcome=Outcome.FAILED, retryable=True), t0
+        ),
+    )
+    assert job.state is JobState.QUEUED and job.not_before == t0 + SECOND
+    assert acquire(store) is None  # backing off
+    lease = acquire(store, now=t0 + 2 * SECOND)
+    assert lease.job.attempt == 2
+    job, _ = write(
+        store,
+        lambda c: store.finish(
+            c,
+            job_id,
+            lease.lease_id,
+            Finish(outcome=Outcome.FAILED, retryable=True),
+            t0 + 3 * SECOND,
+        ),
+    )
+    assert job.state is JobState.FAILED and job.end_time is not None
+
+
+def test_cancel_queued_running_and_terminal(store: Store) -> None:
+    queued = submit(store)
+    job, _ = write(store, lambda c: store.cancel(c, queued, "", now_us()))
+    assert job.state is JobState.CANCELLED
+    again, _ = write(store, lambda c: store.cancel(c, queued, "", now_us()))
+    assert again.last_seq == job.last_seq  # idempotent: no new event
+    running = submit(store)
+    lease = acquire(store)
+    job, _ = write(store, lambda c: store.cancel(c, running, "stop", now_us()))
+    assert job.state is JobState.RUNNING and job.cancel_requested
+    ack, _ = write(
+        store, lambda c: store.report(c, running, lease.lease_id, Report(), now=now_us())
+    )
+    assert ack.cancel_requested
+    job, _ = write(
+        store,
+        lambda c: store.finish(
+            c, running, lease.lease_id, Finish(outcome=Outcome.CANCELLED), now_us()
+        ),
+    )
+    assert job.state is JobState.CANCELLED
+    done = submit(store)
+    lease = acquire(store)
+    write(
+        store,
+        lambda c: store.finish(
+            c, done, lease.lease_id, Finish(outcome=Outcome.SUCCEEDED), now_us()
+        ),
+    )
+    with pytest.raises(FailedPrecondition):
+        write(store, lambda c: store.cancel(c, done, "", now_us()))
+
+
+def test_expired_lease_requeues_then_interrupts(store: Store) -> None:
+    job_id = submit(store)
+    acquire(store, lease_us=SECOND)
+    later = now_us() + 5 * SECOND
+    count, _ = write(store, lambda c: store.expire_leases(c, later, limit=10))
+    job = store.get_job(job_id)
+    assert count == 1 and job.state is JobState.QUEUED
+    last = store.read_events(job_id, after_seq=job.last_seq - 1, limit=1)[0]
+    assert "lease expired" in last.body["reason"]
+    acquire(store, now=later + 10 * SECOND, lease_us=SECOND)
+    write(store, lambda c: store.expire_leases(c, later + 20 * SECOND, limit=10))
+    job = store.get_job(job_id)
+    assert job.state is JobState.INTERRUPTED and job.error is not None
+    assert job.error.code == "lease_expired"
+
+
+def test_expired_lease_after_cancel_request_ends_cancelled(store: Store) -> None:
+    job_id = submit(store)
+    acquire(store, lease_us=SECOND)
+    write(store, lambda c: store.cancel(c, job_id, "", now_us()))
+    write(store, lambda c: store.expire_leases(c, now_us() + 5 * SECOND, limit=10))
+    assert store.get_job(job_id).state is JobState.CANCELLED
+
+
+def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) -> None:
+    job_id = submit(store, labels={"a": "b"})
+    lease = acquire(store)
+    write(
+        store,
+        lambda c: store.report(c, job_id, lease.lease_id, Report(files=("x.txt",)), now=now_us()),
+    )
+    with pytest.raises(FailedPrecondition):
+        write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+    deletion, changes = write(
+        store, lambda c: store.delete(c, job_id, force=True, allow_missing=False)
+    )
+    assert deletion is not None and deletion.files == ("x.txt",)
+    assert changes.deleted_jobs == {job_id}
+    assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
+    with pytest.raises(NotFound):
+        write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+    gone, _ = write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=True))
+    assert gone is None
+    [*_, last] = store.read_changes(after_position=0, limit=100)
+    assert (last.job_id, last.deleted) == (job_id, True)
+
+
+def test_list_pages_newest_first_with_filters(store: Store) -> None:
+    ids = [submit(store, labels={"batch": "x" if i % 2 else "y"}) for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = store.list_jobs(JobFilter(), page_size=3, cursor=cursor)
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    odd, _ = store.list_jobs(JobFilter(labels=(("batch", "x"),)), page_size=50, cursor=None)
+    assert [j.id for j in odd] == [i for n, i in enumerate(reversed(ids)) if (6 - n) % 2]
+    queued, _ = store.list_jobs(JobFilter(states=(JobState.RUNNING,)), page_size=50, cursor=None)
+    assert queued == []
+
+
+def test_change_log_positions_increase(store: Store) -> None:
+    a = submit(store)
+    b = submit(store)
+    changes = store.read_changes(after_position=0, limit=10)
+    assert [c.job_id for c in changes] == [a, b]
+    assert store.head_position() == changes[-1].position
+    assert store.read_changes(after_position=changes[0].position, limit=10)[0].job_id == b
+
+
+def test_database_refuses_second_event_with_same_seq(store: Store) -> None:
+    job_id = submit(store)
+    with pytest.raises(pw.IntegrityError), store.db.atomic():
+        EventRow.insert(job=job_id, seq=1, time=0, kind="log", body="{}").execute()
+
+
+def test_repeated_report_seq_is_stored_once(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    batch = Report(logs=(LogLine(level="info", text="once"),), report_seq=1)
+    first, _ = write(store, lambda c: store.report(c, job_id, lease.lease_id, batch, now=now_us()))
+    retry, changes = write(
+        store, lambda c: store.report(c, job_id, lease.lease_id, batch, now=now_us())
+    )
+    assert retry.last_seq == first.last_seq and changes.events == []
+    texts = [
+        e.body["text"]
+        for e in store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
+    ]
+    assert texts == ["once"]
+    later = Report(logs=(LogLine(level="info", text="twice"),), report_seq=2)
+    ack, _ = write(store, lambda c: store.report(c, job_id, lease.lease_id, later, now=now_us()))
+    assert ack.last_seq == first.last_seq + 1

@@ -1,0 +1,318 @@
+"""The Worker against a real server: batching, cancel, retries, async
+handlers, flush, prompt stop, and surviving a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from conftest import ServerProcess
+from helpers import eventually
+
+from jobstream.client import (
+    EventKind,
+    FatalJobError,
+    Handlers,
+    Job,
+    JobClient,
+    JobContext,
+    JobEvent,
+    JobState,
+    Worker,
+)
+
+WAIT_S = 30.0
+"""Deadline of every wait for a job in these tests."""
+
+
+@contextmanager
+def running_worker(target: str, handlers: Handlers, **kwargs: Any) -> Iterator[Worker]:
+    """A Worker running in a thread of its own (its own event loop), stopped
+    gracefully, with a deadline, on exit."""
+    worker = Worker(target, handlers, **kwargs)
+    ready = threading.Event()
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    stop_box: list[asyncio.Event] = []
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        stop_box.append(asyncio.Event())
+        ready.set()
+        run = asyncio.create_task(worker.run_async())
+        stop = asyncio.create_task(stop_box[0].wait())
+        await asyncio.wait([run, stop], return_when=asyncio.FIRST_COMPLETED)
+        await worker.stop(grace=10)
+        stop.cancel()
+        await run
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=thread_main, name="test-worker", daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield worker
+    finally:
+        loop_box[0].call_soon_threadsafe(stop_box[0].set)
+        thread.join(30)
+    assert not thread.is_alive(), "the worker did not stop"
+    assert not failure, failure
+
+
+@pytest.fixture
+def client(bare_server: ServerProcess) -> Iterator[JobClient]:
+    with JobClient(bare_server.target, timeout=10) as c:
+        yield c
+
+
+def events_of(client: JobClient, job_id: str) -> list[JobEvent]:
+    """Every event of a (terminal) job, from a watch from the start."""
+    return [item for item in client.watch(job_id) if isinstance(item, JobEvent)]
+
+
+def test_many_log_lines_go_in_few_reports(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+    lines = 2_000
+
+    @handlers.handler("e2e.batch")
+    def chatty(ctx: JobContext) -> dict[str, Any]:
+        for i in range(lines):
+            ctx.log(f"line {i}")
+            ctx.progress(i + 1, lines)
+        return {"lines": lines}
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.batch")
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.SUCCEEDED
+    assert final.result == {"lines": lines}
+    assert [e.log.text for e in client.logs(job.id) if e.log] == [f"line {i}" for i in range(lines)]
+    events = events_of(client, job.id)
+    assert [e.seq for e in events] == list(range(1, final.last_seq + 1))
+    # Progress is coalesced to one per ReportJob, and every report here
+    # carried some: the progress events count the reports.
+    reports = sum(1 for e in events if e.kind is EventKind.PROGRESS)
+    assert 1 <= reports <= 20, reports
+    assert final.progress.done == lines and final.progress.fraction == 1.0
+
+
+def test_cancel_stops_a_running_sync_handler(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+    started = threading.Event()
+
+    @handlers.handler("e2e.loop")
+    def loop_until_cancelled(ctx: JobContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.loop")
+        assert started.wait(WAIT_S)
+        begin = time.monotonic()
+        asked = client.cancel(job.id, reason="test")
+        assert asked.state is JobState.RUNNING and asked.cancel_requested
+        final = client.wait(job.id, timeout=WAIT_S)
+        took = time.monotonic() - begin
+    assert final.state is JobState.CANCELLED
+    assert final.attempt == 1
+    assert took < 10, took
+
+
+def test_check_cancelled_in_a_sync_handler(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+
+    @handlers.handler("e2e.check")
+    def work(ctx: JobContext) -> None:
+        while True:
+            ctx.check_cancelled()
+            time.sleep(0.01)
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.check")
+        eventually(lambda: client.get(job.id).state is JobState.RUNNING)
+        client.cancel(job.id)
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.CANCELLED
+    assert final.error is not None
+
+
+def test_an_exception_is_retried_then_fails(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+    calls: list[int] = []
+
+    @handlers.handler("e2e.boom")
+    def boom(ctx: JobContext) -> None:
+        calls.append(ctx.job.attempt)
+        raise ValueError(f"bad attempt {ctx.job.attempt}")
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.boom", max_attempts=2)
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.FAILED
+    assert calls == [1, 2]
+    assert final.attempt == 2
+    assert final.error is not None
+    assert final.error.code == "ValueError"
+    assert final.error.message == "bad attempt 2"
+    assert "Traceback" in final.error.details["traceback"]
+
+
+def test_a_fatal_error_is_not_retried(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+
+    @handlers.handler("e2e.fatal")
+    def fatal(ctx: JobContext) -> None:
+        raise FatalJobError("bad input", code="bad_input", details={"row": 7})
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.fatal", max_attempts=3)
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.FAILED
+    assert final.attempt == 1
+    assert final.error is not None
+    assert (final.error.code, final.error.message, final.error.details) == (
+        "bad_input",
+        "bad input",
+        {"row": 7},
+    )
+
+
+def test_an_async_handler(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+
+    @handlers.handler("e2e.async")
+    async def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.phase("work")
+        with ctx.step_scope("sleep"):
+            for i in range(5):
+                await asyncio.sleep(0.01)
+                ctx.log(f"tick {i}")
+                ctx.result_item(f"tick-{i}", data={"i": i})
+                ctx.progress(i + 1, 5)
+        await ctx.aflush()
+        return {"n": ctx.params["n"]}
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.async", {"n": 5})
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.SUCCEEDED
+    assert final.result == {"n": 5}
+    assert final.progress.phase == "work" and final.progress.done == 5
+    assert final.counters.succeeded == 5
+    assert [(s.name, s.state.value) for s in final.steps] == [("sleep", "succeeded")]
+    assert [e.log.text for e in client.logs(job.id) if e.log] == [f"tick {i}" for i in range(5)]
+    assert len(list(client.results(job.id))) == 5
+
+
+def test_flush_makes_updates_visible(bare_server: ServerProcess, client: JobClient) -> None:
+    handlers = Handlers()
+
+    @handlers.handler("e2e.flush")
+    def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.log("before flush")
+        ctx.flush()
+        with JobClient(bare_server.target, timeout=10) as reader:
+            seen = [e.log.text for e in reader.logs(ctx.id) if e.log]
+        return {"seen": seen}
+
+    # A long flush interval: only flush() can have sent the line in time.
+    with running_worker(bare_server.target, handlers, flush_interval=30):
+        job = client.submit("e2e.flush")
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.result == {"seen": ["before flush"]}
+
+
+def test_stop_is_prompt_while_long_polling(bare_server: ServerProcess) -> None:
+    handlers = Handlers()
+    handlers.register("e2e.idle", lambda ctx: None)
+
+    async def main() -> float:
+        worker = Worker(bare_server.target, handlers, poll_wait=30)
+        task = asyncio.create_task(worker.run_async())
+        await asyncio.sleep(0.5)  # inside the AcquireJob long-poll by now
+        begin = time.monotonic()
+        await worker.stop()
+        await asyncio.wait_for(task, 5)
+        return time.monotonic() - begin
+
+    # poll_wait is 30 s: anything this quick cancelled the long-poll.
+    assert asyncio.run(main()) < 3.0
+
+
+def test_stop_with_grace_interrupts_running_jobs(
+    bare_server: ServerProcess, client: JobClient
+) -> None:
+    handlers = Handlers()
+    started = asyncio.Event()
+
+    @handlers.handler("e2e.long")
+    async def long(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async def main() -> str:
+        worker = Worker(bare_server.target, handlers)
+        task = asyncio.create_task(worker.run_async())
+        job = await asyncio.to_thread(client.submit, "e2e.long", max_attempts=1)
+        # Stop once the handler runs: stopping while the lease is still on its
+        # way to the worker is a different case (the server releases it).
+        await asyncio.wait_for(started.wait(), 15)
+        await worker.stop(grace=0.2)
+        await asyncio.wait_for(task, 10)
+        return job.id
+
+    job_id = asyncio.run(main())
+    final = client.get(job_id)
+    # Not the user's cancel: the job is released back to the queue and the
+    # interrupted attempt does not count (max_attempts=1 still allows a run).
+    assert final.state is JobState.QUEUED and final.attempt == 0
+    assert final.error is None
+
+
+def test_worker_and_watch_survive_a_server_restart(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server()
+    handlers = Handlers()
+    lines = 60
+
+    @handlers.handler("e2e.slow")
+    def slow(ctx: JobContext) -> dict[str, Any]:
+        for i in range(lines):
+            ctx.log(f"line {i}")
+            ctx.progress(i + 1, lines)
+            time.sleep(0.05)
+        return {"lines": lines}
+
+    with running_worker(server.target, handlers), JobClient(server.target, timeout=10) as client:
+        job = client.submit("e2e.slow")
+        seen: list[Job | JobEvent] = []
+
+        def restart_soon() -> None:
+            time.sleep(1.0)
+            server.kill()
+            time.sleep(0.5)
+            server.restart()
+
+        restarter = threading.Thread(target=restart_soon)
+        restarter.start()
+        for item in client.watch(job.id):
+            seen.append(item)
+        restarter.join(30)
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.SUCCEEDED
+    assert isinstance(seen[0], Job)
+    assert not any(isinstance(item, Job) for item in seen[1:])
+    seqs = [item.seq for item in seen[1:] if isinstance(item, JobEvent)]
+    assert seqs == list(range(1, final.last_seq + 1))
