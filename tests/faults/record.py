@@ -1,8 +1,8 @@
 """Figures of the fault suite and the table printed after the run.
 
 Each scenario test calls :func:`record` with its measured figure before it
-asserts, so a failing scenario still shows what it measured. Scenarios that
-were not built are listed as such, never as passing.
+asserts, so a failing scenario still shows what it measured. A scenario that
+did not run is listed as such, never as passing.
 """
 
 from __future__ import annotations
@@ -28,15 +28,6 @@ SCENARIOS: dict[int, str] = {
     11: "disk full",
 }
 """Every scenario of the issue, by number."""
-
-NOT_BUILT: dict[int, str] = {
-    2: "not built (time)",
-    3: "not built (time); tests/test_e2e_slow_watcher.py covers the slow watcher",
-    5: "not built (time)",
-    9: "not built (time)",
-    11: "not built (time)",
-}
-"""Scenarios without a test, and why."""
 
 
 def size(reduced: int, full: int) -> int:
@@ -77,8 +68,6 @@ def table() -> list[tuple[str, str, str]]:
             got = _figures[number]
             result = "skipped" if got.skipped else "pass" if got.passed else "FAIL"
             rows.append((label, got.figure, result))
-        elif number in NOT_BUILT:
-            rows.append((label, NOT_BUILT[number], "not built"))
         else:
             rows.append((label, "not run in this session", "not run"))
     return rows

@@ -79,11 +79,15 @@ def _tmpfs(path: Path, size_bytes: int) -> Iterator[str | None]:
     try:
         yield None
     finally:
-        done = subprocess.run(["umount", str(path)], capture_output=True, timeout=30, check=False)
-        if done.returncode != 0:
+        unmounted = subprocess.run(
+            ["umount", str(path)], capture_output=True, timeout=30, check=False
+        )
+        if unmounted.returncode != 0:
             # Something still holds a file there: detach it now (it goes
             # once released) rather than leave a mount behind the run.
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
+            subprocess.run(
+                ["umount", "-l", str(path)], capture_output=True, timeout=30, check=False
+            )
 
 
 class Outcomes:
@@ -162,7 +166,6 @@ def _scenario(server: ServerProcess, data: Path) -> None:
                     if job is None:
                         break
                     acked[rid] = job.id
-            filled = fill.codes.get("OK", 0)
             disk_was_full = sum(n for c, n in fill.codes.items() if c != "OK") > 0
 
             # Every kind of write while full: each answers cleanly (or fits).

@@ -24,6 +24,16 @@ database = pw.DatabaseProxy()
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long an SQLite connection waits for another's lock before failing."""
 
+SQLITE_READER_CACHE_KIB = 2_000
+"""Page cache of each SQLite connection (SQLite's own default). Every
+reader thread holds one, and the OS page cache already keeps the file
+warm, so a large one only grows the server without bound by load (a
+64 MB setting let a log-heavy job grow the server by 127 MiB)."""
+
+SQLITE_WRITER_CACHE_KIB = 8_000
+"""Page cache of the one writer connection: index maintenance on big
+tables touches more pages than any single read."""
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 """Numbered migration scripts (playhouse.migrations)."""
 
@@ -213,7 +223,7 @@ def open_database(url: str, *, synchronous: str = "full", migrate: bool = True) 
                 "synchronous": synchronous,
                 "foreign_keys": 1,
                 "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
-                "cache_size": -64_000,
+                "cache_size": -SQLITE_READER_CACHE_KIB,
             },
         )
     else:
@@ -225,6 +235,12 @@ def open_database(url: str, *, synchronous: str = "full", migrate: bool = True) 
             log.info("applied migrations: %s", ", ".join(applied))
     log.info("database ready: %s", _redact(url))
     return db
+
+
+def prepare_writer_connection(db: pw.Database) -> None:
+    """Tunes the calling thread's connection for being the single writer."""
+    if is_sqlite(db):
+        execute(db, f"PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
+from jobstream.server.db import prepare_writer_connection
 from jobstream.server.domain import Changes, now_us
 from jobstream.server.errors import ServiceError, Unavailable
 from jobstream.server.store import Store
@@ -83,6 +84,7 @@ class Writer:
         return await future
 
     def _run(self) -> None:
+        prepare_writer_connection(self._db)
         stopping = False
         while not stopping:
             first = self._queue.get()
