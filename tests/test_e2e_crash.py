@@ -92,3 +92,22 @@ def test_watch_resumes_across_restart_without_gap(start_server: StartServer) -> 
         final = client.get(job.id)
     assert final.state is JobState.SUCCEEDED
     assert seqs == list(range(1, final.last_seq + 1))
+
+
+def test_reads_ride_over_a_restart_writes_are_not_resent(start_server: StartServer) -> None:
+    server = start_server()
+    with JobClient(server.target, timeout=10) as client:
+        job = client.submit("crash.reads")
+        server.kill()
+        with pytest.raises(UnavailableError):
+            client.submit("crash.reads")  # a write fails rather than risk running twice
+        with pytest.raises(UnavailableError):
+            client.get(job.id)  # a read retries for a while, then says so
+        # The server comes back while a read is being retried: it answers.
+        restarting = threading.Timer(0.3, server.restart)
+        restarting.start()
+        try:
+            assert client.get(job.id).id == job.id
+            assert [j.id for j in client.list(kinds=["crash.reads"])] == [job.id]
+        finally:
+            restarting.join()

@@ -72,6 +72,14 @@ DEFAULT_PAGE_SIZE = 50
 DEFAULT_EVENT_PAGE_SIZE = 500
 """Events per GetJobLogs / ListJobResults page."""
 
+READ_METHODS = frozenset(
+    {"GetJob", "ListJobs", "GetJobLogs", "ListJobResults", "GetStats", "ListArtifacts"}
+)
+"""Unary calls that change nothing, so sending one again is always safe."""
+
+READ_RETRY_S = 5.0
+"""How long a read keeps trying while the server it reached before restarts."""
+
 T = TypeVar("T")
 
 
@@ -220,6 +228,42 @@ def _call_timeout(default: float | None, deadline: float | None, what: str) -> f
     if remaining <= 0:
         raise DeadlineExceededError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: timed out")
     return remaining if default is None else min(default, remaining)
+
+
+class _ReadRetry:
+    """Sends a read again while a server that answered before restarts.
+
+    Right after a restart a channel can fail calls fast for a moment (its
+    reconnect backoff is still running though the server is back), so a
+    client that has reached the server once retries reads for READ_RETRY_S.
+    One that never reached it fails at once, as a watch does: a CLI pointed
+    at nothing says so without waiting. Writes are never sent twice here.
+    """
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def delay(
+        self,
+        method: str,
+        exc: grpc.RpcError,
+        since: float,
+        backoff: Backoff,
+        deadline: float | None,
+    ) -> float:
+        """Seconds to wait before sending ``method`` again after ``exc``
+        (the first failure was at ``since``); raises the typed error when
+        it is not to be retried."""
+        error = from_rpc_error(exc)
+        retryable = self.reached and method in READ_METHODS and isinstance(error, UnavailableError)
+        delay = backoff.next()
+        give_up_at = (
+            since + READ_RETRY_S if deadline is None else min(since + READ_RETRY_S, deadline)
+        )
+        if not retryable or time.monotonic() + delay >= give_up_at:
+            raise error from exc
+        log.info("%s: %s; retrying", method, error.message or error.code.name)
+        return delay
 
 
 # --------------------------------------------------------------------- watches
@@ -412,6 +456,7 @@ class JobClient:
             channel = security.channel(target, CHANNEL_OPTIONS)
         self._channel = channel
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._reads = _ReadRetry()
 
     def close(self) -> None:
         """Close the channel (only one this client made)."""
@@ -433,11 +478,15 @@ class JobClient:
 
     def _unary(self, op: _Unary[T], deadline: float | None = None) -> T:
         rpc = getattr(self._stub, op.method)
-        try:
-            response = rpc(op.request, timeout=_call_timeout(self.timeout, deadline, op.method))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        return op.convert(response)
+        since, backoff = time.monotonic(), Backoff()
+        while True:
+            try:
+                response = rpc(op.request, timeout=_call_timeout(self.timeout, deadline, op.method))
+            except grpc.RpcError as exc:
+                time.sleep(self._reads.delay(op.method, exc, since, backoff, deadline))
+                continue
+            self._reads.reached = True
+            return op.convert(response)
 
     def _paged(self, op: _Paged[T]) -> Iterator[T]:
         token = ""
@@ -709,6 +758,7 @@ class AsyncJobClient:
         self._owns_channel = channel is None
         self._channel = channel
         self._stub_cache: Any = None
+        self._reads = _ReadRetry()
 
     @property
     def _stub(self) -> Any:
@@ -740,13 +790,17 @@ class AsyncJobClient:
 
     async def _unary(self, op: _Unary[T], deadline: float | None = None) -> T:
         rpc = getattr(self._stub, op.method)
-        try:
-            response = await rpc(
-                op.request, timeout=_call_timeout(self.timeout, deadline, op.method)
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        return op.convert(response)
+        since, backoff = time.monotonic(), Backoff()
+        while True:
+            try:
+                response = await rpc(
+                    op.request, timeout=_call_timeout(self.timeout, deadline, op.method)
+                )
+            except grpc.RpcError as exc:
+                await asyncio.sleep(self._reads.delay(op.method, exc, since, backoff, deadline))
+                continue
+            self._reads.reached = True
+            return op.convert(response)
 
     async def _paged(self, op: _Paged[T]) -> AsyncIterator[T]:
         token = ""
