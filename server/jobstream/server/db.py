@@ -116,7 +116,7 @@ JobRow.add_index(JobRow.index(JobRow.owner, JobRow.request_id, unique=True))
 class LabelRow(BaseModel):
     """A job's label, one row each, so label filters can use an index."""
 
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     key = pw.TextField()
     value = pw.TextField()
 
@@ -130,7 +130,7 @@ class EventRow(BaseModel):
     """One event of a job; ``seq`` is gap-free per job, assigned in the
     transaction that stores the event."""
 
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     seq = pw.BigIntegerField()
     time = pw.BigIntegerField()
     kind = pw.TextField()
@@ -144,7 +144,7 @@ class EventRow(BaseModel):
 class StepRow(BaseModel):
     """The latest state of one named step of a job."""
 
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     name = pw.TextField()
     position = pw.IntegerField()
     state = pw.TextField()
@@ -181,7 +181,7 @@ class ArtifactRow(BaseModel):
     """One named output file of a job; the bytes live under
     data/artifacts/<job id>/<name>."""
 
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     name = pw.TextField()
     size_bytes = pw.BigIntegerField()
     sha256 = pw.TextField()
