@@ -34,6 +34,10 @@ SLOW_INTERVAL_S = 1.0
 DRAIN_S = 240.0
 """How long watchers may take to read the rest after logging stops."""
 
+READOUT_S = 400.0
+"""How long the slow and the stalled watcher may then take to read every
+line left (at full size about 900,000 each, read at the same time)."""
+
 
 def _slow_reader(stream: Any, stop: threading.Event, seqs: list[int]) -> None:
     """Reads one message a second until ``stop``."""
@@ -43,6 +47,14 @@ def _slow_reader(stream: Any, stop: threading.Event, seqs: list[int]) -> None:
             return
         if msg.HasField("event"):
             seqs.append(msg.event.seq)
+
+
+def _read_rest(stream: Any, seqs: list[int], errors: list[str]) -> None:
+    """Reads a watch to its end, noting the event seqs (and why it stopped early)."""
+    try:
+        seqs.extend(m.event.seq for m in stream if m.HasField("event"))
+    except grpc.RpcError as exc:
+        errors.append(f"{exc.code().name}: {exc.details()}")
 
 
 def test_slow_and_stalled_watchers_beside_fast_ones(
@@ -60,7 +72,7 @@ def test_slow_and_stalled_watchers_beside_fast_ones(
         with JobClient(server.target) as client:
             job = client.submit("faults.chatty")
             lease = worker.acquire("faults.chatty", lease_s=duration + 600)
-            call_timeout = duration + DRAIN_S + 60
+            call_timeout = duration + DRAIN_S + READOUT_S
             request = job_service_pb2.WatchJobRequest(job_id=job.id)
             stalled: Any = stub.WatchJob(request, timeout=call_timeout)
             assert next(stalled).HasField("snapshot")  # connected; then it stops reading
@@ -99,8 +111,19 @@ def test_slow_and_stalled_watchers_beside_fast_ones(
             peak = max(peak, rss_bytes(server.proc.pid))
             last_seq = client.get(job.id).last_seq
             # The slow and the stalled watcher now read everything left.
-            slow_seqs += [m.event.seq for m in slow if m.HasField("event")]
-            stalled_seqs = [m.event.seq for m in stalled if m.HasField("event")]
+            stalled_seqs: list[int] = []
+            readout_errors: list[str] = []
+            readers = [
+                threading.Thread(target=_read_rest, args=(stream, seqs, readout_errors))
+                for stream, seqs in ((slow, slow_seqs), (stalled, stalled_seqs))
+            ]
+            readout_started = time.monotonic()
+            for thread in readers:
+                thread.start()
+            while any(thread.is_alive() for thread in readers):
+                peak = max(peak, rss_bytes(server.proc.pid))
+                time.sleep(0.5)
+            readout_s = time.monotonic() - readout_started
     finally:
         stop_slow.set()
         worker.close()
@@ -119,7 +142,9 @@ def test_slow_and_stalled_watchers_beside_fast_ones(
         f"{written:,} lines in {logged_s:.0f} s; RSS +{growth / 2**20:.1f} MiB (bound 64); "
         f"fast {fast_complete}/{n_fast} complete; slow read {slow_during} live, then "
         f"{'all in order' if slow_seqs == expected else 'NOT all in order'}; stalled "
-        f"{'all in order' if stalled_seqs == expected else 'NOT all in order'}",
+        f"{'all in order' if stalled_seqs == expected else 'NOT all in order'} "
+        f"(read out in {readout_s:.0f} s{'; ' if readout_errors else ''}"
+        f"{'; '.join(readout_errors)})",
         passed,
     )
     assert growth <= RSS_GROWTH_LIMIT, f"server grew {growth >> 20} MiB"
