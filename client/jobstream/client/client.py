@@ -230,8 +230,39 @@ def _call_timeout(default: float | None, deadline: float | None, what: str) -> f
     return remaining if default is None else min(default, remaining)
 
 
-class _ReadRetry:
-    """Sends a read again while a server that answered before restarts.
+class _Outage:
+    """A spell of the server being unreachable: when it began, and how long
+    to wait before trying again (backoff from 0.1 s to 2 s, never past
+    ``deadline``). ``delay`` raises the error once ``budget`` seconds have
+    gone by."""
+
+    def __init__(self, budget: float, deadline: float | None) -> None:
+        self.budget = budget
+        self.deadline = deadline
+        self.since: float | None = None
+        self._backoff = Backoff()
+
+    def delay(self, error: JobstreamError) -> float:
+        """Seconds to wait before the next try after ``error``."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        elif now - self.since >= self.budget:
+            raise error
+        delay = self._backoff.next()
+        if self.deadline is not None:
+            delay = max(0.0, min(delay, self.deadline - now))
+        return delay
+
+    def over(self) -> None:
+        """The server answered: the next outage starts afresh."""
+        self.since = None
+        self._backoff.reset()
+
+
+def _read_retry_delay(method: str, exc: grpc.RpcError, *, reached: bool, outage: _Outage) -> float:
+    """Seconds to wait before sending ``method`` again after ``exc``; raises
+    the typed error when it is not to be sent again.
 
     Right after a restart a channel can fail calls fast for a moment (its
     reconnect backoff is still running though the server is back), so a
@@ -239,31 +270,15 @@ class _ReadRetry:
     One that never reached it fails at once, as a watch does: a CLI pointed
     at nothing says so without waiting. Writes are never sent twice here.
     """
-
-    def __init__(self) -> None:
-        self.reached = False
-
-    def delay(
-        self,
-        method: str,
-        exc: grpc.RpcError,
-        since: float,
-        backoff: Backoff,
-        deadline: float | None,
-    ) -> float:
-        """Seconds to wait before sending ``method`` again after ``exc``
-        (the first failure was at ``since``); raises the typed error when
-        it is not to be retried."""
-        error = from_rpc_error(exc)
-        retryable = self.reached and method in READ_METHODS and isinstance(error, UnavailableError)
-        delay = backoff.next()
-        give_up_at = (
-            since + READ_RETRY_S if deadline is None else min(since + READ_RETRY_S, deadline)
-        )
-        if not retryable or time.monotonic() + delay >= give_up_at:
-            raise error from exc
+    error = from_rpc_error(exc)
+    if not (reached and method in READ_METHODS and isinstance(error, UnavailableError)):
+        raise error from exc
+    if outage.since is None:
         log.info("%s: %s; retrying", method, error.message or error.code.name)
-        return delay
+    delay = outage.delay(error)
+    if outage.deadline is not None and time.monotonic() + delay >= outage.deadline:
+        raise error from exc  # the caller's deadline comes first: say why now
+    return delay
 
 
 # --------------------------------------------------------------------- watches
@@ -289,8 +304,7 @@ class _Resumable(Generic[T]):
         self.deadline = deadline
         self.done = False
         self._established = False
-        self._outage_since: float | None = None
-        self._backoff = Backoff()
+        self._outage = _Outage(resume_timeout, deadline)
 
     def request(self) -> Message:
         """The request that starts (or resumes) the stream."""
@@ -307,10 +321,9 @@ class _Resumable(Generic[T]):
     def received(self) -> None:
         """Note that the stream is up (a response arrived)."""
         self._established = True
-        if self._outage_since is not None:
+        if self._outage.since is not None:
             log.info("%s: resumed", self.what)
-        self._outage_since = None
-        self._backoff.reset()
+        self._outage.over()
 
     def failed(self, exc: grpc.RpcError) -> float:
         """Seconds to wait before resuming after ``exc``; raises the typed
@@ -330,16 +343,9 @@ class _Resumable(Generic[T]):
         return self._retry_delay(UnavailableError(grpc.StatusCode.UNAVAILABLE, message))
 
     def _retry_delay(self, error: JobstreamError) -> float:
-        now = time.monotonic()
-        if self._outage_since is None:
-            self._outage_since = now
+        if self._outage.since is None:
             log.info("%s: %s; resuming", self.what, error.message or error.code.name)
-        elif now - self._outage_since >= self.resume_timeout:
-            raise error
-        delay = self._backoff.next()
-        if self.deadline is not None:
-            delay = max(0.0, min(delay, self.deadline - now))
-        return delay
+        return self._outage.delay(error)
 
 
 class _JobWatch(_Resumable[Job | JobEvent]):
@@ -456,7 +462,8 @@ class JobClient:
             channel = security.channel(target, CHANNEL_OPTIONS)
         self._channel = channel
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
-        self._reads = _ReadRetry()
+        self._reached = False
+        """Whether a call has been answered: only then are reads retried."""
 
     def close(self) -> None:
         """Close the channel (only one this client made)."""
@@ -478,14 +485,14 @@ class JobClient:
 
     def _unary(self, op: _Unary[T], deadline: float | None = None) -> T:
         rpc = getattr(self._stub, op.method)
-        since, backoff = time.monotonic(), Backoff()
+        outage = _Outage(READ_RETRY_S, deadline)
         while True:
             try:
                 response = rpc(op.request, timeout=_call_timeout(self.timeout, deadline, op.method))
             except grpc.RpcError as exc:
-                time.sleep(self._reads.delay(op.method, exc, since, backoff, deadline))
+                time.sleep(_read_retry_delay(op.method, exc, reached=self._reached, outage=outage))
                 continue
-            self._reads.reached = True
+            self._reached = True
             return op.convert(response)
 
     def _paged(self, op: _Paged[T]) -> Iterator[T]:
@@ -758,7 +765,8 @@ class AsyncJobClient:
         self._owns_channel = channel is None
         self._channel = channel
         self._stub_cache: Any = None
-        self._reads = _ReadRetry()
+        self._reached = False
+        """Whether a call has been answered: only then are reads retried."""
 
     @property
     def _stub(self) -> Any:
@@ -790,16 +798,18 @@ class AsyncJobClient:
 
     async def _unary(self, op: _Unary[T], deadline: float | None = None) -> T:
         rpc = getattr(self._stub, op.method)
-        since, backoff = time.monotonic(), Backoff()
+        outage = _Outage(READ_RETRY_S, deadline)
         while True:
             try:
                 response = await rpc(
                     op.request, timeout=_call_timeout(self.timeout, deadline, op.method)
                 )
             except grpc.RpcError as exc:
-                await asyncio.sleep(self._reads.delay(op.method, exc, since, backoff, deadline))
+                await asyncio.sleep(
+                    _read_retry_delay(op.method, exc, reached=self._reached, outage=outage)
+                )
                 continue
-            self._reads.reached = True
+            self._reached = True
             return op.convert(response)
 
     async def _paged(self, op: _Paged[T]) -> AsyncIterator[T]:
