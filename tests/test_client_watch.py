@@ -109,6 +109,13 @@ def event(seq: int, state: job_pb2.JobState.ValueType | None = None) -> Any:
     return job_service_pb2.WatchJobResponse(event=msg)
 
 
+def batch(*responses: Any) -> Any:
+    """The events of ``event(...)`` responses, as one batched message."""
+    return job_service_pb2.WatchJobResponse(
+        events=job_service_pb2.JobEventBatch(events=[r.event for r in responses])
+    )
+
+
 def change(position: int, job_id: str = "j", caught_up: bool = False) -> Any:
     if caught_up:
         return job_service_pb2.WatchJobsResponse(position=position, caught_up=True)
@@ -142,6 +149,33 @@ def test_resumes_after_last_seq_without_repeats() -> None:
     assert seqs(items) == ["snapshot", 1, 2, 3, 4]
     assert [r.after_seq for r in stub.requests] == [0, 2, 3]
     assert all(call.cancelled for call in stub.calls)
+
+
+def test_batched_events_are_unpacked_once_each_in_order() -> None:
+    # A resumed stream's batch may start before the last seen seq; a
+    # terminal event inside a batch ends the watch there.
+    stub = FakeStub(
+        [
+            [snapshot(), batch(event(1), event(2), event(3)), DROP],
+            [
+                snapshot(last_seq=5),
+                batch(event(2), event(3), event(4)),
+                event(5, SUCCEEDED),
+                batch(event(6), event(7)),
+            ],
+        ]
+    )
+    with sync_client(stub) as client:
+        items = list(client.watch("j"))
+    assert seqs(items) == ["snapshot", 1, 2, 3, 4, 5]
+    assert [(r.after_seq, r.batch_events) for r in stub.requests] == [(0, True), (3, True)]
+
+
+def test_a_terminal_event_inside_a_batch_ends_the_watch() -> None:
+    stub = FakeStub([[snapshot(last_seq=2), batch(event(1), event(2, SUCCEEDED), event(3))]])
+    with sync_client(stub) as client:
+        assert seqs(list(client.watch("j"))) == ["snapshot", 1, 2]
+    assert stub.calls[0].cancelled
 
 
 def test_after_seq_is_where_the_watch_starts() -> None:

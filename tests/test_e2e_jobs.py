@@ -24,6 +24,7 @@ from jobstream.client import (
     ResourceExhaustedError,
 )
 from jobstream.client.models import EventKind
+from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -243,6 +244,42 @@ def test_delete_running_with_force(client: JobClient) -> None:
     assert client.delete(job.id, force=True).deleted
     with pytest.raises(NotFoundError):
         client.get(job.id)
+
+
+BATCH_BYTES = 256 * 1024
+"""The server's WATCH_BATCH_BYTES: a batch is cut once it reaches this."""
+
+
+def test_batched_watch_sends_the_same_events_in_fewer_messages(
+    bare_server: ServerProcess, bare_client: JobClient
+) -> None:
+    job = bare_client.submit("batch.watch")
+    worker = RawWorker(bare_server.target)
+    try:
+        lease = worker.acquire("batch.watch")
+        worker.log(job.id, lease.lease_id, [f"short {i}" for i in range(300)])
+        # 40 lines of 30 KB: more than a batch holds, so it must be cut.
+        worker.log(job.id, lease.lease_id, [f"{i:02d}" + "y" * 30_000 for i in range(40)])
+        worker.finish(job.id, lease.lease_id)
+    finally:
+        worker.close()
+    with grpc.insecure_channel(bare_server.target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+
+        def watch(batch: bool) -> list[job_service_pb2.WatchJobResponse]:
+            request = job_service_pb2.WatchJobRequest(job_id=job.id, batch_events=batch)
+            return list(stub.WatchJob(request, timeout=30))
+
+        single, batched = watch(False), watch(True)
+    assert [m.WhichOneof("item") for m in single[1:]] == ["event"] * (len(single) - 1)
+    one_by_one = [m.event for m in single[1:]]
+    assert [e.seq for e in one_by_one] == list(range(1, bare_client.get(job.id).last_seq + 1))
+    batches = [m.events for m in batched[1:]]
+    assert [m.WhichOneof("item") for m in batched] == ["snapshot"] + ["events"] * len(batches)
+    assert [e for b in batches for e in b.events] == one_by_one
+    assert 4 <= len(batches) < 10, [len(b.events) for b in batches]
+    for b in batches:
+        assert b.ByteSize() < BATCH_BYTES + 32 * 1024 + 1024  # cut after the event reaching it
 
 
 def test_list_filters_and_pages(client: JobClient) -> None:

@@ -310,8 +310,8 @@ class _Resumable(Generic[T]):
         """The request that starts (or resumes) the stream."""
         raise NotImplementedError
 
-    def accept(self, response: Any) -> T | None:
-        """The item to yield for a response, or None to drop it."""
+    def accept(self, response: Any) -> list[T]:
+        """The items to yield for a response (none: drop it)."""
         raise NotImplementedError
 
     def timeout(self) -> float | None:
@@ -361,23 +361,33 @@ class _JobWatch(_Resumable[Job | JobEvent]):
         self._snapshot_last_seq = 0
 
     def request(self) -> Message:
-        return job_service_pb2.WatchJobRequest(job_id=self.job_id, after_seq=self.last_seq)
+        return job_service_pb2.WatchJobRequest(
+            job_id=self.job_id, after_seq=self.last_seq, batch_events=True
+        )
 
-    def accept(self, response: Any) -> Job | JobEvent | None:
+    def accept(self, response: Any) -> list[Job | JobEvent]:
         msg: job_service_pb2.WatchJobResponse = response
         self.received()
-        if msg.HasField("snapshot"):
+        kind = msg.WhichOneof("item")
+        if kind == "snapshot":
             job = job_from_pb(msg.snapshot)
             self._snapshot_last_seq = job.last_seq
             if job.state.terminal and job.last_seq <= self.last_seq:
                 self.done = True
             if self._snapshot_seen:
-                return None
+                return []
             self._snapshot_seen = True
-            return job
-        if not msg.HasField("event") or msg.event.seq <= self.last_seq:
-            return None
-        event = event_from_pb(msg.event)
+            return [job]
+        messages = msg.events.events if kind == "events" else [msg.event] if kind else []
+        events: list[Job | JobEvent] = []
+        for message in messages:
+            if self.done:
+                break
+            if message.seq > self.last_seq:
+                events.append(self._event(event_from_pb(message)))
+        return events
+
+    def _event(self, event: JobEvent) -> JobEvent:
         self.last_seq = event.seq
         # The job's history may hold an earlier terminal state (before a
         # retry): only the newest event can end the watch.
@@ -414,22 +424,22 @@ class _JobsWatch(_Resumable[JobChange]):
             filter=self.filter, after_position=0 if self._listing else self.position
         )
 
-    def accept(self, response: Any) -> JobChange | None:
+    def accept(self, response: Any) -> list[JobChange]:
         self.received()
         change = change_from_pb(response)
         if change.caught_up:
             self._listing = False
             self.position = max(self.position, change.position)
             if self._caught_up_sent:
-                return None
+                return []
             self._caught_up_sent = True
-            return change
+            return [change]
         if self._listing:
-            return change
+            return [change]
         if change.position <= self.position:
-            return None
+            return []
         self.position = change.position
-        return change
+        return [change]
 
 
 # --------------------------------------------------------------- sync client
@@ -509,9 +519,7 @@ class JobClient:
             call = rpc(watch.request(), timeout=watch.timeout())
             try:
                 for response in call:
-                    item = watch.accept(response)
-                    if item is not None:
-                        yield item
+                    yield from watch.accept(response)
                     if watch.done:
                         return
                 delay = watch.ended()
@@ -827,8 +835,7 @@ class AsyncJobClient:
             call = rpc(watch.request(), timeout=watch.timeout())
             try:
                 async for response in call:
-                    item = watch.accept(response)
-                    if item is not None:
+                    for item in watch.accept(response):
                         yield item
                     if watch.done:
                         return

@@ -14,8 +14,8 @@ worker.py) that touches ``pb`` messages. Conventions at the edge:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any, Generic, TypeVar
@@ -561,56 +561,6 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
     )
 
 
-def event_from_pb(msg: job_pb2.JobEvent) -> JobEvent:
-    """JobEvent from pb; an event without a payload is a contract breach."""
-    which = msg.WhichOneof("payload")
-    if which is None:
-        raise ValueError(f"event {msg.seq} of job {msg.job_id!r} has no payload")
-    kind = EventKind(which)
-    base = JobEvent(job_id=msg.job_id, seq=msg.seq, kind=kind, time=time_from_pb(msg, "time"))
-    match kind:
-        case EventKind.STATE_CHANGE:
-            sc = msg.state_change
-            return replace(
-                base,
-                state_change=StateChange(
-                    state=JOB_STATES.from_pb(sc.state),
-                    reason=sc.reason,
-                    error=job_error_from_pb(sc.error) if sc.HasField("error") else None,
-                    attempt=sc.attempt,
-                ),
-            )
-        case EventKind.PROGRESS:
-            return replace(base, progress=progress_from_pb(msg.progress))
-        case EventKind.LOG:
-            return replace(
-                base,
-                log=LogLine(
-                    text=msg.log.text,
-                    level=LOG_LEVELS.from_pb(msg.log.level),
-                    stream=msg.log.stream,
-                    truncated=msg.log.truncated,
-                ),
-            )
-        case EventKind.STEP:
-            return replace(base, step=step_from_pb(msg.step))
-        case EventKind.RESULT_ITEM:
-            item = msg.result_item
-            return replace(
-                base,
-                result_item=ResultItem(
-                    key=item.key,
-                    status=RESULT_STATUSES.from_pb(item.status),
-                    data=struct_to_dict(item.data),
-                    error=item.error,
-                ),
-            )
-        case EventKind.CANCEL_REQUESTED:
-            return replace(base, cancel_requested=msg.cancel_requested.reason)
-        case EventKind.ARTIFACT_ADDED:
-            return replace(base, artifact_added=artifact_from_pb(msg.artifact_added))
-
-
 def artifact_from_pb(msg: job_pb2.Artifact) -> Artifact:
     """Artifact from pb."""
     return Artifact(
@@ -620,6 +570,66 @@ def artifact_from_pb(msg: job_pb2.Artifact) -> Artifact:
         content_type=msg.content_type,
         create_time=time_from_pb(msg, "create_time"),
         attempt=msg.attempt,
+    )
+
+
+def _state_change_from_pb(msg: job_pb2.StateChange) -> StateChange:
+    return StateChange(
+        state=JOB_STATES.from_pb(msg.state),
+        reason=msg.reason,
+        error=job_error_from_pb(msg.error) if msg.HasField("error") else None,
+        attempt=msg.attempt,
+    )
+
+
+def _log_from_pb(msg: job_pb2.LogLine) -> LogLine:
+    return LogLine(
+        text=msg.text,
+        level=LOG_LEVELS.from_pb(msg.level),
+        stream=msg.stream,
+        truncated=msg.truncated,
+    )
+
+
+def _result_item_from_pb(msg: job_pb2.ResultItem) -> ResultItem:
+    return ResultItem(
+        key=msg.key,
+        status=RESULT_STATUSES.from_pb(msg.status),
+        data=struct_to_dict(msg.data),
+        error=msg.error,
+    )
+
+
+def _cancel_reason_from_pb(msg: job_pb2.CancelRequested) -> str:
+    return msg.reason
+
+
+_EVENT_PAYLOADS: dict[str, Callable[[Any], Any]] = {
+    "state_change": _state_change_from_pb,
+    "progress": progress_from_pb,
+    "log": _log_from_pb,
+    "step": step_from_pb,
+    "result_item": _result_item_from_pb,
+    "cancel_requested": _cancel_reason_from_pb,
+    "artifact_added": artifact_from_pb,
+}
+"""Per payload (the oneof's field, named as the JobEvent field and the
+EventKind value): its conversion. Watchers convert every event, so the
+JobEvent is built once, without a second dataclass copy."""
+
+
+def event_from_pb(msg: job_pb2.JobEvent) -> JobEvent:
+    """JobEvent from pb; an event without a payload is a contract breach."""
+    which = msg.WhichOneof("payload")
+    if which is None:
+        raise ValueError(f"event {msg.seq} of job {msg.job_id!r} has no payload")
+    payload = _EVENT_PAYLOADS[which](getattr(msg, which))
+    return JobEvent(
+        job_id=msg.job_id,
+        seq=msg.seq,
+        kind=EventKind(which),
+        time=time_from_pb(msg, "time"),
+        **{which: payload},
     )
 
 

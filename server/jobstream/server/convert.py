@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -185,6 +185,25 @@ def event(value: Event) -> job_pb2.JobEvent:
         time=timestamp(value.time),
         **_PAYLOADS[value.kind](value.body),
     )
+
+
+def event_batches(
+    values: Iterable[Event], max_bytes: int
+) -> Iterator[job_service_pb2.JobEventBatch]:
+    """Events as JobEventBatch messages of about ``max_bytes`` each (a batch
+    is cut after the event that reaches it, so one large event still goes)."""
+    batch = job_service_pb2.JobEventBatch()
+    size = 0
+    for value in values:
+        message = event(value)
+        batch.events.append(message)
+        size += message.ByteSize()
+        if size >= max_bytes:
+            yield batch
+            batch = job_service_pb2.JobEventBatch()
+            size = 0
+    if batch.events:
+        yield batch
 
 
 def lease_fields(lease: Lease) -> dict[str, Any]:

@@ -76,6 +76,11 @@ DEFAULT_EVENT_PAGE = 500
 MAX_EVENT_PAGE = 5_000
 """Largest GetJobLogs / ListJobResults page."""
 
+WATCH_BATCH_BYTES = 256 * 1024
+"""A batching watcher's events go in messages of about this size: large
+enough that per-message costs vanish, far below a client's 4 MiB receive
+limit (one event is at most a log line or a result of bounded size)."""
+
 MAX_WAIT_S = 60.0
 """Longest AcquireJob long-poll."""
 

@@ -52,10 +52,11 @@ job whose not_before passes is found."""
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WatchItem:
-    """One message of a job watch: the snapshot, or an event."""
+    """One step of a job watch: the snapshot, or a run of consecutive events
+    (all that were ready at once, in seq order)."""
 
     snapshot: Job | None = None
-    event: Event | None = None
+    events: Sequence[Event] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,16 +200,18 @@ class JobsService:
                     events = await self.read(
                         self.store.read_events, job_id, after_seq=last, limit=EVENT_PAGE
                     )
-                    for event in events:
-                        yield WatchItem(event=event)
-                        last = event.seq
-                        if event.terminal and event.seq >= job.last_seq:
-                            return
+                    run, ended = _until_end(events, job.last_seq)
+                    if run:
+                        yield WatchItem(events=run)
+                        last = run[-1].seq
+                    if ended:
+                        return
                     from_db = len(events) == EVENT_PAGE
                     if not events and not await self.read(self.store.job_exists, job_id):
                         # Deleted through another server: no local publish said so.
                         raise NotFound(f"job {job_id!r} was deleted", field="job_id")
                     continue
+                ready: list[Event] = []
                 while sub.events and not sub.overflowed:
                     event = sub.events.popleft()
                     if event.seq <= last:
@@ -216,10 +219,13 @@ class JobsService:
                     if event.seq != last + 1:
                         from_db = True
                         break
-                    yield WatchItem(event=event)
+                    ready.append(event)
                     last = event.seq
-                    if event.terminal and event.seq >= job.last_seq:
-                        return
+                run, ended = _until_end(ready, job.last_seq)
+                if run:
+                    yield WatchItem(events=run)
+                if ended:
+                    return
                 if from_db or sub.overflowed or sub.events or sub.deleted:
                     continue
                 sub.wake.clear()
@@ -343,3 +349,13 @@ class JobsService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _until_end(events: Sequence[Event], snapshot_last_seq: int) -> tuple[Sequence[Event], bool]:
+    """The events up to and including the one that ends the watch, and
+    whether one did: a terminal event at or after the snapshot's last seq (a
+    retried job's history holds earlier terminal events)."""
+    for i, event in enumerate(events):
+        if event.terminal and event.seq >= snapshot_last_seq:
+            return events[: i + 1], True
+    return events, False

@@ -176,8 +176,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             async for item in self.service.watch(job_id, after):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
-                elif item.event is not None:
-                    yield js.WatchJobResponse(event=convert.event(item.event))
+                elif request.batch_events:
+                    for batch in convert.event_batches(item.events, limits.WATCH_BATCH_BYTES):
+                        yield js.WatchJobResponse(events=batch)
+                else:
+                    for event in item.events:
+                        yield js.WatchJobResponse(event=convert.event(event))
 
     @streaming
     async def WatchJobs(
