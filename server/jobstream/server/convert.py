@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -187,23 +188,62 @@ def event(value: Event) -> job_pb2.JobEvent:
     )
 
 
-def event_batches(
-    values: Iterable[Event], max_bytes: int
-) -> Iterator[job_service_pb2.JobEventBatch]:
-    """Events as JobEventBatch messages of about ``max_bytes`` each (a batch
-    is cut after the event that reaches it, so one large event still goes)."""
-    batch = job_service_pb2.JobEventBatch()
-    size = 0
-    for value in values:
+MESSAGE_OVERHEAD_BYTES = 1024
+"""Memory a JobEvent message takes beyond its encoded size (measured: about
+900 bytes for a 114-byte log event)."""
+
+
+class EventMessages:
+    """JobEvent messages of recently sent events, shared by all their
+    watchers, up to about ``max_bytes`` of memory (least recently used go
+    first).
+
+    Twenty dashboards on one chatty job would otherwise convert every event
+    twenty times (70 % of the server's time in fault scenario 3). A stored
+    event never changes, and (job id, seq, time) names one: a job deleted and
+    submitted again under its id has new events at other times. Used from the
+    event loop only.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[tuple[str, int, int], tuple[job_pb2.JobEvent, int]]
+        self._cache = OrderedDict()
+        self._bytes = 0
+
+    def get(self, value: Event) -> tuple[job_pb2.JobEvent, int]:
+        """The event's message and its size in bytes."""
+        key = (value.job_id, value.seq, value.time)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
         message = event(value)
-        batch.events.append(message)
-        size += message.ByteSize()
-        if size >= max_bytes:
+        entry = self._cache[key] = (message, message.ByteSize())
+        self._bytes += entry[1] + MESSAGE_OVERHEAD_BYTES
+        while self._bytes > self.max_bytes:
+            _, (_, size) = self._cache.popitem(last=False)
+            self._bytes -= size + MESSAGE_OVERHEAD_BYTES
+        return entry
+
+    def batches(
+        self, values: Iterable[Event], max_bytes: int
+    ) -> Iterator[job_service_pb2.JobEventBatch]:
+        """The events as JobEventBatch messages of about ``max_bytes`` each
+        (a batch is cut after the event that reaches it, so one large event
+        still goes)."""
+        batch = job_service_pb2.JobEventBatch()
+        size = 0
+        for value in values:
+            message, message_size = self.get(value)
+            batch.events.append(message)
+            size += message_size
+            if size >= max_bytes:
+                yield batch
+                batch = job_service_pb2.JobEventBatch()
+                size = 0
+        if batch.events:
             yield batch
-            batch = job_service_pb2.JobEventBatch()
-            size = 0
-    if batch.events:
-        yield batch
 
 
 def lease_fields(lease: Lease) -> dict[str, Any]:

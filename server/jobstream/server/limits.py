@@ -81,6 +81,9 @@ WATCH_BATCH_BYTES = 256 * 1024
 enough that per-message costs vanish, far below a client's 4 MiB receive
 limit (one event is at most a log line or a result of bounded size)."""
 
+EVENT_MESSAGE_CACHE_BYTES = 4 * 1024 * 1024
+"""Recently sent events kept as messages for their other watchers."""
+
 MAX_WAIT_S = 60.0
 """Longest AcquireJob long-poll."""
 

@@ -117,6 +117,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self.service = service
         self.auth = auth or Auth(None)
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
+        self.event_messages = convert.EventMessages(limits.EVENT_MESSAGE_CACHE_BYTES)
 
     async def _own(self, job_id: str, principal: Principal) -> Job:
         """The job, if ``principal`` may see it; another principal's job is
@@ -177,11 +178,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
                 elif request.batch_events:
-                    for batch in convert.event_batches(item.events, limits.WATCH_BATCH_BYTES):
+                    for batch in self.event_messages.batches(item.events, limits.WATCH_BATCH_BYTES):
                         yield js.WatchJobResponse(events=batch)
                 else:
                     for event in item.events:
-                        yield js.WatchJobResponse(event=convert.event(event))
+                        yield js.WatchJobResponse(event=self.event_messages.get(event)[0])
 
     @streaming
     async def WatchJobs(
