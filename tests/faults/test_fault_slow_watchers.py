@@ -151,7 +151,8 @@ def test_slow_and_stalled_watchers_beside_fast_ones(
     finally:
         stop_slow.set()
         for proc in fast_procs:
-            proc.kill()
+            proc.kill()  # those still reading after the drain; then reap them all
+            proc.join(10)
         worker.close()
         channel.close()
     expected = list(range(1, last_seq + 1))
