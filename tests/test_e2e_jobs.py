@@ -24,6 +24,7 @@ from jobstream.client import (
     ResourceExhaustedError,
 )
 from jobstream.client.models import EventKind
+from jobstream.server.limits import MAX_LOG_LINE_BYTES, WATCH_BATCH_BYTES
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)
@@ -246,10 +247,6 @@ def test_delete_running_with_force(client: JobClient) -> None:
         client.get(job.id)
 
 
-BATCH_BYTES = 256 * 1024
-"""The server's WATCH_BATCH_BYTES: a batch is cut once it reaches this."""
-
-
 def test_batched_watch_sends_the_same_events_in_fewer_messages(
     bare_server: ServerProcess, bare_client: JobClient
 ) -> None:
@@ -279,7 +276,8 @@ def test_batched_watch_sends_the_same_events_in_fewer_messages(
     assert [e for b in batches for e in b.events] == one_by_one
     assert 4 <= len(batches) < 10, [len(b.events) for b in batches]
     for b in batches:
-        assert b.ByteSize() < BATCH_BYTES + 32 * 1024 + 1024  # cut after the event reaching it
+        # cut after the event that reaches the size, so at most one line over
+        assert b.ByteSize() < WATCH_BATCH_BYTES + MAX_LOG_LINE_BYTES + 1024
 
 
 def test_list_filters_and_pages(client: JobClient) -> None:

@@ -378,7 +378,13 @@ class _JobWatch(_Resumable[Job | JobEvent]):
                 return []
             self._snapshot_seen = True
             return [job]
-        messages = msg.events.events if kind == "events" else [msg.event] if kind else []
+        messages: Sequence[job_pb2.JobEvent]
+        if kind == "events":
+            messages = msg.events.events
+        elif kind == "event":
+            messages = [msg.event]
+        else:
+            return []
         events: list[Job | JobEvent] = []
         for message in messages:
             if self.done:

@@ -680,7 +680,7 @@ class Store:
         rows one at a time pass the GIL to and fro per row (measured: 4
         threads took 4.6x as long per row as one); one row, one hand-over.
         """
-        params = (job_id, after_seq, *([kind.value] if kind else []), limit)
+        params = (job_id, after_seq, *([] if kind is None else [kind.value]), limit)
         (page,) = execute(self.db, self._compiled.events_page(kind is not None), params).fetchone()
         rows: list[tuple[int, int, str, JSON]] = json.loads(page) if page else []
         # SQLite's json_group_array does not promise its input's order.
