@@ -124,7 +124,7 @@ def check_recorded(roots: FileRoots, job_id: str, raw: str) -> Checked:
     outside = Checked(target=None, refusal=f"{raw!r} {OWNERSHIP_RULE.format(id=job_id)}")
     try:
         path = Path(raw) if Path(raw).is_absolute() else roots.data_dir / raw
-        if path.name in ("", ".", ".."):
+        if path.name in ("", ".", "..") or "\0" in raw:
             return outside
         target = _resolve_parent(path)
     except (OSError, RuntimeError, ValueError):
@@ -160,22 +160,28 @@ def remove_files(roots: FileRoots, job_id: str, recorded: Iterable[str]) -> Remo
     """
     removed: list[str] = []
     refused: list[str] = []
-    owned = [*roots.job_dirs(job_id)]
-    if owned:
-        owned.append(_resolve_parent(roots.artifact_dir(job_id).absolute()))
-    for target in owned:
-        if roots.holds_protected(target):
-            log.warning("job %s: not removing %s: it holds the database", job_id, target)
-            continue
-        if _remove(job_id, target):
-            removed.append(roots.shown(target))
+    # Judged before anything is removed: a path through a symlink inside the
+    # job's directory is refused for where it leads, not waved through
+    # because the link went with the directory.
+    accepted: list[Path] = []
     for raw in recorded:
         checked = check_recorded(roots, job_id, raw)
         if checked.target is None:
             log.warning("job %s: refusing to remove %r: %s", job_id, raw, checked.refusal)
             refused.append(raw)
-        elif _remove(job_id, checked.target):
-            removed.append(roots.shown(checked.target))
+        else:
+            accepted.append(checked.target)
+    owned = [*roots.job_dirs(job_id)]
+    if owned:
+        owned.append(_resolve_parent(roots.artifact_dir(job_id)))
+    for target in owned:
+        if roots.holds_protected(target):
+            log.warning("job %s: not removing %s: it holds the database", job_id, target)
+        elif _remove(job_id, target):
+            removed.append(roots.shown(target))
+    for target in accepted:
+        if _remove(job_id, target):
+            removed.append(roots.shown(target))
     return Removal(removed=tuple(removed), refused=tuple(refused))
 
 
@@ -189,7 +195,7 @@ def _remove(job_id: str, target: Path) -> bool:
             shutil.rmtree(target)
         else:
             return False
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.warning("job %s: could not remove %s: %s", job_id, target, exc)
         return False
     return True
