@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -379,33 +381,68 @@ def test_a_database_inside_a_job_directory_is_never_removed(
         worker.close()
 
 
+HANDLERS_MODULE = """
+from jobstream.client import Handlers
+
+handlers = Handlers()
+
+
+@handlers.handler("files.write")
+def write(ctx):
+    out = ctx.job_dir / "out.csv"
+    out.write_text("a,b\\n")
+    ctx.add_file(out)
+    return {"path": str(out)}
+"""
+"""A handler that writes into ``ctx.job_dir`` and records the file."""
+
+
+def _handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = tmp_path / "modules" / "files_handlers.py"
+    module.parent.mkdir()
+    module.write_text(HANDLERS_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(module.parent))
+
+
+def _write_and_delete(client: JobClient, expected_dir: Path) -> None:
+    job = client.submit("files.write", max_attempts=1)
+    final = client.wait(job.id, timeout=WATCH_DEADLINE_S)
+    assert final.state is JobState.SUCCEEDED, final.error
+    assert final.result is not None
+    out = Path(str(final.result["path"]))
+    assert out == expected_dir / job.id / "out.csv"
+    assert out.read_text() == "a,b\n"
+    result = client.delete(job.id)
+    assert not out.exists() and not out.parent.exists()
+    assert result.refused_paths == ()
+
+
 def test_in_process_handlers_write_into_ctx_job_dir(
     start_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = tmp_path / "modules" / "files_handlers.py"
-    module.parent.mkdir()
-    module.write_text(
-        "from jobstream.client import Handlers\n"
-        "handlers = Handlers()\n"
-        "@handlers.handler('files.write')\n"
-        "def write(ctx):\n"
-        "    out = ctx.job_dir / 'out.csv'\n"
-        "    out.write_text('a,b\\n')\n"
-        "    ctx.add_file(out)\n"
-        "    return {'path': str(out)}\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", str(module.parent))
+    _handlers_module(tmp_path, monkeypatch)
     server = start_server(handlers=("files_handlers",), name="files")
     with JobClient(server.target) as client:
-        job = client.submit("files.write")
-        final = client.wait(job.id, timeout=WATCH_DEADLINE_S)
-        assert final.state is JobState.SUCCEEDED, final.error
-        assert final.result is not None
-        out = Path(str(final.result["path"]))
-        assert out == server.data_dir.absolute() / "jobs" / job.id / "out.csv"
-        assert out.read_text() == "a,b\n"
-        result = client.delete(job.id)
-        assert f"jobs/{job.id}" in result.removed_paths and not out.exists()
+        _write_and_delete(client, server.data_dir.absolute() / "jobs")
+
+
+def test_a_standalone_worker_writes_under_a_shared_output_root(
+    start_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _handlers_module(tmp_path, monkeypatch)
+    root = tmp_path / "shared"
+    root.mkdir()
+    server = start_server(extra_args=("--output-root", str(root)), name="files")
+    argv = [sys.executable, "-m", "jobstream.client.cli", "worker", "--handlers"]
+    argv += ["files_handlers", "--target", server.target, "--files-root", str(root)]
+    worker = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with JobClient(server.target) as client:
+            _write_and_delete(client, root)
+    finally:
+        worker.terminate()
+        output, _ = worker.communicate(timeout=30)
+    assert b"Traceback" not in output, output.decode(errors="replace")
 
 
 def test_overlapping_output_roots_stop_the_server(tmp_path: Path) -> None:
