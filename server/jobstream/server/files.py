@@ -127,8 +127,10 @@ def check_recorded(roots: FileRoots, job_id: str, raw: str) -> Checked:
         if path.name in ("", ".", "..") or "\0" in raw:
             return outside
         target = _resolve_parent(path)
-    except (OSError, RuntimeError, ValueError):
-        return outside  # a symlink loop, a NUL byte: nothing a job could own
+    except (OSError, RuntimeError, TypeError, ValueError):
+        # A symlink loop, a NUL byte, a stored row holding no string:
+        # nothing a job could own.
+        return outside
     if not any(own in target.parents for own in roots.job_dirs(job_id)):
         return outside
     if roots.holds_protected(target):
@@ -138,11 +140,6 @@ def check_recorded(roots: FileRoots, job_id: str, raw: str) -> Checked:
             "an output root); no job may record it",
         )
     return Checked(target=target)
-
-
-def job_dir(data_dir: Path, job_id: str) -> Path:
-    """The per-job directory under the data directory."""
-    return data_dir / JOBS_DIR / job_id
 
 
 def artifact_dir(data_dir: Path, job_id: str) -> Path:
@@ -168,7 +165,7 @@ def remove_files(roots: FileRoots, job_id: str, recorded: Iterable[str]) -> Remo
         checked = check_recorded(roots, job_id, raw)
         if checked.target is None:
             log.warning("job %s: refusing to remove %r: %s", job_id, raw, checked.refusal)
-            refused.append(raw)
+            refused.append(str(raw))
         else:
             accepted.append(checked.target)
     owned = [*roots.job_dirs(job_id)]
@@ -176,7 +173,12 @@ def remove_files(roots: FileRoots, job_id: str, recorded: Iterable[str]) -> Remo
         owned.append(_resolve_parent(roots.artifact_dir(job_id)))
     for target in owned:
         if roots.holds_protected(target):
-            log.warning("job %s: not removing %s: it holds the database", job_id, target)
+            log.warning(
+                "job %s: not removing %s: it holds the database, the data directory "
+                "or an output root",
+                job_id,
+                target,
+            )
         elif _remove(job_id, target):
             removed.append(roots.shown(target))
     for target in accepted:

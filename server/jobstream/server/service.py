@@ -238,8 +238,10 @@ class JobsService:
                         return
                     from_db = len(events) == EVENT_PAGE
                     if not events and not await self.read(self.store.job_exists, job_id):
-                        # Deleted here (handled above, with what was queued) or
-                        # through another server, which no local publish said.
+                        # Gone: deleted through another server (no local
+                        # publish said so), or here after the reset above.
+                        # Either way the deleted branch ends the stream, with
+                        # the events that were queued when the read began.
                         sub.deleted = True
                         sub.events.extendleft(reversed(queued))
                     continue
@@ -372,6 +374,7 @@ class JobsService:
         )
 
     def _check_files(self, job_id: str, files: Sequence[str]) -> None:
+        """Refuses the first recorded path the job does not own (files.py)."""
         for i, raw in enumerate(files):
             checked = check_recorded(self.roots, job_id, raw)
             if checked.target is None:
