@@ -4,15 +4,16 @@ process memory readings."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
+from jobstream.client.security import Security
 from jobstream.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 T = TypeVar("T")
@@ -39,10 +40,13 @@ def rss_bytes(pid: int) -> int:
 
 
 class RawWorker:
-    """A worker speaking WorkerService directly, holding its lease by hand."""
+    """A worker speaking WorkerService directly, holding its lease by hand
+    (with ``token``, as that token's principal)."""
 
-    def __init__(self, target: str, worker_id: str = "raw-worker") -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str, worker_id: str = "raw-worker", *, token: str | None = None
+    ) -> None:
+        self.channel = Security(token=token).channel(target, ())
         self.stub = worker_service_pb2_grpc.WorkerServiceStub(self.channel)
         self.worker_id = worker_id
 
@@ -73,6 +77,25 @@ class RawWorker:
                 files=files or [],
             ),
             timeout=30,
+        )
+        return response
+
+    def upload(
+        self, job_id: str, lease_id: str, name: str, data: bytes
+    ) -> worker_service_pb2.UploadArtifactResponse:
+        header = worker_service_pb2.ArtifactHeader(
+            job_id=job_id,
+            lease_id=lease_id,
+            name=name,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        messages = [
+            worker_service_pb2.UploadArtifactRequest(header=header),
+            worker_service_pb2.UploadArtifactRequest(chunk=data),
+        ]
+        response: worker_service_pb2.UploadArtifactResponse = self.stub.UploadArtifact(
+            iter(messages), timeout=30
         )
         return response
 

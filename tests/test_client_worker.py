@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,6 +163,19 @@ def test_updates_keep_their_order(ctx: JobContext) -> None:
         ("row-2", job_pb2.RESULT_STATUS_FAILED),
     ]
     assert batch.files == ["/data/out.csv"]
+
+
+def test_job_dir_is_made_on_first_use_under_the_files_root(ctx: JobContext, tmp_path: Path) -> None:
+    assert ctx.job_dir is None  # no files root: nothing the server would accept
+    loop = asyncio.new_event_loop()
+    try:
+        job = Job(id="job-1", kind="k", state=JobState.RUNNING)
+        rooted = JobContext(job, loop, files_root=tmp_path / "jobs")
+        assert not (tmp_path / "jobs").exists()
+        made = rooted.job_dir
+        assert made == tmp_path / "jobs" / "job-1" and made.is_dir()
+    finally:
+        loop.close()
 
 
 def test_bad_values_fail_at_the_call(ctx: JobContext) -> None:

@@ -197,30 +197,37 @@ def test_expired_lease_goes_back_to_queue_then_interrupted(
         worker.close()
 
 
-def test_delete_removes_files_inside_and_never_touches_outside(
+def test_delete_removes_the_jobs_own_files_and_never_touches_outside(
     bare_server: ServerProcess, bare_client: JobClient, tmp_path: Path
 ) -> None:
     job = bare_client.submit("with.files")
-    job_dir = bare_server.data_dir / "jobs" / job.id
+    data = bare_server.data_dir.absolute()
+    job_dir = data / "jobs" / job.id
     job_dir.mkdir(parents=True)
     (job_dir / "log.txt").write_text("log")
-    inside = bare_server.data_dir / "outputs" / f"{job.id}.csv"
-    inside.parent.mkdir(exist_ok=True)
+    inside = job_dir / "out" / "result.csv"
+    inside.parent.mkdir()
     inside.write_text("a,b")
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
-    sneaky = f"outputs/../../{outside.name}"
-    (tmp_path / "data").mkdir(exist_ok=True)
-    link = bare_server.data_dir / "outputs" / f"{job.id}-link"
+    link = job_dir / "link"
     link.symlink_to(outside)
     worker = RawWorker(bare_server.target)
     try:
         lease = worker.acquire("with.files")
+        # Paths the job does not own refuse the whole report.
+        for i, bad in enumerate(
+            [str(outside), f"jobs/{job.id}/../../../{outside.name}", f"jobs/{job.id}/link/x"]
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                worker.log(job.id, lease.lease_id, ["x"], files=[str(inside)] * i + [bad])
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert str(refused.value.details()).startswith(f"files[{i}]: {bad!r} is outside")
         worker.log(
             job.id,
             lease.lease_id,
             ["wrote files"],
-            files=[str(inside), str(outside), sneaky, str(link)],
+            files=[str(inside), f"jobs/{job.id}/link"],
         )
         with pytest.raises(FailedPreconditionError):
             bare_client.delete(job.id)  # running: needs force
@@ -229,9 +236,9 @@ def test_delete_removes_files_inside_and_never_touches_outside(
         worker.close()
     result = bare_client.delete(job.id)
     assert result.deleted
-    assert not job_dir.exists() and not inside.exists() and not link.is_symlink()
+    assert f"jobs/{job.id}" in result.removed_paths and result.refused_paths == ()
+    assert not job_dir.exists() and not link.is_symlink()
     assert outside.read_text() == "precious"
-    assert set(result.refused_paths) == {str(outside), sneaky}
     with pytest.raises(NotFoundError):
         bare_client.get(job.id)
     with pytest.raises(NotFoundError):

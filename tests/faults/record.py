@@ -21,7 +21,7 @@ SCENARIOS: dict[int, str] = {
     4: "watches from a SIGSTOPped process reaped",
     5: "100,000 watch open/cancel cycles",
     6: "external workers SIGKILLed / SIGSTOPped past the lease",
-    7: "delete with paths pointing outside the data dir",
+    7: "recorded paths a job does not own: delete, force delete, purge, retention",
     8: "hypothesis bad input for every RPC",
     9: "hypothesis stateful model of the job lifecycle",
     10: "full auth matrix",

@@ -641,7 +641,8 @@ class JobClient:
         self, job_id: str, *, force: bool = False, allow_missing: bool = False
     ) -> DeleteResult:
         """Delete a job with its events, results and files. A running job
-        needs ``force``; ``allow_missing`` makes a repeat delete succeed."""
+        needs ``force`` (it is cancelled first: its watchers see it end
+        CANCELLED); ``allow_missing`` makes a repeat delete succeed."""
         return self._unary(_delete_op(job_id, force, allow_missing))
 
     def logs(self, job_id: str, *, page_size: int = DEFAULT_EVENT_PAGE_SIZE) -> Iterator[JobEvent]:

@@ -391,9 +391,11 @@ class PurgeResult:
     job_ids: tuple[str, ...] = ()
     """Their ids, oldest first (the server lists up to 1000)."""
     removed_paths: tuple[str, ...] = ()
-    """Files and directories removed, relative to the server's data directory."""
+    """Files and directories removed, relative to the server's data directory
+    (absolute under one of its output roots)."""
     refused_paths: tuple[str, ...] = ()
-    """Recorded paths outside the data directory, left untouched."""
+    """Recorded paths the job did not own (outside its own directories, or
+    the database), left untouched."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -425,9 +427,11 @@ class DeleteResult:
     deleted: bool
     """False when the job did not exist (allow_missing)."""
     removed_paths: tuple[str, ...] = ()
-    """Files and directories removed, relative to the server's data directory."""
+    """Files and directories removed, relative to the server's data directory
+    (absolute under one of its output roots)."""
     refused_paths: tuple[str, ...] = ()
-    """Recorded paths outside the data directory, left untouched."""
+    """Recorded paths the job did not own (outside its own directories, or
+    the database), left untouched."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

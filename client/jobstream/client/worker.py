@@ -274,13 +274,16 @@ class JobContext:
     are sent in order and none is dropped while the lease is held.
     """
 
-    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, job: Job, loop: asyncio.AbstractEventLoop, *, files_root: Path | None = None
+    ) -> None:
         self.job = job
         """The job as acquired (RUNNING)."""
         self.id = job.id
         """The job's id."""
         self.params: JsonObject = job.params
         """The job's params."""
+        self._job_dir = files_root / job.id if files_root is not None else None
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._cond = threading.Condition()
@@ -297,6 +300,16 @@ class JobContext:
         self._acked_event = asyncio.Event()
         # Set by the job's run: sends a file over the worker's channel.
         self._uploader: Callable[[Path, str, str], Awaitable[Artifact]] | None = None
+
+    @property
+    def job_dir(self) -> Path | None:
+        """The job's own directory, created on first use, when the worker
+        has a ``files_root`` the server shares (the in-process worker of
+        ``jobstream serve --handlers`` always has); else None. Files written
+        here may be recorded with ``add_file`` and go with the job."""
+        if self._job_dir is not None:
+            self._job_dir.mkdir(parents=True, exist_ok=True)
+        return self._job_dir
 
     # -- cancellation
 
@@ -392,8 +405,14 @@ class JobContext:
         self._enqueue("results", msg)
 
     def add_file(self, path: str | os.PathLike[str]) -> None:
-        """Record a file the job wrote (absolute, or relative to the server's
-        data directory); the server deletes it with the job."""
+        """Record a file the job wrote, as the server sees it (absolute, or
+        relative to the server's data directory); the server deletes it with
+        the job. It must lie inside one of the job's own directories:
+        ``ctx.job_dir``, or ``ROOT/<job id>/`` under an ``--output-root`` of
+        the server; the server refuses any other path (the whole report, with
+        INVALID_ARGUMENT). A worker on another host uploads its outputs with
+        ``upload`` instead, or writes them under an output root it shares
+        with the server."""
         self._enqueue("files", os.fspath(path))
 
     def upload(
@@ -615,6 +634,7 @@ class _JobRun:
         lease_seconds: float,
         handler: Handler | None,
         flush_interval: float,
+        files_root: Path | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.stub = stub
@@ -624,7 +644,7 @@ class _JobRun:
         self.handler = handler
         self.flush_interval = flush_interval
         self.report_every = min(lease_seconds / 3, CANCEL_POLL_INTERVAL)
-        self.ctx = JobContext(job, self.loop)
+        self.ctx = JobContext(job, self.loop, files_root=files_root)
         self.lease_lost = False
         self._closing = False
         self.handler_task: asyncio.Task[Any] | None = None
@@ -897,6 +917,11 @@ class Worker:
     waits up to ``poll_wait`` seconds for a job. A worker survives server
     restarts: it backs off and tries again.
 
+    ``files_root`` is a directory the server shares at the same path (its
+    data directory's ``jobs`` folder, or one of its output roots):
+    each job's ``ctx.job_dir`` is ``files_root/<job id>``. Without it
+    ``ctx.job_dir`` is None.
+
     ``run()`` blocks and handles SIGINT/SIGTERM; ``await run_async()`` runs
     inside an existing event loop (installing no signal handlers) until
     ``await stop()``, or until its task is cancelled. A worker runs once.
@@ -914,6 +939,7 @@ class Worker:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         poll_wait: float = DEFAULT_POLL_WAIT,
         security: Security = PLAINTEXT,
+        files_root: str | os.PathLike[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -930,6 +956,7 @@ class Worker:
         self.flush_interval = flush_interval
         self.poll_wait = poll_wait
         self.security = security
+        self.files_root = Path(files_root).absolute() if files_root is not None else None
         self._running = False
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -1152,6 +1179,7 @@ class Worker:
             lease_seconds=lease_seconds,
             handler=self.handlers.get(job.kind),
             flush_interval=self.flush_interval,
+            files_root=self.files_root,
         )
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
         task = asyncio.create_task(run.run(), name=f"jobstream-job-{job.id}")

@@ -515,7 +515,11 @@ class DeleteJobRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     force: _builtins.bool
-    """Also delete a running job (it is cancelled first)."""
+    """Also delete a running job: it is first cancelled in a commit of its own
+    (state CANCELLED, error code "cancelled", reason "deleted with force"), so
+    watchers following it live receive that terminal event and their streams
+    end normally, then deleted.
+    """
     allow_missing: _builtins.bool
     """Succeed when the job does not exist."""
     def __init__(
@@ -546,11 +550,15 @@ class DeleteJobResponse(_message.Message):
     """False when the job did not exist (allow_missing)."""
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Files and directories removed, relative to the data directory."""
+        """Files and directories removed, relative to the data directory (absolute
+        under an output root).
+        """
 
     @_builtins.property
     def refused_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Recorded paths that resolve outside the data directory: never touched."""
+        """Recorded paths the job does not own (outside its own directories, or
+        the database): never touched.
+        """
 
     def __init__(
         self,
@@ -795,13 +803,15 @@ class PurgeJobsResponse(_message.Message):
 
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Files and directories removed, relative to the data directory (up to
-        1000).
+        """Files and directories removed, relative to the data directory (absolute
+        under an output root; up to 1000).
         """
 
     @_builtins.property
     def refused_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Recorded paths that resolve outside the data directory: never touched."""
+        """Recorded paths the jobs do not own (outside their own directories, or
+        the database): never touched (up to 1000).
+        """
 
     def __init__(
         self,

@@ -182,9 +182,15 @@ class ReportJobRequest(_message.Message):
 
     @_builtins.property
     def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Paths of files the job wrote (absolute, or relative to the server's
-        data directory); removed with the job, only if inside the data
-        directory.
+        """Paths of files the job wrote, as the server sees them (absolute, or
+        relative to the server's data directory); removed with the job. Each
+        must lie inside one of the job's own directories: jobs/<job id>/ under
+        the data directory, or <root>/<job id>/ under one of the server's
+        --output-root directories. Any other path (the database, another job's
+        files, anything outside) refuses the whole report with INVALID_ARGUMENT
+        naming files[i]. A worker on another host uploads its outputs
+        (UploadArtifact) or writes them under an output root it shares with the
+        server.
         """
 
     def __init__(

@@ -12,6 +12,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from jobstream.server.broker import Broker
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import is_sqlite, open_database
 from jobstream.server.domain import now_us
+from jobstream.server.files import JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
 from jobstream.server.logs import LogContextInterceptor
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
@@ -115,7 +117,11 @@ async def serve(
         store=store,
         writer=writer,
         broker=broker,
-        data_dir=config.data_dir,
+        roots=FileRoots(
+            data_dir=config.data_dir,
+            output_roots=config.output_roots,
+            database=Path(db.database) if is_sqlite(db) else None,
+        ),
         lease_us=int(config.lease_s * 1e6),
         max_lease_us=int(config.max_lease_s * 1e6),
     )
@@ -282,4 +288,7 @@ def _embedded_worker(config: ServerConfig, port: int, access: tls.EmbeddedAccess
         lease_duration=config.lease_s,
         worker_id=f"{EMBEDDED_PREFIX}{socket.gethostname()}:{os.getpid()}",
         security=Security(token=access.token),
+        # Handlers here share the server's file system: ctx.job_dir is the
+        # job's own directory, whose files the server accepts and removes.
+        files_root=(config.data_dir / JOBS_DIR).absolute(),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jobstream.server import limits
+from jobstream.server.files import check_output_roots
 from jobstream.server.quotas import DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL
 
 DEFAULT_PORT = 50051
@@ -61,6 +62,9 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     port_file: Path | None = None
     data_dir: Path = Path("data")
+    output_roots: tuple[Path, ...] = ()
+    """Directories shared with workers where ``ROOT/<job id>/`` belongs to
+    that job: recorded files may lie there too (see files.py)."""
     db_url: str = ""
     synchronous: str = "full"
     handlers: tuple[str, ...] = ()
@@ -140,6 +144,17 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(_env("DATA_DIR", "data")),
         help="where the SQLite file and job files live [JOBSTREAM_DATA_DIR]",
+    )
+    add(
+        "--output-root",
+        dest="output_roots",
+        action="append",
+        type=Path,
+        default=[Path(r) for r in _env("OUTPUT_ROOT", "").split(os.pathsep) if r],
+        metavar="DIR",
+        help="a directory dedicated to job outputs, shared with workers: ROOT/<job id>/ "
+        "belongs to that job, may hold files it records and is removed with it; "
+        f"repeatable [JOBSTREAM_OUTPUT_ROOT, {os.pathsep!r}-separated]",
     )
     add(
         "--db",
@@ -350,11 +365,16 @@ def from_args(argv: Sequence[str]) -> ServerConfig:
     a = parser().parse_args(list(argv))
     if a.lease_seconds < 1:
         parser().error("--lease-seconds must be at least 1")
+    try:
+        check_output_roots(a.data_dir, a.output_roots)
+    except ValueError as exc:
+        parser().error(str(exc))
     return ServerConfig(
         host=a.host,
         port=a.port,
         port_file=a.port_file,
         data_dir=a.data_dir,
+        output_roots=tuple(a.output_roots),
         db_url=a.db,
         synchronous=a.synchronous,
         handlers=tuple(a.handlers),

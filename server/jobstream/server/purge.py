@@ -5,8 +5,8 @@ operation, so submits, reports and watchers' writes queued meanwhile commit
 between (or alongside) the batches instead of waiting for one huge
 transaction. The cutoff is fixed when the purge starts: jobs that end while
 it runs are left for the next one, so a purge always terminates. Files are
-removed after each batch commits, as DeleteJob does, and only inside the
-data directory.
+removed after each batch commits, as DeleteJob does, and only what each
+job owns (files.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass, field
 
 from jobstream.server.domain import JobFilter, now_us
-from jobstream.server.files import remove_files
 from jobstream.server.service import JobsService
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,7 @@ async def purge(
             lambda c: store.purge_batch(c, flt, ended_before=cutoff, limit=PURGE_BATCH)
         )
         for deletion in deletions:
-            removal = await service.read(
-                remove_files, service.data_dir, deletion.job_id, deletion.files
-            )
+            removal = await service.remove_files(deletion.job_id, deletion.files)
             _extend(outcome.removed, removal.removed)
             _extend(outcome.refused, removal.refused)
         outcome.count += len(deletions)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from jobstream.server.broker import Broker
+from jobstream.server.broker import Broker, JobSubscription
 from jobstream.server.domain import (
     Event,
     EventKind,
@@ -29,8 +29,8 @@ from jobstream.server.domain import (
     Stats,
     now_us,
 )
-from jobstream.server.errors import NotFound, OutOfRange, Unavailable
-from jobstream.server.files import Removal, remove_files
+from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from jobstream.server.files import FileRoots, Removal, check_recorded, remove_files
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
 
@@ -44,6 +44,10 @@ EVENT_PAGE = 1_000
 
 CHANGE_PAGE = 500
 """Change-log rows read per query by a job-list watcher."""
+
+FORCE_DELETE_REASON = "deleted with force"
+"""Why a running job deleted with force was cancelled (its state event and
+error message say so)."""
 
 ACQUIRE_RECHECK_S = 1.0
 """A waiting AcquireJob looks again this often even without a wake-up, so a
@@ -86,7 +90,7 @@ class JobsService:
         store: Store,
         writer: Writer,
         broker: Broker,
-        data_dir: Path,
+        roots: FileRoots,
         lease_us: int,
         max_lease_us: int,
         readers: int = 4,
@@ -94,10 +98,15 @@ class JobsService:
         self.store = store
         self.writer = writer
         self.broker = broker
-        self.data_dir = data_dir
+        self.roots = roots
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's data directory."""
+        return self.roots.data_dir
 
     def close(self) -> None:
         """Stops the reader threads."""
@@ -133,14 +142,25 @@ class JobsService:
         return await self.writer.run(lambda c: self.store.cancel(c, job_id, reason, now_us()))
 
     async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
-        """Deletes the rows, then (after the commit) the files."""
+        """Deletes the rows, then (after the commit) the files. With
+        ``force`` a running job is first cancelled in a commit of its own, so
+        its watchers receive the terminal event (and their streams end) before
+        the job is gone."""
+        if force:
+            await self.writer.run(
+                lambda c: self.store.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
+            )
         deletion = await self.writer.run(
             lambda c: self.store.delete(c, job_id, force=force, allow_missing=allow_missing)
         )
         if deletion is None:
             return DeleteOutcome(deleted=False, removal=Removal(removed=(), refused=()))
-        removal = await self.read(remove_files, self.data_dir, deletion.job_id, deletion.files)
+        removal = await self.remove_files(deletion.job_id, deletion.files)
         return DeleteOutcome(deleted=True, removal=removal)
+
+    async def remove_files(self, job_id: str, recorded: Sequence[str]) -> Removal:
+        """Removes a deleted job's files: only what it owns (files.py)."""
+        return await self.read(remove_files, self.roots, job_id, recorded)
 
     async def retry(self, job_id: str, reason: str, additional_attempts: int) -> Job:
         """Queues an ended job again as a new attempt; see Store.retry."""
@@ -194,8 +214,18 @@ class JobsService:
             while True:
                 self._check_open()
                 if sub.deleted:
+                    # The rows are gone; what the broker queued before the
+                    # deletion (a forced delete's cancel) is all there is.
+                    run, ended = _until_end(_queued_run(sub, last), job.last_seq)
+                    if run:
+                        yield WatchItem(events=run)
+                    if ended:
+                        return
                     raise NotFound(f"job {job_id!r} was deleted", field="job_id")
                 if from_db or sub.overflowed:
+                    # Kept in case the read finds the job deleted: then the
+                    # queue is the only place its last events still exist.
+                    queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
                     events = await self.read(
                         self.store.read_events, job_id, after_seq=last, limit=EVENT_PAGE
@@ -208,8 +238,12 @@ class JobsService:
                         return
                     from_db = len(events) == EVENT_PAGE
                     if not events and not await self.read(self.store.job_exists, job_id):
-                        # Deleted through another server: no local publish said so.
-                        raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                        # Gone: deleted through another server (no local
+                        # publish said so), or here after the reset above.
+                        # Either way the deleted branch ends the stream, with
+                        # the events that were queued when the read began.
+                        sub.deleted = True
+                        sub.events.extendleft(reversed(queued))
                     continue
                 ready: list[Event] = []
                 while sub.events and not sub.overflowed:
@@ -331,10 +365,20 @@ class JobsService:
             raise
 
     async def report(self, job_id: str, lease_id: str, report: Report) -> ReportAck:
-        """Stores a worker's batch and renews its lease."""
+        """Stores a worker's batch and renews its lease. A recorded file the
+        job does not own refuses the whole batch before anything is stored."""
+        if report.files:
+            await self.read(self._check_files, job_id, report.files)
         return await self.writer.run(
             lambda c: self.store.report(c, job_id, lease_id, report, now=now_us())
         )
+
+    def _check_files(self, job_id: str, files: Sequence[str]) -> None:
+        """Refuses the first recorded path the job does not own (files.py)."""
+        for i, raw in enumerate(files):
+            checked = check_recorded(self.roots, job_id, raw)
+            if checked.target is None:
+                raise InvalidArgument(checked.refusal, field=f"files[{i}]")
 
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""
@@ -349,6 +393,21 @@ class JobsService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _queued_run(sub: JobSubscription, last: int) -> list[Event]:
+    """The queued events that follow seq ``last`` without a gap."""
+    run: list[Event] = []
+    if sub.overflowed:
+        return run
+    for event in sub.events:
+        if event.seq <= last:
+            continue
+        if event.seq != last + 1:
+            break
+        run.append(event)
+        last = event.seq
+    return run
 
 
 def _until_end(events: Sequence[Event], snapshot_last_seq: int) -> tuple[Sequence[Event], bool]:

@@ -529,6 +529,16 @@ class Store:
             raise FailedPrecondition(f"job {job_id!r} already ended {state.value}", field="job_id")
         return self.get_job(job_id)
 
+    def cancel_running(self, changes: Changes, job_id: str, reason: str, now: int) -> bool:
+        """Ends a RUNNING job as CANCELLED at once, without waiting for its
+        worker (whose lease ends with it); False if it was not running."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None or row.state != JobState.RUNNING.value:
+            return False
+        error = ErrorInfo(code="cancelled", message=reason)
+        self._transition(changes, row, JobState.CANCELLED, reason, now, error=error)
+        return True
+
     def delete(
         self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool
     ) -> Deletion | None:

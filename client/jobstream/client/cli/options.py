@@ -217,6 +217,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
     )
     worker.add("--worker-id", help="this worker's id (default: host and pid)", metavar="ID")
     worker.add(
+        "--files-root",
+        help="a directory the server shares at the same path as one of its --output-root: "
+        "handlers get ctx.job_dir = DIR/<job id>",
+        metavar="DIR",
+    )
+    worker.add(
         "--log-level",
         help="logging level of the worker's own log",
         convert=str.upper,

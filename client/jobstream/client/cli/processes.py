@@ -155,6 +155,7 @@ def run_worker(args: argparse.Namespace) -> int:
         queues=tuple(args.queue),
         concurrency=args.concurrency,
         security=cli_security(args),
+        files_root=args.files_root,
     )
     worker.run()
     return 0
