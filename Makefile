@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/jobstream/v1/*.proto)
 GEN_DIR := client/jobstream/v1
@@ -15,15 +16,21 @@ DATA ?= ./data
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# What serving needs (make run): the server extra only, no dev tools.
+$(RUNTIME): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=25.1'
+	$(PY) -m pip install -q -e '.[server]'
+	touch $(RUNTIME)
+
+# Everything else: every extra and the dev tools (tests, linters, generators).
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install -q -e '.[server,postgres]' --group dev
 	touch $(STAMP)
 
 install: $(STAMP) ## create the venv and install jobstream with every extra and the dev tools
 
-run: $(STAMP) ## serve on $(HOST):$(PORT) with SQLite under $(DATA) and the demo handlers
+run: $(RUNTIME) ## serve with the demo handlers on SQLite (HOST=127.0.0.1 PORT=50051 DATA=./data)
 	$(BIN)/jobstream serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --handlers jobstream.client.demo
 
 proto: $(STAMP) ## regenerate client/jobstream/v1 from protos/

@@ -97,7 +97,9 @@ class FanoutResult:
 def echo(channel: grpc.aio.Channel) -> Callable[[], Awaitable[object]]:
     """A zero-argument coroutine factory making one echo call."""
     # No (de)serializers: bytes go over the wire as they are.
-    method = channel.unary_unary(ECHO_METHOD, None, None)
+    method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        ECHO_METHOD, None, None
+    )
     payload = b"x" * PAYLOAD_BYTES
 
     def call() -> Awaitable[object]:
@@ -120,7 +122,10 @@ async def bare_fanout(
     tallies: list[SeqTally] = []
 
     async def subscribe(channel: grpc.aio.Channel) -> None:
-        call = channel.unary_stream(SUBSCRIBE_METHOD, None, None)(b"")
+        method: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            SUBSCRIBE_METHOD, None, None
+        )
+        call = method(b"")
         tally = SeqTally(expected=0)
         tallies.append(tally)
         stream = call.__aiter__()
@@ -138,7 +143,9 @@ async def bare_fanout(
         async with asyncio.timeout(timeout_s):
             for _ in range(subscribers):
                 await ready.acquire()
-            publish = channels[0].unary_unary(PUBLISH_METHOD, None, None)
+            publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channels[0].unary_unary(
+                PUBLISH_METHOD, None, None
+            )
             started = time.perf_counter()
             await publish(PUBLISH_REQUEST.pack(messages, PAYLOAD_BYTES))
             await asyncio.gather(*tasks)

@@ -391,18 +391,18 @@ class Matrix:
         for method, shape in methods:
 
             def call(m: str = method, shape: str = shape) -> Any:
+                # Raw bytes both ways: these methods have no stubs to call.
                 if shape == "unary":
-                    return self.channel.unary_unary(m, None, None)(
-                        b"", metadata=md, timeout=CALL_TIMEOUT_S
-                    )
+                    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+                    unary = self.channel.unary_unary(m, None, None)
+                    return unary(b"", metadata=md, timeout=CALL_TIMEOUT_S)
                 if shape == "server_stream":
-                    stream = self.channel.unary_stream(m, None, None)(
-                        b"", metadata=md, timeout=CALL_TIMEOUT_S
-                    )
-                    return _first(stream)
-                return self.channel.stream_unary(m, None, None)(
-                    iter([b""]), metadata=md, timeout=CALL_TIMEOUT_S
-                )
+                    streaming: grpc.UnaryStreamMultiCallable[bytes, bytes]
+                    streaming = self.channel.unary_stream(m, None, None)
+                    return _first(streaming(b"", metadata=md, timeout=CALL_TIMEOUT_S))
+                upload: grpc.StreamUnaryMultiCallable[bytes, bytes]
+                upload = self.channel.stream_unary(m, None, None)
+                return upload(iter([b""]), metadata=md, timeout=CALL_TIMEOUT_S)
 
             self._check(f"{method} by alice (unlisted)", _outcome(call), "PERMISSION_DENIED")
 

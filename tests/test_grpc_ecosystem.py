@@ -80,7 +80,7 @@ def _reflected_call(
     descriptor = pool.FindServiceByName(JOB_SERVICE).methods_by_name[method]
     request_class = message_factory.GetMessageClass(descriptor.input_type)
     response_class = message_factory.GetMessageClass(descriptor.output_type)
-    call = channel.unary_unary(
+    call: grpc.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
         f"/{JOB_SERVICE}/{method}",
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=response_class.FromString,

@@ -168,7 +168,7 @@ def test_invalid_argument_carries_bad_request_details(
         with pytest.raises(grpc.RpcError) as exc:
             stub.GetJob(job_service_pb2.GetJobRequest(job_id="../etc"), timeout=CALL_TIMEOUT_S)
     assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(exc.value)  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc.value)
     assert status is not None
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)

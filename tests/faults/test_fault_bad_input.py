@@ -197,7 +197,9 @@ def test_hostile_input_never_breaks_the_server(
     jobs.SubmitJob(job_service_pb2.SubmitJobRequest(kind="faults.seed"), timeout=CALL_TIMEOUT_S)
     seen = {"calls": 0, "refused": 0, "bad_codes": 0, "changed": 0}
     bad: list[str] = []
-    raw_submit = channel.unary_unary("/jobstream.v1.JobService/SubmitJob", None, None)
+    raw_submit: grpc.UnaryUnaryMultiCallable[bytes, Any] = channel.unary_unary(
+        "/jobstream.v1.JobService/SubmitJob", None, None
+    )
     for levels in (60, 5_000):
         seen["calls"] += 1
         try:

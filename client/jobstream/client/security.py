@@ -119,9 +119,9 @@ class _CallDetails(grpc.ClientCallDetails):
 
 
 class _SyncToken(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
 ):
     """Adds the token to every call of a blocking channel."""
 
@@ -147,7 +147,7 @@ class _SyncToken(
         return continuation(_CallDetails(client_call_details, self.metadata), request_iterator)
 
 
-class _AioUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+class _AioUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds the token to every unary call of an asyncio channel."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -160,7 +160,7 @@ class _AioUnaryToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type
         return await continuation(_with_token(client_call_details, self.metadata), request)
 
 
-class _AioStreamToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+class _AioStreamToken(grpc.aio.UnaryStreamClientInterceptor):
     """Adds the token to every server-streaming call of an asyncio channel."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -173,7 +173,7 @@ class _AioStreamToken(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[ty
         return await continuation(_with_token(client_call_details, self.metadata), request)
 
 
-class _AioUploadToken(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+class _AioUploadToken(grpc.aio.StreamUnaryClientInterceptor):
     """Adds the token to every client-streaming call (uploads)."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:

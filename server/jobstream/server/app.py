@@ -127,7 +127,7 @@ async def serve(
     )
     # Metrics outermost, so calls the auth interceptor refuses are counted too.
     # RequestGuard innermost: it wraps the servicers' own handlers.
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+    interceptors: list[grpc.aio.ServerInterceptor] = [
         AuthInterceptor(auth),
         RequestGuard(),
     ]

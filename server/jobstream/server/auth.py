@@ -24,13 +24,15 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from jobstream.server.interception import Continuation, Handler, Req, Resp
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +260,7 @@ def _refusal(
     )
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses guarded calls without a valid token (UNAUTHENTICATED) or
     without a role that allows the method (PERMISSION_DENIED), streams
     included, before any servicer code runs."""
@@ -268,11 +270,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler[Req, Resp]:
         """See grpc.aio.ServerInterceptor."""
         method = handler_call_details.method
         handler = await continuation(handler_call_details)

@@ -10,11 +10,13 @@ before the servicer runs when it could not parse.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from jobstream.server.interception import Continuation, Handler, Req, Resp
 
 UNPARSABLE = "request: cannot be parsed (malformed, or nested too deeply)"
 """The status message of a request that could not be parsed."""
@@ -37,18 +39,21 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return parse
 
 
-class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class RequestGuard(grpc.aio.ServerInterceptor):
     """Refuses unparsable unary requests with INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
+    ) -> Handler[Req, Resp]:
         """See grpc.aio.ServerInterceptor."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
+        found = await continuation(handler_call_details)
+        if found is None or found.request_streaming:
+            return found
+        # Typed loosely: the behaviours below are grpc.aio coroutines and
+        # async generators, which the stubs' sync handler type does not describe.
+        handler: Any = found
         des, ser = _safe(handler.request_deserializer), handler.response_serializer
         if handler.unary_unary:
             inner = handler.unary_unary
@@ -98,4 +103,4 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return grpc.unary_stream_rpc_method_handler(
                 behavior, request_deserializer=des, response_serializer=ser
             )
-        return handler
+        return found

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -24,10 +24,18 @@ Wrap = Callable[[Behavior, str], Behavior]
 """Given a behaviour and its kind (``unary``, ``server_stream``,
 ``client_stream``, ``bidi_stream``), returns the wrapper to call instead."""
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
 if TYPE_CHECKING:  # generic only in the stubs
-    RpcHandler = grpc.RpcMethodHandler[Any, Any]
+    RpcHandler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Req, Resp] | None
 else:
     RpcHandler = grpc.RpcMethodHandler
+    Handler = grpc.RpcMethodHandler
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler[Req, Resp]"]]
+"""What ``intercept_service`` is given: resolves the next handler (None when
+the method is not served)."""
 
 
 def is_stream(behavior: Behavior) -> bool:

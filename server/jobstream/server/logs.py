@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -26,7 +26,16 @@ from typing import Any
 
 import grpc
 
-from jobstream.server.interception import Behavior, RpcHandler, is_stream, rewrap, status_name
+from jobstream.server.interception import (
+    Behavior,
+    Continuation,
+    Handler,
+    Req,
+    Resp,
+    is_stream,
+    rewrap,
+    status_name,
+)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("jobstream.server.access")
@@ -150,14 +159,14 @@ def _job_of(message: Any) -> str | None:
     return None
 
 
-class LogContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
+class LogContextInterceptor(grpc.aio.ServerInterceptor):
     """Sets the request id and job id around every RPC and writes the access log."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[RpcHandler]],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> RpcHandler:
+    ) -> Handler[Req, Resp]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

@@ -30,7 +30,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from jobstream.server.domain import Changes, JobState
 from jobstream.server.interception import (
     Behavior,
-    RpcHandler,
+    Continuation,
+    Handler,
+    Req,
+    Resp,
     is_stream,
     rewrap,
     split_method,
@@ -183,7 +186,7 @@ async def refresh_loop(
 # ------------------------------------------------------------ the interceptor
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every RPC by service, method and status code."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -191,9 +194,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg] 
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[RpcHandler]],
+        continuation: Continuation[Req, Resp],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> RpcHandler:
+    ) -> Handler[Req, Resp]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
