@@ -18,8 +18,6 @@ from jobstream.server.db import (
     MIGRATIONS_DIR,
     EventRow,
     JobRow,
-    ResultRow,
-    StepRow,
     apply_migrations,
     dumps,
     execute,
@@ -122,13 +120,17 @@ def test_0006_keeps_the_newest_result_per_key_and_recounts(old_db: pw.Database) 
     assert apply_migrations(old_db) == ["0006_keyed_results"]
 
     rows = {
-        (r.job_id, r.key): (r.status, r.data, r.error, r.attempt, r.seq) for r in ResultRow.select()
+        (job, key): [status, data, error, attempt, seq]
+        for job, key, status, data, error, attempt, seq in execute(
+            old_db,
+            'SELECT "job_id", "key", "status", "data", "error", "attempt", "seq" FROM "job_result"',
+        ).fetchall()
     }
     assert rows == {
-        ("twice", "a"): ("succeeded", '{"i":2}', "", 2, 9),
-        ("twice", "b"): ("succeeded", None, "", 2, 7),
-        ("twice", "o'brien ü"): ("skipped", '{"nested":{"q":"it\'s"}}', "", 2, 8),
-        ("once", "x"): ("failed", None, "", 1, 3),
+        ("twice", "a"): ["succeeded", '{"i":2}', "", 2, 9],
+        ("twice", "b"): ["succeeded", None, "", 2, 7],
+        ("twice", "o'brien ü"): ["skipped", '{"nested":{"q":"it\'s"}}', "", 2, 8],
+        ("once", "x"): ["failed", None, "", 1, 3],
     }
     counters = {
         r.id: (r.succeeded, r.failed, r.skipped)
@@ -140,7 +142,12 @@ def test_0006_keeps_the_newest_result_per_key_and_recounts(old_db: pw.Database) 
         "none": (0, 0, 0),
         "live": (0, 0, 0),
     }
-    steps = {(s.job_id, s.name): (s.attempt, s.attempt_starts) for s in StepRow.select()}
+    steps = {
+        (job, name): (attempt, starts)
+        for job, name, attempt, starts in execute(
+            old_db, 'SELECT "job_id", "name", "attempt", "attempt_starts" FROM "job_step"'
+        ).fetchall()
+    }
     assert steps == {("live", "fetch"): (3, 1), ("twice", "fetch"): (0, 0)}
     # What ListJobResults reads: each key once, in the order stored.
     listed = Store(old_db).read_results("twice", after_seq=0, limit=10)

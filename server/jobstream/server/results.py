@@ -33,12 +33,15 @@ STATUS_COUNTERS = ("succeeded", "failed", "skipped")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResultBatch:
     """A report's items made ready to store: their event bodies, in order,
-    and the counter moves they make."""
+    the counter moves they make and the rows they leave, by key."""
 
     bodies: list[JSON]
     counter_moves: dict[Any, Any]
     """Peewee UPDATE assignments (``JobRow.failed: JobRow.failed - 1``) for
     the counters that change."""
+    latest: dict[str, tuple[int, str, str | None, str]]
+    """Per key, the last item's (index in ``bodies``, status, data as JSON
+    text, error): of two items with one key in a batch, the later stays."""
 
 
 class Results:
@@ -87,7 +90,8 @@ class Results:
         current = self._statuses(row.id, {i.key for i in items}) if stored else {}
         moves = dict.fromkeys(STATUS_COUNTERS, 0)
         bodies: list[JSON] = []
-        for item in items:
+        latest: dict[str, tuple[int, str, str | None, str]] = {}
+        for index, item in enumerate(items):
             body: JSON = {
                 "key": item.key,
                 "status": item.status,
@@ -101,23 +105,24 @@ class Results:
             moves[item.status] += 1
             current[item.key] = item.status
             bodies.append(body)
+            data = None if item.data is None else dumps(item.data)
+            latest[item.key] = (index, item.status, data, item.error)
         columns = {
             getattr(JobRow, name): getattr(JobRow, name) + n for name, n in moves.items() if n
         }
-        return ResultBatch(bodies=bodies, counter_moves=columns)
+        return ResultBatch(bodies=bodies, counter_moves=columns, latest=latest)
 
-    def store(self, job_id: str, events: Sequence[Event], *, attempt: int) -> None:
-        """Stores the result events ``events`` (appended just now, in seq
-        order) as the latest versions of their keys."""
-        latest: dict[str, tuple[Any, ...]] = {}
-        for e in events:
-            b = e.body
-            data = None if b["data"] is None else dumps(b["data"])
-            key = b["key"]
-            latest[key] = (job_id, key, b["status"], data, b["error"], attempt, e.seq, e.time)
-        if latest:
-            cursor = self.db.cursor()  # type: ignore[no-untyped-call]
-            cursor.executemany(self._upsert, list(latest.values()))
+    def store(
+        self, job_id: str, batch: ResultBatch, *, first_seq: int, attempt: int, now: int
+    ) -> None:
+        """Stores ``batch`` as the latest versions of its keys, its events
+        having been appended with seqs from ``first_seq`` on."""
+        rows = [
+            (job_id, key, status, data, error, attempt, first_seq + index, now)
+            for key, (index, status, data, error) in batch.latest.items()
+        ]
+        cursor = self.db.cursor()  # type: ignore[no-untyped-call]
+        cursor.executemany(self._upsert, rows)
 
     def page(self, job_id: str, *, after_seq: int, limit: int) -> list[Event]:
         """Up to ``limit`` of the job's results with a seq after

@@ -393,18 +393,20 @@ class Store:
             items.append((EventKind.STEP, _step_body(stored)))
         if report.steps:
             update[JobRow.step_count] = step_count
-        if report.results:
-            batch = self._results.prepare(row, report.results)
-            items.extend((EventKind.RESULT, body) for body in batch.bodies)
-            update.update(batch.counter_moves)
+        results = self._results.prepare(row, report.results) if report.results else None
+        if results is not None:
+            first_result_seq = row.last_seq + 1 + len(items)
+            items.extend((EventKind.RESULT, body) for body in results.bodies)
+            update.update(results.counter_moves)
         if report.files:
             files = json.loads(row.files)
             files.extend(f for f in report.files if f not in files)
             update[JobRow.files] = dumps(files)
         seq = self._append(changes, row, now, items) if items else row.last_seq
-        if report.results:
-            stored_results = changes.events[-len(report.results) :]
-            self._results.store(row.id, stored_results, attempt=row.attempt)
+        if results is not None:
+            self._results.store(
+                row.id, results, first_seq=first_result_seq, attempt=row.attempt, now=now
+            )
         if report.report_seq:
             update[JobRow.report_seq] = report.report_seq
         update.update({JobRow.lease_expire: expire, JobRow.update_time: now, JobRow.last_seq: seq})

@@ -83,19 +83,20 @@ def backfill_sql(db: pw.Database) -> str:
     """INSERT of the newest result event of each (job, key) into job_result.
 
     Window functions (SQLite 3.25+, PostgreSQL) do it in one pass over the
-    events in key order: ``run`` numbers each job's state events, so a result
-    shares its run with the state event before it, whose ``attempt`` was the
-    attempt running when the result was stored. Only reading the JSON bodies
-    differs between the backends.
+    events: ``run`` numbers each job's state events, so a result shares its
+    run with the state event before it, whose ``attempt`` was the attempt
+    running when the result was stored. Only the newest version of a key has
+    its body read past the key. Only reading the JSON bodies differs between
+    the backends.
     """
     if isinstance(db, pw.SqliteDatabase):
 
-        def field(name: str) -> str:
-            return f"json_extract(ev.\"body\", '$.{name}')"
+        def field(table: str, name: str) -> str:
+            return f"json_extract({table}.\"body\", '$.{name}')"
     else:
 
-        def field(name: str) -> str:
-            return f"(ev.\"body\"::json ->> '{name}')"
+        def field(table: str, name: str) -> str:
+            return f"({table}.\"body\"::json ->> '{name}')"
 
     return f"""
         WITH ev AS (
@@ -104,21 +105,22 @@ def backfill_sql(db: pw.Database) -> str:
                     OVER (PARTITION BY "job_id" ORDER BY "seq") AS run
             FROM "job_event" WHERE "kind" IN ('state', 'result')
         ), attempts AS (
-            SELECT ev."job_id", ev.run, CAST({field("attempt")} AS INTEGER) AS attempt
+            SELECT ev."job_id", ev.run, CAST({field("ev", "attempt")} AS INTEGER) AS attempt
             FROM ev WHERE ev."kind" = 'state'
+        ), keyed AS (
+            SELECT ev."job_id", ev."seq", ev."time", ev."body", ev.run,
+                {field("ev", "key")} AS "key"
+            FROM ev WHERE ev."kind" = 'result'
         ), ranked AS (
-            SELECT ev."job_id", {field("key")} AS "key", {field("status")} AS "status",
-                {field("data")} AS "data", COALESCE({field("error")}, '') AS "error",
-                COALESCE(attempts.attempt, 0) AS "attempt", ev."seq", ev."time",
-                ROW_NUMBER() OVER (
-                    PARTITION BY ev."job_id", {field("key")} ORDER BY ev."seq" DESC
-                ) AS newest
-            FROM ev LEFT JOIN attempts
-                ON attempts."job_id" = ev."job_id" AND attempts.run = ev.run
-            WHERE ev."kind" = 'result'
+            SELECT keyed.*, ROW_NUMBER() OVER (
+                PARTITION BY keyed."job_id", keyed."key" ORDER BY keyed."seq" DESC
+            ) AS newest
+            FROM keyed
         )
         INSERT INTO "job_result"
             ("job_id", "key", "status", "data", "error", "attempt", "seq", "time")
-        SELECT "job_id", "key", "status", "data", "error", "attempt", "seq", "time"
-        FROM ranked WHERE newest = 1
+        SELECT r."job_id", r."key", {field("r", "status")}, {field("r", "data")},
+            COALESCE({field("r", "error")}, ''), COALESCE(a.attempt, 0), r."seq", r."time"
+        FROM ranked AS r LEFT JOIN attempts AS a ON a."job_id" = r."job_id" AND a.run = r.run
+        WHERE r.newest = 1
     """
