@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import peewee as pw
 import pytest
 
-from jobstream.server.db import EventRow, JobRow, LabelRow, open_database
+from jobstream.server.db import EventRow, JobRow, LabelRow, ResultRow, open_database
 from jobstream.server.domain import (
     Changes,
     ErrorInfo,
@@ -374,6 +374,9 @@ def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: 
     # Each listed result is the event that stored its version.
     assert [e.seq for e in listed] == [events[1].seq, events[3].seq]
     assert store.read_results(job_id, after_seq=listed[0].seq, limit=10) == listed[1:]
+    finish(store, job_id, lease.lease_id, Outcome.SUCCEEDED)
+    write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+    assert ResultRow.select().count() == 0
 
 
 @pytest.mark.parametrize(
