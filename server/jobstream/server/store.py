@@ -943,6 +943,9 @@ class Store:
         """Returns a running job to the queue without counting its attempt,
         for the job or for the steps the attempt started."""
         given_back = steps.take_back(row.id, row.attempt)
+        # A step still running now was not started by this attempt (it was
+        # stored before starts were tracked per attempt): nothing to take
+        # back, but it must not stay running.
         left = steps.end_running(row.id, "interrupted", now, reason)
         self._transition(
             changes,
