@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -99,6 +99,26 @@ class RawWorker:
         )
         return response
 
+    def report(
+        self,
+        job_id: str,
+        lease_id: str,
+        *,
+        results: Sequence[tuple[str, job_pb2.ResultStatus.ValueType]] = (),
+        steps: Sequence[tuple[str, job_pb2.StepState.ValueType]] = (),
+    ) -> worker_service_pb2.ReportJobResponse:
+        """One ReportJob with ``(key, status)`` results and ``(name, state)`` steps."""
+        response: worker_service_pb2.ReportJobResponse = self.stub.ReportJob(
+            worker_service_pb2.ReportJobRequest(
+                job_id=job_id,
+                lease_id=lease_id,
+                results=[job_pb2.ResultItem(key=k, status=s) for k, s in results],
+                steps=[job_pb2.Step(name=n, state=s) for n, s in steps],
+            ),
+            timeout=30,
+        )
+        return response
+
     def finish(
         self,
         job_id: str,
@@ -106,9 +126,13 @@ class RawWorker:
         outcome: worker_service_pb2.JobOutcome.ValueType = (
             worker_service_pb2.JOB_OUTCOME_SUCCEEDED
         ),
+        *,
+        retryable: bool = False,
     ) -> worker_service_pb2.FinishJobResponse:
         response: worker_service_pb2.FinishJobResponse = self.stub.FinishJob(
-            worker_service_pb2.FinishJobRequest(job_id=job_id, lease_id=lease_id, outcome=outcome),
+            worker_service_pb2.FinishJobRequest(
+                job_id=job_id, lease_id=lease_id, outcome=outcome, retryable=retryable
+            ),
             timeout=30,
         )
         return response

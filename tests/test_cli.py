@@ -25,8 +25,10 @@ from rich.console import Console
 from jobstream.client.cli.escape import sanitize
 from jobstream.client.cli.jsonout import dumps, to_jsonable
 from jobstream.client.cli.options import parse_args
-from jobstream.client.cli.render import log_line
+from jobstream.client.cli.render import log_line, step_line
+from jobstream.client.cli.watchview import WatchView
 from jobstream.client.models import (
+    Counters,
     EventKind,
     Job,
     JobError,
@@ -35,6 +37,10 @@ from jobstream.client.models import (
     LogLevel,
     LogLine,
     Progress,
+    ResultItem,
+    ResultStatus,
+    Step,
+    StepState,
 )
 
 RUN_TIMEOUT_S = 60.0
@@ -712,6 +718,29 @@ def test_to_jsonable_turns_models_into_json_data() -> None:
     assert data["steps"] == []
     assert json.loads(dumps(job)) == data
     assert "\x1b" not in dumps({"t": "\x1b\x9b"})
+
+
+def test_watch_view_counts_each_key_once() -> None:
+    # The snapshot counted a (succeeded) and b (failed); the rerun reports
+    # b again, now succeeded, and a new key c.
+    job = Job(id="j", kind="k", state=JobState.RUNNING, counters=Counters(succeeded=1, failed=1))
+    view = WatchView(job)
+    for seq, item in enumerate(
+        [
+            ResultItem(key="b", status=ResultStatus.SUCCEEDED, replaced_status=ResultStatus.FAILED),
+            ResultItem(key="c", status=ResultStatus.SUCCEEDED),
+        ],
+        start=1,
+    ):
+        view.apply(JobEvent(job_id="j", seq=seq, kind=EventKind.RESULT_ITEM, result_item=item))
+    assert view.counters == Counters(succeeded=3)
+
+
+@pytest.mark.parametrize(
+    ("state", "mark"), [(StepState.CANCELLED, "⊘"), (StepState.INTERRUPTED, "↯")]
+)
+def test_steps_that_ended_with_their_attempt_have_marks(state: StepState, mark: str) -> None:
+    assert step_line(Step(name="fetch", state=state)).plain.startswith(mark)
 
 
 def test_param_values_are_json_when_they_parse() -> None:

@@ -262,8 +262,22 @@ EVENTS = [
             key="row-1", status=ResultStatus.FAILED, data={"x": 1}, error="bad row"
         ),
     ),
-    JobEvent(job_id="j", seq=7, kind=EventKind.CANCEL_REQUESTED, cancel_requested="bored"),
-    JobEvent(job_id="j", seq=8, kind=EventKind.CANCEL_REQUESTED, cancel_requested=""),
+    JobEvent(
+        job_id="j",
+        seq=7,
+        kind=EventKind.RESULT_ITEM,
+        result_item=ResultItem(
+            key="row-1", status=ResultStatus.SUCCEEDED, replaced_status=ResultStatus.FAILED
+        ),
+    ),
+    JobEvent(
+        job_id="j", seq=9, kind=EventKind.STEP, step=Step(name="s", state=StepState.CANCELLED)
+    ),
+    JobEvent(
+        job_id="j", seq=10, kind=EventKind.STEP, step=Step(name="s", state=StepState.INTERRUPTED)
+    ),
+    JobEvent(job_id="j", seq=11, kind=EventKind.CANCEL_REQUESTED, cancel_requested="bored"),
+    JobEvent(job_id="j", seq=12, kind=EventKind.CANCEL_REQUESTED, cancel_requested=""),
 ]
 
 

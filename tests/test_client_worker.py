@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from jobstream.client import FatalJobError, Handlers, JobContext, Worker, demo
+from jobstream.client import FatalJobError, Handlers, JobCancelled, JobContext, Worker, demo
 from jobstream.client.models import Job, JobState, Progress
 from jobstream.client.worker import (
     MAX_BATCH_BYTES,
@@ -197,6 +197,21 @@ def test_step_scope(ctx: JobContext) -> None:
         ("fetch", job_pb2.STEP_STATE_SUCCEEDED, ""),
         ("parse", job_pb2.STEP_STATE_RUNNING, ""),
         ("parse", job_pb2.STEP_STATE_FAILED, "'col'"),
+    ]
+
+
+def test_step_scope_left_by_a_cancel_is_cancelled(ctx: JobContext) -> None:
+    with pytest.raises(JobCancelled), ctx.step_scope("fetch"):
+        raise JobCancelled("cancelled at 3 of 10")
+    with pytest.raises(asyncio.CancelledError), ctx.step_scope("poll"):
+        raise asyncio.CancelledError
+    batch = ctx._take_batch()
+    assert batch is not None
+    assert [(s.name, s.state, s.error) for s in batch.steps] == [
+        ("fetch", job_pb2.STEP_STATE_RUNNING, ""),
+        ("fetch", job_pb2.STEP_STATE_CANCELLED, "cancelled at 3 of 10"),
+        ("poll", job_pb2.STEP_STATE_RUNNING, ""),
+        ("poll", job_pb2.STEP_STATE_CANCELLED, "cancelled"),
     ]
 
 

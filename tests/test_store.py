@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 import peewee as pw
 import pytest
 
-from jobstream.server.db import EventRow, JobRow, LabelRow, open_database
+from jobstream.server.db import EventRow, JobRow, LabelRow, ResultRow, open_database
 from jobstream.server.domain import (
     Changes,
+    ErrorInfo,
     EventKind,
     Finish,
     JobFilter,
@@ -330,3 +331,115 @@ def test_repeated_report_seq_is_stored_once(store: Store) -> None:
     later = Report(logs=(LogLine(level="info", text="twice"),), report_seq=2)
     ack, _ = write(store, lambda c: store.report(c, job_id, lease.lease_id, later, now=now_us()))
     assert ack.last_seq == first.last_seq + 1
+
+
+def report(store: Store, job_id: str, lease_id: str, **kw: Any) -> Any:
+    ack, _ = write(store, lambda c: store.report(c, job_id, lease_id, Report(**kw), now=now_us()))
+    return ack
+
+
+def finish(store: Store, job_id: str, lease_id: str, outcome: Outcome, **kw: Any) -> Any:
+    job, _ = write(
+        store,
+        lambda c: store.finish(c, job_id, lease_id, Finish(outcome=outcome, **kw), now_us()),
+    )
+    return job
+
+
+def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    report(
+        store,
+        job_id,
+        lease.lease_id,
+        results=(
+            ResultItem(key="a", status="succeeded", data={"v": 1}),
+            ResultItem(key="b", status="failed", error="bad"),
+            ResultItem(key="a", status="failed", error="worse"),
+        ),
+    )
+    job = store.get_job(job_id)
+    assert (job.counters.succeeded, job.counters.failed) == (0, 2)
+    report(store, job_id, lease.lease_id, results=(ResultItem(key="a", status="skipped"),))
+    job = store.get_job(job_id)
+    assert (job.counters.succeeded, job.counters.failed, job.counters.skipped) == (0, 1, 1)
+    listed = store.read_results(job_id, after_seq=0, limit=10)
+    assert [(e.body["key"], e.body["status"], e.body["data"]) for e in listed] == [
+        ("b", "failed", None),
+        ("a", "skipped", None),
+    ]
+    events = store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.RESULT)
+    assert [e.body.get("replaced") for e in events] == [None, None, "succeeded", "failed"]
+    # Each listed result is the event that stored its version.
+    assert [e.seq for e in listed] == [events[1].seq, events[3].seq]
+    assert store.read_results(job_id, after_seq=listed[0].seq, limit=10) == listed[1:]
+    finish(store, job_id, lease.lease_id, Outcome.SUCCEEDED)
+    write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+    assert ResultRow.select().count() == 0
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "step_state"),
+    [
+        (Finish(outcome=Outcome.SUCCEEDED), JobState.SUCCEEDED, "succeeded"),
+        (
+            Finish(outcome=Outcome.FAILED, error=ErrorInfo(code="x", message="boom")),
+            JobState.FAILED,
+            "failed",
+        ),
+        (Finish(outcome=Outcome.CANCELLED), JobState.CANCELLED, "cancelled"),
+    ],
+    ids=["succeeded", "failed", "cancelled"],
+)
+def test_attempt_end_ends_running_steps_with_the_job(
+    store: Store, outcome: Finish, state: JobState, step_state: str
+) -> None:
+    job_id = submit(store, max_attempts=1)
+    lease = acquire(store)
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    job, changes = write(
+        store, lambda c: store.finish(c, job_id, lease.lease_id, outcome, now_us())
+    )
+    assert job.state is state
+    [step] = job.steps
+    assert (step.state, step.attempts) == (step_state, 1) and step.end_time is not None
+    assert step.error == (job.error.message if job.error else "")
+    # The step's event comes before the terminal one, in the same commit.
+    assert [e.kind for e in changes.events] == [EventKind.STEP, EventKind.STATE]
+
+
+def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
+    lease = acquire(store, now=now_us() + 10 * SECOND)
+    assert lease.job.attempt == 2
+    running = Step(name="s", state="running")
+    done = Step(name="s", state="succeeded")
+    report(store, job_id, lease.lease_id, steps=(running, done, running))
+    assert [s.attempts for s in store.get_job(job_id).steps] == [3]
+    job = finish(store, job_id, lease.lease_id, Outcome.RELEASED)
+    assert (job.state, job.attempt) == (JobState.QUEUED, 1)
+    [step] = job.steps
+    # Attempt 1's start stays; both of attempt 2's are taken back.
+    assert (step.state, step.attempts, step.end_time) == ("pending", 1, None)
+    assert step.start_time is not None
+    # Released again without starting the step: nothing more is taken.
+    lease = acquire(store, now=now_us() + 10 * SECOND)
+    assert lease.job.attempt == 2
+    job = finish(store, job_id, lease.lease_id, Outcome.RELEASED)
+    assert [(s.state, s.attempts) for s in job.steps] == [("pending", 1)]
+
+
+def test_a_lease_released_before_it_reached_its_worker_leaves_steps_alone(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store)
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
+    lease = acquire(store, now=now_us() + 10 * SECOND)
+    write(store, lambda c: store.release(c, job_id, lease.lease_id, now_us()))
+    job = store.get_job(job_id)
+    assert (job.state, job.attempt) == (JobState.QUEUED, 1)
+    assert [(s.state, s.attempts) for s in job.steps] == [("failed", 1)]

@@ -23,6 +23,7 @@ from jobstream.client import (
     JobContext,
     JobEvent,
     JobState,
+    StepState,
     Worker,
 )
 
@@ -145,6 +146,35 @@ def test_check_cancelled_in_a_sync_handler(bare_server: ServerProcess, client: J
         final = client.wait(job.id, timeout=WAIT_S)
     assert final.state is JobState.CANCELLED
     assert final.error is not None
+
+
+def test_a_step_left_by_a_cancel_is_stored_cancelled(
+    bare_server: ServerProcess, client: JobClient
+) -> None:
+    handlers = Handlers()
+
+    @handlers.handler("e2e.cancel_steps")
+    def work(ctx: JobContext) -> None:
+        with ctx.step_scope("fetch"):
+            pass
+        ctx.step("watch")  # running; the handler never ends it
+        with ctx.step_scope("loop"):
+            while True:
+                ctx.check_cancelled()
+                time.sleep(0.01)
+
+    with running_worker(bare_server.target, handlers):
+        job = client.submit("e2e.cancel_steps")
+        eventually(lambda: len(client.get(job.id).steps) == 3)
+        client.cancel(job.id)
+        final = client.wait(job.id, timeout=WAIT_S)
+    assert final.state is JobState.CANCELLED
+    assert [(s.name, s.state) for s in final.steps] == [
+        ("fetch", StepState.SUCCEEDED),
+        ("watch", StepState.CANCELLED),
+        ("loop", StepState.CANCELLED),
+    ]
+    assert all(s.end_time is not None for s in final.steps)
 
 
 def test_an_exception_is_retried_then_fails(bare_server: ServerProcess, client: JobClient) -> None:

@@ -652,7 +652,8 @@ class JobClient:
     def results(
         self, job_id: str, *, page_size: int = DEFAULT_EVENT_PAGE_SIZE
     ) -> Iterator[JobEvent]:
-        """The job's per-item result events, oldest first; fetches pages lazily."""
+        """The job's per-item results, each key once at its latest version,
+        in the order those versions were stored; fetches pages lazily."""
         return self._paged(_results_op(job_id, page_size))
 
     def retry(self, job_id: str, reason: str = "", *, additional_attempts: int = 0) -> Job:
@@ -954,7 +955,8 @@ class AsyncJobClient:
     def results(
         self, job_id: str, *, page_size: int = DEFAULT_EVENT_PAGE_SIZE
     ) -> AsyncIterator[JobEvent]:
-        """The job's per-item result events, oldest first (``async for``)."""
+        """The job's per-item results, each key once (``async for``); see
+        JobClient.results."""
         return self._paged(_results_op(job_id, page_size))
 
     async def retry(self, job_id: str, reason: str = "", *, additional_attempts: int = 0) -> Job:

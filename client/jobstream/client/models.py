@@ -83,6 +83,11 @@ class StepState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    """Stopped because the job was cancelled."""
+    INTERRUPTED = "interrupted"
+    """Cut short: the attempt ended (lease expired, server restarted) while
+    the step ran."""
 
 
 class LogLevel(StrEnum):
@@ -180,6 +185,8 @@ STEP_STATES = EnumTable(
         StepState.SUCCEEDED: job_pb2.STEP_STATE_SUCCEEDED,
         StepState.FAILED: job_pb2.STEP_STATE_FAILED,
         StepState.SKIPPED: job_pb2.STEP_STATE_SKIPPED,
+        StepState.CANCELLED: job_pb2.STEP_STATE_CANCELLED,
+        StepState.INTERRUPTED: job_pb2.STEP_STATE_INTERRUPTED,
     },
     default=StepState.PENDING,
 )
@@ -336,6 +343,9 @@ class ResultItem:
     status: ResultStatus = ResultStatus.SUCCEEDED
     data: JsonObject = field(default_factory=dict)
     error: str = ""
+    replaced_status: ResultStatus | None = None
+    """In a watched result event: the status of the earlier version of this
+    key that the item replaced (None when the key is new)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -601,6 +611,9 @@ def _result_item_from_pb(msg: job_pb2.ResultItem) -> ResultItem:
         status=RESULT_STATUSES.from_pb(msg.status),
         data=struct_to_dict(msg.data),
         error=msg.error,
+        replaced_status=(
+            RESULT_STATUSES.from_pb(msg.replaced_status) if msg.replaced_status else None
+        ),
     )
 
 
@@ -734,6 +747,8 @@ def result_item_to_pb(value: ResultItem) -> job_pb2.ResultItem:
     msg = job_pb2.ResultItem(
         key=value.key, status=RESULT_STATUSES.to_pb(value.status), error=value.error
     )
+    if value.replaced_status is not None:
+        msg.replaced_status = RESULT_STATUSES.to_pb(value.replaced_status)
     if value.data:
         fill_struct(msg.data, value.data, what="data")
     return msg

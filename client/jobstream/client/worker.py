@@ -381,10 +381,15 @@ class JobContext:
     @contextmanager
     def step_scope(self, name: str, *, data: Mapping[str, Any] | None = None) -> Iterator[None]:
         """``with ctx.step_scope("fetch"):`` — the step is running inside the
-        block, succeeded after it, failed (with the error) if it raises."""
+        block, succeeded after it, cancelled if a cancel stops it
+        (JobCancelled, or the handler's task cancelled), failed (with the
+        error) if anything else is raised."""
         self.step(name, StepState.RUNNING, data=data)
         try:
             yield
+        except (JobCancelled, asyncio.CancelledError) as exc:
+            self.step(name, StepState.CANCELLED, error=str(exc) or "cancelled")
+            raise
         except BaseException as exc:
             self.step(name, StepState.FAILED, error=str(exc) or type(exc).__name__)
             raise

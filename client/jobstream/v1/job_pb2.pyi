@@ -82,6 +82,14 @@ class _StepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepState.V
     """Ended with an error."""
     STEP_STATE_SKIPPED: _StepState.ValueType  # 5
     """Deliberately not run."""
+    STEP_STATE_CANCELLED: _StepState.ValueType  # 6
+    """Stopped because the job was cancelled: the worker left it after a
+    cancel, or the job ended CANCELLED while the step was still running.
+    """
+    STEP_STATE_INTERRUPTED: _StepState.ValueType  # 7
+    """Cut short because its attempt ended without the worker ending it: the
+    lease expired or the server restarted while the step was running.
+    """
 
 class StepState(_StepState, metaclass=_StepStateEnumTypeWrapper):
     """StepState is the state of one named step of a job."""
@@ -98,6 +106,14 @@ STEP_STATE_FAILED: StepState.ValueType  # 4
 """Ended with an error."""
 STEP_STATE_SKIPPED: StepState.ValueType  # 5
 """Deliberately not run."""
+STEP_STATE_CANCELLED: StepState.ValueType  # 6
+"""Stopped because the job was cancelled: the worker left it after a
+cancel, or the job ended CANCELLED while the step was still running.
+"""
+STEP_STATE_INTERRUPTED: StepState.ValueType  # 7
+"""Cut short because its attempt ended without the worker ending it: the
+lease expired or the server restarted while the step was running.
+"""
 Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
 class _LogLevel:
@@ -202,7 +218,11 @@ Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
 @_typing.final
 class Counters(_message.Message):
-    """Counters count the per-item results a job reported."""
+    """Counters count a job's per-item results by status: one per key, the
+    latest version of each (an item reported again under the same key, by a
+    later attempt or the same one, moves its count to its new status). They
+    always equal what ListJobResults lists.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -248,7 +268,11 @@ class Step(_message.Message):
     state: Global___StepState.ValueType
     """Current state."""
     attempts: _builtins.int
-    """How many times the step was started."""
+    """How many times the step was started in counted attempts of the job: a
+    start in an attempt that was released (given back by a stopping
+    worker, which does not count as an attempt) is taken back, and the step
+    returns to PENDING.
+    """
     error: _builtins.str
     """Error text of the last failure, if any."""
     @_builtins.property
@@ -576,12 +600,23 @@ class ResultItem(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REPLACED_STATUS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """The item's key, e.g. a row id or a file name."""
+    """The item's key, e.g. a row id or a file name: required, unique within
+    the job. An item reported again under the same key replaces the earlier
+    one.
+    """
     status: Global___ResultStatus.ValueType
     """Outcome."""
     error: _builtins.str
     """Error text when the item failed."""
+    replaced_status: Global___ResultStatus.ValueType
+    """Set by the server in result events of the event stream (WatchJob): the
+    status of the earlier version of this key that the item replaced, or
+    UNSPECIFIED when the key is new. A watcher keeping counters moves one
+    count from this status to the new one. Ignored in ReportJob; unset in
+    ListJobResults.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Free-form output for the item."""
@@ -593,10 +628,11 @@ class ResultItem(_message.Message):
         status: Global___ResultStatus.ValueType = ...,
         data: _struct_pb2.Struct | None = ...,
         error: _builtins.str = ...,
+        replaced_status: Global___ResultStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "key", b"key", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "error", b"error", "key", b"key", "replaced_status", b"replaced_status", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -675,7 +675,9 @@ class ListJobResultsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
-        """Result events (payload result_item), oldest first."""
+        """The latest version of each key, as the result event (payload
+        result_item) that stored it: its seq and time; ordered by seq.
+        """
 
     def __init__(
         self,

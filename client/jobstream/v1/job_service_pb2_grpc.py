@@ -188,7 +188,12 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobResults(self, request, context):
-        """Returns a page of a job's per-item results, oldest first.
+        """Returns a page of a job's per-item results: each key once, in its latest
+        version (a key reported again, by a retry, a rescued or released run, or
+        the same attempt, lists only its newest item), ordered by the seq of the
+        event that stored that version. The job's counters count exactly these.
+        While the job runs, a key replaced after a page was read comes again on
+        a later page with its new seq.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,7 +65,13 @@ class JobServiceStub:
     GetJobLogs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]
     """Returns a page of a job's log lines, oldest first."""
     ListJobResults: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]
-    """Returns a page of a job's per-item results, oldest first."""
+    """Returns a page of a job's per-item results: each key once, in its latest
+    version (a key reported again, by a retry, a rescued or released run, or
+    the same attempt, lists only its newest item), ordered by the seq of the
+    event that stored that version. The job's counters count exactly these.
+    While the job runs, a key replaced after a page was read comes again on
+    a later page with its new seq.
+    """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
@@ -123,7 +129,13 @@ class JobServiceAsyncStub(JobServiceStub):
     GetJobLogs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]  # type: ignore[assignment]
     """Returns a page of a job's log lines, oldest first."""
     ListJobResults: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]  # type: ignore[assignment]
-    """Returns a page of a job's per-item results, oldest first."""
+    """Returns a page of a job's per-item results: each key once, in its latest
+    version (a key reported again, by a retry, a rescued or released run, or
+    the same attempt, lists only its newest item), ordered by the seq of the
+    event that stored that version. The job's counters count exactly these.
+    While the job runs, a key replaced after a page was read comes again on
+    a later page with its new seq.
+    """
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
@@ -238,7 +250,13 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobResultsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobResultsResponse, _abc.Awaitable[_job_service_pb2.ListJobResultsResponse]]:
-        """Returns a page of a job's per-item results, oldest first."""
+        """Returns a page of a job's per-item results: each key once, in its latest
+        version (a key reported again, by a retry, a rescued or released run, or
+        the same attempt, lists only its newest item), ordered by the seq of the
+        event that stored that version. The job's counters count exactly these.
+        While the job runs, a key replaced after a page was read comes again on
+        a later page with its new seq.
+        """
 
     @_abc_1.abstractmethod
     def RetryJob(

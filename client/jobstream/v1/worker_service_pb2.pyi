@@ -40,7 +40,8 @@ class _JobOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobOutcome
     JOB_OUTCOME_RELEASED: _JobOutcome.ValueType  # 4
     """The worker stopped (e.g. a graceful shutdown) before the handler
     finished: the job goes back to the queue at once and the attempt does
-    not count.
+    not count, for the job nor for the steps it started (they return to
+    PENDING).
     """
 
 class JobOutcome(_JobOutcome, metaclass=_JobOutcomeEnumTypeWrapper):
@@ -57,7 +58,8 @@ JOB_OUTCOME_CANCELLED: JobOutcome.ValueType  # 3
 JOB_OUTCOME_RELEASED: JobOutcome.ValueType  # 4
 """The worker stopped (e.g. a graceful shutdown) before the handler
 finished: the job goes back to the queue at once and the attempt does
-not count.
+not count, for the job nor for the steps it started (they return to
+PENDING).
 """
 Global___JobOutcome: _TypeAlias = JobOutcome  # noqa: Y015
 
@@ -178,7 +180,10 @@ class ReportJobRequest(_message.Message):
 
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.ResultItem]:
-        """Per-item results, in order."""
+        """Per-item results, in order. Each key (required) is stored once per
+        job: an item replaces the stored one of the same key, from this attempt
+        or an earlier one, and the counters follow.
+        """
 
     @_builtins.property
     def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -81,7 +81,8 @@ class WorkerServiceServicer:
 
     def FinishJob(self, request, context):
         """Ends the leased attempt: succeeded, failed (retried while attempts
-        remain, if retryable) or cancelled.
+        remain, if retryable) or cancelled. Steps still running end with it:
+        succeeded, failed or cancelled like the job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,8 @@ class WorkerServiceStub:
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]
     """Ends the leased attempt: succeeded, failed (retried while attempts
-    remain, if retryable) or cancelled.
+    remain, if retryable) or cancelled. Steps still running end with it:
+    succeeded, failed or cancelled like the job.
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]
     """Uploads an output file of a leased job: a header message, then the
@@ -72,7 +73,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends the leased attempt: succeeded, failed (retried while attempts
-    remain, if retryable) or cancelled.
+    remain, if retryable) or cancelled. Steps still running end with it:
+    succeeded, failed or cancelled like the job.
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads an output file of a leased job: a header message, then the
@@ -114,7 +116,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.FinishJobResponse, _abc.Awaitable[_worker_service_pb2.FinishJobResponse]]:
         """Ends the leased attempt: succeeded, failed (retried while attempts
-        remain, if retryable) or cancelled.
+        remain, if retryable) or cancelled. Steps still running end with it:
+        succeeded, failed or cancelled like the job.
         """
 
     @_abc_1.abstractmethod

@@ -143,6 +143,9 @@ def _result(b: JSON) -> dict[str, Any]:
             status=_RESULT_PB[b["status"]],
             data=struct(b.get("data")),
             error=b.get("error", ""),
+            replaced_status=(
+                _RESULT_PB[b["replaced"]] if "replaced" in b else job_pb2.RESULT_STATUS_UNSPECIFIED
+            ),
         )
     }
 

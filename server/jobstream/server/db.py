@@ -7,6 +7,7 @@ JSON values are stored as text so both backends read them the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,17 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6A6F6273
 """PostgreSQL advisory lock key held while migrating, so servers starting
 together on an empty database do not race to create the schema."""
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with options builds a new encoder per call,
+which showed in profiles of the event hot path."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as every JSON column stores it; control characters (NUL
+    included) come out escaped, so the text is storable on both backends."""
+    return _JSON.encode(value)
 
 
 class BaseModel(pw.Model):
@@ -142,7 +154,13 @@ class EventRow(BaseModel):
 
 
 class StepRow(BaseModel):
-    """The latest state of one named step of a job."""
+    """The latest state of one named step of a job.
+
+    ``attempt`` is the job attempt that last started the step and
+    ``attempt_starts`` how often that attempt started it, so that releasing
+    the attempt (which does not count) can take exactly those starts back;
+    both are 0 once nothing counted started it since (migration 0006).
+    """
 
     job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     name = pw.TextField()
@@ -153,6 +171,8 @@ class StepRow(BaseModel):
     data = pw.TextField(null=True)
     start_time = pw.BigIntegerField(null=True)
     end_time = pw.BigIntegerField(null=True)
+    attempt = pw.IntegerField(default=0)
+    attempt_starts = pw.IntegerField(default=0)
 
     class Meta:
         table_name = "job_step"
@@ -194,6 +214,28 @@ class ArtifactRow(BaseModel):
         primary_key = pw.CompositeKey("job", "name")
 
 
+class ResultRow(BaseModel):
+    """The latest version of one keyed per-item result of a job (migration
+    0006): a later item of the same key replaces the row, so the rows are
+    the job's work, not the sum of its attempts. ``seq`` and ``time`` are
+    those of the result event that stored this version."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
+    key = pw.TextField()
+    status = pw.TextField()
+    data = pw.TextField(null=True)
+    error = pw.TextField(default="")
+    attempt = pw.IntegerField()
+    seq = pw.BigIntegerField()
+    time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "job_result"
+        primary_key = pw.CompositeKey("job", "key")
+        # ListJobResults pages through a job's results in seq order.
+        indexes = ((("job", "seq"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     JobRow,
     LabelRow,
@@ -201,6 +243,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     StepRow,
     ChangeRow,
     ArtifactRow,
+    ResultRow,
 )
 
 

@@ -46,6 +46,11 @@ MAX_REQUEST_ID_BYTES = 128
 MAX_TEXT_BYTES = 4 * 1024
 """Bytes in short texts: phase, message, reasons, error messages, names."""
 
+MAX_RESULT_KEY_BYTES = 1024
+"""Bytes in a result item's key. Keys are indexed (one row per job and key),
+and a PostgreSQL B-tree entry holds at most about 2.7 KB: a longer key that
+does not compress would fail the write."""
+
 MAX_LOG_LINE_BYTES = 32 * 1024
 """Bytes in one log line."""
 

@@ -179,7 +179,14 @@ class JobsService:
         unknown job rather than an empty page."""
 
         def page() -> list[Event]:
-            events = self.store.read_events(job_id, after_seq=after_seq, limit=page_size, kind=kind)
+            if kind is EventKind.RESULT:
+                # Results are read from their keyed table: each key once, at
+                # its latest version (see results.py).
+                events = self.store.read_results(job_id, after_seq=after_seq, limit=page_size)
+            else:
+                events = self.store.read_events(
+                    job_id, after_seq=after_seq, limit=page_size, kind=kind
+                )
             if not events and not self.store.job_exists(job_id):
                 raise NotFound(f"no job {job_id!r}", field="job_id")
             return events

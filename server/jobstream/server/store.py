@@ -1,5 +1,7 @@
 """All SQL of jobstream: one store over Peewee, the same code on SQLite and
 PostgreSQL. Dialect differences are decided once, in ``Store.__init__``.
+Keyed per-item results (results.py) and steps across attempts (steps.py)
+are the store's too, in modules of their own.
 
 Write methods take a :class:`Changes` collector and must run inside the
 writer's transaction (see writer.py); they record the events they store so
@@ -21,7 +23,7 @@ from typing import Any, cast
 
 import peewee as pw
 
-from jobstream.server import limits
+from jobstream.server import limits, steps
 from jobstream.server.db import (
     ArtifactRow,
     ChangeRow,
@@ -29,6 +31,7 @@ from jobstream.server.db import (
     JobRow,
     LabelRow,
     StepRow,
+    dumps,
     execute,
     is_sqlite,
 )
@@ -64,9 +67,7 @@ from jobstream.server.errors import (
     not_found,
 )
 from jobstream.server.ids import new_job_id
-
-TERMINAL_STEP_STATES = frozenset({"succeeded", "failed", "skipped"})
-"""Step states that set a step's end time."""
+from jobstream.server.results import Results
 
 CHANGE_LOG_LOCK = 0x6A6F6263
 """PostgreSQL advisory lock key that orders change-log writers (see
@@ -83,20 +84,6 @@ RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CA
 
 STATS_PERCENTILES = (0.50, 0.95)
 """The run-time percentiles GetStats reports."""
-
-RESULT_COUNTER = {"succeeded": "succeeded", "failed": "failed", "skipped": "skipped"}
-"""Which job counter a result item's status increments."""
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-"""Built once: ``json.dumps`` with options builds a new encoder per call,
-which showed in profiles of the event hot path."""
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON; control characters (NUL included) come out escaped, so
-    the text is storable on both backends."""
-    return _JSON.encode(value)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -229,6 +216,7 @@ class Store:
         self._insert_label = _RawInsert(db, LabelRow, ("job_id", "key", "value"))
         self._insert_event = _RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
         self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time"))
+        self._results = Results(db)
 
     # ------------------------------------------------------------------ writes
 
@@ -367,7 +355,7 @@ class Store:
         if row is None or row.state != JobState.RUNNING.value or row.lease_id != lease_id:
             return
         reason = "lease released: the worker went away before receiving it"
-        self._transition(changes, row, JobState.QUEUED, reason, now, attempt=row.attempt - 1)
+        self._release(changes, row, reason, now)
 
     def report(
         self, changes: Changes, job_id: str, lease_id: str, report: Report, *, now: int
@@ -401,33 +389,24 @@ class Store:
         items.extend((EventKind.LOG, body) for body in self._capped_logs(row, report.logs))
         step_count = row.step_count
         for step in report.steps:
-            stored, step_count = self._upsert_step(row.id, step, step_count, now)
+            stored, step_count = steps.upsert(row.id, row.attempt, step, step_count, now)
             items.append((EventKind.STEP, _step_body(stored)))
         if report.steps:
             update[JobRow.step_count] = step_count
-        counts = dict.fromkeys(RESULT_COUNTER.values(), 0)
-        for item in report.results:
-            counts[RESULT_COUNTER[item.status]] += 1
-            items.append(
-                (
-                    EventKind.RESULT,
-                    {
-                        "key": item.key,
-                        "status": item.status,
-                        "data": item.data,
-                        "error": item.error,
-                    },
-                )
-            )
-        for name, n in counts.items():
-            if n:
-                column = getattr(JobRow, name)
-                update[column] = column + n
+        results = self._results.prepare(row, report.results) if report.results else None
+        if results is not None:
+            first_result_seq = row.last_seq + 1 + len(items)
+            items.extend((EventKind.RESULT, body) for body in results.bodies)
+            update.update(results.counter_moves)
         if report.files:
             files = json.loads(row.files)
             files.extend(f for f in report.files if f not in files)
             update[JobRow.files] = dumps(files)
         seq = self._append(changes, row, now, items) if items else row.last_seq
+        if results is not None:
+            self._results.store(
+                row.id, results, first_seq=first_result_seq, attempt=row.attempt, now=now
+            )
         if report.report_seq:
             update[JobRow.report_seq] = report.report_seq
         update.update({JobRow.lease_expire: expire, JobRow.update_time: now, JobRow.last_seq: seq})
@@ -475,34 +454,36 @@ class Store:
     def finish(self, changes: Changes, job_id: str, lease_id: str, finish: Finish, now: int) -> Job:
         """Ends the leased attempt: terminal, or QUEUED again for a retry."""
         row = self._leased(job_id, lease_id, now)
-        fields: dict[str, Any] = {}
-        if finish.outcome is Outcome.SUCCEEDED:
-            state, reason = JobState.SUCCEEDED, "handler succeeded"
-            fields["result"] = dumps(finish.result) if finish.result is not None else None
-        elif finish.outcome is Outcome.CANCELLED or (
-            finish.outcome is Outcome.RELEASED and row.cancel_requested
-        ):
-            state, reason = JobState.CANCELLED, "handler stopped after cancel"
-        elif finish.outcome is Outcome.RELEASED:
+        if finish.outcome is Outcome.RELEASED and not row.cancel_requested:
             # The worker stopped (graceful shutdown) before the handler ended:
             # back to the queue now, and the attempt does not count.
-            state = JobState.QUEUED
             reason = f"released by worker {row.worker_id}: it stopped before the job finished"
-            fields["attempt"] = row.attempt - 1
-            fields["not_before"] = now
+            self._release(changes, row, reason, now, not_before=now)
+            return self.get_job(job_id)
+        fields: dict[str, Any] = {}
+        if finish.outcome is Outcome.SUCCEEDED:
+            state, reason, step_end = JobState.SUCCEEDED, "handler succeeded", "succeeded"
+            fields["result"] = dumps(finish.result) if finish.result is not None else None
+        elif finish.outcome in (Outcome.CANCELLED, Outcome.RELEASED):
+            state, step_end = JobState.CANCELLED, "cancelled"
+            reason = "handler stopped after cancel"
         elif finish.retryable and not row.cancel_requested and row.attempt < row.max_attempts:
-            state = JobState.QUEUED
+            state, step_end = JobState.QUEUED, "failed"
             delay = self.policy.backoff_us(row.attempt)
             fields["not_before"] = now + delay
             reason = (
                 f"attempt {row.attempt}/{row.max_attempts} failed; retrying in {delay / 1e6:g}s"
             )
         else:
-            state, reason = JobState.FAILED, "handler failed"
+            state, reason, step_end = JobState.FAILED, "handler failed", "failed"
         error = finish.error
         if state is JobState.CANCELLED and error is None:
             error = ErrorInfo(code="cancelled", message="cancelled while running")
-        self._transition(changes, row, state, reason, now, error=error, **fields)
+        why = "" if state is JobState.SUCCEEDED else (error.message if error else reason)
+        ended = steps.end_running(row.id, step_end, now, why)
+        self._transition(
+            changes, row, state, reason, now, error=error, step_changes=ended, **fields
+        )
         return self.get_job(job_id)
 
     def cancel(self, changes: Changes, job_id: str, reason: str, now: int) -> Job:
@@ -518,6 +499,7 @@ class Store:
                 why,
                 now,
                 error=ErrorInfo(code="cancelled", message=why),
+                step_changes=steps.end_running(row.id, "cancelled", now, why),
             )
         elif state is JobState.RUNNING:
             if not row.cancel_requested:
@@ -584,8 +566,12 @@ class Store:
                     reason,
                     now,
                     error=ErrorInfo(code="cancelled", message=reason),
+                    step_changes=steps.end_running(row.id, "cancelled", now, reason),
                 )
-            elif row.attempt < row.max_attempts:
+                continue
+            # Nobody will end the steps the vanished worker was running.
+            cut = steps.end_running(row.id, "interrupted", now, reason)
+            if row.attempt < row.max_attempts:
                 delay = self.policy.backoff_us(row.attempt)
                 self._transition(
                     changes,
@@ -593,6 +579,7 @@ class Store:
                     JobState.QUEUED,
                     f"{reason}; retrying in {delay / 1e6:g}s",
                     now,
+                    step_changes=cut,
                     not_before=now + delay,
                 )
             else:
@@ -603,6 +590,7 @@ class Store:
                     reason,
                     now,
                     error=ErrorInfo(code="lease_expired", message=reason),
+                    step_changes=cut,
                 )
         return len(rows)
 
@@ -645,11 +633,11 @@ class Store:
         """One job with its steps, or NotFound."""
         with self.db.atomic():
             row = self._row(job_id)
-            steps = tuple(
-                _step(s)
+            stored = tuple(
+                steps.to_step(s)
                 for s in StepRow.select().where(StepRow.job == job_id).order_by(StepRow.position)
             )
-        return self._job(row, steps)
+        return self._job(row, stored)
 
     def get_jobs(self, job_ids: Iterable[str]) -> dict[str, Job]:
         """The jobs that exist among ``job_ids`` (without steps)."""
@@ -700,6 +688,11 @@ class Store:
             for seq, t, k, body in rows
         ]
 
+    def read_results(self, job_id: str, *, after_seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` of the job's results, the latest version of each
+        key, whose version was stored after ``after_seq``; in seq order."""
+        return self._results.page(job_id, after_seq=after_seq, limit=limit)
+
     def read_changes(self, *, after_position: int, limit: int) -> list[JobChange]:
         """Up to ``limit`` change-log rows after ``after_position``, in order."""
         query = cast(
@@ -749,8 +742,9 @@ class Store:
         attempt counter keeps counting (the next acquire makes attempt + 1)
         and max_attempts becomes the current attempt plus
         ``additional_attempts``, so the lease sweeper and FinishJob's retry
-        logic work on the new attempt exactly as on the first. Counters,
-        steps and artifacts are kept; the error, result, end time, cancel
+        logic work on the new attempt exactly as on the first. Results (and
+        so counters), steps and artifacts are kept: the new attempt's items
+        replace those of the same key. The error, result, end time, cancel
         flag and progress of the ended attempt are cleared.
         """
         row = self._row(job_id)
@@ -955,6 +949,25 @@ class Store:
             )
         return row
 
+    def _release(self, changes: Changes, row: JobRow, reason: str, now: int, **fields: Any) -> None:
+        """Returns a running job to the queue without counting its attempt,
+        for the job or for the steps the attempt started."""
+        given_back = steps.take_back(row.id, row.attempt)
+        # A step still running now was not started by this attempt (it was
+        # stored before starts were tracked per attempt): nothing to take
+        # back, but it must not stay running.
+        left = steps.end_running(row.id, "interrupted", now, reason)
+        self._transition(
+            changes,
+            row,
+            JobState.QUEUED,
+            reason,
+            now,
+            step_changes=[*given_back, *left],
+            attempt=row.attempt - 1,
+            **fields,
+        )
+
     def _transition(
         self,
         changes: Changes,
@@ -964,14 +977,18 @@ class Store:
         now: int,
         *,
         error: ErrorInfo | None = None,
+        step_changes: Sequence[Step] = (),
         **fields: Any,
     ) -> None:
-        """Moves a job to ``state`` with an event saying why; ends the lease."""
+        """Moves a job to ``state`` with an event saying why; ends the lease.
+        ``step_changes`` (steps the attempt's end changed) get their events
+        first: a watch ends at a terminal state event."""
         body: JSON = {"state": state.value, "reason": reason, "attempt": row.attempt}
         if error is not None:
             body["error"] = _error_body(error)
             fields["error"] = dumps(body["error"])
-        seq = self._append(changes, row, now, [(EventKind.STATE, body)])
+        items = [(EventKind.STEP, _step_body(s)) for s in step_changes]
+        seq = self._append(changes, row, now, [*items, (EventKind.STATE, body)])
         if state.terminal:
             fields["end_time"] = now
         else:
@@ -1007,29 +1024,6 @@ class Store:
         )
         changes.events.extend(events)
         changes.changed_jobs.update(e.job_id for e in events)
-
-    def _upsert_step(self, job_id: str, step: Step, count: int, now: int) -> tuple[Step, int]:
-        """Updates a named step's latest state; returns it and the step count."""
-        row = StepRow.get_or_none((StepRow.job == job_id) & (StepRow.name == step.name))
-        if row is None:
-            row = StepRow(job=job_id, name=step.name, position=count, state="pending")
-            count += 1
-            created = True
-        else:
-            created = False
-        if step.state == "running" and row.state != "running":
-            row.attempts += 1
-            row.start_time = row.start_time or now
-            row.end_time = None
-        if step.state in TERMINAL_STEP_STATES:
-            row.start_time = row.start_time or now
-            row.end_time = now
-        row.state = step.state
-        row.error = step.error
-        if step.data is not None:
-            row.data = dumps(step.data)
-        row.save(force_insert=created)
-        return _step(row), count
 
     def _job(self, row: JobRow, steps: tuple[Step, ...] = ()) -> Job:
         return Job(
@@ -1191,15 +1185,3 @@ def _error_body(e: ErrorInfo) -> JSON:
 
 def _error(body: JSON) -> ErrorInfo:
     return ErrorInfo(code=body["code"], message=body["message"], details=body.get("details"))
-
-
-def _step(row: StepRow) -> Step:
-    return Step(
-        name=row.name,
-        state=row.state,
-        attempts=row.attempts,
-        error=row.error,
-        data=json.loads(row.data) if row.data else None,
-        start_time=row.start_time,
-        end_time=row.end_time,
-    )

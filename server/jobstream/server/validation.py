@@ -339,7 +339,11 @@ def report(req: worker_service_pb2.ReportJobRequest) -> Report:
     )
     results = tuple(
         ResultItem(
-            key=text(r.key, f"results[{i}].key"),
+            # Results are stored by key: an item without one would replace
+            # every other keyless item of the job.
+            key=_required(
+                text(r.key, f"results[{i}].key", limits.MAX_RESULT_KEY_BYTES), f"results[{i}].key"
+            ),
             status=_enum(r.status, RESULT_STATUSES, f"results[{i}].status"),
             data=(
                 json_value(r.data, f"results[{i}].data", limits.MAX_RESULT_BYTES)

@@ -74,8 +74,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    """``jobstream results ID``: every per-item result, oldest first;
-    ``--jsonl`` (or ``--json``) streams one JSON object per line."""
+    """``jobstream results ID``: every key's latest result, in the order
+    those were stored; ``--jsonl`` (or ``--json``) streams one JSON object
+    per line."""
     out = Output.from_args(args)
     as_json = out.json or bool(args.jsonl)
     with _client(args) as client:
@@ -84,7 +85,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             if item is None:
                 continue
             if as_json:
-                out.json_out({"seq": event.seq, "time": event.time, **vars_of(item)}, indent=None)
+                # replaced_status belongs to watched events, never to a listed result.
+                fields = {k: v for k, v in vars_of(item).items() if k != "replaced_status"}
+                out.json_out({"seq": event.seq, "time": event.time, **fields}, indent=None)
                 continue
             line = safe_text(item.key, "bold").append(" ")
             line.append(item.status.value, "green" if item.status == "succeeded" else "red")

@@ -382,7 +382,7 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
         metavar="N",
     )
 
-    results = command("results", "print a job's per-item results")
+    results = command("results", "print a job's per-item results (each key's latest)")
     results.parser.add_argument("job_id", metavar="ID")
     results.add(
         "--jsonl",

@@ -55,6 +55,8 @@ STEP_MARKS: Mapping[StepState, tuple[str, str]] = {
     StepState.SUCCEEDED: ("✓", "green"),
     StepState.FAILED: ("✗", "red"),
     StepState.SKIPPED: ("-", "dim"),
+    StepState.CANCELLED: ("⊘", "magenta"),
+    StepState.INTERRUPTED: ("↯", "red"),
 }
 """Mark and colour of each step state in step lists."""
 

@@ -96,13 +96,20 @@ class WatchView:
             elif event.cancel_requested is not None:
                 self.cancel_requested = True
             elif event.result_item is not None and event.seq > self._counted_through:
-                status = event.result_item.status
-                if status is ResultStatus.SUCCEEDED:
-                    self._succeeded += 1
-                elif status is ResultStatus.FAILED:
-                    self._failed += 1
-                elif status is ResultStatus.SKIPPED:
-                    self._skipped += 1
+                # One count per key: an item that replaced an earlier version
+                # of its key moves that version's count.
+                item = event.result_item
+                if item.replaced_status is not None:
+                    self._count(item.replaced_status, -1)
+                self._count(item.status, 1)
+
+    def _count(self, status: ResultStatus, n: int) -> None:
+        if status is ResultStatus.SUCCEEDED:
+            self._succeeded += n
+        elif status is ResultStatus.FAILED:
+            self._failed += n
+        elif status is ResultStatus.SKIPPED:
+            self._skipped += n
 
     def __rich__(self) -> RenderableType:
         """The pinned part of the view: header, progress, counters, steps."""
