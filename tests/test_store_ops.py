@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from jobstream.server.db import ArtifactRow, open_database
+from jobstream.server.db import ArtifactRow, ChunkRow, UploadRow, open_database
 from jobstream.server.domain import (
     Changes,
     Finish,
@@ -134,32 +134,95 @@ def test_artifacts_replace_by_name_respect_the_limit_and_cascade(store: Store) -
     )
 
     def add(name: str, size: int) -> int:
+        """An upload of two chunks: one staged, the last with completion."""
+        upload_id = f"up-{name}-{size}"
+        write(
+            store,
+            lambda c: store.stage_chunk(
+                c, job.id, lease.lease_id, upload_id, index=0, data=b"x" * size, now=t0
+            ),
+        )
         _, seq = write(
             store,
-            lambda c: store.add_artifact(
+            lambda c: store.complete_upload(
                 c,
                 job.id,
                 lease.lease_id,
+                upload_id,
+                staged=1,
+                last=b"y",
                 name=name,
-                size_bytes=size,
+                size_bytes=size + 1,
                 sha256="0" * 64,
                 content_type="",
                 max_per_job=2,
                 now=t0,
             ),
         )
-        return seq
+        return int(seq)
+
+    def chunks() -> list[tuple[str, int]]:
+        query = ChunkRow.select(ChunkRow.upload_id, ChunkRow.chunk_index).where(
+            ChunkRow.job == job.id
+        )
+        return sorted((r.upload_id, r.chunk_index) for r in query)
 
     first = add("a.txt", 1)
     assert add("b.txt", 2) == first + 1
     assert add("a.txt", 3) == first + 2  # a replacement is within the limit
+    # The replaced upload's chunks went with it.
+    assert chunks() == [("up-a.txt-3", 0), ("up-a.txt-3", 1), ("up-b.txt-2", 0), ("up-b.txt-2", 1)]
     with pytest.raises(ResourceExhausted):
         add("c.txt", 4)
     assert [(a.name, a.size_bytes) for a in store.list_artifacts(job.id)] == [
-        ("a.txt", 3),
-        ("b.txt", 2),
+        ("a.txt", 4),
+        ("b.txt", 3),
     ]
+    artifact, upload_id = store.get_artifact(job.id, "a.txt")
+    assert (artifact.size_bytes, upload_id) == (4, "up-a.txt-3")
+    assert store.read_chunk(job.id, "up-a.txt-3", 0) == b"xxx"
+    assert store.read_chunk(job.id, "up-a.txt-3", 1) == b"y"
+    assert store.read_chunk(job.id, "up-a.txt-3", 2) is None
     with pytest.raises(NotFound):
         store.get_artifact(job.id, "c.txt")
+    # The refused c.txt left its staged chunk: the worker's server discards
+    # it, or a sweep does once the lease has ended.
+    assert store.dead_uploads(t0, limit=10, every=False) == []
+    assert store.dead_uploads(t0, limit=10, every=True) == [(job.id, "up-c.txt-4")]
     write(store, lambda c: store.delete(c, job.id, force=True, allow_missing=False))
     assert ArtifactRow.select().where(ArtifactRow.job == job.id).count() == 0
+    assert chunks() == []
+    assert UploadRow.select().where(UploadRow.job == job.id).count() == 0
+
+
+def test_uploads_under_an_ended_lease_are_dead_and_refused(store: Store) -> None:
+    t0 = now_us()
+    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="d")], t0))
+    lease: Any = write(
+        store,
+        lambda c: store.acquire(
+            c, worker_id="w", kinds=["d"], queues=["default"], lease_us=SECOND, now=t0
+        ),
+    )
+
+    def stage(index: int, now: int) -> None:
+        write(
+            store,
+            lambda c: store.stage_chunk(
+                c, job.id, lease.lease_id, "u1", index=index, data=b"z", now=now
+            ),
+        )
+
+    stage(0, t0)
+    assert store.dead_uploads(t0, limit=10, every=False) == []
+    # Past the lease's expiry nothing renews it, so the upload is dead even
+    # before a sweep moves the job on.
+    assert store.dead_uploads(t0 + 2 * SECOND, limit=10, every=False) == [(job.id, "u1")]
+    write(store, lambda c: store.discard_upload(c, job.id, "u1"))
+    assert ChunkRow.select().where(ChunkRow.job == job.id).count() == 0
+    with pytest.raises(FailedPrecondition) as discarded:
+        stage(1, t0)  # the lease is live, but the upload is gone
+    assert discarded.value.field == "lease_id"
+    with pytest.raises(FailedPrecondition):
+        stage(0, t0 + 2 * SECOND)  # an expired lease stages nothing
+    assert store.dead_uploads(t0, limit=10, every=True) == []

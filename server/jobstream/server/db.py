@@ -178,8 +178,8 @@ JobRow.add_index(JobRow.index(JobRow.state, JobRow.end_time))
 
 
 class ArtifactRow(BaseModel):
-    """One named output file of a job; the bytes live under
-    data/artifacts/<job id>/<name>."""
+    """One named output file of a job; its bytes are the chunks
+    (ChunkRow) of upload ``upload_id``."""
 
     job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     name = pw.TextField()
@@ -188,10 +188,55 @@ class ArtifactRow(BaseModel):
     content_type = pw.TextField(default="")
     create_time = pw.BigIntegerField()
     attempt = pw.IntegerField(default=0)
+    upload_id = pw.TextField(null=True)
+    """NULL only for an artifact an earlier version stored as a file and
+    not yet imported (see legacy_artifacts.py)."""
 
     class Meta:
         table_name = "job_artifact"
         primary_key = pw.CompositeKey("job", "name")
+
+
+# Start-up finds the artifacts still to import without a scan (migration
+# 0007): the index holds only those rows, so it is empty once they are in.
+ArtifactRow.add_index(
+    ArtifactRow.index(
+        ArtifactRow.job,
+        ArtifactRow.name,
+        name="job_artifact_legacy",
+        where=ArtifactRow.upload_id.is_null(),
+    )
+)
+
+
+class UploadRow(BaseModel):
+    """An upload in progress: its chunks are stored as they arrive, and
+    this row says they are not an artifact yet. Completing the upload
+    deletes the row; one left behind (server killed, client gone) marks
+    chunks to remove once the lease it was opened under has ended."""
+
+    upload_id = pw.TextField(primary_key=True)
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    lease_id = pw.TextField()
+    chunks = pw.IntegerField(default=0)
+    create_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "job_artifact_upload"
+
+
+class ChunkRow(BaseModel):
+    """A piece of an upload's bytes: chunk ``chunk_index`` of upload
+    ``upload_id`` (artifacts.CHUNK_BYTES each, the last one shorter)."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
+    upload_id = pw.TextField()
+    chunk_index = pw.IntegerField()
+    data = pw.BlobField()
+
+    class Meta:
+        table_name = "job_artifact_chunk"
+        primary_key = pw.CompositeKey("job", "upload_id", "chunk_index")
 
 
 MODELS: tuple[type[BaseModel], ...] = (
@@ -201,6 +246,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     StepRow,
     ChangeRow,
     ArtifactRow,
+    UploadRow,
+    ChunkRow,
 )
 
 

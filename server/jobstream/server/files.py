@@ -25,13 +25,9 @@ def job_dir(data_dir: Path, job_id: str) -> Path:
     return data_dir / "jobs" / job_id
 
 
-def artifact_dir(data_dir: Path, job_id: str) -> Path:
-    """Where a job's artifacts live under the data directory."""
-    return data_dir / "artifacts" / job_id
-
-
 def remove_files(data_dir: Path, job_id: str, recorded: Iterable[str]) -> Removal:
-    """Removes the job's directory, its artifacts and its recorded files.
+    """Removes the job's directory and its recorded files (artifacts are
+    database rows, deleted with the job's).
 
     Only the parent of each path is resolved: a symlink is removed itself and
     never followed, so a link pointing out of the data directory cannot lead
@@ -42,11 +38,8 @@ def remove_files(data_dir: Path, job_id: str, recorded: Iterable[str]) -> Remova
     removed: list[str] = []
     refused: list[str] = []
     # Absolute, so a relative data directory is not joined onto itself below.
-    owned = (
-        str(job_dir(data_dir, job_id).absolute()),
-        str(artifact_dir(data_dir, job_id).absolute()),
-    )
-    for raw in (*owned, *recorded):
+    owned = str(job_dir(data_dir, job_id).absolute())
+    for raw in (owned, *recorded):
         path = Path(raw) if Path(raw).is_absolute() else data_dir / raw
         target = path.parent.resolve() / path.name
         if path.name in ("", ".", "..") or root not in target.parents:

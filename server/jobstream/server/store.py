@@ -25,10 +25,12 @@ from jobstream.server import limits
 from jobstream.server.db import (
     ArtifactRow,
     ChangeRow,
+    ChunkRow,
     EventRow,
     JobRow,
     LabelRow,
     StepRow,
+    UploadRow,
     execute,
     is_sqlite,
 )
@@ -229,6 +231,12 @@ class Store:
         self._insert_label = _RawInsert(db, LabelRow, ("job_id", "key", "value"))
         self._insert_event = _RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
         self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time"))
+        self._insert_chunk = _RawInsert(
+            db, ChunkRow, ("job_id", "upload_id", "chunk_index", "data")
+        )
+        self._insert_upload = _RawInsert(
+            db, UploadRow, ("upload_id", "job_id", "lease_id", "chunks", "create_time")
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -855,12 +863,48 @@ class Store:
             duration_p95_us=p95,
         )
 
-    def add_artifact(
+    def check_lease(self, job_id: str, lease_id: str, now: int) -> None:
+        """FailedPrecondition (or NotFound) unless ``lease_id`` is the job's
+        live lease: lets an upload be refused before its bytes are taken."""
+        self._leased(job_id, lease_id, now)
+
+    def stage_chunk(
         self,
         changes: Changes,
         job_id: str,
         lease_id: str,
+        upload_id: str,
         *,
+        index: int,
+        data: bytes,
+        now: int,
+    ) -> None:
+        """Stores chunk ``index`` of an upload in progress, fenced by the
+        lease. The first chunk opens the upload (its job_artifact_upload
+        row); later ones count themselves on that row, which fails once a
+        sweep has discarded the upload. On PostgreSQL that UPDATE also locks
+        the row, so a concurrent discard, which deletes the row before the
+        chunks, either waits for this chunk and removes it too, or has
+        already removed the row and this chunk is refused."""
+        self._leased(job_id, lease_id, now)
+        if index == 0:
+            self._insert_upload.run([(upload_id, job_id, lease_id, 1, now)])
+        elif (
+            UploadRow.update(chunks=index + 1).where(UploadRow.upload_id == upload_id).execute()
+            != 1
+        ):
+            raise _discarded(job_id, lease_id)
+        self._insert_chunk.run([(job_id, upload_id, index, data)])
+
+    def complete_upload(
+        self,
+        changes: Changes,
+        job_id: str,
+        lease_id: str,
+        upload_id: str,
+        *,
+        staged: int,
+        last: bytes | None,
         name: str,
         size_bytes: int,
         sha256: str,
@@ -868,19 +912,29 @@ class Store:
         max_per_job: int,
         now: int,
     ) -> tuple[Artifact, int]:
-        """Records an uploaded artifact of a leased job (replacing one of the
-        same name), with an event; renews the lease. Returns the artifact
-        and the event's seq."""
+        """Makes upload ``upload_id`` (``staged`` chunks stored before, then
+        ``last``, if any, as the next) artifact ``name`` of the leased job,
+        replacing one of the same name and deleting that one's chunks; adds
+        the event and renews the lease. Returns the artifact and the
+        event's seq."""
         row = self._leased(job_id, lease_id, now)
         existing = ArtifactRow.select().where(ArtifactRow.job == job_id)
-        if (
-            not existing.where(ArtifactRow.name == name).exists()
-            and existing.count() >= max_per_job
-        ):
+        previous = existing.where(ArtifactRow.name == name).first()
+        if previous is None and existing.count() >= max_per_job:
             raise ResourceExhausted(
                 f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
                 field="name",
             )
+        if staged and UploadRow.delete().where(UploadRow.upload_id == upload_id).execute() != 1:
+            raise _discarded(job_id, lease_id)
+        if last is not None:
+            self._insert_chunk.run([(job_id, upload_id, staged, last)])
+        if previous is not None:
+            ArtifactRow.delete().where(
+                (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
+            ).execute()
+            if previous.upload_id is not None:
+                self._delete_chunks(job_id, previous.upload_id)
         artifact = Artifact(
             name=name,
             size_bytes=size_bytes,
@@ -889,20 +943,34 @@ class Store:
             create_time=now,
             attempt=row.attempt,
         )
-        ArtifactRow.delete().where(
-            (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
-        ).execute()
-        ArtifactRow.insert(job=job_id, **_artifact_body(artifact)).execute()
+        ArtifactRow.insert(job=job_id, upload_id=upload_id, **_artifact_body(artifact)).execute()
         seq = self._append(changes, row, now, [(EventKind.ARTIFACT, _artifact_body(artifact))])
         JobRow.update(lease_expire=now + row.lease_us, update_time=now, last_seq=seq).where(
             JobRow.id == row.id
         ).execute()
         return artifact, seq
 
-    def check_lease(self, job_id: str, lease_id: str, now: int) -> None:
-        """FailedPrecondition (or NotFound) unless ``lease_id`` is the job's
-        live lease: lets an upload be refused before its bytes are taken."""
-        self._leased(job_id, lease_id, now)
+    def discard_upload(self, changes: Changes, job_id: str, upload_id: str) -> None:
+        """Removes an upload that will not complete: its row first, then its
+        chunks (see stage_chunk for why in this order)."""
+        UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
+        self._delete_chunks(job_id, upload_id)
+
+    def dead_uploads(self, now: int, *, limit: int, every: bool) -> list[tuple[str, str]]:
+        """``(job_id, upload_id)`` of uploads in progress that can no longer
+        complete: completing needs the lease they were opened under, and
+        that lease has ended (the job moved on, or the lease expired, which
+        nothing renews). With ``every``, all uploads in progress: right for
+        SQLite at start-up, where no other process can be receiving one."""
+        query = UploadRow.select(UploadRow.job, UploadRow.upload_id)
+        if not every:
+            query = query.join(JobRow, on=UploadRow.job == JobRow.id).where(
+                (JobRow.state != JobState.RUNNING.value)
+                | JobRow.lease_id.is_null()
+                | (JobRow.lease_id != UploadRow.lease_id)
+                | (JobRow.lease_expire < now)
+            )
+        return list(cast(Iterable[tuple[str, str]], query.limit(limit).tuples()))
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         """A job's artifacts by name; NotFound for an unknown job."""
@@ -913,14 +981,96 @@ class Store:
             )
         return [_artifact(r) for r in rows]
 
-    def get_artifact(self, job_id: str, name: str) -> Artifact:
-        """One artifact; NotFound naming the job or the artifact."""
+    def get_artifact(self, job_id: str, name: str) -> tuple[Artifact, str | None]:
+        """One artifact and the upload whose chunks are its bytes (None for
+        a file of an earlier version not imported yet); NotFound naming the
+        job or the artifact."""
         with self.db.atomic():
             self._row(job_id)
             row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
         if row is None:
             raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")
-        return _artifact(row)
+        return _artifact(row), row.upload_id
+
+    def read_chunk(self, job_id: str, upload_id: str, index: int) -> bytes | None:
+        """Chunk ``index`` of an upload; None when there is none (the
+        artifact was replaced or deleted since its upload was looked up)."""
+        data = (
+            ChunkRow.select(ChunkRow.data)
+            .where(
+                (ChunkRow.job == job_id)
+                & (ChunkRow.upload_id == upload_id)
+                & (ChunkRow.chunk_index == index)
+            )
+            .scalar()
+        )
+        return None if data is None else bytes(data)
+
+    def legacy_artifacts(
+        self, *, after: tuple[str, str], limit: int
+    ) -> list[tuple[str, str, int, str]]:
+        """``(job_id, name, size_bytes, sha256)`` of artifacts stored as files
+        by an earlier version and not imported yet, after ``after`` in
+        (job_id, name) order (the partial index job_artifact_legacy)."""
+        query = (
+            ArtifactRow.select(
+                ArtifactRow.job, ArtifactRow.name, ArtifactRow.size_bytes, ArtifactRow.sha256
+            )
+            .where(
+                ArtifactRow.upload_id.is_null()
+                & (pw.Tuple(ArtifactRow.job, ArtifactRow.name) > pw.Tuple(*after))
+            )
+            .order_by(ArtifactRow.job, ArtifactRow.name)
+            .limit(limit)
+        )
+        return list(cast(Iterable[tuple[str, str, int, str]], query.tuples()))
+
+    def import_artifact(
+        self,
+        changes: Changes,
+        job_id: str,
+        name: str,
+        upload_id: str,
+        chunks: Iterable[bytes],
+        *,
+        size_bytes: int,
+        sha256: str,
+    ) -> None:
+        """Stores ``chunks`` as the bytes of an artifact an earlier version
+        kept as a file, in one transaction; FailedPrecondition (and nothing
+        stored) when the row changed meanwhile (replaced, or its job
+        deleted) or when ``chunks`` raises."""
+        for index, data in enumerate(chunks):
+            self._insert_chunk.run([(job_id, upload_id, index, data)])
+        updated = (
+            ArtifactRow.update(upload_id=upload_id)
+            .where(
+                (ArtifactRow.job == job_id)
+                & (ArtifactRow.name == name)
+                & ArtifactRow.upload_id.is_null()
+                & (ArtifactRow.size_bytes == size_bytes)
+                & (ArtifactRow.sha256 == sha256)
+            )
+            .execute()
+        )
+        if updated != 1:
+            raise FailedPrecondition(
+                f"artifact {name!r} of job {job_id!r} changed while its file was imported",
+                field="name",
+            )
+
+    def drop_legacy_artifact(self, changes: Changes, job_id: str, name: str) -> None:
+        """Deletes an artifact of an earlier version whose file is gone."""
+        ArtifactRow.delete().where(
+            (ArtifactRow.job == job_id)
+            & (ArtifactRow.name == name)
+            & ArtifactRow.upload_id.is_null()
+        ).execute()
+
+    def _delete_chunks(self, job_id: str, upload_id: str) -> None:
+        ChunkRow.delete().where(
+            (ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id)
+        ).execute()
 
     # ------------------------------------------------------------------ helpers
 
@@ -1103,6 +1253,15 @@ def _filtered(query: Any, flt: JobFilter) -> Any:
             )
         )
     return query
+
+
+def _discarded(job_id: str, lease_id: str) -> FailedPrecondition:
+    """An upload whose staged chunks a sweep removed: only one under an
+    ended lease is removed, so that is what the worker is told."""
+    return FailedPrecondition(
+        f"lease {lease_id!r} of job {job_id!r} ended during the upload; its bytes were discarded",
+        field="lease_id",
+    )
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
