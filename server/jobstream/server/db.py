@@ -210,10 +210,10 @@ ArtifactRow.add_index(
 
 
 class UploadRow(BaseModel):
-    """An upload in progress: its chunks are stored as they arrive, and
-    this row says they are not an artifact yet. Completing the upload
-    deletes the row; one left behind (server killed, client gone) marks
-    chunks to remove once the lease it was opened under has ended."""
+    """Chunks that are no artifact's bytes: an upload in progress (its
+    chunks are stored as they arrive; completing it deletes this row), or
+    the upload of a replaced artifact, to remove. A row whose lease has
+    ended (server killed, client gone, replaced) marks chunks to remove."""
 
     upload_id = pw.TextField(primary_key=True)
     job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")

@@ -89,6 +89,11 @@ STATS_PERCENTILES = (0.50, 0.95)
 RESULT_COUNTER = {"succeeded": "succeeded", "failed": "failed", "skipped": "skipped"}
 """Which job counter a result item's status increments."""
 
+NO_LEASE = ""
+"""The lease of a job_artifact_upload row whose chunks are to be removed (a
+replaced artifact's, or an upload being discarded). No lease id is empty:
+no upload goes on under it, and the row counts as dead at once."""
+
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Built once: ``json.dumps`` with options builds a new encoder per call,
@@ -882,17 +887,11 @@ class Store:
         """Stores chunk ``index`` of an upload in progress, fenced by the
         lease. The first chunk opens the upload (its job_artifact_upload
         row); later ones count themselves on that row, which fails once a
-        sweep has discarded the upload. On PostgreSQL that UPDATE also locks
-        the row, so a concurrent discard, which deletes the row before the
-        chunks, either waits for this chunk and removes it too, or has
-        already removed the row and this chunk is refused."""
+        discard has marked it (see discard_upload)."""
         self._leased(job_id, lease_id, now)
         if index == 0:
             self._insert_upload.run([(upload_id, job_id, lease_id, 1, now)])
-        elif (
-            UploadRow.update(chunks=index + 1).where(UploadRow.upload_id == upload_id).execute()
-            != 1
-        ):
+        elif not self._upload_open(upload_id, lease_id, chunks=index + 1):
             raise _discarded(job_id, lease_id)
         self._insert_chunk.run([(job_id, upload_id, index, data)])
 
@@ -914,9 +913,9 @@ class Store:
     ) -> tuple[Artifact, int]:
         """Makes upload ``upload_id`` (``staged`` chunks stored before, then
         ``last``, if any, as the next) artifact ``name`` of the leased job,
-        replacing one of the same name and deleting that one's chunks; adds
-        the event and renews the lease. Returns the artifact and the
-        event's seq."""
+        replacing one of the same name (whose chunks are left to the sweep,
+        see dead_uploads); adds the event and renews the lease. Returns the
+        artifact and the event's seq."""
         row = self._leased(job_id, lease_id, now)
         existing = ArtifactRow.select().where(ArtifactRow.job == job_id)
         previous = existing.where(ArtifactRow.name == name).first()
@@ -925,8 +924,10 @@ class Store:
                 f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
                 field="name",
             )
-        if staged and UploadRow.delete().where(UploadRow.upload_id == upload_id).execute() != 1:
-            raise _discarded(job_id, lease_id)
+        if staged:
+            if not self._upload_open(upload_id, lease_id, chunks=staged):
+                raise _discarded(job_id, lease_id)
+            UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
         if last is not None:
             self._insert_chunk.run([(job_id, upload_id, staged, last)])
         if previous is not None:
@@ -934,7 +935,11 @@ class Store:
                 (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
             ).execute()
             if previous.upload_id is not None:
-                self._delete_chunks(job_id, previous.upload_id)
+                # Deleting a large file's chunks here would hold the writer
+                # (SQLite walks every page of a blob to free it: seconds per
+                # 100 MiB); marked as an upload that can never complete, they
+                # are removed by the next sweep in small operations.
+                self._insert_upload.run([(previous.upload_id, job_id, NO_LEASE, 0, now)])
         artifact = Artifact(
             name=name,
             size_bytes=size_bytes,
@@ -950,18 +955,52 @@ class Store:
         ).execute()
         return artifact, seq
 
-    def discard_upload(self, changes: Changes, job_id: str, upload_id: str) -> None:
-        """Removes an upload that will not complete: its row first, then its
-        chunks (see stage_chunk for why in this order)."""
+    def discard_upload(self, changes: Changes, job_id: str, upload_id: str, *, limit: int) -> bool:
+        """Removes up to ``limit`` chunks of an upload that will not complete;
+        True once all are gone, and its row with them.
+
+        The row is marked first (its lease becomes NO_LEASE), so neither
+        stage_chunk nor complete_upload goes on with it. On PostgreSQL that
+        UPDATE takes the row's lock: an upload completing meanwhile on
+        another server (whose clock says its lease is still live) either
+        commits first, and its chunks, now an artifact's bytes, are left
+        alone, or finds the mark and is refused.
+        """
+        marked = UploadRow.update(lease_id=NO_LEASE).where(UploadRow.upload_id == upload_id)
+        if (
+            not marked.execute()
+            and ArtifactRow.select()
+            .where((ArtifactRow.job == job_id) & (ArtifactRow.upload_id == upload_id))
+            .exists()
+        ):
+            return True  # it completed after all (its caller went away meanwhile)
+        first = (
+            ChunkRow.select(ChunkRow.chunk_index)
+            .where((ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id))
+            .order_by(ChunkRow.chunk_index)
+            .limit(limit)
+        )
+        removed = (
+            ChunkRow.delete()
+            .where(
+                (ChunkRow.job == job_id)
+                & (ChunkRow.upload_id == upload_id)
+                & ChunkRow.chunk_index.in_(first)
+            )
+            .execute()
+        )
+        if removed == limit:
+            return False
         UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
-        self._delete_chunks(job_id, upload_id)
+        return True
 
     def dead_uploads(self, now: int, *, limit: int, every: bool) -> list[tuple[str, str]]:
-        """``(job_id, upload_id)`` of uploads in progress that can no longer
-        complete: completing needs the lease they were opened under, and
-        that lease has ended (the job moved on, or the lease expired, which
-        nothing renews). With ``every``, all uploads in progress: right for
-        SQLite at start-up, where no other process can be receiving one."""
+        """``(job_id, upload_id)`` of uploads that can no longer complete:
+        completing needs the lease they were opened under, and that lease
+        has ended (the job moved on, or the lease expired, which nothing
+        renews), or it is NO_LEASE (replaced artifacts, discards under way).
+        With ``every``, all of them: right for SQLite at start-up, where no
+        other process can be receiving an upload."""
         query = UploadRow.select(UploadRow.job, UploadRow.upload_id)
         if not every:
             query = query.join(JobRow, on=UploadRow.job == JobRow.id).where(
@@ -1067,10 +1106,17 @@ class Store:
             & ArtifactRow.upload_id.is_null()
         ).execute()
 
-    def _delete_chunks(self, job_id: str, upload_id: str) -> None:
-        ChunkRow.delete().where(
-            (ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id)
-        ).execute()
+    def _upload_open(self, upload_id: str, lease_id: str, *, chunks: int) -> bool:
+        """Whether the upload's row is still there under its lease (not
+        marked by a discard); records its chunk count. On PostgreSQL the
+        UPDATE locks the row until commit, which orders this against a
+        discard's marking UPDATE on another server."""
+        updated = (
+            UploadRow.update(chunks=chunks)
+            .where((UploadRow.upload_id == upload_id) & (UploadRow.lease_id == lease_id))
+            .execute()
+        )
+        return bool(updated == 1)
 
     # ------------------------------------------------------------------ helpers
 
