@@ -425,7 +425,8 @@ class DeleteResult:
     deleted: bool
     """False when the job did not exist (allow_missing)."""
     removed_paths: tuple[str, ...] = ()
-    """Files and directories removed, relative to the server's data directory."""
+    """Files and directories removed, relative to the server's data directory
+    (artifacts are database rows, deleted with the job, and not listed)."""
     refused_paths: tuple[str, ...] = ()
     """Recorded paths outside the data directory, left untouched."""
 

@@ -546,7 +546,10 @@ class DeleteJobResponse(_message.Message):
     """False when the job did not exist (allow_missing)."""
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Files and directories removed, relative to the data directory."""
+        """Files and directories removed, relative to the data directory: the job's
+        directory and the files recorded for it. Artifacts are not listed: they
+        are rows of the database, deleted with the job.
+        """
 
     @_builtins.property
     def refused_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -796,7 +799,7 @@ class PurgeJobsResponse(_message.Message):
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Files and directories removed, relative to the data directory (up to
-        1000).
+        1000); artifacts are rows of the database and not listed.
         """
 
     @_builtins.property
