@@ -366,6 +366,49 @@ def test_downloads_start_at_any_offset_across_stored_chunks(
         assert _downloaded(bare_server, job.id, "big.bin", offset) == data[offset:], offset
 
 
+def test_an_empty_artifact_has_no_chunks(client: JobClient, bare_server: ServerProcess) -> None:
+    kind = f"art.empty.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    try:
+        lease = raw.acquire(kind)
+        stored = _upload(raw, _header(job.id, lease.lease_id, "empty.txt", b""), [])
+    finally:
+        raw.close()
+    assert stored.artifact.size_bytes == 0
+    assert _staged_rows(bare_server, job.id) == (0, 0)
+    assert _downloaded(bare_server, job.id, "empty.txt") == b""
+
+
+def test_a_download_never_mixes_two_versions(client: JobClient, bare_server: ServerProcess) -> None:
+    kind = f"art.mix.{uuid.uuid4().hex[:8]}"
+    first = content("first version", 24 * 1024 * 1024)
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    received = b""
+    try:
+        lease = raw.acquire(kind, lease_s=60)
+        pieces = [first[i : i + 1024 * 1024] for i in range(0, len(first), 1024 * 1024)]
+        _upload(raw, _header(job.id, lease.lease_id, "out.bin", first), pieces)
+        with grpc.insecure_channel(bare_server.target) as channel:
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            request = job_service_pb2.DownloadArtifactRequest(job_id=job.id, name="out.bin")
+            stream = iter(stub.DownloadArtifact(request, timeout=CALL_DEADLINE_S))
+            assert next(stream).artifact.size_bytes == len(first)
+            # Replaced while the download waits; the sweep then removes the
+            # first version's chunks, most of them not sent yet.
+            _upload(raw, _header(job.id, lease.lease_id, "out.bin", b"v2"), [b"v2"])
+            eventually(lambda: _staged_rows(bare_server, job.id) == (1, 0))
+            with pytest.raises(grpc.RpcError) as cut:
+                for message in stream:
+                    received += message.chunk
+    finally:
+        raw.close()
+    assert cut.value.code() is grpc.StatusCode.ABORTED, cut.value.details()
+    assert (cut.value.details() or "").startswith("name:")
+    assert len(received) < len(first) and received == first[: len(received)]
+
+
 def test_purge_removes_artifacts(
     client: JobClient, worker: Worker, bare_server: ServerProcess, tmp_path: Path
 ) -> None:
