@@ -147,11 +147,12 @@ class Artifacts:
         """The artifact's metadata, then its bytes from ``offset``.
 
         The upload holding the bytes is looked up once, with the metadata,
-        so every byte sent belongs to the file the metadata describes. A
-        re-upload under the same name while this runs deletes those chunks,
-        and the download ends with ABORTED rather than going on with another
-        file's bytes. A download resumed after such a replacement gets the
-        new file's tail; the sha256 in the metadata lets the client notice.
+        so every byte sent belongs to the file the metadata describes. Once
+        a re-upload under the same name has replaced it, the next sweep
+        removes those chunks, and the download ends with ABORTED rather than
+        going on with another file's bytes. A download resumed after such a
+        replacement gets the new file's tail; the sha256 in the metadata
+        lets the client notice.
         """
         service = self.service
         artifact, upload_id = await service.read(service.store.get_artifact, job_id, name)
@@ -185,9 +186,9 @@ class Artifacts:
             skip = 0
 
     async def discard_dead_uploads(self, *, every: bool = False) -> int:
-        """Removes the staged chunks of uploads that can no longer complete
-        (see Store.dead_uploads; ``every``: all uploads in progress, for
-        SQLite at start-up); returns how many uploads were discarded."""
+        """Removes the chunks of uploads that can no longer complete (cut
+        off, or replaced artifacts'; see Store.dead_uploads; ``every``: all
+        of them, for SQLite at start-up); returns how many were discarded."""
         service = self.service
         store = service.store
         discarded = 0

@@ -966,14 +966,17 @@ class Store:
         commits first, and its chunks, now an artifact's bytes, are left
         alone, or finds the mark and is refused.
         """
-        marked = UploadRow.update(lease_id=NO_LEASE).where(UploadRow.upload_id == upload_id)
+        UploadRow.update(lease_id=NO_LEASE).where(UploadRow.upload_id == upload_id).execute()
+        # Looked for after the mark: on PostgreSQL a completion that held the
+        # row's lock has committed by now, and its artifact row is visible.
         if (
-            not marked.execute()
-            and ArtifactRow.select()
+            ArtifactRow.select()
             .where((ArtifactRow.job == job_id) & (ArtifactRow.upload_id == upload_id))
             .exists()
         ):
-            return True  # it completed after all (its caller went away meanwhile)
+            # It completed after all (its caller went away meanwhile).
+            UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
+            return True
         first = (
             ChunkRow.select(ChunkRow.chunk_index)
             .where((ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id))
