@@ -42,9 +42,10 @@ DISCARD_BATCH = 100
 
 DISCARD_CHUNKS = 4
 """Chunks removed per writer operation while discarding an upload. SQLite
-reads every page of a blob to free it (measured: 2.5 to 4 s per 200 MiB on
-a busy 2-core machine), so removing a large upload at once would hold up
-every other write; 4 MiB at a time lets them through."""
+reads every page of a blob to free it (measured on a busy 2-core machine:
+2.5 to 3.8 s per 200 MiB with sqlite3 alone, 3 to 7 s for a job delete
+through the server), so removing a large upload at once would hold up every
+other write; 4 MiB at a time kept submits at p99 under 0.35 s meanwhile."""
 
 
 class Artifacts:
