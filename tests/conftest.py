@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,25 @@ class ServerProcess:
     def db_path(self) -> Path:
         """The SQLite file."""
         return self.data_dir / "jobstream.db"
+
+    @property
+    def db_url(self) -> str | None:
+        """The PostgreSQL URL given with ``--db``; None for the SQLite file."""
+        args = list(self.extra_args)
+        return args[args.index("--db") + 1] if "--db" in args else None
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the server's database (its SQLite
+        file, or the PostgreSQL schema of ``--db``); ``?`` marks parameters
+        on both."""
+        url = self.db_url
+        if url is None:
+            with closing(sqlite3.connect(self.db_path)) as conn:
+                return list(conn.execute(query, params).fetchall())
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as pg:
+            return list(pg.execute(query.replace("?", "%s"), params).fetchall())
 
     def start(self) -> ServerProcess:
         """Starts the server (on its previous port after a restart) and waits

@@ -118,6 +118,23 @@ def worker(bare_server: ServerProcess) -> Iterator[Worker]:
         yield w
 
 
+def _staged_rows(server: ServerProcess, job_id: str) -> tuple[int, int]:
+    """Chunk rows and open-upload rows stored for the job."""
+    [(chunks,)] = server.sql("SELECT count(*) FROM job_artifact_chunk WHERE job_id = ?", job_id)
+    [(uploads,)] = server.sql("SELECT count(*) FROM job_artifact_upload WHERE job_id = ?", job_id)
+    return int(chunks), int(uploads)
+
+
+def _downloaded(server: ServerProcess, job_id: str, name: str, offset: int = 0) -> bytes:
+    """The bytes a raw DownloadArtifact sends from ``offset``."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        request = job_service_pb2.DownloadArtifactRequest(job_id=job_id, name=name, offset=offset)
+        messages = list(stub.DownloadArtifact(request, timeout=CALL_DEADLINE_S))
+    assert messages[0].HasField("artifact")
+    return b"".join(m.chunk for m in messages[1:])
+
+
 def run_job(client: JobClient, kind: str, **params: Any) -> str:
     """Submits a job for the test worker and waits until it ends."""
     job = client.submit(kind, params)
@@ -142,9 +159,9 @@ def test_upload_list_download_and_event(
         digest,
     )
     assert artifact.content_type == "application/octet-stream" and artifact.attempt == 1
-    stored = bare_server.data_dir / "artifacts" / job_id / "out.bin"
-    assert stored.read_bytes() == expected
-    assert [p.name for p in stored.parent.iterdir()] == ["out.bin"]  # no temp files left
+    # The bytes are rows of the database (one chunk here), not files.
+    assert _staged_rows(bare_server, job_id) == (1, 0)
+    assert not (bare_server.data_dir / "artifacts").exists()
 
     events = [e for e in client.watch(job_id) if isinstance(e, JobEvent)]
     kinds = [(e.log.text if e.log else None, e.artifact_added) for e in events]
@@ -253,7 +270,6 @@ def test_uploads_are_checked_and_replace_by_name(
     kind = f"art.raw.{uuid.uuid4().hex[:8]}"
     job = client.submit(kind)
     raw = RawWorker(bare_server.target)
-    directory = bare_server.data_dir / "artifacts" / job.id
     try:
         lease = raw.acquire(kind)
         data = b"first version"
@@ -290,7 +306,7 @@ def test_uploads_are_checked_and_replace_by_name(
             )
         assert (no_header.value.details() or "").startswith("header:")
         assert client.artifacts(job.id) == []
-        assert not directory.exists() or list(directory.iterdir()) == []
+        assert _staged_rows(bare_server, job.id) == (0, 0)  # refused uploads left nothing
 
         first = _upload(raw, header, [data[:5], data[5:]])
         second_data = b"second, longer version"
@@ -300,7 +316,9 @@ def test_uploads_are_checked_and_replace_by_name(
         assert second.seq == first.seq + 1
         [artifact] = client.artifacts(job.id)
         assert artifact.size_bytes == len(second_data)
-        assert (directory / "out.txt").read_bytes() == second_data
+        assert _downloaded(bare_server, job.id, "out.txt") == second_data
+        # The first version's chunk goes with the next sweep.
+        eventually(lambda: _staged_rows(bare_server, job.id) == (1, 0))
 
         raw.finish(job.id, lease.lease_id)
         stale = refused(
@@ -309,7 +327,8 @@ def test_uploads_are_checked_and_replace_by_name(
             grpc.StatusCode.FAILED_PRECONDITION,
         )
         assert stale.startswith("lease_id:")
-        assert sorted(p.name for p in directory.iterdir()) == ["out.txt"]
+        assert [a.name for a in client.artifacts(job.id)] == ["out.txt"]
+        assert _staged_rows(bare_server, job.id) == (1, 0)
     finally:
         raw.close()
 
@@ -322,20 +341,82 @@ def test_uploads_are_checked_and_replace_by_name(
     assert (beyond.value.details() or "").startswith("offset:")
 
     result = client.delete(job.id)
-    assert f"artifacts/{job.id}" in result.removed_paths
-    assert not directory.exists()
+    assert result.deleted and result.removed_paths == ()  # rows, not files
+    assert _staged_rows(bare_server, job.id) == (0, 0)
+
+
+def test_downloads_start_at_any_offset_across_stored_chunks(
+    client: JobClient, bare_server: ServerProcess
+) -> None:
+    mib = 1024 * 1024
+    data = content("chunks", 2 * mib + 4321)
+    kind = f"art.offsets.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    try:
+        lease = raw.acquire(kind)
+        # Pieces that straddle the stored chunks' boundaries.
+        pieces = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+        _upload(raw, _header(job.id, lease.lease_id, "big.bin", data), pieces)
+        raw.finish(job.id, lease.lease_id)
+    finally:
+        raw.close()
+    assert _staged_rows(bare_server, job.id) == (3, 0)  # 1 MiB, 1 MiB, the rest
+    for offset in (0, 1, mib - 1, mib, mib + 1, 2 * mib, len(data) - 1, len(data)):
+        assert _downloaded(bare_server, job.id, "big.bin", offset) == data[offset:], offset
+
+
+def test_an_empty_artifact_has_no_chunks(client: JobClient, bare_server: ServerProcess) -> None:
+    kind = f"art.empty.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    try:
+        lease = raw.acquire(kind)
+        stored = _upload(raw, _header(job.id, lease.lease_id, "empty.txt", b""), [])
+    finally:
+        raw.close()
+    assert stored.artifact.size_bytes == 0
+    assert _staged_rows(bare_server, job.id) == (0, 0)
+    assert _downloaded(bare_server, job.id, "empty.txt") == b""
+
+
+def test_a_download_never_mixes_two_versions(client: JobClient, bare_server: ServerProcess) -> None:
+    kind = f"art.mix.{uuid.uuid4().hex[:8]}"
+    first = content("first version", 24 * 1024 * 1024)
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    received = b""
+    try:
+        lease = raw.acquire(kind, lease_s=60)
+        pieces = [first[i : i + 1024 * 1024] for i in range(0, len(first), 1024 * 1024)]
+        _upload(raw, _header(job.id, lease.lease_id, "out.bin", first), pieces)
+        with grpc.insecure_channel(bare_server.target) as channel:
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            request = job_service_pb2.DownloadArtifactRequest(job_id=job.id, name="out.bin")
+            stream = iter(stub.DownloadArtifact(request, timeout=CALL_DEADLINE_S))
+            assert next(stream).artifact.size_bytes == len(first)
+            # Replaced while the download waits; the sweep then removes the
+            # first version's chunks, most of them not sent yet.
+            _upload(raw, _header(job.id, lease.lease_id, "out.bin", b"v2"), [b"v2"])
+            eventually(lambda: _staged_rows(bare_server, job.id) == (1, 0))
+            with pytest.raises(grpc.RpcError) as cut:
+                for message in stream:
+                    received += message.chunk
+    finally:
+        raw.close()
+    assert cut.value.code() is grpc.StatusCode.ABORTED, cut.value.details()
+    assert (cut.value.details() or "").startswith("name:")
+    assert len(received) < len(first) and received == first[: len(received)]
 
 
 def test_purge_removes_artifacts(
     client: JobClient, worker: Worker, bare_server: ServerProcess, tmp_path: Path
 ) -> None:
     job_id = run_job(client, "art.sync", dir=str(tmp_path), size=10)
-    directory = bare_server.data_dir / "artifacts" / job_id
-    assert directory.is_dir()
+    assert _staged_rows(bare_server, job_id) == (1, 0)
     result = client.purge(older_than=timedelta(0), kinds=["art.sync"])
     assert job_id in result.job_ids
-    assert f"artifacts/{job_id}" in result.removed_paths
-    assert not directory.exists()
+    assert _staged_rows(bare_server, job_id) == (0, 0)
 
 
 def test_artifact_limits_are_configurable(start_server: Callable[..., ServerProcess]) -> None:
@@ -358,3 +439,46 @@ def test_artifact_limits_are_configurable(start_server: Callable[..., ServerProc
             assert [a.name for a in c.artifacts(job.id)] == ["one.bin"]
         finally:
             raw.close()
+
+
+def test_an_upload_cut_off_by_kill_leaves_nothing_after_restart(
+    start_server: Callable[..., ServerProcess], module_db_args: tuple[str, ...]
+) -> None:
+    server = start_server(extra_args=module_db_args)
+    kind = f"art.kill.{uuid.uuid4().hex[:8]}"
+    data = content("killed", 3 * 1024 * 1024)
+    pieces = [data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024)]
+    with JobClient(server.target) as c:
+        job = c.submit(kind)
+        raw = RawWorker(server.target)
+        never = threading.Event()
+        try:
+            lease = raw.acquire(kind)
+
+            def messages() -> Iterator[worker_service_pb2.UploadArtifactRequest]:
+                yield worker_service_pb2.UploadArtifactRequest(
+                    header=_header(job.id, lease.lease_id, "cut.bin", data)
+                )
+                for piece in pieces[:8]:  # 2 of 3 MiB, then the sender stalls
+                    yield worker_service_pb2.UploadArtifactRequest(chunk=piece)
+                never.wait(CALL_DEADLINE_S)
+
+            upload = raw.stub.UploadArtifact.future(messages(), timeout=CALL_DEADLINE_S)
+            eventually(lambda: _staged_rows(server, job.id)[0] >= 1)
+            server.kill()
+            with pytest.raises(grpc.RpcError):
+                upload.result(timeout=CALL_DEADLINE_S)
+        finally:
+            never.set()
+            raw.close()
+        server.restart()
+        if server.db_url is None:
+            # One server per SQLite file: every staged upload is dead at
+            # start-up, and is gone before the server serves.
+            assert _staged_rows(server, job.id) == (0, 0)
+        else:
+            # Another server might be receiving it: it goes once its lease
+            # has ended (2 s here) and a sweep runs.
+            eventually(lambda: _staged_rows(server, job.id) == (0, 0), timeout=CALL_DEADLINE_S)
+        assert c.artifacts(job.id) == []
+    assert list(server.data_dir.rglob(".upload-*")) == []

@@ -3,21 +3,25 @@ here needs PostgreSQL; in CI an unreachable database fails them."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
+import grpc
 import psycopg
 import pytest
 from conftest import POSTGRES_URL, ServerProcess
 from helpers import RawWorker, eventually, job_in, stored_events
 
-from jobstream.client import JobChange, JobClient, JobEvent, JobState
+from jobstream.client import JobChange, JobClient, JobEvent, JobState, NotFoundError
 from jobstream.server.db import open_database
 from jobstream.server.domain import Changes, now_us
 from jobstream.server.store import Store
+from jobstream.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -229,3 +233,92 @@ def _take(client: JobClient, n: int) -> list[JobChange]:
         if change.caught_up:
             return out
     return out
+
+
+ARTIFACT_BYTES = 3 * 1024 * 1024 + 12_345
+"""Several stored chunks (1 MiB each) and a short last one."""
+
+UPLOAD_PIECE = 256 * 1024
+"""Bytes per UploadArtifact chunk message, as the client's Worker sends them."""
+
+PAUSE_AFTER = 6
+"""Upload messages (1.5 MiB) sent before the upload pauses for B's restart."""
+
+
+def _staged(server: ServerProcess, job_id: str) -> int:
+    """Chunk rows stored for the job, whichever upload they belong to."""
+    [(n,)] = server.sql("SELECT count(*) FROM job_artifact_chunk WHERE job_id = ?", job_id)
+    return int(n)
+
+
+def test_artifacts_are_served_listed_and_deleted_by_every_server(
+    cluster: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    a = cluster("a")
+    b = cluster("b")
+    data = (hashlib.sha256(b"cluster").digest() * (ARTIFACT_BYTES // 32 + 1))[:ARTIFACT_BYTES]
+    digest = hashlib.sha256(data).hexdigest()
+    pieces = [data[i : i + UPLOAD_PIECE] for i in range(0, len(data), UPLOAD_PIECE)]
+    with JobClient(a.target) as on_a, JobClient(b.target) as on_b:
+        job = on_a.submit("cluster.artifact")
+        raw = RawWorker(a.target)
+        try:
+            lease = raw.acquire("cluster.artifact", lease_s=60)
+            header = worker_service_pb2.ArtifactHeader(
+                job_id=job.id,
+                lease_id=lease.lease_id,
+                name="out.bin",
+                size_bytes=len(data),
+                sha256=digest,
+            )
+            resume = threading.Event()
+
+            def messages() -> Iterator[worker_service_pb2.UploadArtifactRequest]:
+                yield worker_service_pb2.UploadArtifactRequest(header=header)
+                for n, piece in enumerate(pieces):
+                    if n == PAUSE_AFTER:
+                        resume.wait(60)
+                    yield worker_service_pb2.UploadArtifactRequest(chunk=piece)
+
+            upload = raw.stub.UploadArtifact.future(messages(), timeout=90)
+            eventually(lambda: _staged(a, job.id))
+            # B starting (and sweeping) while A still receives the upload:
+            # another server's upload in progress is not B's to clean up.
+            b.kill()
+            b.restart()
+            assert _staged(a, job.id) > 0
+            assert on_b.artifacts(job.id) == []  # staged bytes are no artifact yet
+            resume.set()
+            stored = upload.result(timeout=60)
+            raw.finish(job.id, lease.lease_id)
+        finally:
+            resume.set()
+            raw.close()
+        assert stored.artifact.sha256 == digest
+
+        [listed] = on_b.artifacts(job.id)
+        assert (listed.name, listed.size_bytes, listed.sha256) == ("out.bin", len(data), digest)
+        full = tmp_path / "full.bin"
+        assert on_b.download(job.id, "out.bin", full) == listed  # checks the sha256 too
+        assert full.read_bytes() == data
+        partial = tmp_path / "partial.bin"
+        partial.write_bytes(data[: 1024 * 1024 + 7])  # resumes inside the second chunk
+        on_b.download(job.id, "out.bin", partial, resume=True)
+        assert partial.read_bytes() == data
+        with grpc.insecure_channel(b.target) as channel:
+            stub = job_service_pb2_grpc.JobServiceStub(channel)
+            request = job_service_pb2.DownloadArtifactRequest(
+                job_id=job.id, name="out.bin", offset=2 * 1024 * 1024
+            )
+            tail = b"".join(m.chunk for m in stub.DownloadArtifact(request, timeout=30))
+        assert tail == data[2 * 1024 * 1024 :]
+
+        deleted = on_b.delete(job.id)
+        assert deleted.deleted
+        with pytest.raises(NotFoundError):
+            on_a.artifacts(job.id)
+        with pytest.raises(NotFoundError):
+            on_a.download(job.id, "out.bin", tmp_path / "gone.bin")
+    assert _staged(a, job.id) == 0
+    assert a.sql("SELECT count(*) FROM job_artifact_upload WHERE job_id = ?", job.id) == [(0,)]
+    assert not (a.data_dir / "artifacts").exists()

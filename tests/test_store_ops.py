@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from jobstream.server.db import ArtifactRow, open_database
+from jobstream.server.db import ArtifactRow, ChunkRow, UploadRow, open_database
 from jobstream.server.domain import (
     Changes,
     Finish,
@@ -134,32 +134,164 @@ def test_artifacts_replace_by_name_respect_the_limit_and_cascade(store: Store) -
     )
 
     def add(name: str, size: int) -> int:
+        """An upload of two chunks: one staged, the last with completion."""
+        upload_id = f"up-{name}-{size}"
+        write(
+            store,
+            lambda c: store.stage_chunk(
+                c, job.id, lease.lease_id, upload_id, index=0, data=b"x" * size, now=t0
+            ),
+        )
         _, seq = write(
             store,
-            lambda c: store.add_artifact(
+            lambda c: store.complete_upload(
                 c,
                 job.id,
                 lease.lease_id,
+                upload_id,
+                staged=1,
+                last=b"y",
                 name=name,
-                size_bytes=size,
+                size_bytes=size + 1,
                 sha256="0" * 64,
                 content_type="",
                 max_per_job=2,
                 now=t0,
             ),
         )
-        return seq
+        return int(seq)
+
+    def chunks() -> list[tuple[str, int]]:
+        query = ChunkRow.select(ChunkRow.upload_id, ChunkRow.chunk_index).where(
+            ChunkRow.job == job.id
+        )
+        return sorted((r.upload_id, r.chunk_index) for r in query)
 
     first = add("a.txt", 1)
     assert add("b.txt", 2) == first + 1
     assert add("a.txt", 3) == first + 2  # a replacement is within the limit
+    # The replaced upload's chunks are marked for the sweep, which removes
+    # them a few per operation.
+    assert store.dead_uploads(t0, limit=10, every=False) == [(job.id, "up-a.txt-1")]
+    done = [write(store, lambda c: store.discard_upload(c, job.id, "up-a.txt-1", limit=1))]
+    while not done[-1]:
+        done.append(write(store, lambda c: store.discard_upload(c, job.id, "up-a.txt-1", limit=1)))
+    assert done == [False, False, True]  # a chunk per operation, then the row
+    assert store.dead_uploads(t0, limit=10, every=True) == []
+    assert chunks() == [("up-a.txt-3", 0), ("up-a.txt-3", 1), ("up-b.txt-2", 0), ("up-b.txt-2", 1)]
     with pytest.raises(ResourceExhausted):
         add("c.txt", 4)
     assert [(a.name, a.size_bytes) for a in store.list_artifacts(job.id)] == [
-        ("a.txt", 3),
-        ("b.txt", 2),
+        ("a.txt", 4),
+        ("b.txt", 3),
     ]
+    artifact, upload_id = store.get_artifact(job.id, "a.txt")
+    assert (artifact.size_bytes, upload_id) == (4, "up-a.txt-3")
+    assert store.read_chunk(job.id, "up-a.txt-3", 0) == b"xxx"
+    assert store.read_chunk(job.id, "up-a.txt-3", 1) == b"y"
+    assert store.read_chunk(job.id, "up-a.txt-3", 2) is None
     with pytest.raises(NotFound):
         store.get_artifact(job.id, "c.txt")
+    # The refused c.txt left its staged chunk: the worker's server discards
+    # it, or a sweep does once the lease has ended.
+    assert store.dead_uploads(t0, limit=10, every=False) == []
+    assert store.dead_uploads(t0, limit=10, every=True) == [(job.id, "up-c.txt-4")]
     write(store, lambda c: store.delete(c, job.id, force=True, allow_missing=False))
     assert ArtifactRow.select().where(ArtifactRow.job == job.id).count() == 0
+    assert chunks() == []
+    assert UploadRow.select().where(UploadRow.job == job.id).count() == 0
+
+
+def test_uploads_under_an_ended_lease_are_dead_and_refused(store: Store) -> None:
+    t0 = now_us()
+    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="d")], t0))
+    lease: Any = write(
+        store,
+        lambda c: store.acquire(
+            c, worker_id="w", kinds=["d"], queues=["default"], lease_us=SECOND, now=t0
+        ),
+    )
+
+    def stage(index: int, now: int) -> None:
+        write(
+            store,
+            lambda c: store.stage_chunk(
+                c, job.id, lease.lease_id, "u1", index=index, data=b"z", now=now
+            ),
+        )
+
+    stage(0, t0)
+    assert store.dead_uploads(t0, limit=10, every=False) == []
+    # Past the lease's expiry nothing renews it, so the upload is dead even
+    # before a sweep moves the job on.
+    assert store.dead_uploads(t0 + 2 * SECOND, limit=10, every=False) == [(job.id, "u1")]
+    assert write(store, lambda c: store.discard_upload(c, job.id, "u1", limit=4))
+    assert ChunkRow.select().where(ChunkRow.job == job.id).count() == 0
+    with pytest.raises(FailedPrecondition) as discarded:
+        stage(1, t0)  # the lease is live, but the upload is gone
+    assert discarded.value.field == "lease_id"
+    with pytest.raises(FailedPrecondition):
+        stage(0, t0 + 2 * SECOND)  # an expired lease stages nothing
+    assert store.dead_uploads(t0, limit=10, every=True) == []
+
+
+def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> None:
+    t0 = now_us()
+    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="m")], t0))
+    lease: Any = write(
+        store,
+        lambda c: store.acquire(
+            c, worker_id="w", kinds=["m"], queues=["default"], lease_us=LONG_LEASE_US, now=t0
+        ),
+    )
+
+    def stage(upload_id: str, index: int) -> None:
+        write(
+            store,
+            lambda c: store.stage_chunk(
+                c, job.id, lease.lease_id, upload_id, index=index, data=b"q", now=t0
+            ),
+        )
+
+    def complete(upload_id: str, name: str) -> None:
+        write(
+            store,
+            lambda c: store.complete_upload(
+                c,
+                job.id,
+                lease.lease_id,
+                upload_id,
+                staged=1,
+                last=b"r",
+                name=name,
+                size_bytes=2,
+                sha256="0" * 64,
+                content_type="",
+                max_per_job=10,
+                now=t0,
+            ),
+        )
+
+    def discard(upload_id: str, limit: int) -> bool:
+        return write(store, lambda c: store.discard_upload(c, job.id, upload_id, limit=limit))
+
+    # A discard under way (another server's sweep, whose clock says the
+    # lease ended) stops the upload: no more chunks, no completion.
+    stage("u2", 0)
+    assert not discard("u2", 0)  # marked, nothing removed yet
+    assert store.dead_uploads(t0, limit=10, every=False) == [(job.id, "u2")]
+    with pytest.raises(FailedPrecondition):
+        stage("u2", 1)
+    with pytest.raises(FailedPrecondition):
+        complete("u2", "late.bin")
+    assert discard("u2", 4)
+    assert store.list_artifacts(job.id) == []
+
+    # An upload that completed after all (its caller went away while the
+    # completion committed, then discarded): its chunks are the artifact's.
+    stage("u3", 0)
+    complete("u3", "kept.bin")
+    assert discard("u3", 4)
+    _, upload_id = store.get_artifact(job.id, "kept.bin")
+    assert [store.read_chunk(job.id, "u3", i) for i in (0, 1)] == [b"q", b"r"]
+    assert upload_id == "u3"

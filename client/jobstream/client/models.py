@@ -438,7 +438,8 @@ class DeleteResult:
     """False when the job did not exist (allow_missing)."""
     removed_paths: tuple[str, ...] = ()
     """Files and directories removed, relative to the server's data directory
-    (absolute under one of its output roots)."""
+    (absolute under one of its output roots); artifacts are database rows,
+    deleted with the job, and not listed."""
     refused_paths: tuple[str, ...] = ()
     """Recorded paths the job did not own (outside its own directories, or
     the database), left untouched."""

@@ -640,8 +640,9 @@ Global___ResultItem: _TypeAlias = ResultItem  # noqa: Y015
 
 @_typing.final
 class Artifact(_message.Message):
-    """Artifact is a named output file of a job, stored by the server under
-    data/artifacts/<job id>/ and removed with the job.
+    """Artifact is a named output file of a job. Its bytes are stored in the
+    server's database, so every server sharing the database serves it; it is
+    deleted with the job.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

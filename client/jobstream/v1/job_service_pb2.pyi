@@ -551,7 +551,9 @@ class DeleteJobResponse(_message.Message):
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Files and directories removed, relative to the data directory (absolute
-        under an output root).
+        under an output root): the job's directories and the files recorded for
+        it. Artifacts are not listed: they are rows of the database, deleted with
+        the job.
         """
 
     @_builtins.property
@@ -806,7 +808,8 @@ class PurgeJobsResponse(_message.Message):
     @_builtins.property
     def removed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Files and directories removed, relative to the data directory (absolute
-        under an output root; up to 1000).
+        under an output root; up to 1000); artifacts are rows of the database
+        and not listed.
         """
 
     @_builtins.property

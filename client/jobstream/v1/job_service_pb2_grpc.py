@@ -174,7 +174,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Deletes a job, its events, steps, results and files.
+        """Deletes a job, its events, steps, results, artifacts and files.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,7 +233,8 @@ class JobServiceServicer:
 
     def DownloadArtifact(self, request, context):
         """Streams one artifact: its metadata first, then its bytes in chunks from
-        the requested offset (to resume an interrupted download).
+        the requested offset (to resume an interrupted download). ABORTED when
+        the artifact is replaced or deleted while it is being sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

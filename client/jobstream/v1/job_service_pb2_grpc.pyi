@@ -61,7 +61,7 @@ class JobServiceStub:
     ends CANCELLED when its worker stops.
     """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]
-    """Deletes a job, its events, steps, results and files."""
+    """Deletes a job, its events, steps, results, artifacts and files."""
     GetJobLogs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]
     """Returns a page of a job's log lines, oldest first."""
     ListJobResults: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]
@@ -89,7 +89,8 @@ class JobServiceStub:
     """Lists a job's artifacts, by name."""
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_job_service_pb2.DownloadArtifactRequest, _job_service_pb2.DownloadArtifactResponse]
     """Streams one artifact: its metadata first, then its bytes in chunks from
-    the requested offset (to resume an interrupted download).
+    the requested offset (to resume an interrupted download). ABORTED when
+    the artifact is replaced or deleted while it is being sent.
     """
 
 @_typing.type_check_only
@@ -125,7 +126,7 @@ class JobServiceAsyncStub(JobServiceStub):
     ends CANCELLED when its worker stops.
     """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]  # type: ignore[assignment]
-    """Deletes a job, its events, steps, results and files."""
+    """Deletes a job, its events, steps, results, artifacts and files."""
     GetJobLogs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]  # type: ignore[assignment]
     """Returns a page of a job's log lines, oldest first."""
     ListJobResults: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]  # type: ignore[assignment]
@@ -153,7 +154,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """Lists a job's artifacts, by name."""
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_job_service_pb2.DownloadArtifactRequest, _job_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Streams one artifact: its metadata first, then its bytes in chunks from
-    the requested offset (to resume an interrupted download).
+    the requested offset (to resume an interrupted download). ABORTED when
+    the artifact is replaced or deleted while it is being sent.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -234,7 +236,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.DeleteJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.DeleteJobResponse, _abc.Awaitable[_job_service_pb2.DeleteJobResponse]]:
-        """Deletes a job, its events, steps, results and files."""
+        """Deletes a job, its events, steps, results, artifacts and files."""
 
     @_abc_1.abstractmethod
     def GetJobLogs(
@@ -304,7 +306,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_job_service_pb2.DownloadArtifactResponse]]:
         """Streams one artifact: its metadata first, then its bytes in chunks from
-        the requested offset (to resume an interrupted download).
+        the requested offset (to resume an interrupted download). ABORTED when
+        the artifact is replaced or deleted while it is being sent.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,13 +21,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from jobstream.server import limits, logs, tls
+from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import is_sqlite, open_database
 from jobstream.server.domain import now_us
-from jobstream.server.files import JOBS_DIR, FileRoots
+from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
+from jobstream.server.legacy_artifacts import import_legacy_artifacts
 from jobstream.server.logs import LogContextInterceptor
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, retention_loop
@@ -165,6 +167,7 @@ async def serve(
     if is_sqlite(db):
         while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
             pass
+    await _prepare_artifacts(service, sole_server=is_sqlite(db))
     await server.start()
     # Per-service statuses too: health probes (grpc_health_probe -service,
     # Kubernetes grpc probes) commonly ask for a service by name.
@@ -249,13 +252,46 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
             loop.add_signal_handler(sig, on_signal)
 
 
+async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None:
+    """Before serving: imports the artifact files of earlier versions, and
+    discards uploads cut off by a crash. With SQLite (``sole_server``) no
+    other process can be receiving an upload, so every one staged is dead;
+    with PostgreSQL only those whose lease has ended are."""
+    outcome = await import_legacy_artifacts(service, sole_server=sole_server)
+    if outcome.imported:
+        log.info(
+            "imported %d artifact files (%d bytes) of an earlier version into the database",
+            outcome.imported,
+            outcome.imported_bytes,
+        )
+    if outcome.elsewhere:
+        log.info(
+            "%d artifacts of an earlier version are files of another server; "
+            "they are imported when that server starts",
+            outcome.elsewhere,
+        )
+    if outcome.unreferenced:
+        log.warning(
+            "%s holds %d files no artifact needs (interrupted uploads, deleted jobs' files "
+            "of an earlier version); artifacts live in the database now, so they can be removed",
+            service.data_dir / ARTIFACTS_DIR,
+            outcome.unreferenced,
+        )
+    discarded = await Artifacts(service).discard_dead_uploads(every=sole_server)
+    if discarded:
+        log.info("discarded %d uploads cut off before they completed", discarded)
+
+
 async def _sweep(service: JobsService, interval: float, metrics: Metrics) -> None:
-    """Rescues jobs whose lease ran out, forever."""
+    """Rescues jobs whose lease ran out, and removes the chunks of uploads
+    that can no longer complete, forever."""
+    artifacts = Artifacts(service)
     while True:
         await asyncio.sleep(interval)
         try:
             while expired := await service.expire_leases():
                 metrics.lease_expiries.inc(expired)
+            await artifacts.discard_dead_uploads()
         except Exception:
             log.exception("lease sweep failed; will retry")
 

@@ -198,8 +198,8 @@ JobRow.add_index(JobRow.index(JobRow.state, JobRow.end_time))
 
 
 class ArtifactRow(BaseModel):
-    """One named output file of a job; the bytes live under
-    data/artifacts/<job id>/<name>."""
+    """One named output file of a job; its bytes are the chunks
+    (ChunkRow) of upload ``upload_id``."""
 
     job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
     name = pw.TextField()
@@ -208,6 +208,9 @@ class ArtifactRow(BaseModel):
     content_type = pw.TextField(default="")
     create_time = pw.BigIntegerField()
     attempt = pw.IntegerField(default=0)
+    upload_id = pw.TextField(null=True)
+    """NULL only for an artifact an earlier version stored as a file and
+    not yet imported (see legacy_artifacts.py)."""
 
     class Meta:
         table_name = "job_artifact"
@@ -236,6 +239,48 @@ class ResultRow(BaseModel):
         indexes = ((("job", "seq"), True),)
 
 
+# Start-up finds the artifacts still to import without a scan (migration
+# 0007): the index holds only those rows, so it is empty once they are in.
+ArtifactRow.add_index(
+    ArtifactRow.index(
+        ArtifactRow.job,
+        ArtifactRow.name,
+        name="job_artifact_legacy",
+        where=ArtifactRow.upload_id.is_null(),
+    )
+)
+
+
+class UploadRow(BaseModel):
+    """Chunks that are no artifact's bytes: an upload in progress (its
+    chunks are stored as they arrive; completing it deletes this row), or
+    the upload of a replaced artifact, to remove. A row whose lease has
+    ended (server killed, client gone, replaced) marks chunks to remove."""
+
+    upload_id = pw.TextField(primary_key=True)
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    lease_id = pw.TextField()
+    chunks = pw.IntegerField(default=0)
+    create_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "job_artifact_upload"
+
+
+class ChunkRow(BaseModel):
+    """A piece of an upload's bytes: chunk ``chunk_index`` of upload
+    ``upload_id`` (artifacts.CHUNK_BYTES each, the last one shorter)."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
+    upload_id = pw.TextField()
+    chunk_index = pw.IntegerField()
+    data = pw.BlobField()
+
+    class Meta:
+        table_name = "job_artifact_chunk"
+        primary_key = pw.CompositeKey("job", "upload_id", "chunk_index")
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     JobRow,
     LabelRow,
@@ -244,6 +289,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     ChangeRow,
     ArtifactRow,
     ResultRow,
+    UploadRow,
+    ChunkRow,
 )
 
 

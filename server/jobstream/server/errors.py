@@ -50,6 +50,12 @@ class OutOfRange(ServiceError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
+class Aborted(ServiceError):
+    """The call lost a race with a concurrent change; starting it again may succeed."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class ResourceExhausted(ServiceError):
     """A configured limit was reached."""
 

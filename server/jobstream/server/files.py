@@ -24,7 +24,9 @@ JOBS_DIR = "jobs"
 """The folder of per-job directories under the data directory."""
 
 ARTIFACTS_DIR = "artifacts"
-"""The folder of per-job artifact directories under the data directory."""
+"""The folder where versions before artifacts moved into the database kept
+each job's artifact files (``artifacts/<id>/``); a job's leftover folder
+there is still removed with it."""
 
 DATABASE_SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 """A SQLite database is its file and these side files beside it: removing
@@ -66,7 +68,7 @@ class FileRoots:
         return tuple(root.resolve() / job_id for root in roots)
 
     def artifact_dir(self, job_id: str) -> Path:
-        """Where the job's artifacts live under the data directory."""
+        """Where older versions kept the job's artifact files."""
         return artifact_dir(self.data_dir, job_id)
 
     def shown(self, target: Path) -> str:
@@ -143,7 +145,7 @@ def check_recorded(roots: FileRoots, job_id: str, raw: str) -> Checked:
 
 
 def artifact_dir(data_dir: Path, job_id: str) -> Path:
-    """Where a job's artifacts live under the data directory."""
+    """Where older versions kept a job's artifact files."""
     return data_dir / ARTIFACTS_DIR / job_id
 
 

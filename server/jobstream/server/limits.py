@@ -97,7 +97,7 @@ MAX_SEQ = 2**62
 
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """Artifact names: a plain file name (no path separators, no leading dot), so
-data/artifacts/<job>/<name> can never point elsewhere."""
+a client saving a download under its name writes where it means to."""
 
 MAX_ARTIFACT_BYTES = 1024**3
 """Bytes in one artifact."""

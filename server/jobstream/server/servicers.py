@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from jobstream.server import convert, limits, validation
-from jobstream.server.artifacts import ArtifactFiles
+from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import Auth, Principal
 from jobstream.server.domain import EventKind, Job
 from jobstream.server.errors import InvalidArgument, NotFound, ServiceError, not_found
@@ -323,7 +323,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> js.ListArtifactsResponse:
         job_id = validation.job_id(request.job_id)
         await self._own(job_id, self.auth.principal(context))
-        found = await ArtifactFiles(self.service).list(job_id)
+        found = await Artifacts(self.service).list(job_id)
         return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
 
     @streaming
@@ -334,7 +334,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         name = validation.artifact_name(request.name)
         offset = validation.download_offset(request.offset)
         await self._own(job_id, self.auth.principal(context))
-        items = ArtifactFiles(self.service).download(job_id, name, offset)
+        items = Artifacts(self.service).download(job_id, name, offset)
         async for item in items:
             if isinstance(item, bytes):
                 yield js.DownloadArtifactResponse(chunk=item)
@@ -424,5 +424,5 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                     )
                 yield message.chunk
 
-        artifact, seq = await ArtifactFiles(self.service).upload(spec, chunks())
+        artifact, seq = await Artifacts(self.service).upload(spec, chunks())
         return ws.UploadArtifactResponse(artifact=convert.artifact(artifact), seq=seq)

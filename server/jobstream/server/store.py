@@ -27,10 +27,12 @@ from jobstream.server import limits, steps
 from jobstream.server.db import (
     ArtifactRow,
     ChangeRow,
+    ChunkRow,
     EventRow,
     JobRow,
     LabelRow,
     StepRow,
+    UploadRow,
     dumps,
     execute,
     is_sqlite,
@@ -84,6 +86,11 @@ RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CA
 
 STATS_PERCENTILES = (0.50, 0.95)
 """The run-time percentiles GetStats reports."""
+
+NO_LEASE = ""
+"""The lease of a job_artifact_upload row whose chunks are to be removed (a
+replaced artifact's, or an upload being discarded). No lease id is empty:
+no upload goes on under it, and the row counts as dead at once."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -217,6 +224,12 @@ class Store:
         self._insert_event = _RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
         self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time"))
         self._results = Results(db)
+        self._insert_chunk = _RawInsert(
+            db, ChunkRow, ("job_id", "upload_id", "chunk_index", "data")
+        )
+        self._insert_upload = _RawInsert(
+            db, UploadRow, ("upload_id", "job_id", "lease_id", "chunks", "create_time")
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -859,12 +872,42 @@ class Store:
             duration_p95_us=p95,
         )
 
-    def add_artifact(
+    def check_lease(self, job_id: str, lease_id: str, now: int) -> None:
+        """FailedPrecondition (or NotFound) unless ``lease_id`` is the job's
+        live lease: lets an upload be refused before its bytes are taken."""
+        self._leased(job_id, lease_id, now)
+
+    def stage_chunk(
         self,
         changes: Changes,
         job_id: str,
         lease_id: str,
+        upload_id: str,
         *,
+        index: int,
+        data: bytes,
+        now: int,
+    ) -> None:
+        """Stores chunk ``index`` of an upload in progress, fenced by the
+        lease. The first chunk opens the upload (its job_artifact_upload
+        row); later ones count themselves on that row, which fails once a
+        discard has marked it (see discard_upload)."""
+        self._leased(job_id, lease_id, now)
+        if index == 0:
+            self._insert_upload.run([(upload_id, job_id, lease_id, 1, now)])
+        elif not self._upload_open(upload_id, lease_id, chunks=index + 1):
+            raise _discarded(job_id, lease_id)
+        self._insert_chunk.run([(job_id, upload_id, index, data)])
+
+    def complete_upload(
+        self,
+        changes: Changes,
+        job_id: str,
+        lease_id: str,
+        upload_id: str,
+        *,
+        staged: int,
+        last: bytes | None,
         name: str,
         size_bytes: int,
         sha256: str,
@@ -872,19 +915,35 @@ class Store:
         max_per_job: int,
         now: int,
     ) -> tuple[Artifact, int]:
-        """Records an uploaded artifact of a leased job (replacing one of the
-        same name), with an event; renews the lease. Returns the artifact
-        and the event's seq."""
+        """Makes upload ``upload_id`` (``staged`` chunks stored before, then
+        ``last``, if any, as the next) artifact ``name`` of the leased job,
+        replacing one of the same name (whose chunks are left to the sweep,
+        see dead_uploads); adds the event and renews the lease. Returns the
+        artifact and the event's seq."""
         row = self._leased(job_id, lease_id, now)
         existing = ArtifactRow.select().where(ArtifactRow.job == job_id)
-        if (
-            not existing.where(ArtifactRow.name == name).exists()
-            and existing.count() >= max_per_job
-        ):
+        previous = existing.where(ArtifactRow.name == name).first()
+        if previous is None and existing.count() >= max_per_job:
             raise ResourceExhausted(
                 f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
                 field="name",
             )
+        if staged:
+            if not self._upload_open(upload_id, lease_id, chunks=staged):
+                raise _discarded(job_id, lease_id)
+            UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
+        if last is not None:
+            self._insert_chunk.run([(job_id, upload_id, staged, last)])
+        if previous is not None:
+            ArtifactRow.delete().where(
+                (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
+            ).execute()
+            if previous.upload_id is not None:
+                # Deleting a large file's chunks here would hold the writer
+                # (SQLite walks every page of a blob to free it: seconds per
+                # 100 MiB); marked as an upload that can never complete, they
+                # are removed by the next sweep in small operations.
+                self._insert_upload.run([(previous.upload_id, job_id, NO_LEASE, 0, now)])
         artifact = Artifact(
             name=name,
             size_bytes=size_bytes,
@@ -893,20 +952,71 @@ class Store:
             create_time=now,
             attempt=row.attempt,
         )
-        ArtifactRow.delete().where(
-            (ArtifactRow.job == job_id) & (ArtifactRow.name == name)
-        ).execute()
-        ArtifactRow.insert(job=job_id, **_artifact_body(artifact)).execute()
+        ArtifactRow.insert(job=job_id, upload_id=upload_id, **_artifact_body(artifact)).execute()
         seq = self._append(changes, row, now, [(EventKind.ARTIFACT, _artifact_body(artifact))])
         JobRow.update(lease_expire=now + row.lease_us, update_time=now, last_seq=seq).where(
             JobRow.id == row.id
         ).execute()
         return artifact, seq
 
-    def check_lease(self, job_id: str, lease_id: str, now: int) -> None:
-        """FailedPrecondition (or NotFound) unless ``lease_id`` is the job's
-        live lease: lets an upload be refused before its bytes are taken."""
-        self._leased(job_id, lease_id, now)
+    def discard_upload(self, changes: Changes, job_id: str, upload_id: str, *, limit: int) -> bool:
+        """Removes up to ``limit`` chunks of an upload that will not complete;
+        True once all are gone, and its row with them.
+
+        The row is marked first (its lease becomes NO_LEASE), so neither
+        stage_chunk nor complete_upload goes on with it. On PostgreSQL that
+        UPDATE takes the row's lock: an upload completing meanwhile on
+        another server (whose clock says its lease is still live) either
+        commits first, and its chunks, now an artifact's bytes, are left
+        alone, or finds the mark and is refused.
+        """
+        UploadRow.update(lease_id=NO_LEASE).where(UploadRow.upload_id == upload_id).execute()
+        # Looked for after the mark: on PostgreSQL a completion that held the
+        # row's lock has committed by now, and its artifact row is visible.
+        if (
+            ArtifactRow.select()
+            .where((ArtifactRow.job == job_id) & (ArtifactRow.upload_id == upload_id))
+            .exists()
+        ):
+            # It completed after all (its caller went away meanwhile).
+            UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
+            return True
+        first = (
+            ChunkRow.select(ChunkRow.chunk_index)
+            .where((ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id))
+            .order_by(ChunkRow.chunk_index)
+            .limit(limit)
+        )
+        removed = (
+            ChunkRow.delete()
+            .where(
+                (ChunkRow.job == job_id)
+                & (ChunkRow.upload_id == upload_id)
+                & ChunkRow.chunk_index.in_(first)
+            )
+            .execute()
+        )
+        if removed == limit:
+            return False
+        UploadRow.delete().where(UploadRow.upload_id == upload_id).execute()
+        return True
+
+    def dead_uploads(self, now: int, *, limit: int, every: bool) -> list[tuple[str, str]]:
+        """``(job_id, upload_id)`` of uploads that can no longer complete:
+        completing needs the lease they were opened under, and that lease
+        has ended (the job moved on, or the lease expired, which nothing
+        renews), or it is NO_LEASE (replaced artifacts, discards under way).
+        With ``every``, all of them: right for SQLite at start-up, where no
+        other process can be receiving an upload."""
+        query = UploadRow.select(UploadRow.job, UploadRow.upload_id)
+        if not every:
+            query = query.join(JobRow, on=UploadRow.job == JobRow.id).where(
+                (JobRow.state != JobState.RUNNING.value)
+                | JobRow.lease_id.is_null()
+                | (JobRow.lease_id != UploadRow.lease_id)
+                | (JobRow.lease_expire < now)
+            )
+        return list(cast(Iterable[tuple[str, str]], query.limit(limit).tuples()))
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         """A job's artifacts by name; NotFound for an unknown job."""
@@ -917,14 +1027,103 @@ class Store:
             )
         return [_artifact(r) for r in rows]
 
-    def get_artifact(self, job_id: str, name: str) -> Artifact:
-        """One artifact; NotFound naming the job or the artifact."""
+    def get_artifact(self, job_id: str, name: str) -> tuple[Artifact, str | None]:
+        """One artifact and the upload whose chunks are its bytes (None for
+        a file of an earlier version not imported yet); NotFound naming the
+        job or the artifact."""
         with self.db.atomic():
             self._row(job_id)
             row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
         if row is None:
             raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")
-        return _artifact(row)
+        return _artifact(row), row.upload_id
+
+    def read_chunk(self, job_id: str, upload_id: str, index: int) -> bytes | None:
+        """Chunk ``index`` of an upload; None when there is none (the
+        artifact was replaced or deleted since its upload was looked up)."""
+        data = (
+            ChunkRow.select(ChunkRow.data)
+            .where(
+                (ChunkRow.job == job_id)
+                & (ChunkRow.upload_id == upload_id)
+                & (ChunkRow.chunk_index == index)
+            )
+            .scalar()
+        )
+        return None if data is None else bytes(data)
+
+    def legacy_artifacts(
+        self, *, after: tuple[str, str], limit: int
+    ) -> list[tuple[str, str, int, str]]:
+        """``(job_id, name, size_bytes, sha256)`` of artifacts stored as files
+        by an earlier version and not imported yet, after ``after`` in
+        (job_id, name) order (the partial index job_artifact_legacy)."""
+        query = (
+            ArtifactRow.select(
+                ArtifactRow.job, ArtifactRow.name, ArtifactRow.size_bytes, ArtifactRow.sha256
+            )
+            .where(
+                ArtifactRow.upload_id.is_null()
+                & (pw.Tuple(ArtifactRow.job, ArtifactRow.name) > pw.Tuple(*after))
+            )
+            .order_by(ArtifactRow.job, ArtifactRow.name)
+            .limit(limit)
+        )
+        return list(cast(Iterable[tuple[str, str, int, str]], query.tuples()))
+
+    def import_artifact(
+        self,
+        changes: Changes,
+        job_id: str,
+        name: str,
+        upload_id: str,
+        chunks: Iterable[bytes],
+        *,
+        size_bytes: int,
+        sha256: str,
+    ) -> None:
+        """Stores ``chunks`` as the bytes of an artifact an earlier version
+        kept as a file, in one transaction; FailedPrecondition (and nothing
+        stored) when the row changed meanwhile (replaced, or its job
+        deleted) or when ``chunks`` raises."""
+        for index, data in enumerate(chunks):
+            self._insert_chunk.run([(job_id, upload_id, index, data)])
+        updated = (
+            ArtifactRow.update(upload_id=upload_id)
+            .where(
+                (ArtifactRow.job == job_id)
+                & (ArtifactRow.name == name)
+                & ArtifactRow.upload_id.is_null()
+                & (ArtifactRow.size_bytes == size_bytes)
+                & (ArtifactRow.sha256 == sha256)
+            )
+            .execute()
+        )
+        if updated != 1:
+            raise FailedPrecondition(
+                f"artifact {name!r} of job {job_id!r} changed while its file was imported",
+                field="name",
+            )
+
+    def drop_legacy_artifact(self, changes: Changes, job_id: str, name: str) -> None:
+        """Deletes an artifact of an earlier version whose file is gone."""
+        ArtifactRow.delete().where(
+            (ArtifactRow.job == job_id)
+            & (ArtifactRow.name == name)
+            & ArtifactRow.upload_id.is_null()
+        ).execute()
+
+    def _upload_open(self, upload_id: str, lease_id: str, *, chunks: int) -> bool:
+        """Whether the upload's row is still there under its lease (not
+        marked by a discard); records its chunk count. On PostgreSQL the
+        UPDATE locks the row until commit, which orders this against a
+        discard's marking UPDATE on another server."""
+        updated = (
+            UploadRow.update(chunks=chunks)
+            .where((UploadRow.upload_id == upload_id) & (UploadRow.lease_id == lease_id))
+            .execute()
+        )
+        return bool(updated == 1)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1107,6 +1306,15 @@ def _filtered(query: Any, flt: JobFilter) -> Any:
             )
         )
     return query
+
+
+def _discarded(job_id: str, lease_id: str) -> FailedPrecondition:
+    """An upload whose staged chunks a sweep removed: only one under an
+    ended lease is removed, so that is what the worker is told."""
+    return FailedPrecondition(
+        f"lease {lease_id!r} of job {job_id!r} ended during the upload; its bytes were discarded",
+        field="lease_id",
+    )
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
