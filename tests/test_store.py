@@ -272,7 +272,7 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
         store, lambda c: store.delete(c, job_id, force=True, allow_missing=False)
     )
     assert deletion is not None and deletion.files == ("x.txt",)
-    assert changes.deleted_jobs == {job_id}
+    assert changes.deleted_jobs == {job_id: ""}
     assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
     with pytest.raises(NotFound):
         write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))

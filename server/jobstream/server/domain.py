@@ -163,6 +163,19 @@ class NewJob:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Acquire:
+    """A validated acquire request."""
+
+    worker_id: str
+    kinds: tuple[str, ...]
+    queues: tuple[str, ...]
+    wait_s: float
+    """How long to wait for a job."""
+    lease_us: int | None = None
+    """The lease length asked for; None takes the server's default."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogLine:
     """A log line reported by a worker."""
 
@@ -252,6 +265,8 @@ class JobChange:
     position: int
     job_id: str
     deleted: bool
+    owner: str
+    """The principal that owns (or owned) the job."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -306,7 +321,9 @@ class Changes:
 
     events: list[Event] = field(default_factory=list)
     changed_jobs: set[str] = field(default_factory=set)
-    deleted_jobs: set[str] = field(default_factory=set)
+    deleted_jobs: dict[str, str] = field(default_factory=dict)
+    """Deleted job ids -> their owners (the change log keeps the owner; the
+    job's row is gone by the time the log is written)."""
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
 
