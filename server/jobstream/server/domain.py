@@ -324,6 +324,9 @@ class Changes:
     deleted_jobs: dict[str, str] = field(default_factory=dict)
     """Deleted job ids -> their owners (the change log keeps the owner; the
     job's row is gone by the time the log is written)."""
+    owners: dict[str, str] = field(default_factory=dict)
+    """Owners of changed jobs already known to the write (a submit knows
+    them), so the change log need not look them up."""
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
 
@@ -332,4 +335,5 @@ class Changes:
         self.events.extend(other.events)
         self.changed_jobs |= other.changed_jobs
         self.deleted_jobs |= other.deleted_jobs
+        self.owners |= other.owners
         self.acquirable |= other.acquirable

@@ -322,6 +322,7 @@ class Store:
                 for r in rows
             ]
             self._insert_events(changes, events)
+            changes.owners.update((r["id"], r["owner"]) for r in rows)
             changes.acquirable.update((r["queue"], r["kind"]) for r in rows)
         return out
 
@@ -626,9 +627,10 @@ class Store:
         """Appends the transaction's changed and deleted jobs to the change
         log, once each, with their owners, in the same transaction."""
         changed = sorted(changes.changed_jobs - changes.deleted_jobs.keys())
-        owners: dict[str, str] = {}
-        for start in range(0, len(changed), CHANGE_OWNER_LOOKUP):
-            chunk = changed[start : start + CHANGE_OWNER_LOOKUP]
+        owners = {j: changes.owners[j] for j in changed if j in changes.owners}
+        unknown = [j for j in changed if j not in owners]
+        for start in range(0, len(unknown), CHANGE_OWNER_LOOKUP):
+            chunk = unknown[start : start + CHANGE_OWNER_LOOKUP]
             owners.update(
                 cast(
                     Iterable[tuple[str, str]],
