@@ -592,7 +592,7 @@ def test_hostile_input_never_breaks_the_server(
         ctx = sender.reseed()
 
         @settings(
-            max_examples=size(150, 2000),
+            max_examples=size(100, 2000),
             deadline=None,
             database=None,
             # Reproducible in `make test`; new examples every `make faults`.
