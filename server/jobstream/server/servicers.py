@@ -111,12 +111,11 @@ REPEATED_OVERHEAD_BYTES = 6
 length) beyond the item itself, counted generously."""
 
 
-def _fit(messages: list[M], budget: int | None = None) -> list[M]:
-    """The first of ``messages`` that fit in ``budget`` bytes (by default
-    limits.MAX_RESPONSE_BYTES), and always at least one: a page cut here
-    hands out a token for the rest, so it never outgrows what a client can
-    receive."""
-    room = limits.MAX_RESPONSE_BYTES if budget is None else budget
+def _fit(messages: list[M]) -> list[M]:
+    """The first of ``messages`` that fit in limits.MAX_RESPONSE_BYTES, and
+    always at least one: a page cut here hands out a token for the rest, so
+    it never outgrows what a client can receive."""
+    room = limits.MAX_RESPONSE_BYTES
     for i, message in enumerate(messages):
         room -= message.ByteSize() + REPEATED_OVERHEAD_BYTES
         if room < 0 and i > 0:

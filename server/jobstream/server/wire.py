@@ -94,8 +94,9 @@ def _walk(data: bytes, descriptor: Descriptor) -> str:
                 elif field is not None and field.message_type is not None:
                     child = field.message_type
                     json_depth = frame.json_depth + (child.full_name in JSON_TYPES)
-                    # A map entry or a Value is not a field a caller names:
-                    # the JSON value keeps its top-level field's name.
+                    # Inside a JSON value (Struct, its map entries, Values)
+                    # every level keeps the name of the field holding it:
+                    # "params", not "params.fields.value.struct_value...".
                     path = name if frame.json_depth == 0 else frame.path
                     stack.append(
                         _Frame(frame.data, pos, end, child, path, json_depth, frame.depth + 1)
