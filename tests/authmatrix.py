@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from helpers import Raw
 
 from jobstream.v1 import (
     job_pb2,
@@ -383,6 +384,50 @@ class Matrix:
         if not {"alice", "bob", "root"} <= everyone:
             self.result.failures.append(f"ListJobs by admin showed only owners {everyone}")
 
+    def run_existence_oracles(self) -> None:
+        """A submit naming another principal's job id answers exactly like
+        one naming an unused id (both refused: a non-admin's ids must start
+        with its own name), through SubmitJob and SubmitJobs alike."""
+        taken = "bob.oracle-" + secrets.token_hex(4)
+        self.jobs.SubmitJob(
+            job_service_pb2.SubmitJobRequest(kind="matrix.noop", queue="matrix", job_id=taken),
+            metadata=metadata("bob"),
+            timeout=CALL_TIMEOUT_S,
+        )
+        unused = "bob.oracle-" + secrets.token_hex(4)
+        # Callers without the submitter role are refused before any of this
+        # (run_collection_rpcs); admins see every job anyway.
+        for caller in ("alice",):
+            for rpc in ("SubmitJob", "SubmitJobs"):
+                answers = []
+                for job_id in (taken, unused):
+                    request = job_service_pb2.SubmitJobRequest(
+                        kind="matrix.noop", queue="matrix", job_id=job_id
+                    )
+                    if rpc == "SubmitJob":
+                        call: Callable[[], Any] = functools.partial(
+                            self.jobs.SubmitJob,
+                            request,
+                            metadata=metadata(caller),
+                            timeout=CALL_TIMEOUT_S,
+                        )
+                    else:
+                        call = functools.partial(
+                            self.jobs.SubmitJobs,
+                            job_service_pb2.SubmitJobsRequest(requests=[request]),
+                            metadata=metadata(caller),
+                            timeout=CALL_TIMEOUT_S,
+                        )
+                    got = _outcome(call)
+                    self._check(f"{rpc} by {caller} naming {job_id}", got, "INVALID_ARGUMENT")
+                    answers.append(got.normalized(job_id))
+                self.result.cases += 1
+                if answers[0] != answers[1]:
+                    self.result.failures.append(
+                        f"{rpc} by {caller}: another's id answered {answers[0]}, "
+                        f"an unused one {answers[1]}"
+                    )
+
     def run_unlisted(self, methods: list[tuple[str, str]]) -> None:
         """Methods the role table does not list are admin-only: a submitter
         is refused before any servicer code runs. ``methods`` holds (full
@@ -392,17 +437,12 @@ class Matrix:
 
             def call(m: str = method, shape: str = shape) -> Any:
                 # Raw bytes both ways: these methods have no stubs to call.
+                raw = Raw(self.channel)
                 if shape == "unary":
-                    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes]
-                    unary = self.channel.unary_unary(m, None, None)
-                    return unary(b"", metadata=md, timeout=CALL_TIMEOUT_S)
+                    return raw.unary(m)(b"", metadata=md, timeout=CALL_TIMEOUT_S)
                 if shape == "server_stream":
-                    streaming: grpc.UnaryStreamMultiCallable[bytes, bytes]
-                    streaming = self.channel.unary_stream(m, None, None)
-                    return _first(streaming(b"", metadata=md, timeout=CALL_TIMEOUT_S))
-                upload: grpc.StreamUnaryMultiCallable[bytes, bytes]
-                upload = self.channel.stream_unary(m, None, None)
-                return upload(iter([b""]), metadata=md, timeout=CALL_TIMEOUT_S)
+                    return _first(raw.server_stream(m)(b"", metadata=md, timeout=CALL_TIMEOUT_S))
+                return raw.client_stream(m)(iter([b""]), metadata=md, timeout=CALL_TIMEOUT_S)
 
             self._check(f"{method} by alice (unlisted)", _outcome(call), "PERMISSION_DENIED")
 
@@ -438,6 +478,7 @@ def run_matrix(target: str) -> MatrixResult:
     try:
         matrix.run_job_rpcs()
         matrix.run_collection_rpcs()
+        matrix.run_existence_oracles()
         matrix.run_unlisted(unlisted_methods(set(METHOD_ROLES)))
     finally:
         matrix.close()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
@@ -159,3 +160,31 @@ def job_in(client: JobClient, job_id: str, *states: JobState) -> Job | None:
     job = client.get(job_id)
     wanted = job.state in states if states else job.state.terminal
     return job if wanted else None
+
+
+class Raw:
+    """Methods called with raw bytes both ways, as a client with no stubs
+    (or a hostile one) calls them."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+
+    def unary(self, method: str) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+        """A unary method."""
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(method)
+        return call
+
+    def server_stream(self, method: str) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+        """A method answering with a stream."""
+        call: grpc.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(method)
+        return call
+
+    def client_stream(self, method: str) -> grpc.StreamUnaryMultiCallable[bytes, bytes]:
+        """A method taking a request stream."""
+        call: grpc.StreamUnaryMultiCallable[bytes, bytes] = self.channel.stream_unary(method)
+        return call
+
+    def bidi(self, method: str) -> grpc.StreamStreamMultiCallable[bytes, bytes]:
+        """A method streaming both ways."""
+        call: grpc.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
+        return call

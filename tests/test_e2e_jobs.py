@@ -21,7 +21,6 @@ from jobstream.client import (
     JobEvent,
     JobState,
     NotFoundError,
-    ResourceExhaustedError,
 )
 from jobstream.client.models import EventKind
 from jobstream.server.limits import MAX_LOG_LINE_BYTES, WATCH_BATCH_BYTES
@@ -328,11 +327,14 @@ def test_bad_input_is_invalid_argument_naming_the_field(
         (lambda c: c.submit("demo.sleep", labels={"k": "v" * 300}), "labels"),
     ],
 )
-def test_input_over_a_limit_is_resource_exhausted_naming_field_and_limit(
+def test_input_over_a_per_request_limit_is_invalid_argument_naming_field_and_limit(
     bare_client: JobClient, call: object, field: str
 ) -> None:
+    # A bound on one request (size, depth, count) can never be met by
+    # sending it again: INVALID_ARGUMENT. RESOURCE_EXHAUSTED is kept for
+    # accumulated state (log lines and artifacts per job, watchers).
     before = [j.id for j in bare_client.list()]
-    with pytest.raises(ResourceExhaustedError) as info:
+    with pytest.raises(InvalidArgumentError) as info:
         call(bare_client)  # type: ignore[operator]
     assert field in str(info.value) and "limit" in str(info.value)
     assert [j.id for j in bare_client.list()] == before

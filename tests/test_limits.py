@@ -10,7 +10,7 @@ import pytest
 from conftest import ServerProcess
 from helpers import RawWorker
 
-from jobstream.client import JobClient, ResourceExhaustedError
+from jobstream.client import InvalidArgumentError, JobClient
 
 LINE_LIMIT = 100
 """--max-log-line-bytes of the server under test."""
@@ -71,5 +71,5 @@ def test_lines_per_job_then_one_marker_then_refusal(limited: ServerProcess) -> N
 def test_label_count_limit_is_configurable(limited: ServerProcess) -> None:
     with JobClient(limited.target) as client:
         client.submit("limits.labels", labels={"a": "1", "b": "2"})
-        with pytest.raises(ResourceExhaustedError, match="the limit is 2"):
+        with pytest.raises(InvalidArgumentError, match="the limit is 2"):
             client.submit("limits.labels", labels={"a": "1", "b": "2", "c": "3"})

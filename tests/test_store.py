@@ -8,8 +8,17 @@ from typing import Any, TypeVar
 
 import peewee as pw
 import pytest
+from playhouse.migrations import Runner
 
-from jobstream.server.db import EventRow, JobRow, LabelRow, ResultRow, open_database
+from jobstream.server.db import (
+    MIGRATIONS_DIR,
+    EventRow,
+    JobRow,
+    LabelRow,
+    ResultRow,
+    execute,
+    open_database,
+)
 from jobstream.server.domain import (
     Changes,
     ErrorInfo,
@@ -273,7 +282,7 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
         store, lambda c: store.delete(c, job_id, force=True, allow_missing=False)
     )
     assert deletion is not None and deletion.files == ("x.txt",)
-    assert changes.deleted_jobs == {job_id}
+    assert changes.deleted_jobs == {job_id: ""}
     assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
     with pytest.raises(NotFound):
         write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
@@ -443,3 +452,62 @@ def test_a_lease_released_before_it_reached_its_worker_leaves_steps_alone(store:
     job = store.get_job(job_id)
     assert (job.state, job.attempt) == (JobState.QUEUED, 1)
     assert [(s.state, s.attempts) for s in job.steps] == [("failed", 1)]
+
+
+def test_batch_with_one_request_id_twice(store: Store) -> None:
+    same = NewJob(kind="demo.count", request_id="twice", owner="alice")
+    answers, _ = write(store, lambda c: store.submit(c, [same, same], now_us(), batch=True))
+    [(first, created_first), (second, created_second)] = answers
+    assert first.id == second.id and (created_first, created_second) == (True, False)
+    assert JobRow.select().count() == 1
+    other = NewJob(kind="demo.other", request_id="again", owner="alice")
+    clash = NewJob(kind="demo.clash", request_id="again", owner="alice")
+    with pytest.raises(AlreadyExists) as info, store.db.atomic():
+        store.submit(Changes(), [other, clash], now_us(), batch=True)
+    assert info.value.field == "requests[1].request_id"
+    assert JobRow.select().count() == 1
+    # The same key of another principal is another job, in one batch too.
+    theirs = NewJob(kind="demo.count", request_id="twice", owner="bob")
+    answers, _ = write(store, lambda c: store.submit(c, [same, theirs], now_us(), batch=True))
+    assert [created for _, created in answers] == [False, True]
+
+
+def test_change_log_keeps_the_owner_of_changed_and_deleted_jobs(store: Store) -> None:
+    kept = submit(store, owner="alice")
+    deleted = submit(store, owner="bob")
+    purged = submit(store, owner="carol")
+    write(store, lambda c: store.delete(c, deleted, force=False, allow_missing=False))
+    write(store, lambda c: store.cancel(c, purged, "done", now_us()))
+    write(
+        store,
+        lambda c: store.purge_batch(c, JobFilter(), ended_before=now_us() + SECOND, limit=10),
+    )
+    rows = [(c.job_id, c.deleted, c.owner) for c in store.read_changes(after_position=0, limit=10)]
+    assert rows == [
+        (kept, False, "alice"),
+        (deleted, False, "bob"),
+        (purged, False, "carol"),
+        (deleted, True, "bob"),
+        (purged, False, "carol"),
+        (purged, True, "carol"),
+    ]
+
+
+def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
+    db = open_database(database_url, migrate=False)
+    try:
+        Runner(db, str(MIGRATIONS_DIR)).up(target="0005_drop_redundant_indexes")
+        store = Store(db)
+        with db.atomic():
+            [(job, _)] = store.submit(Changes(), [NewJob(kind="k", owner="alice")], now_us())
+        p = db.param
+        insert = f'INSERT INTO "job_change" ("job_id", "deleted", "time") VALUES ({p}, {p}, 0)'
+        for job_id, deleted in ((job.id, False), ("gone-1", False), ("gone-1", True)):
+            execute(db, insert, (job_id, deleted))
+        Runner(db, str(MIGRATIONS_DIR)).up()
+        rows = [
+            (c.job_id, c.deleted, c.owner) for c in store.read_changes(after_position=0, limit=9)
+        ]
+        assert rows == [(job.id, False, "alice"), ("gone-1", False, ""), ("gone-1", True, "")]
+    finally:
+        db.close()

@@ -22,7 +22,7 @@ SCENARIOS: dict[int, str] = {
     5: "100,000 watch open/cancel cycles",
     6: "external workers SIGKILLed / SIGSTOPped past the lease",
     7: "recorded paths a job does not own: delete, force delete, purge, retention",
-    8: "hypothesis bad input for every RPC",
+    8: "bad input for every field of every RPC (descriptors + hypothesis)",
     9: "hypothesis stateful model of the job lifecycle",
     10: "full auth matrix",
     11: "disk full",

@@ -766,7 +766,7 @@ Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
 @_typing.final
 class JobFilter(_message.Message):
     """JobFilter selects jobs. Every set field must match; an empty filter
-    matches every job.
+    matches every job. Each list names at most 100 values.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -59,7 +59,8 @@ class SubmitJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional client-chosen id ([a-z0-9][a-z0-9._-]{0,62}); empty lets the
-    server make one.
+    server make one. With tokens on, a non-admin principal's ids must start
+    with its name and a dot (principal "growth": "growth.nightly-1").
     """
     kind: _builtins.str
     """Which handler runs it ([a-z0-9][a-z0-9._-]{0,127})."""
@@ -71,7 +72,8 @@ class SubmitJobRequest(_message.Message):
     """Attempts allowed (1..100); 0 takes the server default."""
     request_id: _builtins.str
     """Idempotency key: a repeat with the same key and payload returns the
-    same job.
+    same job (within one SubmitJobs batch too); the same key with another
+    payload is ALREADY_EXISTS.
     """
     @_builtins.property
     def params(self) -> _struct_pb2.Struct:
@@ -143,7 +145,9 @@ class SubmitJobsRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitJobRequest]:
-        """The jobs, each validated like a SubmitJob call."""
+        """The jobs, each validated like a SubmitJob call: 1..1000 of them, at
+        most 3 MiB together (the answer carries every job back).
+        """
 
     def __init__(
         self,
@@ -272,7 +276,9 @@ class ListJobsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
-        """The jobs (without steps)."""
+        """The jobs (without steps); fewer than page_size when more would make
+        the answer larger than about 3 MiB.
+        """
 
     def __init__(
         self,
@@ -619,7 +625,9 @@ class GetJobLogsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
-        """Log events (payload log), oldest first."""
+        """Log events (payload log), oldest first; fewer than page_size when more
+        would make the answer larger than about 3 MiB.
+        """
 
     def __init__(
         self,
@@ -678,7 +686,8 @@ class ListJobResultsResponse(_message.Message):
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
         """The latest version of each key, as the result event (payload
-        result_item) that stored it: its seq and time; ordered by seq.
+        result_item) that stored it: its seq and time; ordered by seq. Fewer
+        than page_size when more would make the answer larger than about 3 MiB.
         """
 
     def __init__(

@@ -78,11 +78,11 @@ class AcquireJobRequest(_message.Message):
     """Stable name of the worker, for operators ([A-Za-z0-9._:@-]{1,128})."""
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Kinds it has handlers for (at least one)."""
+        """Kinds it has handlers for (1..256)."""
 
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Queues it takes jobs from; empty means "default"."""
+        """Queues it takes jobs from (at most 256); empty means "default"."""
 
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
@@ -90,7 +90,9 @@ class AcquireJobRequest(_message.Message):
 
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
-        """Lease length wanted; unset takes the server default."""
+        """Lease length wanted (1 s .. 1 day; the server shortens it to its own
+        maximum); unset takes the server default.
+        """
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +46,14 @@ BEARER = "bearer "
 GUARDED_PREFIX = "/jobstream."
 """Methods under this prefix need a token; health checking and reflection do
 not (load balancers and grpcurl call them without credentials)."""
+
+
+PRINCIPAL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+"""Principal names in a tokens file. A non-admin principal's client-chosen
+job ids must start with ``<name>.``; a name is therefore itself an id
+prefix (lowercase, digits, ``_``, ``-``), has no dot (else principal ``a``
+could choose ``a.b.x`` inside principal ``a.b``'s namespace) and leaves at
+least 30 of an id's 63 characters for the id itself."""
 
 
 class Role(StrEnum):
@@ -113,6 +122,14 @@ class Principal:
         return self.is_admin or owner == self.name
 
     @property
+    def id_prefix(self) -> str | None:
+        """What the job ids it chooses must start with: ``<name>.``, so
+        that submitting an id can only ever collide with its own jobs and
+        never tells it whether another principal's job exists. None (any
+        id) for admins, and for the anonymous single user."""
+        return None if self.is_admin else f"{self.name}."
+
+    @property
     def owner_filter(self) -> str | None:
         """The owner its listings are restricted to; None for admins."""
         return None if self.is_admin else self.name
@@ -167,8 +184,11 @@ class TokenTable:
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected an object")
             name = row.get("principal")
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: 'principal' must be a non-empty string")
+            if not isinstance(name, str) or not PRINCIPAL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{where}: 'principal' must match {PRINCIPAL_NAME.pattern} (got {name!r}): "
+                    "a principal's own job ids start with its name and a dot"
+                )
             try:
                 roles = frozenset(Role(r) for r in row.get("roles", []))
             except ValueError as exc:

@@ -182,12 +182,14 @@ class StepRow(BaseModel):
 class ChangeRow(BaseModel):
     """The job-change log WatchJobs follows: one row per job changed (or
     deleted) by a commit. Not a foreign key: a deleted job's row stays so a
-    resumed watcher learns of the delete."""
+    resumed watcher learns of the delete, and so does its owner (migration
+    0008), so that only its owner's watchers (and admins') learn of it."""
 
     position = pw.BigAutoField()
     job_id = pw.TextField()
     deleted = pw.BooleanField(default=False)
     time = pw.BigIntegerField()
+    owner = pw.TextField(default="")
 
     class Meta:
         table_name = "job_change"

@@ -163,6 +163,19 @@ class NewJob:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Acquire:
+    """A validated acquire request."""
+
+    worker_id: str
+    kinds: tuple[str, ...]
+    queues: tuple[str, ...]
+    wait_s: float
+    """How long to wait for a job."""
+    lease_us: int | None = None
+    """The lease length asked for; None takes the server's default."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogLine:
     """A log line reported by a worker."""
 
@@ -252,6 +265,8 @@ class JobChange:
     position: int
     job_id: str
     deleted: bool
+    owner: str
+    """The principal that owns (or owned) the job."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -306,7 +321,12 @@ class Changes:
 
     events: list[Event] = field(default_factory=list)
     changed_jobs: set[str] = field(default_factory=set)
-    deleted_jobs: set[str] = field(default_factory=set)
+    deleted_jobs: dict[str, str] = field(default_factory=dict)
+    """Deleted job ids -> their owners (the change log keeps the owner; the
+    job's row is gone by the time the log is written)."""
+    owners: dict[str, str] = field(default_factory=dict)
+    """Owners of changed jobs already known to the write (a submit knows
+    them), so the change log need not look them up."""
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
 
@@ -315,4 +335,5 @@ class Changes:
         self.events.extend(other.events)
         self.changed_jobs |= other.changed_jobs
         self.deleted_jobs |= other.deleted_jobs
+        self.owners |= other.owners
         self.acquirable |= other.acquirable

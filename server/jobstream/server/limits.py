@@ -35,7 +35,9 @@ MAX_PARAMS_BYTES = 256 * 1024
 """Bytes of a job's params as compact JSON."""
 
 MAX_JSON_DEPTH = 32
-"""Nesting depth of params, results and other JSON values."""
+"""Nesting depth of params, results and other JSON values. Protobuf's own
+decoder refuses a little over 32 levels (it stops at 100 nested messages,
+three per JSON level), so a larger setting cannot take effect."""
 
 MAX_RESULT_BYTES = 1024 * 1024
 """Bytes of a job's final result or one item's data, as compact JSON."""
@@ -91,6 +93,45 @@ EVENT_MESSAGE_CACHE_BYTES = 4 * 1024 * 1024
 
 MAX_WAIT_S = 60.0
 """Longest AcquireJob long-poll."""
+
+MIN_LEASE_S = 1
+"""Shortest lease a worker may ask for: a shorter one would expire before
+its first report could renew it."""
+
+MAX_LEASE_REQUEST_S = 86_400
+"""Longest lease_duration a worker may name (a day); the server then
+shortens it to its own maximum. Past this the number is a mistake."""
+
+MAX_DURATION_NANOS = 999_999_999
+"""A Duration's nanos lie within ±this and share the sign of its seconds
+(google/protobuf/duration.proto); anything else is malformed."""
+
+MAX_FILTER_VALUES = 100
+"""States, kinds or queues in one JobFilter: each value is one SQL
+parameter, and a filter naming more is a mistake (SQLite refuses 32,766
+parameters, PostgreSQL 65,535, with a retryable-looking error)."""
+
+MAX_ACQUIRE_NAMES = 256
+"""Kinds, and queues, one AcquireJob may name: a worker with handlers for
+more kinds than this should run several workers. Each distinct pair of
+counts compiles one acquire query, so this also bounds that cache."""
+
+MAX_PAGE_TOKEN_BYTES = 512
+"""Longest page token: the server's own are under 150 bytes, so anything
+longer was not issued here and is refused before it is decoded."""
+
+MAX_TIME_US = 253_402_300_799_999_999
+"""The last microsecond of year 9999, the largest time a Timestamp holds."""
+
+MAX_RESPONSE_BYTES = 3 * 1024 * 1024
+"""Paged answers (ListJobs, GetJobLogs, ListJobResults) stop adding items
+at about this size and hand out a page token for the rest, so every page
+fits a client's default 4 MiB receive limit (one item alone is far smaller:
+a log line, or a result of at most MAX_RESULT_BYTES)."""
+
+MAX_BATCH_SUBMIT_BYTES = 3 * 1024 * 1024
+"""Bytes of one SubmitJobs request: its answer carries every job back, and
+must fit a client's default 4 MiB receive limit."""
 
 MAX_SEQ = 2**62
 """Resume points beyond this are malformed, not merely in the future."""

@@ -123,9 +123,11 @@ class JobsService:
 
     # ---------------------------------------------------------------- producers
 
-    async def submit(self, specs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    async def submit(
+        self, specs: Sequence[NewJob], *, batch: bool = False
+    ) -> list[tuple[Job, bool]]:
         """Stores new jobs; see Store.submit."""
-        return await self.writer.run(lambda c: self.store.submit(c, specs, now_us()))
+        return await self.writer.run(lambda c: self.store.submit(c, specs, now_us(), batch=batch))
 
     async def get(self, job_id: str) -> Job:
         """One job with its steps."""
@@ -273,7 +275,8 @@ class JobsService:
                 await sub.wake.wait()
 
     async def watch_list(self, flt: JobFilter, after_position: int) -> AsyncIterator[ListChange]:
-        """Job-level changes of matching jobs, from the change log."""
+        """Job-level changes of matching jobs, from the change log, and the
+        deletions of jobs of the filter's owner (of every job for admins)."""
         with self.broker.changes() as wake:
             head = await self.read(self.store.head_position)
             if after_position > head:
@@ -301,6 +304,10 @@ class JobsService:
                 if not changes:
                     await wake.wait()
                     continue
+                position = changes[-1].position
+                # Owner first: another principal's change, a deletion
+                # included, is never even looked at for this watcher.
+                changes = [c for c in changes if flt.owner is None or c.owner == flt.owner]
                 current = await self.read(
                     self.store.get_jobs, {c.job_id for c in changes if not c.deleted}
                 )
@@ -313,7 +320,6 @@ class JobsService:
                         yield ListChange(position=change.position, deleted_job_id=change.job_id)
                     elif found is not None and flt.matches(found):
                         yield ListChange(position=change.position, job=found)
-                position = changes[-1].position
 
     def _check_open(self) -> None:
         """Ends streams when the server shuts down; clients resume elsewhere."""

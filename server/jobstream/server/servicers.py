@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 import peewee as pw
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Servicer = TypeVar("Servicer")
+M = TypeVar("M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -57,7 +59,7 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
 
 
-async def _abort(context: Context, exc: Exception) -> None:
+async def abort(context: Context, exc: Exception) -> None:
     """Ends the call with ``_status(exc)``; INVALID_ARGUMENT also carries a
     google.rpc.BadRequest naming the field, for clients that read details."""
     code, message = _status(exc)
@@ -82,7 +84,7 @@ def unary(
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
             raise  # unreachable: abort raises
 
     return wrapper
@@ -99,9 +101,26 @@ def streaming(
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     return wrapper
+
+
+REPEATED_OVERHEAD_BYTES = 6
+"""Bytes a repeated message field adds per item on the wire (tag and
+length) beyond the item itself, counted generously."""
+
+
+def _fit(messages: list[M]) -> list[M]:
+    """The first of ``messages`` that fit in limits.MAX_RESPONSE_BYTES, and
+    always at least one: a page cut here hands out a token for the rest, so
+    it never outgrows what a client can receive."""
+    room = limits.MAX_RESPONSE_BYTES
+    for i, message in enumerate(messages):
+        room -= message.ByteSize() + REPEATED_OVERHEAD_BYTES
+        if room < 0 and i > 0:
+            return messages[:i]
+    return messages
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -131,16 +150,18 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: js.SubmitJobRequest, context: Context
     ) -> js.SubmitJobResponse:
-        owner = self.auth.principal(context).name
-        [(job, created)] = await self.service.submit([validation.new_job(request, owner=owner)])
+        principal = self.auth.principal(context)
+        spec = validation.new_job(request, owner=principal.name, id_prefix=principal.id_prefix)
+        [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
     @unary
     async def SubmitJobs(
         self, request: js.SubmitJobsRequest, context: Context
     ) -> js.SubmitJobsResponse:
-        owner = self.auth.principal(context).name
-        results = await self.service.submit(validation.new_jobs(request, owner=owner))
+        principal = self.auth.principal(context)
+        specs = validation.new_jobs(request, owner=principal.name, id_prefix=principal.id_prefix)
+        results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
         )
@@ -160,8 +181,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         jobs, cursor = await self.service.list_jobs(
             flt, size, validation.job_cursor(request.page_token)
         )
+        messages = _fit([convert.job(j) for j in jobs])
+        if len(messages) < len(jobs):
+            last = jobs[len(messages) - 1]
+            cursor = (last.create_time, last.id)
         return js.ListJobsResponse(
-            jobs=[convert.job(j) for j in jobs],
+            jobs=messages,
             next_page_token=validation.encode_token(list(cursor)) if cursor else "",
         )
 
@@ -193,20 +218,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.job_filter(request.filter), owner=principal.owner_filter
         )
         after = validation.seq(request.after_position, "after_position")
-        # A deleted job's row (and owner) is gone: a non-admin is told only
-        # of deletions of jobs this stream has shown it, never of others'.
-        shown: set[str] | None = None if principal.is_admin else set()
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(flt, after):
                 if change.job is not None:
-                    if shown is not None:
-                        shown.add(change.job.id)
                     yield js.WatchJobsResponse(
                         position=change.position, job=convert.job(change.job)
                     )
                 elif change.deleted_job_id is not None:
-                    if shown is not None and change.deleted_job_id not in shown:
-                        continue
                     yield js.WatchJobsResponse(
                         position=change.position, deleted_job_id=change.deleted_job_id
                     )
@@ -273,8 +291,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         after = validation.seq_token(request.page_token)
         events = await self.service.events_page(job_id, kind, after, size)
-        token = validation.encode_token(events[-1].seq) if len(events) == size else ""
-        return [convert.event(e) for e in events], token
+        messages = _fit([convert.event(e) for e in events])
+        more = len(events) == size or len(messages) < len(events)
+        token = validation.encode_token(events[len(messages) - 1].seq) if more else ""
+        return messages, token
 
     # -- retry, purge, stats, artifacts (issue 6)
 
@@ -352,25 +372,13 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def AcquireJob(
         self, request: ws.AcquireJobRequest, context: Context
     ) -> ws.AcquireJobResponse:
-        worker_id = validation.pattern(request.worker_id, limits.WORKER_ID, "worker_id")
-        if not request.kinds:
-            raise InvalidArgument("name at least one kind", field="kinds")
-        kinds = [validation.pattern(k, limits.KIND, "kinds") for k in request.kinds]
-        queues = [validation.pattern(q, limits.QUEUE, "queues") for q in request.queues]
-        wait = request.wait.ToTimedelta().total_seconds()
-        if not 0 <= wait <= limits.MAX_WAIT_S:
-            raise InvalidArgument(f"{wait}s is outside 0..{limits.MAX_WAIT_S:g}s", field="wait")
-        lease_us = None
-        if request.HasField("lease_duration"):
-            lease_us = int(request.lease_duration.ToTimedelta().total_seconds() * 1e6)
-            if lease_us < 1_000_000:
-                raise InvalidArgument("must be at least 1s", field="lease_duration")
+        spec = validation.acquire(request)
         lease = await self.service.acquire(
-            worker_id=worker_id,
-            kinds=kinds,
-            queues=queues or ["default"],
-            wait_s=wait,
-            lease_us=lease_us,
+            worker_id=spec.worker_id,
+            kinds=spec.kinds,
+            queues=spec.queues,
+            wait_s=spec.wait_s,
+            lease_us=spec.lease_us,
         )
         if lease is None:
             return ws.AcquireJobResponse()

@@ -75,6 +75,10 @@ CHANGE_LOG_LOCK = 0x6A6F6263
 """PostgreSQL advisory lock key that orders change-log writers (see
 Store.record_changes)."""
 
+CHANGE_OWNER_LOOKUP = 500
+"""Job ids looked up per query for their owners when a commit's changes are
+logged: far below every backend's limit on query parameters."""
+
 NOTIFY_MAX_IDS = 100
 """Job ids named in one NOTIFY; past this the hint says "everything"."""
 
@@ -121,7 +125,10 @@ class _RawInsert:
         """Inserts ``rows`` (tuples in the column order) on the current
         transaction's connection."""
         if rows:
-            self.db.cursor().executemany(self.sql, rows)  # type: ignore[no-untyped-call]
+            # Raw cursors raise the driver's own errors; peewee's wrapper turns
+            # them into peewee's, which the servicers map to status codes.
+            with pw.__exception_wrapper__:  # type: ignore[attr-defined]
+                self.db.cursor().executemany(self.sql, rows)  # type: ignore[no-untyped-call]
 
 
 class _Compiled:
@@ -222,7 +229,7 @@ class Store:
         self._insert_job = _RawInsert(db, JobRow, JOB_COLUMNS)
         self._insert_label = _RawInsert(db, LabelRow, ("job_id", "key", "value"))
         self._insert_event = _RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
-        self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time"))
+        self._insert_change = _RawInsert(db, ChangeRow, ("job_id", "deleted", "time", "owner"))
         self._results = Results(db)
         self._insert_chunk = _RawInsert(
             db, ChunkRow, ("job_id", "upload_id", "chunk_index", "data")
@@ -233,16 +240,35 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def submit(self, changes: Changes, specs: Sequence[NewJob], now: int) -> list[tuple[Job, bool]]:
+    def submit(
+        self, changes: Changes, specs: Sequence[NewJob], now: int, *, batch: bool = False
+    ) -> list[tuple[Job, bool]]:
         """Stores new jobs (all or none); a repeated request_id with the same
-        payload returns the earlier job with ``created`` False."""
+        payload returns the earlier job with ``created`` False, whether the
+        earlier submit is stored or sits earlier in the same batch. With
+        ``batch``, errors name the field as ``requests[i].<field>``."""
         out: list[tuple[Job, bool]] = []
         rows: list[dict[str, Any]] = []
         labels: list[tuple[str, str, str]] = []
         seen_ids: set[str] = set()
-        for spec in specs:
+        # (owner, request_id) -> (payload digest, index in ``out``)
+        seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
+        for i, spec in enumerate(specs):
+            where = f"requests[{i}]." if batch else ""
             digest = _spec_digest(spec) if spec.request_id else None
             if spec.request_id:
+                key = (spec.owner, spec.request_id)
+                if key in seen_requests:
+                    first_digest, first = seen_requests[key]
+                    if first_digest != digest:
+                        raise AlreadyExists(
+                            f"request_id {spec.request_id!r} is used by requests[{first}] "
+                            "of this batch for a different job",
+                            field=f"{where}request_id",
+                        )
+                    out.append((out[first][0], False))
+                    continue
+                seen_requests[key] = (digest, len(out))
                 earlier = JobRow.get_or_none(
                     (JobRow.owner == spec.owner) & (JobRow.request_id == spec.request_id)
                 )
@@ -251,7 +277,7 @@ class Store:
                         raise AlreadyExists(
                             f"request_id {spec.request_id!r} was used for a different job "
                             f"({earlier.id})",
-                            field="request_id",
+                            field=f"{where}request_id",
                         )
                     out.append((self._job(earlier), False))
                     continue
@@ -259,7 +285,7 @@ class Store:
             if job_id in seen_ids or (
                 spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
             ):
-                raise AlreadyExists(f"job {job_id!r} already exists", field="job_id")
+                raise AlreadyExists(f"job {job_id!r} already exists", field=f"{where}job_id")
             seen_ids.add(job_id)
             row = {
                 "id": job_id,
@@ -297,6 +323,7 @@ class Store:
                 for r in rows
             ]
             self._insert_events(changes, events)
+            changes.owners.update((r["id"], r["owner"]) for r in rows)
             changes.acquirable.update((r["queue"], r["kind"]) for r in rows)
         return out
 
@@ -550,7 +577,7 @@ class Store:
                 f"job {job_id!r} is running: cancel it first or delete with force", field="force"
             )
         JobRow.delete().where(JobRow.id == job_id).execute()
-        changes.deleted_jobs.add(job_id)
+        changes.deleted_jobs[job_id] = row.owner
         return Deletion(job_id=job_id, files=tuple(json.loads(row.files)))
 
     def expire_leases(
@@ -609,11 +636,21 @@ class Store:
 
     def record_changes(self, changes: Changes, now: int) -> None:
         """Appends the transaction's changed and deleted jobs to the change
-        log, once each, in the same transaction."""
-        rows = [
-            (job_id, False, now) for job_id in sorted(changes.changed_jobs - changes.deleted_jobs)
-        ]
-        rows += [(job_id, True, now) for job_id in sorted(changes.deleted_jobs)]
+        log, once each, with their owners, in the same transaction."""
+        changed = sorted(changes.changed_jobs - changes.deleted_jobs.keys())
+        owners = {j: changes.owners[j] for j in changed if j in changes.owners}
+        unknown = [j for j in changed if j not in owners]
+        for start in range(0, len(unknown), CHANGE_OWNER_LOOKUP):
+            chunk = unknown[start : start + CHANGE_OWNER_LOOKUP]
+            owners.update(
+                cast(
+                    Iterable[tuple[str, str]],
+                    JobRow.select(JobRow.id, JobRow.owner).where(JobRow.id.in_(chunk)).tuples(),
+                )
+            )
+        rows = [(job_id, False, now, owners.get(job_id, "")) for job_id in changed]
+        deleted = sorted(changes.deleted_jobs.items())
+        rows += [(job_id, True, now, owner) for job_id, owner in deleted]
         if rows:
             if self.ordered_changes:
                 # Positions come from a sequence, and on PostgreSQL a position
@@ -632,7 +669,7 @@ class Store:
             changes.changed_jobs or changes.deleted_jobs or changes.acquirable
         ):
             return
-        ids = sorted(changes.changed_jobs | changes.deleted_jobs)
+        ids = sorted(changes.changed_jobs | changes.deleted_jobs.keys())
         payload = {
             "origin": self.origin,
             "jobs": ids if len(ids) <= NOTIFY_MAX_IDS else None,
@@ -709,14 +746,16 @@ class Store:
     def read_changes(self, *, after_position: int, limit: int) -> list[JobChange]:
         """Up to ``limit`` change-log rows after ``after_position``, in order."""
         query = cast(
-            Iterable[tuple[int, str, bool]],
-            ChangeRow.select(ChangeRow.position, ChangeRow.job_id, ChangeRow.deleted)
+            Iterable[tuple[int, str, bool, str]],
+            ChangeRow.select(
+                ChangeRow.position, ChangeRow.job_id, ChangeRow.deleted, ChangeRow.owner
+            )
             .where(ChangeRow.position > after_position)
             .order_by(ChangeRow.position)
             .limit(limit)
             .tuples(),
         )
-        return [JobChange(position=p, job_id=j, deleted=bool(d)) for p, j, d in query]
+        return [JobChange(position=p, job_id=j, deleted=bool(d), owner=o) for p, j, d, o in query]
 
     def head_position(self) -> int:
         """The newest change-log position (0 when empty); an index lookup."""
@@ -791,7 +830,9 @@ class Store:
         """Deletes up to ``limit`` terminal jobs that match ``flt`` and ended
         at or before ``ended_before``, oldest first; returns their recorded
         files for the caller to remove after the commit."""
-        query = self._purgeable(JobRow.select(JobRow.id, JobRow.files), flt, ended_before)
+        query = self._purgeable(
+            JobRow.select(JobRow.id, JobRow.files, JobRow.owner), flt, ended_before
+        )
         query = query.order_by(JobRow.end_time, JobRow.id).limit(limit)
         if self.skip_locked:
             query = query.for_update(skip_locked=True)
@@ -800,7 +841,7 @@ class Store:
             return []
         ids = [r.id for r in rows]
         JobRow.delete().where(JobRow.id.in_(ids)).execute()
-        changes.deleted_jobs.update(ids)
+        changes.deleted_jobs.update((r.id, r.owner) for r in rows)
         return [Deletion(job_id=r.id, files=tuple(json.loads(r.files))) for r in rows]
 
     def purge_preview(

@@ -9,7 +9,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence, Sized
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from jobstream.server import limits
 from jobstream.server.domain import (
     JSON,
+    Acquire,
     ArtifactSpec,
     ErrorInfo,
     Finish,
@@ -30,7 +31,7 @@ from jobstream.server.domain import (
     ResultItem,
     Step,
 )
-from jobstream.server.errors import InvalidArgument, ResourceExhausted
+from jobstream.server.errors import InvalidArgument
 from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
 
 JOB_STATES = {job_pb2.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
@@ -100,22 +101,24 @@ def text(value: str, field: str, max_bytes: int = limits.MAX_TEXT_BYTES) -> str:
 def json_value(struct: struct_pb2.Struct, field: str, max_bytes: int) -> JSON:
     """A Struct as a plain dict, bounded in size and depth. Whole numbers
     come back as ints (Struct carries every number as a double)."""
-    value = _plain(struct, field, 0)
+    value = _plain(struct, field, 1)
     size = len(_COMPACT_JSON.encode(value).encode())
     if size > max_bytes:
-        raise ResourceExhausted(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
+        raise InvalidArgument(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
     assert isinstance(value, dict)
     return value
 
 
 def _plain(message: Any, field: str, depth: int) -> Any:
-    if depth > limits.MAX_JSON_DEPTH:
-        raise ResourceExhausted(
-            f"nests deeper than {limits.MAX_JSON_DEPTH} levels (the limit)", field=field
-        )
-    if isinstance(message, struct_pb2.Struct):
-        return {k: _plain(v, field, depth + 1) for k, v in message.fields.items()}
-    if isinstance(message, struct_pb2.ListValue):
+    """``message`` as plain JSON; ``depth`` counts the objects and arrays
+    around it, the outermost object being level 1."""
+    if isinstance(message, (struct_pb2.Struct, struct_pb2.ListValue)):
+        if depth > limits.MAX_JSON_DEPTH:
+            raise InvalidArgument(
+                f"nests deeper than the limit of {limits.MAX_JSON_DEPTH} levels", field=field
+            )
+        if isinstance(message, struct_pb2.Struct):
+            return {k: _plain(v, field, depth + 1) for k, v in message.fields.items()}
         return [_plain(v, field, depth + 1) for v in message.values]
     kind = message.WhichOneof("kind")
     if kind == "struct_value":
@@ -149,11 +152,29 @@ def encode_token(value: Any) -> str:
 
 
 def decode_token(token: str) -> Any:
-    """The value inside a page token; InvalidArgument if it is not ours."""
+    """The value inside a page token; InvalidArgument unless this server
+    could have issued it. Only a token that encodes back to exactly itself
+    is decoded further, and a long one is refused before decoding, so no
+    client-made JSON (nested thousands deep, numbers of any size) reaches
+    the parser's recursion or the database."""
+    if len(token) > limits.MAX_PAGE_TOKEN_BYTES:
+        raise _foreign_token()
     try:
-        return json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeError) as exc:
-        raise InvalidArgument("is not a token this server issued", field="page_token") from exc
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeError, RecursionError) as exc:
+        raise _foreign_token() from exc
+    if encode_token(value) != token:
+        raise _foreign_token()
+    return value
+
+
+def _foreign_token() -> InvalidArgument:
+    return InvalidArgument("is not a token this server issued", field="page_token")
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    """Whether ``value`` is a JSON integer (not a bool) within ``lo..hi``."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
 def seq_token(token: str) -> int:
@@ -161,9 +182,9 @@ def seq_token(token: str) -> int:
     if not token:
         return 0
     value = decode_token(token)
-    if not isinstance(value, int) or not 0 <= value <= limits.MAX_SEQ:
-        raise InvalidArgument("is not a token this server issued", field="page_token")
-    return value
+    if not _int_in(value, 0, limits.MAX_SEQ):
+        raise _foreign_token()
+    return int(value)
 
 
 def job_cursor(token: str) -> tuple[int, str] | None:
@@ -174,11 +195,12 @@ def job_cursor(token: str) -> tuple[int, str] | None:
     if (
         isinstance(value, list)
         and len(value) == 2
-        and isinstance(value[0], int)
+        and _int_in(value[0], 0, limits.MAX_TIME_US)
         and isinstance(value[1], str)
+        and (limits.CLIENT_JOB_ID.fullmatch(value[1]) or limits.SERVER_JOB_ID.fullmatch(value[1]))
     ):
         return value[0], value[1]
-    raise InvalidArgument("is not a token this server issued", field="page_token")
+    raise _foreign_token()
 
 
 def seq(value: int, field: str) -> int:
@@ -198,35 +220,49 @@ def timestamp_us(ts: timestamp_pb2.Timestamp, field: str) -> int:
 
 
 def _labels(labels: Mapping[str, str], field: str) -> dict[str, str]:
-    # Over a configured bound is RESOURCE_EXHAUSTED (the issue's rule for
-    # limits); a malformed key or value stays INVALID_ARGUMENT.
     if len(labels) > limits.MAX_LABELS:
-        raise ResourceExhausted(
+        raise InvalidArgument(
             f"has {len(labels)} labels; the limit is {limits.MAX_LABELS}", field=field
         )
     for key, value in labels.items():
         pattern(key, limits.LABEL_KEY, f"{field}[{key[:40]!r}]")
-        size = len(value.encode())
-        if size > limits.MAX_LABEL_VALUE_BYTES:
-            raise ResourceExhausted(
-                f"is {size} bytes; the limit is {limits.MAX_LABEL_VALUE_BYTES}",
-                field=f"{field}[{key!r}]",
-            )
         text(value, f"{field}[{key!r}]", limits.MAX_LABEL_VALUE_BYTES)
     return dict(labels)
 
 
-def _names(values: Iterable[str], regex: re.Pattern[str], field: str) -> tuple[str, ...]:
-    return tuple(pattern(v, regex, field) for v in values)
+def _names(
+    values: Sequence[str], regex: re.Pattern[str], field: str, limit: int
+) -> tuple[str, ...]:
+    """Names matching ``regex``, at most ``limit`` of them, duplicates
+    dropped (order kept)."""
+    _count(values, field, limit)
+    return tuple(dict.fromkeys(pattern(v, regex, field) for v in values))
+
+
+def _count(values: Sized, field: str, limit: int) -> None:
+    if len(values) > limit:
+        raise InvalidArgument(f"has {len(values)} values; the limit is {limit}", field=field)
 
 
 # ---------------------------------------------------------------- requests
 
 
-def new_job(req: job_service_pb2.SubmitJobRequest, field: str = "", owner: str = "") -> NewJob:
-    """A SubmitJobRequest as a NewJob."""
+def new_job(
+    req: job_service_pb2.SubmitJobRequest,
+    field: str = "",
+    owner: str = "",
+    id_prefix: str | None = None,
+) -> NewJob:
+    """A SubmitJobRequest as a NewJob. ``id_prefix``, when given, is the
+    namespace a client-chosen job id must lie in (see auth.Principal)."""
     if req.job_id:
         pattern(req.job_id, limits.CLIENT_JOB_ID, f"{field}job_id")
+        if id_prefix is not None and not req.job_id.startswith(id_prefix):
+            raise InvalidArgument(
+                f"{req.job_id!r} must start with {id_prefix!r}: ids a principal chooses "
+                "are prefixed with its name and a dot",
+                field=f"{field}job_id",
+            )
     if not req.kind:
         raise InvalidArgument("is required", field=f"{field}kind")
     pattern(req.kind, limits.KIND, f"{field}kind")
@@ -261,27 +297,37 @@ def new_job(req: job_service_pb2.SubmitJobRequest, field: str = "", owner: str =
     )
 
 
-def new_jobs(req: job_service_pb2.SubmitJobsRequest, owner: str = "") -> list[NewJob]:
+def new_jobs(
+    req: job_service_pb2.SubmitJobsRequest, owner: str = "", id_prefix: str | None = None
+) -> list[NewJob]:
     """A SubmitJobsRequest as NewJobs, each field named by its index."""
     if not 1 <= len(req.requests) <= limits.MAX_BATCH_SUBMIT:
         raise InvalidArgument(
             f"has {len(req.requests)} jobs; allowed 1..{limits.MAX_BATCH_SUBMIT}", field="requests"
         )
-    return [new_job(r, f"requests[{i}].", owner) for i, r in enumerate(req.requests)]
+    size = req.ByteSize()
+    if size > limits.MAX_BATCH_SUBMIT_BYTES:
+        raise InvalidArgument(
+            f"are {size} bytes together; the limit is {limits.MAX_BATCH_SUBMIT_BYTES} "
+            "(the answer carries every job back): send smaller batches",
+            field="requests",
+        )
+    return [new_job(r, f"requests[{i}].", owner, id_prefix) for i, r in enumerate(req.requests)]
 
 
 def job_filter(flt: job_pb2.JobFilter) -> JobFilter:
     """A JobFilter message as a domain filter."""
+    _count(flt.states, "filter.states", limits.MAX_FILTER_VALUES)
     states = []
     for value in flt.states:
         if value not in JOB_STATES:
             raise InvalidArgument(f"{value} is not a job state", field="filter.states")
         states.append(JOB_STATES[value])
     return JobFilter(
-        states=tuple(states),
-        kinds=_names(flt.kinds, limits.KIND, "filter.kinds"),
+        states=tuple(dict.fromkeys(states)),
+        kinds=_names(flt.kinds, limits.KIND, "filter.kinds", limits.MAX_FILTER_VALUES),
         labels=tuple(sorted(_labels(flt.labels, "filter.labels").items())),
-        queues=_names(flt.queues, limits.QUEUE, "filter.queues"),
+        queues=_names(flt.queues, limits.QUEUE, "filter.queues", limits.MAX_FILTER_VALUES),
     )
 
 
@@ -293,10 +339,18 @@ def _enum(value: int, table: Mapping[Any, Any], field: str) -> Any:
 
 def report(req: worker_service_pb2.ReportJobRequest) -> Report:
     """A ReportJobRequest as a Report."""
-    count = len(req.logs) + len(req.steps) + len(req.results) + len(req.files)
+    counts = {
+        "logs": len(req.logs),
+        "steps": len(req.steps),
+        "results": len(req.results),
+        "files": len(req.files),
+    }
+    count = sum(counts.values())
     if count > limits.MAX_REPORT_ITEMS:
         raise InvalidArgument(
-            f"carries {count} items; the limit is {limits.MAX_REPORT_ITEMS}", field="logs"
+            f"the report carries {count} logs, steps, results and files together; "
+            f"the limit is {limits.MAX_REPORT_ITEMS}",
+            field=max(counts, key=lambda k: counts[k]),
         )
     progress = None
     if req.HasField("progress"):
@@ -416,12 +470,43 @@ def retry_attempts(value: int) -> int:
     return value or 1
 
 
-def _seconds(value: duration_pb2.Duration, field: str, lo: float, hi: float) -> float:
-    """A Duration in seconds within ``lo..hi``."""
-    seconds = value.seconds + value.nanos / 1e9
-    if not lo <= seconds <= hi:
-        raise InvalidArgument(f"{seconds:g}s is outside {lo:g}s..{hi:g}s", field=field)
-    return seconds
+def duration_us(value: duration_pb2.Duration, field: str, lo_s: float, hi_s: float) -> int:
+    """A Duration in microseconds within ``lo_s..hi_s`` seconds. Malformed
+    ones (nanos beyond ±999,999,999, or of the other sign than seconds) are
+    refused, and the range is compared exactly (Python ints) before any
+    conversion, so no value can overflow."""
+    seconds, nanos = value.seconds, value.nanos
+    if abs(nanos) > limits.MAX_DURATION_NANOS or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument(
+            f"is not a valid Duration (seconds={seconds}, nanos={nanos}): nanos must lie "
+            f"within ±{limits.MAX_DURATION_NANOS} and share the sign of seconds",
+            field=field,
+        )
+    total_ns = seconds * 1_000_000_000 + nanos
+    if not lo_s * 1e9 <= total_ns <= hi_s * 1e9:
+        shown = f"{seconds}s" if nanos == 0 else f"{total_ns / 1e9:g}s"
+        raise InvalidArgument(f"{shown} is outside {lo_s:g}s..{hi_s:g}s", field=field)
+    return total_ns // 1000
+
+
+def acquire(req: worker_service_pb2.AcquireJobRequest) -> Acquire:
+    """An AcquireJobRequest as an Acquire."""
+    worker_id = pattern(req.worker_id, limits.WORKER_ID, "worker_id")
+    if not req.kinds:
+        raise InvalidArgument("name at least one kind", field="kinds")
+    return Acquire(
+        worker_id=worker_id,
+        kinds=_names(req.kinds, limits.KIND, "kinds", limits.MAX_ACQUIRE_NAMES),
+        queues=_names(req.queues, limits.QUEUE, "queues", limits.MAX_ACQUIRE_NAMES) or ("default",),
+        wait_s=duration_us(req.wait, "wait", 0, limits.MAX_WAIT_S) / 1e6,
+        lease_us=(
+            duration_us(
+                req.lease_duration, "lease_duration", limits.MIN_LEASE_S, limits.MAX_LEASE_REQUEST_S
+            )
+            if req.HasField("lease_duration")
+            else None
+        ),
+    )
 
 
 def purge_filter(flt: job_pb2.JobFilter) -> JobFilter:
@@ -441,14 +526,14 @@ def purge_age_us(req: job_service_pb2.PurgeJobsRequest) -> int:
     request can never mean "delete everything"."""
     if not req.HasField("older_than"):
         raise InvalidArgument("is required (0s selects every ended job)", field="older_than")
-    return int(_seconds(req.older_than, "older_than", 0, limits.MAX_PURGE_AGE_S) * 1e6)
+    return duration_us(req.older_than, "older_than", 0, limits.MAX_PURGE_AGE_S)
 
 
 def stats_window_us(req: job_service_pb2.GetStatsRequest) -> int:
     """GetStats' window in microseconds (unset: the default)."""
     if not req.HasField("window"):
         return limits.DEFAULT_STATS_WINDOW_S * 1_000_000
-    return int(_seconds(req.window, "window", 1, limits.MAX_STATS_WINDOW_S) * 1e6)
+    return duration_us(req.window, "window", 1, limits.MAX_STATS_WINDOW_S)
 
 
 def artifact_name(value: str, field: str = "name") -> str:
