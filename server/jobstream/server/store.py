@@ -1098,9 +1098,7 @@ class Store:
         receiving an upload."""
         query = UploadRow.select(UploadRow.job_id, UploadRow.upload_id)
         if not every:
-            query = query.join(
-                JobRow, pw.JOIN.LEFT_OUTER, on=UploadRow.job_id == JobRow.id
-            ).where(
+            query = query.join(JobRow, pw.JOIN.LEFT_OUTER, on=UploadRow.job_id == JobRow.id).where(
                 JobRow.id.is_null()
                 | (JobRow.state != JobState.RUNNING.value)
                 | JobRow.lease_id.is_null()
