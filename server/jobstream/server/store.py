@@ -546,9 +546,9 @@ class Store:
     def delete(
         self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool, now: int
     ) -> Deletion | None:
-        """Deletes a job's rows (events, steps, labels, results and
-        artifacts cascade) and marks its uploads as garbage for the sweep
-        (see _drop_artifacts); returns the files recorded for it, which the
+        """Deletes a job's rows (events, steps, labels and results cascade)
+        and its artifacts, whose bytes it leaves to the sweep (see
+        _drop_artifacts); returns the files recorded for it, which the
         caller removes after the commit."""
         row = self._locked_row(job_id)
         if row is None:
@@ -973,7 +973,7 @@ class Store:
         """Stores chunk ``index`` of an upload in progress, fenced by the
         lease. The first chunk opens the upload (its job_artifact_upload
         row); later ones count themselves on that row, which fails once a
-        discard has marked it (see discard_upload)."""
+        discard or the job's delete has marked it (see discard_upload)."""
         self._leased(job_id, lease_id, now)
         if index == 0:
             self._insert_upload.run([(upload_id, job_id, lease_id, 1, now)])
