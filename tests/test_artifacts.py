@@ -342,7 +342,8 @@ def test_uploads_are_checked_and_replace_by_name(
 
     result = client.delete(job.id)
     assert result.deleted and result.removed_paths == ()  # rows, not files
-    assert _staged_rows(bare_server, job.id) == (0, 0)
+    # The chunks are left to the sweep, which the delete wakes.
+    eventually(lambda: _staged_rows(bare_server, job.id) == (0, 0))
 
 
 def test_downloads_start_at_any_offset_across_stored_chunks(
@@ -409,6 +410,69 @@ def test_a_download_never_mixes_two_versions(client: JobClient, bare_server: Ser
     assert len(received) < len(first) and received == first[: len(received)]
 
 
+MIB = 1024 * 1024
+"""Bytes in a stored chunk."""
+
+DELETED_BYTES = 3 * MIB + 1234
+"""Three full stored chunks and a short last one."""
+
+
+@pytest.mark.parametrize("delete_at", ["first chunk", "all bytes sent", "completed"])
+def test_a_job_deleted_during_or_after_its_upload_keeps_no_artifact_and_no_chunks(
+    client: JobClient, bare_server: ServerProcess, delete_at: str
+) -> None:
+    data = content("deleted", DELETED_BYTES)
+    pieces = [data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024)]
+    # Where the upload stream waits for the delete, and the chunks stored by then.
+    pause_at, staged = {
+        "first chunk": (5, 1),
+        "all bytes sent": (len(pieces), 3),
+        "completed": (None, 4),
+    }[delete_at]
+    kind = f"art.deleted.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    raw = RawWorker(bare_server.target)
+    paused = threading.Event()
+    resume = threading.Event()
+    try:
+        lease = raw.acquire(kind, lease_s=60)
+
+        def messages() -> Iterator[worker_service_pb2.UploadArtifactRequest]:
+            yield worker_service_pb2.UploadArtifactRequest(
+                header=_header(job.id, lease.lease_id, "big.bin", data)
+            )
+            for n, piece in enumerate(pieces):
+                if n == pause_at:
+                    paused.set()
+                    resume.wait(CALL_DEADLINE_S)
+                yield worker_service_pb2.UploadArtifactRequest(chunk=piece)
+            if pause_at == len(pieces):  # every byte is in; completing waits for the end
+                paused.set()
+                resume.wait(CALL_DEADLINE_S)
+
+        upload = raw.stub.UploadArtifact.future(messages(), timeout=CALL_DEADLINE_S)
+        if pause_at is None:
+            upload.result(timeout=CALL_DEADLINE_S)
+        else:
+            assert paused.wait(CALL_DEADLINE_S)
+        eventually(lambda: _staged_rows(bare_server, job.id)[0] == staged)
+        assert client.delete(job.id, force=True).deleted
+        resume.set()
+        if pause_at is not None:
+            with pytest.raises(grpc.RpcError) as cut:
+                upload.result(timeout=CALL_DEADLINE_S)
+            assert cut.value.code() is grpc.StatusCode.NOT_FOUND, cut.value.details()
+    finally:
+        resume.set()
+        raw.close()
+    # The bytes go with the sweep the delete woke; no artifact row ever
+    # pointed at an upload cut off by the delete.
+    eventually(lambda: _staged_rows(bare_server, job.id) == (0, 0))
+    assert bare_server.sql("SELECT count(*) FROM job_artifact WHERE job_id = ?", job.id) == [(0,)]
+    with pytest.raises(NotFoundError):
+        client.artifacts(job.id)
+
+
 def test_purge_removes_artifacts(
     client: JobClient, worker: Worker, bare_server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -416,7 +480,7 @@ def test_purge_removes_artifacts(
     assert _staged_rows(bare_server, job_id) == (1, 0)
     result = client.purge(older_than=timedelta(0), kinds=["art.sync"])
     assert job_id in result.job_ids
-    assert _staged_rows(bare_server, job_id) == (0, 0)
+    eventually(lambda: _staged_rows(bare_server, job_id) == (0, 0))
 
 
 def test_artifact_limits_are_configurable(start_server: Callable[..., ServerProcess]) -> None:

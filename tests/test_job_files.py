@@ -130,7 +130,7 @@ class Scene:
         """The database, the data directory's folders and bob's job, its
         recorded file and its artifact are all still there."""
         assert (self.data / "jobstream.db").is_file()
-        assert (self.data / "jobs").is_dir() and (self.data / "artifacts").is_dir()
+        assert (self.data / "jobs").is_dir()
         assert (self.data / "jobs" / self.victim / "keep.txt").read_text() == "bob's\n"
         assert self.bob.get(self.victim).state is JobState.QUEUED
         got = self.bob.download(self.victim, "keep.bin", self.data.parent / "keep.bin")

@@ -277,16 +277,22 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
         lambda c: store.report(c, job_id, lease.lease_id, Report(files=("x.txt",)), now=now_us()),
     )
     with pytest.raises(FailedPrecondition):
-        write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+        write(
+            store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us())
+        )
     deletion, changes = write(
-        store, lambda c: store.delete(c, job_id, force=True, allow_missing=False)
+        store, lambda c: store.delete(c, job_id, force=True, allow_missing=False, now=now_us())
     )
     assert deletion is not None and deletion.files == ("x.txt",)
     assert changes.deleted_jobs == {job_id: ""}
     assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
     with pytest.raises(NotFound):
-        write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
-    gone, _ = write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=True))
+        write(
+            store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us())
+        )
+    gone, _ = write(
+        store, lambda c: store.delete(c, job_id, force=False, allow_missing=True, now=now_us())
+    )
     assert gone is None
     [*_, last] = store.read_changes(after_position=0, limit=100)
     assert (last.job_id, last.deleted) == (job_id, True)
@@ -384,7 +390,7 @@ def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: 
     assert [e.seq for e in listed] == [events[1].seq, events[3].seq]
     assert store.read_results(job_id, after_seq=listed[0].seq, limit=10) == listed[1:]
     finish(store, job_id, lease.lease_id, Outcome.SUCCEEDED)
-    write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False))
+    write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us()))
     assert ResultRow.select().count() == 0
 
 

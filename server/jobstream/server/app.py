@@ -284,10 +284,16 @@ async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None
 
 async def _sweep(service: JobsService, interval: float, metrics: Metrics) -> None:
     """Rescues jobs whose lease ran out, and removes the chunks of uploads
-    that can no longer complete, forever."""
+    that can no longer complete, every ``interval`` seconds and whenever a
+    delete or purge left chunks to remove, forever."""
     artifacts = Artifacts(service)
+    wanted = service.sweep_wanted
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wanted.wait(), interval)
+        # Cleared before the pass: garbage marked while it runs sets it
+        # again, and the next pass starts at once.
+        wanted.clear()
         try:
             while expired := await service.expire_leases():
                 metrics.lease_expiries.inc(expired)

@@ -1,6 +1,8 @@
 """Artifacts: the output files a worker uploads for a job, stored in the
 database in chunks, so every server sharing the database serves, lists and
-deletes every job's artifacts, and they go with the job's row.
+deletes every job's artifacts, and they go with the job's row: its delete
+removes the artifact rows and marks their chunks as garbage, which the
+sweep removes a few at a time.
 
 An upload is cut into CHUNK_BYTES chunks as it arrives, each stored by a
 writer operation of its own (fenced by the lease) under a fresh upload id,
@@ -9,9 +11,10 @@ and SHA-256 match the header does one writer operation (fenced by the lease,
 like any report) point the artifact row at the upload, mark the chunks of
 the artifact it replaces for removal and add the artifact_added event: a
 reader never sees an artifact whose bytes are not all there. A refused or
-broken upload discards its chunks; those of one cut off by a crash, and of
-replaced artifacts, are removed by :meth:`Artifacts.discard_dead_uploads` at
-start-up and on every sweep, a few at a time.
+broken upload discards its chunks; those of one cut off by a crash, of
+replaced artifacts and of deleted jobs are removed by
+:meth:`Artifacts.discard_dead_uploads` at start-up and on every sweep, a
+few at a time.
 """
 
 from __future__ import annotations
@@ -188,8 +191,9 @@ class Artifacts:
 
     async def discard_dead_uploads(self, *, every: bool = False) -> int:
         """Removes the chunks of uploads that can no longer complete (cut
-        off, or replaced artifacts'; see Store.dead_uploads; ``every``: all
-        of them, for SQLite at start-up); returns how many were discarded."""
+        off, replaced artifacts', deleted jobs'; see Store.dead_uploads;
+        ``every``: all of them, for SQLite at start-up); returns how many
+        were discarded."""
         service = self.service
         store = service.store
         discarded = 0

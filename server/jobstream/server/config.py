@@ -24,7 +24,7 @@ MAX_LEASE_S = 3600.0
 """The longest lease a worker may ask for."""
 
 DEFAULT_SWEEP_S = 1.0
-"""How often expired leases are looked for."""
+"""How often expired leases and dead uploads are looked for."""
 
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts a job gets when its submit names none."""
@@ -192,7 +192,8 @@ def parser() -> argparse.ArgumentParser:
         "--sweep-seconds",
         type=float,
         default=float(_env("SWEEP_SECONDS", str(DEFAULT_SWEEP_S))),
-        help="how often expired leases are rescued [JOBSTREAM_SWEEP_SECONDS]",
+        help="how often expired leases are rescued and dead uploads' bytes removed "
+        "[JOBSTREAM_SWEEP_SECONDS]",
     )
     add(
         "--max-attempts",

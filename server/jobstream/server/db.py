@@ -256,11 +256,18 @@ ArtifactRow.add_index(
 class UploadRow(BaseModel):
     """Chunks that are no artifact's bytes: an upload in progress (its
     chunks are stored as they arrive; completing it deletes this row), or
-    the upload of a replaced artifact, to remove. A row whose lease has
-    ended (server killed, client gone, replaced) marks chunks to remove."""
+    the upload of a replaced artifact or of a deleted job, to remove. A row
+    whose lease has ended (server killed, client gone, replaced, job
+    deleted) marks chunks to remove.
+
+    ``job_id`` is no foreign key, here and in ChunkRow: deleting a job
+    must not cascade to its chunks (freeing large blobs in the delete's
+    transaction would hold up every other write); the delete marks its
+    uploads instead, and the sweep removes the chunks a few at a time."""
 
     upload_id = pw.TextField(primary_key=True)
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id")
+    job_id = pw.TextField(index=True)
+    """Indexed: a delete marks the uploads of the jobs it removes."""
     lease_id = pw.TextField()
     chunks = pw.IntegerField(default=0)
     create_time = pw.BigIntegerField()
@@ -271,16 +278,17 @@ class UploadRow(BaseModel):
 
 class ChunkRow(BaseModel):
     """A piece of an upload's bytes: chunk ``chunk_index`` of upload
-    ``upload_id`` (artifacts.CHUNK_BYTES each, the last one shorter)."""
+    ``upload_id`` (artifacts.CHUNK_BYTES each, the last one shorter).
+    Outlives its job's row until the sweep removes it (see UploadRow)."""
 
-    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
+    job_id = pw.TextField()
     upload_id = pw.TextField()
     chunk_index = pw.IntegerField()
     data = pw.BlobField()
 
     class Meta:
         table_name = "job_artifact_chunk"
-        primary_key = pw.CompositeKey("job", "upload_id", "chunk_index")
+        primary_key = pw.CompositeKey("job_id", "upload_id", "chunk_index")
 
 
 MODELS: tuple[type[BaseModel], ...] = (

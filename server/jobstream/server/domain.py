@@ -275,6 +275,8 @@ class Deletion:
 
     job_id: str
     files: tuple[str, ...]
+    garbage: int = 0
+    """Uploads whose chunks the delete left for the sweep to remove."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -3,10 +3,12 @@
 A purge deletes in batches of PURGE_BATCH jobs, each its own writer
 operation, so submits, reports and watchers' writes queued meanwhile commit
 between (or alongside) the batches instead of waiting for one huge
-transaction. The cutoff is fixed when the purge starts: jobs that end while
-it runs are left for the next one, so a purge always terminates. Files are
-removed after each batch commits, as DeleteJob does, and only what each
-job owns (files.py).
+transaction. Artifact bytes are not deleted in the batch: it marks them for
+the sweep, which it wakes, and which removes them a few MiB per operation.
+The cutoff is fixed when the purge starts: jobs that end while it runs are
+left for the next one, so a purge always terminates. Files are removed
+after each batch commits, as DeleteJob does, and only what each job owns
+(files.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 PURGE_BATCH = 200
 """Jobs deleted per writer operation: small enough that one batch (rows,
-cascaded events, change-log entries) commits in milliseconds."""
+cascaded events, change-log entries; artifact bytes are only marked)
+commits in milliseconds."""
 
 MIN_RETENTION_EVERY_S = 0.1
 """Floor of the retention interval, so a typo cannot make it spin."""
@@ -56,8 +59,12 @@ async def purge(
     outcome = PurgeOutcome()
     while True:
         deletions = await service.writer.run(
-            lambda c: store.purge_batch(c, flt, ended_before=cutoff, limit=PURGE_BATCH)
+            lambda c: store.purge_batch(
+                c, flt, ended_before=cutoff, limit=PURGE_BATCH, now=now_us()
+            )
         )
+        if any(d.garbage for d in deletions):
+            service.sweep_wanted.set()
         for deletion in deletions:
             removal = await service.remove_files(deletion.job_id, deletion.files)
             _extend(outcome.removed, removal.removed)

@@ -102,6 +102,10 @@ class JobsService:
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
+        self.sweep_wanted = asyncio.Event()
+        """Set when a commit left chunks to remove (a delete or purge of
+        jobs holding artifacts): wakes the sweeper at once, so the space is
+        reclaimed without waiting for its next tick."""
 
     @property
     def data_dir(self) -> Path:
@@ -144,19 +148,24 @@ class JobsService:
         return await self.writer.run(lambda c: self.store.cancel(c, job_id, reason, now_us()))
 
     async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
-        """Deletes the rows, then (after the commit) the files. With
-        ``force`` a running job is first cancelled in a commit of its own, so
-        its watchers receive the terminal event (and their streams end) before
+        """Deletes the rows, then (after the commit) the files; the chunks of
+        its artifacts are left to the sweep, woken at once. With ``force`` a
+        running job is first cancelled in a commit of its own, so its
+        watchers receive the terminal event (and their streams end) before
         the job is gone."""
         if force:
             await self.writer.run(
                 lambda c: self.store.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
             )
         deletion = await self.writer.run(
-            lambda c: self.store.delete(c, job_id, force=force, allow_missing=allow_missing)
+            lambda c: self.store.delete(
+                c, job_id, force=force, allow_missing=allow_missing, now=now_us()
+            )
         )
         if deletion is None:
             return DeleteOutcome(deleted=False, removal=Removal(removed=(), refused=()))
+        if deletion.garbage:
+            self.sweep_wanted.set()
         removal = await self.remove_files(deletion.job_id, deletion.files)
         return DeleteOutcome(deleted=True, removal=removal)
 

@@ -17,6 +17,7 @@ import json
 import math
 import operator
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -93,8 +94,14 @@ STATS_PERCENTILES = (0.50, 0.95)
 
 NO_LEASE = ""
 """The lease of a job_artifact_upload row whose chunks are to be removed (a
-replaced artifact's, or an upload being discarded). No lease id is empty:
-no upload goes on under it, and the row counts as dead at once."""
+replaced artifact's, a deleted job's, or an upload being discarded). No
+lease id is empty: no upload goes on under it, and the row counts as dead
+at once."""
+
+GARBAGE_INSERT_ROWS = 500
+"""Garbage job_artifact_upload rows inserted per statement while deleting
+jobs (a purge batch may hold many artifacts): well under SQLite's limit of
+bound parameters."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -214,9 +221,11 @@ class Store:
         shared = not is_sqlite(db)
         # SQLite has one writer at a time (ours), so a plain SELECT is enough;
         # PostgreSQL servers race for the same rows and must skip locked ones
-        # (SELECT ... FOR UPDATE SKIP LOCKED), order their change-log writes
-        # and tell each other about commits.
+        # (SELECT ... FOR UPDATE SKIP LOCKED), lock a job's row before
+        # deciding what its delete or an upload's completion does, order
+        # their change-log writes and tell each other about commits.
         self.skip_locked = shared
+        self.row_locks = shared
         self.ordered_changes = shared
         self.channel: str | None = None
         if shared:
@@ -562,12 +571,13 @@ class Store:
         return True
 
     def delete(
-        self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool
+        self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool, now: int
     ) -> Deletion | None:
-        """Deletes a job's rows (events, steps and labels cascade) and
-        returns the files recorded for it; the caller removes those after
-        the commit."""
-        row = JobRow.get_or_none(JobRow.id == job_id)
+        """Deletes a job's rows (events, steps, labels and results cascade)
+        and its artifacts, whose bytes it leaves to the sweep (see
+        _drop_artifacts); returns the files recorded for it, which the
+        caller removes after the commit."""
+        row = self._locked_row(job_id)
         if row is None:
             if allow_missing:
                 return None
@@ -576,9 +586,77 @@ class Store:
             raise FailedPrecondition(
                 f"job {job_id!r} is running: cancel it first or delete with force", field="force"
             )
+        garbage = self._drop_artifacts([job_id], now)
         JobRow.delete().where(JobRow.id == job_id).execute()
         changes.deleted_jobs[job_id] = row.owner
-        return Deletion(job_id=job_id, files=tuple(json.loads(row.files)))
+        return Deletion(
+            job_id=job_id, files=tuple(json.loads(row.files)), garbage=garbage.get(job_id, 0)
+        )
+
+    def _drop_artifacts(self, job_ids: Sequence[str], now: int) -> dict[str, int]:
+        """Deletes the artifact rows of jobs about to be deleted and marks
+        every upload whose chunks must go with them (each artifact's, every
+        one in progress) as garbage, NO_LEASE rows of job_artifact_upload;
+        returns how many uploads each job left to the sweep.
+
+        Chunks do not cascade from the job: SQLite reads every page of a
+        blob to free it, so a 200 MiB artifact held every other write for
+        seconds. Nothing reaches a deleted job's chunks once its artifact
+        rows are gone, and the sweep removes them a few per operation.
+
+        The job rows must be locked (PostgreSQL) before this runs: no
+        completion can then add an artifact row meanwhile (it locks the job
+        row first, see complete_upload). The artifact rows are deleted with
+        RETURNING rather than read first, so an import that set a row's
+        upload meanwhile is waited for and its upload is marked too.
+        """
+        ids = list(job_ids)
+        left: Counter[str] = Counter()
+        # Uploads in progress die with the job. One whose row another
+        # server's operation holds (a chunk being staged) is skipped rather
+        # than waited for: once the job is gone, its upload is dead anyway
+        # (see dead_uploads).
+        open_uploads = UploadRow.select(UploadRow.upload_id).where(
+            UploadRow.job_id.in_(ids) & (UploadRow.lease_id != NO_LEASE)
+        )
+        if self.skip_locked:
+            open_uploads = open_uploads.for_update(skip_locked=True)
+        marked = (
+            UploadRow.update(lease_id=NO_LEASE)
+            .where(UploadRow.upload_id.in_(open_uploads))
+            .returning(UploadRow.job_id)
+            .tuples()
+        )
+        left.update(job_id for (job_id,) in marked)
+        dropped = (
+            ArtifactRow.delete()
+            .where(ArtifactRow.job.in_(ids))
+            .returning(ArtifactRow.job, ArtifactRow.upload_id, ArtifactRow.size_bytes)
+            .tuples()
+        )
+        # An empty artifact has no chunks; a file of an earlier version not
+        # imported yet has no upload.
+        garbage = [
+            (upload_id, job_id, NO_LEASE, 0, now)
+            for job_id, upload_id, size in dropped
+            if upload_id is not None and size > 0
+        ]
+        left.update(job_id for _, job_id, *_ in garbage)
+        for rows in pw.chunked(garbage, GARBAGE_INSERT_ROWS):
+            # No row can hold these upload ids (completing an upload deletes
+            # its row); ignoring a conflict keeps a delete from ever failing
+            # on one.
+            UploadRow.insert_many(
+                rows,
+                fields=[
+                    UploadRow.upload_id,
+                    UploadRow.job_id,
+                    UploadRow.lease_id,
+                    UploadRow.chunks,
+                    UploadRow.create_time,
+                ],
+            ).on_conflict_ignore().as_rowcount().execute()
+        return dict(left)
 
     def expire_leases(
         self, changes: Changes, now: int, *, limit: int, worker_prefix: str | None = None
@@ -825,11 +903,11 @@ class Store:
         return self.get_job(job_id)
 
     def purge_batch(
-        self, changes: Changes, flt: JobFilter, *, ended_before: int, limit: int
+        self, changes: Changes, flt: JobFilter, *, ended_before: int, limit: int, now: int
     ) -> list[Deletion]:
         """Deletes up to ``limit`` terminal jobs that match ``flt`` and ended
-        at or before ``ended_before``, oldest first; returns their recorded
-        files for the caller to remove after the commit."""
+        at or before ``ended_before``, oldest first, as delete does; returns
+        their recorded files for the caller to remove after the commit."""
         query = self._purgeable(
             JobRow.select(JobRow.id, JobRow.files, JobRow.owner), flt, ended_before
         )
@@ -840,9 +918,13 @@ class Store:
         if not rows:
             return []
         ids = [r.id for r in rows]
+        garbage = self._drop_artifacts(ids, now)
         JobRow.delete().where(JobRow.id.in_(ids)).execute()
         changes.deleted_jobs.update((r.id, r.owner) for r in rows)
-        return [Deletion(job_id=r.id, files=tuple(json.loads(r.files))) for r in rows]
+        return [
+            Deletion(job_id=r.id, files=tuple(json.loads(r.files)), garbage=garbage.get(r.id, 0))
+            for r in rows
+        ]
 
     def purge_preview(
         self, flt: JobFilter, *, ended_before: int, list_limit: int
@@ -932,7 +1014,7 @@ class Store:
         """Stores chunk ``index`` of an upload in progress, fenced by the
         lease. The first chunk opens the upload (its job_artifact_upload
         row); later ones count themselves on that row, which fails once a
-        discard has marked it (see discard_upload)."""
+        discard or the job's delete has marked it (see discard_upload)."""
         self._leased(job_id, lease_id, now)
         if index == 0:
             self._insert_upload.run([(upload_id, job_id, lease_id, 1, now)])
@@ -960,8 +1042,13 @@ class Store:
         ``last``, if any, as the next) artifact ``name`` of the leased job,
         replacing one of the same name (whose chunks are left to the sweep,
         see dead_uploads); adds the event and renews the lease. Returns the
-        artifact and the event's seq."""
-        row = self._leased(job_id, lease_id, now)
+        artifact and the event's seq.
+
+        On PostgreSQL the job's row is locked first, as a delete does, so
+        the two are ordered: a delete that came first leaves no job
+        (NotFound), one that comes second finds this artifact and marks its
+        chunks as garbage."""
+        row = self._leased(job_id, lease_id, now, lock=True)
         existing = ArtifactRow.select().where(ArtifactRow.job == job_id)
         previous = existing.where(ArtifactRow.name == name).first()
         if previous is None and existing.count() >= max_per_job:
@@ -1024,14 +1111,14 @@ class Store:
             return True
         first = (
             ChunkRow.select(ChunkRow.chunk_index)
-            .where((ChunkRow.job == job_id) & (ChunkRow.upload_id == upload_id))
+            .where((ChunkRow.job_id == job_id) & (ChunkRow.upload_id == upload_id))
             .order_by(ChunkRow.chunk_index)
             .limit(limit)
         )
         removed = (
             ChunkRow.delete()
             .where(
-                (ChunkRow.job == job_id)
+                (ChunkRow.job_id == job_id)
                 & (ChunkRow.upload_id == upload_id)
                 & ChunkRow.chunk_index.in_(first)
             )
@@ -1045,14 +1132,16 @@ class Store:
     def dead_uploads(self, now: int, *, limit: int, every: bool) -> list[tuple[str, str]]:
         """``(job_id, upload_id)`` of uploads that can no longer complete:
         completing needs the lease they were opened under, and that lease
-        has ended (the job moved on, or the lease expired, which nothing
-        renews), or it is NO_LEASE (replaced artifacts, discards under way).
-        With ``every``, all of them: right for SQLite at start-up, where no
-        other process can be receiving an upload."""
-        query = UploadRow.select(UploadRow.job, UploadRow.upload_id)
+        has ended (the job moved on or is deleted, or the lease expired,
+        which nothing renews), or it is NO_LEASE (replaced artifacts,
+        deleted jobs' uploads, discards under way). With ``every``, all of
+        them: right for SQLite at start-up, where no other process can be
+        receiving an upload."""
+        query = UploadRow.select(UploadRow.job_id, UploadRow.upload_id)
         if not every:
-            query = query.join(JobRow, on=UploadRow.job == JobRow.id).where(
-                (JobRow.state != JobState.RUNNING.value)
+            query = query.join(JobRow, pw.JOIN.LEFT_OUTER, on=UploadRow.job_id == JobRow.id).where(
+                JobRow.id.is_null()
+                | (JobRow.state != JobState.RUNNING.value)
                 | JobRow.lease_id.is_null()
                 | (JobRow.lease_id != UploadRow.lease_id)
                 | (JobRow.lease_expire < now)
@@ -1085,7 +1174,7 @@ class Store:
         data = (
             ChunkRow.select(ChunkRow.data)
             .where(
-                (ChunkRow.job == job_id)
+                (ChunkRow.job_id == job_id)
                 & (ChunkRow.upload_id == upload_id)
                 & (ChunkRow.chunk_index == index)
             )
@@ -1174,9 +1263,22 @@ class Store:
             raise not_found(job_id)
         return row
 
-    def _leased(self, job_id: str, lease_id: str, now: int) -> JobRow:
-        """The job, if ``lease_id`` is its live lease; fencing for workers."""
-        row = self._row(job_id)
+    def _locked_row(self, job_id: str) -> JobRow | None:
+        """The job's row, on PostgreSQL locked (FOR UPDATE) until the
+        transaction ends; None when there is none, also when a transaction
+        that held the lock meanwhile deleted it."""
+        query = JobRow.select().where(JobRow.id == job_id)
+        if self.row_locks:
+            query = query.for_update()
+        row: JobRow | None = query.get_or_none()
+        return row
+
+    def _leased(self, job_id: str, lease_id: str, now: int, *, lock: bool = False) -> JobRow:
+        """The job, if ``lease_id`` is its live lease; fencing for workers.
+        With ``lock``, its row is locked as by _locked_row."""
+        row = self._locked_row(job_id) if lock else JobRow.get_or_none(JobRow.id == job_id)
+        if row is None:
+            raise not_found(job_id)
         if row.state != JobState.RUNNING.value or row.lease_id != lease_id:
             raise FailedPrecondition(
                 f"lease {lease_id!r} is not the current lease of job {job_id!r} "

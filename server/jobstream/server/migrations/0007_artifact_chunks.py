@@ -1,7 +1,10 @@
 """Artifact bytes move into the database, so every server of a cluster can
 serve and delete every artifact: job_artifact_chunk holds them in chunks,
-job_artifact_upload marks the chunks of uploads still in progress, and each
-artifact row names the upload whose chunks are its bytes.
+job_artifact_upload marks the chunks of uploads still in progress (and those
+to remove), and each artifact row names the upload whose chunks are its
+bytes. Neither of the two new tables has a foreign key to job: a delete must
+not cascade to large blobs in its own transaction, so it marks the job's
+uploads for the sweep instead (store.py, Store.delete).
 
 Rows of earlier versions keep upload_id NULL until the server whose data
 directory holds their file imports it at start-up (legacy_artifacts.py):
@@ -26,15 +29,9 @@ def up(migrator: Any, db: pw.Database) -> None:
             database = db
             legacy_table_names = False
 
-    class Job(Base):
-        id = pw.TextField(primary_key=True)
-
-        class Meta:
-            table_name = "job"
-
     class JobArtifactUpload(Base):
         upload_id = pw.TextField(primary_key=True)
-        job = pw.ForeignKeyField(Job, on_delete="CASCADE", column_name="job_id")
+        job_id = pw.TextField(index=True)
         lease_id = pw.TextField()
         chunks = pw.IntegerField(default=0)
         create_time = pw.BigIntegerField()
@@ -43,14 +40,14 @@ def up(migrator: Any, db: pw.Database) -> None:
             table_name = "job_artifact_upload"
 
     class JobArtifactChunk(Base):
-        job = pw.ForeignKeyField(Job, on_delete="CASCADE", column_name="job_id", index=False)
+        job_id = pw.TextField()
         upload_id = pw.TextField()
         chunk_index = pw.IntegerField()
         data = pw.BlobField()
 
         class Meta:
             table_name = "job_artifact_chunk"
-            primary_key = pw.CompositeKey("job", "upload_id", "chunk_index")
+            primary_key = pw.CompositeKey("job_id", "upload_id", "chunk_index")
 
     db.create_tables([JobArtifactUpload, JobArtifactChunk])
     migrator.migrate(migrator.add_column("job_artifact", "upload_id", pw.TextField(null=True)))
