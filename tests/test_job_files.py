@@ -355,25 +355,25 @@ def test_output_root_files_are_accepted_and_removed_with_the_job(
 def test_a_database_inside_a_job_directory_is_never_removed(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    # An operator put --db inside what becomes the job directory of job "dbjob".
-    db = tmp_path / "files" / "data" / "jobs" / "dbjob" / "state.db"
+    # An operator put --db inside what becomes the job directory of job "alice.dbjob".
+    db = tmp_path / "files" / "data" / "jobs" / "alice.dbjob" / "state.db"
     tokens = write_tokens(tmp_path / "tokens.json")
     server = start_server(extra_args=("--tokens-file", str(tokens), "--db", str(db)), name="files")
     worker = _worker(server, "db-worker")
     try:
         with _client(server, "alice") as alice:
-            job = alice.submit("files.db", job_id="dbjob")
+            job = alice.submit("files.db", job_id="alice.dbjob")
             lease = worker.acquire("files.db")
             (db.parent / "out.txt").write_text("out\n")
             with pytest.raises(grpc.RpcError) as caught:
-                worker.log(job.id, lease.lease_id, ["x"], files=["jobs/dbjob/state.db"])
+                worker.log(job.id, lease.lease_id, ["x"], files=["jobs/alice.dbjob/state.db"])
             assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
             assert "database" in str(caught.value.details())
-            worker.log(job.id, lease.lease_id, ["x"], files=["jobs/dbjob/out.txt"])
+            worker.log(job.id, lease.lease_id, ["x"], files=["jobs/alice.dbjob/out.txt"])
             worker.finish(job.id, lease.lease_id)
             result = alice.delete(job.id)
-            assert result.deleted and "jobs/dbjob" not in result.removed_paths
-            assert "jobs/dbjob/out.txt" in result.removed_paths
+            assert result.deleted and "jobs/alice.dbjob" not in result.removed_paths
+            assert "jobs/alice.dbjob/out.txt" in result.removed_paths
             assert db.is_file()
             later = alice.submit("files.db")
             assert alice.get(later.id).state is JobState.QUEUED

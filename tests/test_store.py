@@ -482,11 +482,13 @@ def test_change_log_keeps_the_owner_of_changed_and_deleted_jobs(store: Store) ->
     kept = submit(store, owner="alice")
     deleted = submit(store, owner="bob")
     purged = submit(store, owner="carol")
-    write(store, lambda c: store.delete(c, deleted, force=False, allow_missing=False))
+    write(store, lambda c: store.delete(c, deleted, force=False, allow_missing=False, now=now_us()))
     write(store, lambda c: store.cancel(c, purged, "done", now_us()))
     write(
         store,
-        lambda c: store.purge_batch(c, JobFilter(), ended_before=now_us() + SECOND, limit=10),
+        lambda c: store.purge_batch(
+            c, JobFilter(), ended_before=now_us() + SECOND, limit=10, now=now_us()
+        ),
     )
     rows = [(c.job_id, c.deleted, c.owner) for c in store.read_changes(after_position=0, limit=10)]
     assert rows == [
