@@ -13,17 +13,14 @@ variable.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
 
 from jobstream.client.cli import values
+from jobstream.client.settings import EnvOptions
 
 __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
-    "EnvOption",
     "build_parser",
     "parse_args",
 ]
@@ -40,78 +37,8 @@ DEFAULT_LIST_LIMIT = 50
 DEFAULT_CONCURRENCY = 4
 """Jobs a ``jobstream worker`` runs at once unless given ``--concurrency``."""
 
-Kind = Literal["value", "list", "flag"]
 
-
-@dataclass(frozen=True, kw_only=True)
-class EnvOption:
-    """One flag's environment fallback and default, applied after parsing."""
-
-    dest: str
-    env: str
-    kind: Kind
-    default: Any
-    convert: Callable[[str], Any]
-
-
-class _Options:
-    """Adds flags to one parser and remembers their environment fallbacks."""
-
-    def __init__(self, parser: argparse.ArgumentParser, env_prefix: str) -> None:
-        self.parser = parser
-        self.env_prefix = env_prefix
-        self.specs: list[EnvOption] = []
-
-    def add(
-        self,
-        *flags: str,
-        help: str,
-        kind: Kind = "value",
-        convert: Callable[[str], Any] = str,
-        default: Any = None,
-        metavar: str | None = None,
-        suppress: bool = False,
-    ) -> None:
-        """Add a flag named ``flags``, read from ``<prefix>_<NAME>`` when not given."""
-        long_name = next(flag for flag in flags if flag.startswith("--"))
-        dest = long_name[2:].replace("-", "_")
-        env_name = f"{self.env_prefix}_{dest.upper()}"
-        note = f"env {env_name}"
-        if kind == "list":
-            note += ", comma-separated"
-        if default not in (None, "", [], False):
-            shown = ",".join(default) if isinstance(default, list) else default
-            note += f"; default {shown}"
-        # None (or SUPPRESS) as the argparse default tells "not given" apart
-        # from a given value, so the environment can fill the gap afterwards.
-        absent: Any = argparse.SUPPRESS if suppress else None
-        full_help = f"{help} [{note}]"
-        if kind == "flag":
-            self.parser.add_argument(
-                *flags, dest=dest, action="store_true", default=absent, help=full_help
-            )
-        else:
-            self.parser.add_argument(
-                *flags,
-                dest=dest,
-                type=convert,
-                action="append" if kind == "list" else "store",
-                default=absent,
-                metavar=metavar,
-                help=full_help,
-            )
-        self.specs.append(
-            EnvOption(
-                dest=dest,
-                env=env_name,
-                kind=kind,
-                default=bool(default) if kind == "flag" else default,
-                convert=values.flag if kind == "flag" else convert,
-            )
-        )
-
-
-def _add_common(options: _Options) -> None:
+def _add_common(options: EnvOptions) -> None:
     options.add(
         "--target",
         help="server address host:port",
@@ -153,13 +80,13 @@ def _add_common(options: _Options) -> None:
     options.add("--key", help="PEM private key of --cert", metavar="FILE", suppress=True)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
+def build_parser() -> tuple[argparse.ArgumentParser, EnvOptions]:
     """The parser, and the environment fallbacks of the options shared by all commands.
 
     Each command's own fallbacks travel in its namespace as ``_env_options``.
     """
     common_parser = argparse.ArgumentParser(add_help=False)
-    common = _Options(common_parser, "JOBSTREAM")
+    common = EnvOptions(common_parser, "JOBSTREAM")
     _add_common(common)
     parser = argparse.ArgumentParser(
         prog="jobstream",
@@ -171,10 +98,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help: str) -> _Options:
+    def command(name: str, help: str) -> EnvOptions:
         sub = commands.add_parser(name, help=help, description=help, parents=[common_parser])
-        options = _Options(sub, f"JOBSTREAM_{name.upper()}")
-        sub.set_defaults(_env_options=options.specs)
+        options = EnvOptions(sub, f"JOBSTREAM_{name.upper()}")
+        sub.set_defaults(_env_options=options)
         return options
 
     # `jobstream serve ...` never gets here: main hands everything after it
@@ -352,10 +279,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
 
     _add_ops_commands(command)
 
-    return parser, common.specs
+    return parser, common
 
 
-def _filter_options(options: _Options, *, states: str = "only these states") -> None:
+def _filter_options(options: EnvOptions, *, states: str = "only these states") -> None:
     """--state/--kind/--label/--queue, as ``ls`` has them."""
     options.add("--state", help=f"{states} (repeatable)", kind="list", convert=values.state)
     options.add("--kind", help="only these kinds (repeatable)", kind="list")
@@ -369,7 +296,7 @@ def _filter_options(options: _Options, *, states: str = "only these states") -> 
     options.add("--queue", help="only these queues (repeatable)", kind="list")
 
 
-def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
+def _add_ops_commands(command: Callable[[str, str], EnvOptions]) -> None:
     """retry, results, artifacts, download, purge, stats (see cli/ops.py)."""
     retry = command("retry", "run a failed, interrupted or cancelled job again")
     retry.parser.add_argument("job_id", metavar="ID")
@@ -424,41 +351,18 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
     _filter_options(stats)
 
 
-def _apply_env(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    specs: Sequence[EnvOption],
-    environ: Mapping[str, str],
-) -> None:
-    for spec in specs:
-        if getattr(args, spec.dest, None) is not None:
-            continue
-        raw = environ.get(spec.env)
-        value: Any = spec.default
-        if raw is not None and (raw.strip() or spec.kind == "flag"):
-            try:
-                if spec.kind == "list":
-                    value = [spec.convert(part.strip()) for part in raw.split(",") if part.strip()]
-                else:
-                    value = spec.convert(raw)
-            except (argparse.ArgumentTypeError, ValueError) as exc:
-                parser.error(f"{spec.env}={raw!r}: {exc}")
-        if isinstance(value, list):
-            value = list(value)  # never share the default list between runs
-        setattr(args, spec.dest, value)
-
-
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` and fill every flag not given from ``environ`` (default
     ``os.environ``), then from the defaults.
 
     Usage errors exit with status 2 through argparse.
     """
-    parser, common_specs = build_parser()
+    parser, common = build_parser()
     args = parser.parse_args(argv)
-    env = os.environ if environ is None else environ
-    _apply_env(parser, args, common_specs, env)
-    _apply_env(parser, args, getattr(args, "_env_options", ()), env)
+    common.apply(args, environ, parser=parser)
+    command: EnvOptions | None = getattr(args, "_env_options", None)
+    if command is not None:
+        command.apply(args, environ, parser=parser)
     if args.command is None:
         parser.print_help()
         parser.exit(2)
