@@ -25,6 +25,17 @@ from google.protobuf.message import Message
 
 from jobstream.client.artifacts import DownloadSink, ProgressCallback
 from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
+from jobstream.client.convert import (
+    artifact_from_pb,
+    change_from_pb,
+    delete_result_from_pb,
+    event_from_pb,
+    filter_to_pb,
+    job_from_pb,
+    purge_result_from_pb,
+    spec_to_pb,
+    stats_from_pb,
+)
 from jobstream.client.errors import (
     DeadlineExceededError,
     JobstreamError,
@@ -42,15 +53,6 @@ from jobstream.client.models import (
     JobState,
     PurgeResult,
     Stats,
-    artifact_from_pb,
-    change_from_pb,
-    delete_result_from_pb,
-    event_from_pb,
-    filter_to_pb,
-    job_from_pb,
-    purge_result_from_pb,
-    spec_to_pb,
-    stats_from_pb,
 )
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc

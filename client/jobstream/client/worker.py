@@ -46,12 +46,20 @@ from google.protobuf.message import Message
 
 from jobstream.client.artifacts import file_digest, read_chunks
 from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
-from jobstream.client.errors import JobstreamError, from_rpc_error
-from jobstream.client.models import (
+from jobstream.client.convert import (
     JOB_OUTCOMES,
     LOG_LEVELS,
     RESULT_STATUSES,
     STEP_STATES,
+    artifact_from_pb,
+    fill_struct,
+    job_error_to_pb,
+    job_from_pb,
+    progress_to_pb,
+    time_from_pb,
+)
+from jobstream.client.errors import JobstreamError, from_rpc_error
+from jobstream.client.models import (
     Artifact,
     Job,
     JobError,
@@ -61,12 +69,6 @@ from jobstream.client.models import (
     Progress,
     ResultStatus,
     StepState,
-    artifact_from_pb,
-    fill_struct,
-    job_error_to_pb,
-    job_from_pb,
-    progress_to_pb,
-    time_from_pb,
 )
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
