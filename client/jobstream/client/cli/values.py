@@ -118,7 +118,7 @@ def timestamp(text: str) -> datetime:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time or +N[smhd], got {text!r}"
+            f"expected an ISO 8601 time or +DURATION (e.g. +10m), got {text!r}"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
