@@ -22,11 +22,13 @@ import pexpect
 import pytest
 from rich.console import Console
 
+from jobstream.client.calls import DEFAULT_TIMEOUT
 from jobstream.client.cli.escape import sanitize
 from jobstream.client.cli.jsonout import dumps, to_jsonable
 from jobstream.client.cli.options import parse_args
 from jobstream.client.cli.render import log_line, step_line
 from jobstream.client.cli.watchview import WatchView
+from jobstream.client.connection import DEFAULT_TARGET
 from jobstream.client.models import (
     Counters,
     EventKind,
@@ -42,6 +44,7 @@ from jobstream.client.models import (
     Step,
     StepState,
 )
+from jobstream.client.worker import DEFAULT_CONCURRENCY, DEFAULT_QUEUES, Worker
 
 RUN_TIMEOUT_S = 60.0
 """Longest any one CLI run may take before the test fails."""
@@ -771,6 +774,15 @@ def test_param_values_are_json_when_they_parse() -> None:
         "eq": "a=b",
         "list": [1, 2],
     }
+
+
+def test_defaults_are_the_librarys_own() -> None:
+    # The CLI mirrors the library's defaults by importing them, so a change
+    # to one is a change to both.
+    args = parse_args(["worker"], environ={})
+    assert (args.target, args.timeout) == (DEFAULT_TARGET, DEFAULT_TIMEOUT)
+    assert args.concurrency == DEFAULT_CONCURRENCY
+    assert tuple(args.queue) == DEFAULT_QUEUES == Worker().queues
 
 
 def test_flags_beat_environment_beats_defaults() -> None:

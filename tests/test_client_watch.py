@@ -288,7 +288,7 @@ def test_async_watch_resumes_the_same_way() -> None:
 
     async def main() -> list[Job | JobEvent]:
         client = AsyncJobClient("127.0.0.1:1")
-        client._stub_cache = stub
+        client._stub_cache = stub  # type: ignore[assignment]
         return [item async for item in client.watch("j")]
 
     assert seqs(asyncio.run(main())) == ["snapshot", 1, 2, 3]

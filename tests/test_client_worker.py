@@ -1,6 +1,6 @@
-"""The worker's pieces without a server: the Handlers registry and the
-JobContext buffer (coalesced progress, ordered updates, batch limits,
-acknowledgement, back-pressure)."""
+"""The worker's pieces without a server: the Handlers registry, and what a
+JobContext reports into its ReportBuffer (coalesced progress, ordered
+updates, batch limits, acknowledgement, back-pressure)."""
 
 from __future__ import annotations
 
@@ -14,22 +14,41 @@ from typing import Any
 import pytest
 
 from jobstream.client import FatalJobError, Handlers, JobCancelled, JobContext, Worker, demo
+from jobstream.client.context import Cancellation
 from jobstream.client.models import Job, JobState, Progress
-from jobstream.client.worker import (
+from jobstream.client.reports import (
     MAX_BATCH_BYTES,
     MAX_BATCH_ITEMS,
     MAX_PENDING_ITEMS,
-    default_worker_id,
+    ReportBuffer,
 )
+from jobstream.client.worker import default_worker_id
 from jobstream.v1 import job_pb2
 
 
 @pytest.fixture
-def ctx() -> Iterator[JobContext]:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
-    job = Job(id="j", kind="k", state=JobState.RUNNING, params={"n": 2})
-    yield JobContext(job, loop)
+    yield loop
     loop.close()
+
+
+@pytest.fixture
+def reports(loop: asyncio.AbstractEventLoop) -> ReportBuffer:
+    """The buffer the context below reports into, as an attempt holds it."""
+    return ReportBuffer(loop, Progress())
+
+
+@pytest.fixture
+def cancellation() -> Cancellation:
+    """The context's stop flag, as an attempt holds it."""
+    return Cancellation()
+
+
+@pytest.fixture
+def ctx(reports: ReportBuffer, cancellation: Cancellation) -> JobContext:
+    job = Job(id="j", kind="k", state=JobState.RUNNING, params={"n": 2})
+    return JobContext(job, reports, cancellation=cancellation)
 
 
 def in_thread(fn: Any) -> threading.Thread:
@@ -125,18 +144,18 @@ def test_params_and_id(ctx: JobContext) -> None:
     assert ctx.id == "j" and ctx.params == {"n": 2} and ctx.job.kind == "k"
 
 
-def test_progress_is_coalesced_and_derived(ctx: JobContext) -> None:
+def test_progress_is_coalesced_and_derived(ctx: JobContext, reports: ReportBuffer) -> None:
     for i in range(1, 101):
         ctx.progress(i, 200, message=f"item {i}")
     ctx.phase("enrich")
-    batch = ctx._take_batch()
+    batch = reports.take_batch()
     assert batch is not None and batch.progress is not None
     assert batch.progress == job_pb2.Progress(
         fraction=0.5, done=100, total=200, phase="enrich", message="item 100"
     )
-    assert ctx._take_batch() is None  # nothing left
+    assert reports.take_batch() is None  # nothing left
     ctx.progress(fraction=0.75)
-    batch = ctx._take_batch()
+    batch = reports.take_batch()
     assert batch is not None and batch.progress is not None
     assert (batch.progress.fraction, batch.progress.done, batch.progress.phase) == (
         0.75,
@@ -145,14 +164,14 @@ def test_progress_is_coalesced_and_derived(ctx: JobContext) -> None:
     )
 
 
-def test_updates_keep_their_order(ctx: JobContext) -> None:
+def test_updates_keep_their_order(ctx: JobContext, reports: ReportBuffer) -> None:
     ctx.log("one")
     ctx.step("fetch")
     ctx.log("two\n", level="warning", stream="stderr")
     ctx.result_item("row-1", data={"x": 1})
     ctx.result_item("row-2", "failed", error="bad")
     ctx.add_file("/data/out.csv")
-    batch = ctx._take_batch()
+    batch = reports.take_batch()
     assert batch is not None and batch.progress is None
     assert [line.text for line in batch.logs] == ["one", "two"]
     assert batch.logs[1].level == job_pb2.LOG_LEVEL_WARNING and batch.logs[1].stream == "stderr"
@@ -165,17 +184,15 @@ def test_updates_keep_their_order(ctx: JobContext) -> None:
     assert batch.files == ["/data/out.csv"]
 
 
-def test_job_dir_is_made_on_first_use_under_the_files_root(ctx: JobContext, tmp_path: Path) -> None:
+def test_job_dir_is_made_on_first_use_under_the_files_root(
+    ctx: JobContext, reports: ReportBuffer, tmp_path: Path
+) -> None:
     assert ctx.job_dir is None  # no files root: nothing the server would accept
-    loop = asyncio.new_event_loop()
-    try:
-        job = Job(id="job-1", kind="k", state=JobState.RUNNING)
-        rooted = JobContext(job, loop, files_root=tmp_path / "jobs")
-        assert not (tmp_path / "jobs").exists()
-        made = rooted.job_dir
-        assert made == tmp_path / "jobs" / "job-1" and made.is_dir()
-    finally:
-        loop.close()
+    job = Job(id="job-1", kind="k", state=JobState.RUNNING)
+    rooted = JobContext(job, reports, files_root=tmp_path / "jobs")
+    assert not (tmp_path / "jobs").exists()
+    made = rooted.job_dir
+    assert made == tmp_path / "jobs" / "job-1" and made.is_dir()
 
 
 def test_bad_values_fail_at_the_call(ctx: JobContext) -> None:
@@ -185,12 +202,12 @@ def test_bad_values_fail_at_the_call(ctx: JobContext) -> None:
         ctx.result_item("k", data={"x": object()})
 
 
-def test_step_scope(ctx: JobContext) -> None:
+def test_step_scope(ctx: JobContext, reports: ReportBuffer) -> None:
     with ctx.step_scope("fetch"):
         pass
     with pytest.raises(KeyError), ctx.step_scope("parse"):
         raise KeyError("col")
-    batch = ctx._take_batch()
+    batch = reports.take_batch()
     assert batch is not None
     assert [(s.name, s.state, s.error) for s in batch.steps] == [
         ("fetch", job_pb2.STEP_STATE_RUNNING, ""),
@@ -200,12 +217,12 @@ def test_step_scope(ctx: JobContext) -> None:
     ]
 
 
-def test_step_scope_left_by_a_cancel_is_cancelled(ctx: JobContext) -> None:
+def test_step_scope_left_by_a_cancel_is_cancelled(ctx: JobContext, reports: ReportBuffer) -> None:
     with pytest.raises(JobCancelled), ctx.step_scope("fetch"):
         raise JobCancelled("cancelled at 3 of 10")
     with pytest.raises(asyncio.CancelledError), ctx.step_scope("poll"):
         raise asyncio.CancelledError
-    batch = ctx._take_batch()
+    batch = reports.take_batch()
     assert batch is not None
     assert [(s.name, s.state, s.error) for s in batch.steps] == [
         ("fetch", job_pb2.STEP_STATE_RUNNING, ""),
@@ -215,43 +232,45 @@ def test_step_scope_left_by_a_cancel_is_cancelled(ctx: JobContext) -> None:
     ]
 
 
-def test_batches_respect_the_item_limit(ctx: JobContext) -> None:
+def test_batches_respect_the_item_limit(ctx: JobContext, reports: ReportBuffer) -> None:
     for i in range(2 * MAX_BATCH_ITEMS + 5):
         ctx.log(f"line {i}")
     sizes = []
     texts: list[str] = []
-    while (batch := ctx._take_batch()) is not None:
+    while (batch := reports.take_batch()) is not None:
         sizes.append(len(batch.logs))
         texts += [line.text for line in batch.logs]
     assert sizes == [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 5]
     assert texts == [f"line {i}" for i in range(2 * MAX_BATCH_ITEMS + 5)]
 
 
-def test_batches_respect_the_byte_limit(ctx: JobContext) -> None:
+def test_batches_respect_the_byte_limit(ctx: JobContext, reports: ReportBuffer) -> None:
     line = "x" * 100_000
     for _ in range(25):
         ctx.log(line)
     counts = []
-    while (batch := ctx._take_batch()) is not None:
+    while (batch := reports.take_batch()) is not None:
         assert sum(m.ByteSize() for m in batch.logs) <= MAX_BATCH_BYTES
         counts.append(len(batch.logs))
     assert sum(counts) == 25 and len(counts) == 3
 
 
-def test_acknowledge_tracks_what_was_sent(ctx: JobContext) -> None:
+def test_acknowledge_tracks_what_was_sent(ctx: JobContext, reports: ReportBuffer) -> None:
     ctx.log("a")
     ctx.progress(1, 2)
     ctx.log("b")
-    assert ctx._take_batch() is not None
+    assert reports.take_batch() is not None
     ctx.log("c")  # after the take: not covered by the acknowledgement
-    ctx._acknowledge()
-    assert ctx._acked == 3
-    assert ctx._take_batch() is not None
-    ctx._acknowledge()
-    assert ctx._acked == 4
+    reports.acknowledge()
+    assert reports.acknowledged_number == 3
+    assert reports.take_batch() is not None
+    reports.acknowledge()
+    assert reports.acknowledged_number == 4
 
 
-def test_flush_blocks_a_handler_thread_until_acknowledged(ctx: JobContext) -> None:
+def test_flush_blocks_a_handler_thread_until_acknowledged(
+    ctx: JobContext, reports: ReportBuffer
+) -> None:
     ctx.log("a")
     flushed = threading.Event()
 
@@ -261,8 +280,8 @@ def test_flush_blocks_a_handler_thread_until_acknowledged(ctx: JobContext) -> No
 
     thread = in_thread(handler)
     assert not flushed.wait(0.2)
-    assert ctx._take_batch() is not None
-    ctx._acknowledge()
+    assert reports.take_batch() is not None
+    reports.acknowledge()
     assert flushed.wait(5)
     thread.join(5)
 
@@ -272,7 +291,7 @@ def test_flush_on_the_loop_thread_is_refused(ctx: JobContext) -> None:
         ctx.flush()
 
 
-def test_a_full_buffer_blocks_a_handler_thread(ctx: JobContext) -> None:
+def test_a_full_buffer_blocks_a_handler_thread(ctx: JobContext, reports: ReportBuffer) -> None:
     done = threading.Event()
 
     def handler() -> None:
@@ -282,17 +301,19 @@ def test_a_full_buffer_blocks_a_handler_thread(ctx: JobContext) -> None:
 
     thread = in_thread(handler)
     assert not done.wait(1.0)
-    assert len(ctx._items) == MAX_PENDING_ITEMS
+    assert reports.pending == MAX_PENDING_ITEMS
     taken = 0
-    while not done.is_set() or ctx._items:
-        batch = ctx._take_batch()
+    while not done.is_set() or reports.pending:
+        batch = reports.take_batch()
         taken += len(batch.logs) if batch else 0
         time.sleep(0.001)
     thread.join(5)
     assert taken == MAX_PENDING_ITEMS + 10
 
 
-def test_closing_releases_and_drops(ctx: JobContext) -> None:
+def test_closing_releases_and_drops(
+    ctx: JobContext, reports: ReportBuffer, cancellation: Cancellation
+) -> None:
     done = threading.Event()
 
     def handler() -> None:
@@ -303,19 +324,19 @@ def test_closing_releases_and_drops(ctx: JobContext) -> None:
 
     in_thread(handler)
     time.sleep(0.3)
-    ctx._cancel("lease_lost")
-    ctx._close()
+    cancellation.request("lease_lost")
+    reports.close()
     assert done.wait(5)
     assert ctx.cancelled
     ctx.log("after")
-    assert ctx._take_batch() is None
+    assert reports.take_batch() is None
 
 
-def test_check_cancelled(ctx: JobContext) -> None:
+def test_check_cancelled(ctx: JobContext, cancellation: Cancellation) -> None:
     ctx.check_cancelled()
-    ctx._cancel("requested")
-    ctx._cancel("shutdown")  # the first reason sticks
-    assert ctx._cancel_reason == "requested"
+    cancellation.request("requested")
+    cancellation.request("shutdown")  # the first reason sticks
+    assert cancellation.reason == "requested"
     with pytest.raises(Exception, match="cancelled") as raised:
         ctx.check_cancelled()
     assert type(raised.value).__name__ == "JobCancelled"

@@ -37,8 +37,9 @@ from hypothesis.stateful import (
 
 from faults.record import FULL, record, size
 from jobstream.client import Job, JobClient, JobState
+from jobstream.client.convert import event_from_pb, job_from_pb
 from jobstream.client.errors import JobstreamError
-from jobstream.client.models import EventKind, event_from_pb, job_from_pb
+from jobstream.client.models import EventKind
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 
 LEASE_S = 600

@@ -7,6 +7,7 @@ Needs only grpcio and protobuf; never imports the server.
 from __future__ import annotations
 
 from jobstream.client.client import AsyncJobClient, JobClient
+from jobstream.client.context import JobContext
 from jobstream.client.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -26,6 +27,7 @@ from jobstream.client.errors import (
     UnimplementedError,
     UnknownError,
 )
+from jobstream.client.handlers import FatalJobError, Handlers, JobCancelled
 from jobstream.client.models import (
     Artifact,
     Counters,
@@ -49,7 +51,7 @@ from jobstream.client.models import (
     Step,
     StepState,
 )
-from jobstream.client.worker import FatalJobError, Handlers, JobCancelled, JobContext, Worker
+from jobstream.client.worker import Worker
 
 __all__ = [
     "AbortedError",

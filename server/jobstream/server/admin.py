@@ -22,6 +22,7 @@ from pathlib import Path
 
 import peewee as pw
 
+from jobstream.client.settings import SettingError, env_bool
 from jobstream.server.config import ServerConfig, env_default
 from jobstream.server.db import (
     SQLITE_BUSY_TIMEOUT_MS,
@@ -215,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json",
         action="store_true",
-        default=env_default("JSON", "") not in ("", "0", "false", "no"),
+        default=env_bool("JOBSTREAM_JSON"),
         help="print JSON for scripts [JOBSTREAM_JSON]",
     )
     p = argparse.ArgumentParser(
@@ -241,7 +242,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``jobstream db ACTION``; returns the exit status."""
-    args = parser().parse_args(list(argv))
+    try:
+        p = parser()
+    except SettingError as exc:  # a JOBSTREAM_* variable it reads as a default
+        argparse.ArgumentParser(prog="jobstream db").error(str(exc))
+    args = p.parse_args(list(argv))
     url = ServerConfig(data_dir=args.data_dir, db_url=args.db).database_url
     try:
         return _run(args, url)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobstream.client.settings import SettingError, env_bool, env_value, parse_duration
 from jobstream.server import limits
 from jobstream.server.files import check_output_roots
 from jobstream.server.quotas import DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL
@@ -46,9 +47,6 @@ are re-read: a typical scrape interval, and one cheap query each time."""
 DEFAULT_RETENTION_EVERY_S = 3600.0
 """How often --retention purges: hourly keeps old jobs from piling up while
 costing one indexed query per hour when there is nothing to do."""
-
-DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-"""Suffixes of durations such as ``30d`` or ``10m``."""
 
 DEFAULT_GRACE_S = 10.0
 """How long a graceful shutdown lets in-flight calls finish."""
@@ -227,18 +225,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def duration_s(text: str) -> float:
-    """``30d``, ``12h``, ``10m``, ``90s`` or plain seconds, as seconds >= 0."""
-    value = text.strip().lower()
-    scale = DURATION_UNITS.get(value[-1:], 0.0)
+    """A duration flag (``90``, ``1.5s``, ``10m``, ``2h``, ``30d``) as seconds."""
     try:
-        seconds = float(value[:-1] if scale else value) * (scale or 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a duration: {text!r} (e.g. 30d, 12h, 10m, 90s)"
-        ) from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a duration >= 0: {text!r}")
-    return seconds
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_retention(add: Any) -> None:
@@ -246,14 +237,14 @@ def _add_retention(add: Any) -> None:
     add(
         "--retention",
         type=duration_s,
-        default=_env("RETENTION", "0"),
+        default=env_value("JOBSTREAM_RETENTION", parse_duration, 0.0),
         help="delete ended jobs (and their files) this long after they end, e.g. 30d; "
         "0 = keep forever [JOBSTREAM_RETENTION]",
     )
     add(
         "--retention-every",
         type=duration_s,
-        default=_env("RETENTION_EVERY", f"{DEFAULT_RETENTION_EVERY_S:g}"),
+        default=env_value("JOBSTREAM_RETENTION_EVERY", parse_duration, DEFAULT_RETENTION_EVERY_S),
         help="how often the retention purge runs [JOBSTREAM_RETENTION_EVERY]",
     )
 
@@ -277,7 +268,7 @@ def _add_operations(add: Any) -> None:
     add(
         "--log-json",
         action="store_true",
-        default=_env("LOG_JSON", "") in ("1", "true", "yes"),
+        default=env_bool("JOBSTREAM_LOG_JSON"),
         help="log JSON lines instead of text [JOBSTREAM_LOG_JSON]",
     )
 
@@ -318,7 +309,7 @@ def _add_security(add: Any) -> None:
     add(
         "--insecure",
         action="store_true",
-        default=_env("INSECURE", "") in ("1", "true", "yes"),
+        default=env_bool("JOBSTREAM_INSECURE"),
         help="allow listening beyond loopback without TLS or tokens [JOBSTREAM_INSECURE]",
     )
     add(
@@ -363,13 +354,17 @@ def _add_security(add: Any) -> None:
 
 def from_args(argv: Sequence[str]) -> ServerConfig:
     """Parses ``jobstream serve`` arguments."""
-    a = parser().parse_args(list(argv))
+    try:
+        p = parser()
+    except SettingError as exc:  # a JOBSTREAM_* variable it reads as a default
+        argparse.ArgumentParser(prog="jobstream serve").error(str(exc))
+    a = p.parse_args(list(argv))
     if a.lease_seconds < 1:
-        parser().error("--lease-seconds must be at least 1")
+        p.error("--lease-seconds must be at least 1")
     try:
         check_output_roots(a.data_dir, a.output_roots)
     except ValueError as exc:
-        parser().error(str(exc))
+        p.error(str(exc))
     return ServerConfig(
         host=a.host,
         port=a.port,

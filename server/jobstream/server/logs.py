@@ -1,4 +1,5 @@
-"""Structured server logs: text by default, JSON lines with ``--log-json``,
+"""Structured server logs: text by default, JSON lines with ``--log-json``
+(the one format of :mod:`jobstream.client.logformat`, the worker's too),
 and the request id and job id on every line logged while handling a call.
 
 The ids live in context variables. :class:`LogContextInterceptor` sets them
@@ -12,7 +13,6 @@ them onto every record; library code keeps plain ``logging.getLogger``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -21,11 +21,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
+from jobstream.client.logformat import JsonLogFormatter
 from jobstream.server.interception import (
     Behavior,
     Continuation,
@@ -100,35 +100,11 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the ids when
-    known, and the traceback of an exception."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one line of JSON."""
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("request_id", "job_id"):
-            value = getattr(record, key, None)
-            if value:
-                line[key] = value
-        for key in ("method", "code", "duration_ms"):
-            if hasattr(record, key):
-                line[key] = getattr(record, key)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
-
-
 def configure(level: str, *, as_json: bool) -> None:
     """Sends the server's logs to stderr as text or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonLogFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,117 +1,65 @@
 """The ``jobstream`` command line: commands, flags and their environment fallbacks.
 
 Every flag can also be set through a ``JOBSTREAM_*`` environment variable,
-named in its ``--help`` line. A flag given on the command line wins over the
-variable, which wins over the built-in default. Options every command takes
-(``--target``, ``--timeout``, ``--json``) are ``JOBSTREAM_<OPTION>`` and may
-come before or after the command; a command's own options are
-``JOBSTREAM_<COMMAND>_<OPTION>`` so that, say, the queue a worker serves
-does not silently filter ``ls``. Repeatable flags read a comma-separated
-variable.
+named in its ``--help`` line (see :mod:`jobstream.client.settings`). A flag
+given on the command line wins over the variable, which wins over the
+default; a default the library has is the library's constant, imported.
+Options every command takes (``--target``, ``--timeout``, ``--json``) are
+``JOBSTREAM_<OPTION>`` and may come before or after the command; a
+command's own options are ``JOBSTREAM_<COMMAND>_<OPTION>`` so that, say,
+the queue a worker serves does not silently filter ``ls``. Repeatable flags
+read a comma-separated variable.
+
+One function adds each group of commands: the long-running processes, the
+commands on one job, the job lists, and the operators' commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
 
+from jobstream.client.calls import DEFAULT_TIMEOUT
 from jobstream.client.cli import values
+from jobstream.client.connection import DEFAULT_TARGET
+from jobstream.client.settings import EnvOptions
+from jobstream.client.worker import DEFAULT_CONCURRENCY, DEFAULT_QUEUES
 
-__all__ = [
-    "DEFAULT_TARGET",
-    "DEFAULT_TIMEOUT",
-    "EnvOption",
-    "build_parser",
-    "parse_args",
-]
-
-DEFAULT_TARGET = "127.0.0.1:50051"
-"""Where the server listens unless told otherwise (loopback, the default port)."""
-
-DEFAULT_TIMEOUT = 30.0
-"""Seconds a unary call may take before it fails with DEADLINE_EXCEEDED."""
+__all__ = ["DEFAULT_LIST_LIMIT", "build_parser", "parse_args"]
 
 DEFAULT_LIST_LIMIT = 50
 """Jobs ``ls`` shows unless given ``--limit``."""
 
-DEFAULT_CONCURRENCY = 4
-"""Jobs a ``jobstream worker`` runs at once unless given ``--concurrency``."""
-
-Kind = Literal["value", "list", "flag"]
+DEFAULT_LOG_LEVEL = "INFO"
+"""Level of a ``jobstream worker``'s own log unless given ``--log-level``."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class EnvOption:
-    """One flag's environment fallback and default, applied after parsing."""
+class _Commands:
+    """Adds commands to the ``jobstream`` parser, each taking the common options."""
 
-    dest: str
-    env: str
-    kind: Kind
-    default: Any
-    convert: Callable[[str], Any]
-
-
-class _Options:
-    """Adds flags to one parser and remembers their environment fallbacks."""
-
-    def __init__(self, parser: argparse.ArgumentParser, env_prefix: str) -> None:
-        self.parser = parser
-        self.env_prefix = env_prefix
-        self.specs: list[EnvOption] = []
-
-    def add(
+    def __init__(
         self,
-        *flags: str,
-        help: str,
-        kind: Kind = "value",
-        convert: Callable[[str], Any] = str,
-        default: Any = None,
-        metavar: str | None = None,
-        suppress: bool = False,
+        subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+        common: argparse.ArgumentParser,
     ) -> None:
-        """Add a flag named ``flags``, read from ``<prefix>_<NAME>`` when not given."""
-        long_name = next(flag for flag in flags if flag.startswith("--"))
-        dest = long_name[2:].replace("-", "_")
-        env_name = f"{self.env_prefix}_{dest.upper()}"
-        note = f"env {env_name}"
-        if kind == "list":
-            note += ", comma-separated"
-        if default not in (None, "", [], False):
-            shown = ",".join(default) if isinstance(default, list) else default
-            note += f"; default {shown}"
-        # None (or SUPPRESS) as the argparse default tells "not given" apart
-        # from a given value, so the environment can fill the gap afterwards.
-        absent: Any = argparse.SUPPRESS if suppress else None
-        full_help = f"{help} [{note}]"
-        if kind == "flag":
-            self.parser.add_argument(
-                *flags, dest=dest, action="store_true", default=absent, help=full_help
-            )
-        else:
-            self.parser.add_argument(
-                *flags,
-                dest=dest,
-                type=convert,
-                action="append" if kind == "list" else "store",
-                default=absent,
-                metavar=metavar,
-                help=full_help,
-            )
-        self.specs.append(
-            EnvOption(
-                dest=dest,
-                env=env_name,
-                kind=kind,
-                default=bool(default) if kind == "flag" else default,
-                convert=values.flag if kind == "flag" else convert,
-            )
-        )
+        self._subparsers = subparsers
+        self._common = common
+
+    def add(self, name: str, help: str) -> EnvOptions:
+        """A command whose own flags read ``JOBSTREAM_<NAME>_<FLAG>``."""
+        sub = self._subparsers.add_parser(name, help=help, description=help, parents=[self._common])
+        options = EnvOptions(sub, f"JOBSTREAM_{name.upper()}")
+        sub.set_defaults(_env_options=options)
+        return options
+
+    def passthrough(self, name: str, help: str, dest: str) -> None:
+        """A command whose arguments go, untouched, to a parser of its own."""
+        sub = self._subparsers.add_parser(name, help=help, add_help=False)
+        sub.add_argument(dest, nargs=argparse.REMAINDER)
 
 
-def _add_common(options: _Options) -> None:
+def _add_common(options: EnvOptions) -> None:
+    """Options every command takes, before or after its name."""
     options.add(
         "--target",
         help="server address host:port",
@@ -153,13 +101,13 @@ def _add_common(options: _Options) -> None:
     options.add("--key", help="PEM private key of --cert", metavar="FILE", suppress=True)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
+def build_parser() -> tuple[argparse.ArgumentParser, EnvOptions]:
     """The parser, and the environment fallbacks of the options shared by all commands.
 
     Each command's own fallbacks travel in its namespace as ``_env_options``.
     """
     common_parser = argparse.ArgumentParser(add_help=False)
-    common = _Options(common_parser, "JOBSTREAM")
+    common = EnvOptions(common_parser)
     _add_common(common)
     parser = argparse.ArgumentParser(
         prog="jobstream",
@@ -169,36 +117,39 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         epilog="Exit codes: 0 ok (watch: job succeeded), 1 job failed or interrupted, "
         "2 usage or server error, 3 job cancelled, 130 Ctrl-C, 141 stdout closed (| head).",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND"), common_parser)
+    _add_process_commands(commands)
+    _add_job_commands(commands)
+    _add_list_commands(commands)
+    _add_ops_commands(commands)
+    completion = commands.add(
+        "completion", "print a shell completion script: source <(jobstream completion bash)"
+    )
+    completion.parser.add_argument("shell", choices=("bash",), help="bash (zsh: via bashcompinit)")
+    return parser, common
 
-    def command(name: str, help: str) -> _Options:
-        sub = commands.add_parser(name, help=help, description=help, parents=[common_parser])
-        options = _Options(sub, f"JOBSTREAM_{name.upper()}")
-        sub.set_defaults(_env_options=options.specs)
-        return options
 
+def _add_process_commands(commands: _Commands) -> None:
+    """serve, db and worker: the long-running processes and maintenance."""
     # `jobstream serve ...` never gets here: main hands everything after it
     # to the server untouched, --help included. This entry lists it in the
     # help, and catches `jobstream --json serve ...`, which has nothing to
     # pass the common options to.
-    serve = commands.add_parser(
+    commands.passthrough(
         "serve",
-        help="run the server (needs the [server] extra; `jobstream serve --help` for its flags)",
-        add_help=False,
+        "run the server (needs the [server] extra; `jobstream serve --help` for its flags)",
+        "server_argv",
     )
-    serve.add_argument("server_argv", nargs=argparse.REMAINDER)
-
     # Likewise `jobstream db ...` goes to the server's admin parser; this
     # entry catches `jobstream --json db check`.
-    db = commands.add_parser(
+    commands.passthrough(
         "db",
-        help="database maintenance: migrate, check, backup FILE, vacuum "
+        "database maintenance: migrate, check, backup FILE, vacuum "
         "(needs the [server] extra; `jobstream db --help`)",
-        add_help=False,
+        "db_argv",
     )
-    db.add_argument("db_argv", nargs=argparse.REMAINDER)
 
-    worker = command("worker", "run handlers for jobs from the server")
+    worker = commands.add("worker", "run handlers for jobs from the server")
     worker.add(
         "--handlers",
         help="module whose module-level `handlers` to run (repeatable)",
@@ -213,7 +164,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         metavar="N",
     )
     worker.add(
-        "--queue", help="queue to take jobs from (repeatable)", kind="list", default=["default"]
+        "--queue",
+        help="queue to take jobs from (repeatable)",
+        kind="list",
+        default=list(DEFAULT_QUEUES),
     )
     worker.add("--worker-id", help="this worker's id (default: host and pid)", metavar="ID")
     worker.add(
@@ -226,11 +180,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         "--log-level",
         help="logging level of the worker's own log",
         convert=str.upper,
-        default="INFO",
+        default=DEFAULT_LOG_LEVEL,
         metavar="LEVEL",
     )
 
-    submit = command("submit", "submit a job and print its id")
+
+def _add_job_commands(commands: _Commands) -> None:
+    """submit, watch, get, logs, cancel and rm: one job each."""
+    submit = commands.add("submit", "submit a job and print its id")
     submit.parser.add_argument("kind", metavar="KIND", help="job kind, e.g. demo.count")
     submit.add(
         "-p",
@@ -266,7 +223,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
     )
     submit.add(
         "--not-before",
-        help="do not start before this ISO 8601 time or +N[smhd] from now",
+        help="do not start before this ISO 8601 time or +DURATION from now (+10m)",
         convert=values.timestamp,
         metavar="TIME",
     )
@@ -288,7 +245,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         kind="flag",
     )
 
-    watch = command("watch", "follow a job live until it ends")
+    watch = commands.add("watch", "follow a job live until it ends")
     watch.parser.add_argument("job_id", metavar="ID")
     watch.add(
         "--after-seq",
@@ -298,17 +255,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         metavar="N",
     )
 
-    ls = command("ls", "list jobs, newest first")
-    ls.add("--state", help="only these states (repeatable)", kind="list", convert=values.state)
-    ls.add("--kind", help="only these kinds (repeatable)", kind="list")
-    ls.add(
-        "--label",
-        help="only jobs with label k=v (repeatable)",
-        kind="list",
-        convert=values.key_value,
-        metavar="K=V",
-    )
-    ls.add("--queue", help="only these queues (repeatable)", kind="list")
+    get = commands.add("get", "show one job in detail")
+    get.parser.add_argument("job_id", metavar="ID")
+
+    logs = commands.add("logs", "print a job's log lines")
+    logs.parser.add_argument("job_id", metavar="ID")
+    logs.add("-f", "--follow", help="keep printing new lines until the job ends", kind="flag")
+
+    cancel = commands.add("cancel", "cancel a job")
+    cancel.parser.add_argument("job_id", metavar="ID")
+    cancel.add("--reason", help="why, recorded in the job's events", default="")
+
+    rm = commands.add("rm", "delete a job, its events and its files")
+    rm.parser.add_argument("job_id", metavar="ID")
+    rm.add("--force", help="also delete a running job (cancelling it first)", kind="flag")
+    rm.add("--allow-missing", help="succeed when the job does not exist", kind="flag")
+
+
+def _add_list_commands(commands: _Commands) -> None:
+    """ls and top: the jobs that match a filter."""
+    ls = commands.add("ls", "list jobs, newest first")
+    _add_filter(ls)
     ls.add(
         "--limit",
         help="show at most N jobs",
@@ -316,47 +283,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
         default=DEFAULT_LIST_LIMIT,
         metavar="N",
     )
-
-    completion = command(
-        "completion", "print a shell completion script: source <(jobstream completion bash)"
-    )
-    completion.parser.add_argument("shell", choices=("bash",), help="bash (zsh: via bashcompinit)")
-
-    top = command("top", "live full-screen table of jobs with progress bars (Ctrl-C ends)")
-    top.add("--state", help="only these states (repeatable)", kind="list", convert=values.state)
-    top.add("--kind", help="only these kinds (repeatable)", kind="list")
-    top.add(
-        "--label",
-        help="only jobs with label k=v (repeatable)",
-        kind="list",
-        convert=values.key_value,
-        metavar="K=V",
-    )
-    top.add("--queue", help="only these queues (repeatable)", kind="list")
-
-    get = command("get", "show one job in detail")
-    get.parser.add_argument("job_id", metavar="ID")
-
-    logs = command("logs", "print a job's log lines")
-    logs.parser.add_argument("job_id", metavar="ID")
-    logs.add("-f", "--follow", help="keep printing new lines until the job ends", kind="flag")
-
-    cancel = command("cancel", "cancel a job")
-    cancel.parser.add_argument("job_id", metavar="ID")
-    cancel.add("--reason", help="why, recorded in the job's events", default="")
-
-    rm = command("rm", "delete a job, its events and its files")
-    rm.parser.add_argument("job_id", metavar="ID")
-    rm.add("--force", help="also delete a running job (cancelling it first)", kind="flag")
-    rm.add("--allow-missing", help="succeed when the job does not exist", kind="flag")
-
-    _add_ops_commands(command)
-
-    return parser, common.specs
+    top = commands.add("top", "live full-screen table of jobs with progress bars (Ctrl-C ends)")
+    _add_filter(top)
 
 
-def _filter_options(options: _Options, *, states: str = "only these states") -> None:
-    """--state/--kind/--label/--queue, as ``ls`` has them."""
+def _add_filter(options: EnvOptions, *, states: str = "only these states") -> None:
+    """--state/--kind/--label/--queue: the job filter of ls, top, purge and stats."""
     options.add("--state", help=f"{states} (repeatable)", kind="list", convert=values.state)
     options.add("--kind", help="only these kinds (repeatable)", kind="list")
     options.add(
@@ -369,9 +301,9 @@ def _filter_options(options: _Options, *, states: str = "only these states") -> 
     options.add("--queue", help="only these queues (repeatable)", kind="list")
 
 
-def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
-    """retry, results, artifacts, download, purge, stats (see cli/ops.py)."""
-    retry = command("retry", "run a failed, interrupted or cancelled job again")
+def _add_ops_commands(commands: _Commands) -> None:
+    """retry, results, artifacts, download, purge and stats (see cli/ops.py)."""
+    retry = commands.add("retry", "run a failed, interrupted or cancelled job again")
     retry.parser.add_argument("job_id", metavar="ID")
     retry.add("--reason", help="why, recorded in the job's events", default="")
     retry.add(
@@ -382,7 +314,7 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
         metavar="N",
     )
 
-    results = command("results", "print a job's per-item results (each key's latest)")
+    results = commands.add("results", "print a job's per-item results (each key's latest)")
     results.parser.add_argument("job_id", metavar="ID")
     results.add(
         "--jsonl",
@@ -390,10 +322,10 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
         kind="flag",
     )
 
-    artifacts = command("artifacts", "list a job's output files")
+    artifacts = commands.add("artifacts", "list a job's output files")
     artifacts.parser.add_argument("job_id", metavar="ID")
 
-    download = command("download", "download one of a job's output files")
+    download = commands.add("download", "download one of a job's output files")
     download.parser.add_argument("job_id", metavar="ID")
     download.parser.add_argument("name", metavar="NAME")
     download.add("-o", "--output", help="file to write (default: ./NAME)", metavar="FILE")
@@ -404,7 +336,7 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
         kind="flag",
     )
 
-    purge = command("purge", "delete old ended jobs with their events and files")
+    purge = commands.add("purge", "delete old ended jobs with their events and files")
     purge.add(
         "--older-than",
         help="only jobs that ended at least this long ago, e.g. 30d (0 = all ended jobs)",
@@ -412,40 +344,18 @@ def _add_ops_commands(command: Callable[[str, str], _Options]) -> None:
         metavar="DURATION",
     )
     purge.add("--dry-run", help="only show what would be deleted", kind="flag")
-    _filter_options(purge, states="only these ended states")
+    _add_filter(purge, states="only these ended states")
 
-    stats = command("stats", "job counts by state and kind, success rate, run times, throughput")
+    stats = commands.add(
+        "stats", "job counts by state and kind, success rate, run times, throughput"
+    )
     stats.add(
         "--window",
         help="recent window for rates and run times, e.g. 1h, 1d (default: the server's, 1h)",
         convert=values.duration,
         metavar="DURATION",
     )
-    _filter_options(stats)
-
-
-def _apply_env(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    specs: Sequence[EnvOption],
-    environ: Mapping[str, str],
-) -> None:
-    for spec in specs:
-        if getattr(args, spec.dest, None) is not None:
-            continue
-        raw = environ.get(spec.env)
-        value: Any = spec.default
-        if raw is not None and (raw.strip() or spec.kind == "flag"):
-            try:
-                if spec.kind == "list":
-                    value = [spec.convert(part.strip()) for part in raw.split(",") if part.strip()]
-                else:
-                    value = spec.convert(raw)
-            except (argparse.ArgumentTypeError, ValueError) as exc:
-                parser.error(f"{spec.env}={raw!r}: {exc}")
-        if isinstance(value, list):
-            value = list(value)  # never share the default list between runs
-        setattr(args, spec.dest, value)
+    _add_filter(stats)
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
@@ -454,11 +364,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
     Usage errors exit with status 2 through argparse.
     """
-    parser, common_specs = build_parser()
+    parser, common = build_parser()
     args = parser.parse_args(argv)
-    env = os.environ if environ is None else environ
-    _apply_env(parser, args, common_specs, env)
-    _apply_env(parser, args, getattr(args, "_env_options", ()), env)
+    common.apply(args, environ, parser=parser)
+    command: EnvOptions | None = getattr(args, "_env_options", None)
+    if command is not None:
+        command.apply(args, environ, parser=parser)
     if args.command is None:
         parser.print_help()
         parser.exit(2)

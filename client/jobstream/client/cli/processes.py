@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from jobstream.client.cli.exits import EXIT_USAGE
-from jobstream.client.cli.jsonout import rfc3339
+from jobstream.client.logformat import JsonLogFormatter
 from jobstream.client.security import cli_security
 from jobstream.client.worker import Handlers, Worker
 
@@ -102,27 +101,10 @@ def load_handlers(modules: Sequence[str]) -> Handlers:
     return merged
 
 
-class _JsonLogFormatter(logging.Formatter):
-    """One JSON object per log record, for ``jobstream worker --json``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        from datetime import UTC, datetime
-
-        data = {
-            "time": rfc3339(datetime.fromtimestamp(record.created, UTC)),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=True)
-
-
 def _configure_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
-        handler.setFormatter(_JsonLogFormatter())
+        handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobstream.client.models import JobState
+from jobstream.client.settings import parse_timedelta
 
 __all__ = [
     "delay",
     "duration",
-    "flag",
     "integer",
     "json_object",
     "key_value",
@@ -29,11 +28,6 @@ __all__ = [
     "timeout",
     "timestamp",
 ]
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-_DURATION = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def positive_int(text: str) -> int:
@@ -116,42 +110,25 @@ def state(text: str) -> JobState:
 
 
 def timestamp(text: str) -> datetime:
-    """An ISO 8601 time (UTC unless it says otherwise) or ``+N[smhd]`` from now."""
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        return datetime.now(UTC) + timedelta(seconds=seconds)
+    """An ISO 8601 time (UTC unless it says otherwise) or ``+`` and a
+    duration (``+10m``) from now."""
+    if text.strip().startswith("+"):
+        return delay(text.strip()[1:])
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time or +N[smhd], got {text!r}"
+            f"expected an ISO 8601 time or +DURATION (e.g. +10m), got {text!r}"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def flag(text: str) -> bool:
-    """A boolean environment value: 1/0, true/false, yes/no, on/off."""
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (1/0, true/false), got {text!r}")
-
-
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-
-
 def duration(text: str) -> timedelta:
-    """A span such as ``30d``, ``12h``, ``10m``, ``90s`` or plain seconds."""
-    match = _SPAN.fullmatch(text.strip().lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration such as 30d, 12h, 10m or 90s, got {text!r}"
-        )
-    seconds = float(match.group(1)) * _DURATION_UNITS.get(match.group(2), 1.0)
-    return timedelta(seconds=seconds)
+    """A span: ``90``, ``1.5s``, ``10m``, ``2h``, ``30d`` (see jobstream.client.settings)."""
+    try:
+        return parse_timedelta(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def delay(text: str) -> datetime:

@@ -1,0 +1,254 @@
+"""Watches that pick up again after the server became unreachable, written
+once as programs: WatchJob (one job's snapshot and events) and WatchJobs (a
+job list's changes).
+
+A :class:`Resumable` says what to request (from where) and which responses
+to pass on; :func:`follow` runs it, deciding whether and when to try again.
+A stream is only resumed once it was established (something was
+received): a server that is down when the watch starts fails fast, as
+unary calls do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from jobstream.client.calls import Outage, call_timeout
+from jobstream.client.convert import change_from_pb, event_from_pb, job_from_pb
+from jobstream.client.errors import JobstreamError, UnavailableError, from_rpc_error
+from jobstream.client.models import EventKind, Job, JobChange, JobEvent
+from jobstream.client.program import Emit, Items, open_stream, receive, sleep
+from jobstream.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+__all__ = ["JobWatch", "JobsWatch", "Resumable", "follow"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class Resumable(Generic[Req, Resp, T]):
+    """A stream that picks up again after the server became unreachable.
+
+    Subclasses say which method to call, what to request (from where) and
+    which responses to pass on; this class decides whether and when to try
+    again.
+    """
+
+    def __init__(
+        self, *, what: str, resume: bool, resume_timeout: float, deadline: float | None
+    ) -> None:
+        self.what = what
+        self.resume = resume
+        self.deadline = deadline
+        self.done = False
+        self._established = False
+        self._outage = Outage(resume_timeout, deadline)
+
+    def rpc(
+        self, stub: job_service_pb2_grpc.JobServiceStub
+    ) -> grpc.UnaryStreamMultiCallable[Req, Resp]:
+        """The streaming method to call."""
+        raise NotImplementedError
+
+    def request(self) -> Req:
+        """The request that starts (or resumes) the stream."""
+        raise NotImplementedError
+
+    def accept(self, response: Resp) -> list[T]:
+        """The items to pass on for a response (none: drop it)."""
+        raise NotImplementedError
+
+    def timeout(self) -> float | None:
+        """The stream's deadline: none, unless the caller set an overall one."""
+        return call_timeout(None, self.deadline, self.what)
+
+    def received(self) -> None:
+        """Note that the stream is up (a response arrived)."""
+        self._established = True
+        if self._outage.since is not None:
+            log.info("%s: resumed", self.what)
+        self._outage.over()
+
+    def failed(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before resuming after ``exc``; raises the typed
+        error when the stream cannot or should not be resumed."""
+        error = from_rpc_error(exc)
+        if not (self.resume and self._established and isinstance(error, UnavailableError)):
+            raise error from exc
+        return self._retry_delay(error)
+
+    def ended(self) -> float | None:
+        """The stream ended cleanly: None when the watch is over, else the
+        seconds to wait before resuming (a server going down may close
+        streams cleanly before the job is terminal)."""
+        if self.done or not self.resume:
+            return None
+        message = f"{self.what}: the stream ended early"
+        return self._retry_delay(UnavailableError(grpc.StatusCode.UNAVAILABLE, message))
+
+    def _retry_delay(self, error: JobstreamError) -> float:
+        if self._outage.since is None:
+            log.info("%s: %s; resuming", self.what, error.message or error.code.name)
+        return self._outage.delay(error)
+
+
+def follow(watch: Resumable[Req, Resp, T]) -> Items[T]:
+    """Run ``watch``: open its stream, pass its items on, and open it again
+    (after a backoff) when it drops, until the watch is done."""
+    while True:
+        stream = yield from open_stream(watch.rpc, watch.request(), watch.timeout())
+        try:
+            while (response := (yield from receive(stream))) is not None:
+                for item in watch.accept(response):
+                    yield Emit(item)
+                if watch.done:
+                    return
+            delay = watch.ended()
+            if delay is None:
+                return
+        except grpc.RpcError as exc:
+            delay = watch.failed(exc)
+        finally:
+            stream.cancel()
+        yield from sleep(delay)
+
+
+class JobWatch(
+    Resumable[job_service_pb2.WatchJobRequest, job_service_pb2.WatchJobResponse, Job | JobEvent]
+):
+    """WatchJob: the snapshot once, then each event once, in seq order;
+    done after the event that makes the job terminal."""
+
+    def __init__(
+        self,
+        job_id: str,
+        after_seq: int,
+        *,
+        resume: bool,
+        resume_timeout: float,
+        deadline: float | None = None,
+    ) -> None:
+        super().__init__(
+            what=f"watch {job_id}", resume=resume, resume_timeout=resume_timeout, deadline=deadline
+        )
+        self.job_id = job_id
+        self.last_seq = after_seq
+        self._snapshot_seen = False
+        self._snapshot_last_seq = 0
+
+    def rpc(
+        self, stub: job_service_pb2_grpc.JobServiceStub
+    ) -> grpc.UnaryStreamMultiCallable[
+        job_service_pb2.WatchJobRequest, job_service_pb2.WatchJobResponse
+    ]:
+        return stub.WatchJob
+
+    def request(self) -> job_service_pb2.WatchJobRequest:
+        return job_service_pb2.WatchJobRequest(
+            job_id=self.job_id, after_seq=self.last_seq, batch_events=True
+        )
+
+    def accept(self, response: job_service_pb2.WatchJobResponse) -> list[Job | JobEvent]:
+        self.received()
+        kind = response.WhichOneof("item")
+        if kind == "snapshot":
+            job = job_from_pb(response.snapshot)
+            self._snapshot_last_seq = job.last_seq
+            if job.state.terminal and job.last_seq <= self.last_seq:
+                self.done = True
+            if self._snapshot_seen:
+                return []
+            self._snapshot_seen = True
+            return [job]
+        messages: Sequence[job_pb2.JobEvent]
+        if kind == "events":
+            messages = response.events.events
+        elif kind == "event":
+            messages = [response.event]
+        else:
+            return []
+        events: list[Job | JobEvent] = []
+        for message in messages:
+            if self.done:
+                break
+            if message.seq > self.last_seq:
+                events.append(self._event(event_from_pb(message)))
+        return events
+
+    def _event(self, event: JobEvent) -> JobEvent:
+        self.last_seq = event.seq
+        # The job's history may hold an earlier terminal state (before a
+        # retry): only the newest event can end the watch.
+        if (
+            event.kind is EventKind.STATE_CHANGE
+            and event.state_change is not None
+            and event.state_change.state.terminal
+            and event.seq >= self._snapshot_last_seq
+        ):
+            self.done = True
+        return event
+
+
+class JobsWatch(
+    Resumable[job_service_pb2.WatchJobsRequest, job_service_pb2.WatchJobsResponse, JobChange]
+):
+    """WatchJobs: each change once, resuming from the last position.
+
+    The initial listing (after_position 0) carries one position for every
+    job, so it cannot be resumed part-way: a disconnect during it restarts
+    the listing. Once caught up, positions increase and a resume asks for
+    the changes after the last one seen.
+    """
+
+    def __init__(
+        self,
+        flt: job_pb2.JobFilter,
+        after_position: int,
+        *,
+        resume: bool,
+        resume_timeout: float,
+    ) -> None:
+        super().__init__(
+            what="watch jobs", resume=resume, resume_timeout=resume_timeout, deadline=None
+        )
+        self.filter = flt
+        self.position = after_position
+        self._listing = after_position == 0
+        self._caught_up_sent = False
+
+    def rpc(
+        self, stub: job_service_pb2_grpc.JobServiceStub
+    ) -> grpc.UnaryStreamMultiCallable[
+        job_service_pb2.WatchJobsRequest, job_service_pb2.WatchJobsResponse
+    ]:
+        return stub.WatchJobs
+
+    def request(self) -> job_service_pb2.WatchJobsRequest:
+        return job_service_pb2.WatchJobsRequest(
+            filter=self.filter, after_position=0 if self._listing else self.position
+        )
+
+    def accept(self, response: job_service_pb2.WatchJobsResponse) -> list[JobChange]:
+        self.received()
+        change = change_from_pb(response)
+        if change.caught_up:
+            self._listing = False
+            self.position = max(self.position, change.position)
+            if self._caught_up_sent:
+                return []
+            self._caught_up_sent = True
+            return [change]
+        if self._listing:
+            return [change]
+        if change.position <= self.position:
+            return []
+        self.position = change.position
+        return [change]
