@@ -188,6 +188,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[EnvOption]]:
     )
     serve.add_argument("server_argv", nargs=argparse.REMAINDER)
 
+    # `jobstream gateway ...` goes to the gateway's own parser, like serve.
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve the HTTP/JSON API and the dashboard in front of a server (needs the "
+        "[gateway] extra; `jobstream gateway --help` for its flags)",
+        add_help=False,
+    )
+    gateway.add_argument("gateway_argv", nargs=argparse.REMAINDER)
+
     # Likewise `jobstream db ...` goes to the server's admin parser; this
     # entry catches `jobstream --json db check`.
     db = commands.add_parser(
