@@ -142,6 +142,7 @@ let current = null;  // the view on screen: {close()}
 function route() {
   if (current) current.close();
   flash('');
+  setLive('', '');
   const hash = window.location.hash.slice(1) || '/';
   const [path, query] = hash.split('?');
   const params = new URLSearchParams(query || '');
@@ -420,15 +421,16 @@ function jobView(view, id) {
   }
 
   function renderResults() {
+    if (!job) return;
     const c = job.counters || {};
     const total = num(c.succeeded) + num(c.failed) + num(c.skipped);
     parts.results.replaceChildren(el('h2', {}, `Results (${total})`),
       total ? el('a', {href: `${jobPath(id)}/results?alt=jsonl`, download: `${id}-results.jsonl`}, 'download all as JSON lines') : '',
-      results.length ? el('table', {},
+      results.length ? el('div', {class: 'scroll'}, el('table', {},
         el('thead', {}, el('tr', {}, ['key', 'status', 'error', 'data'].map((h) => el('th', {}, h)))),
         el('tbody', {}, results.slice(0, RESULTS_SHOWN).map((r) => el('tr', {},
           el('td', {}, r.key), el('td', {}, (r.status || '').replace('RESULT_STATUS_', '').toLowerCase()),
-          el('td', {class: 'error'}, r.error || ''), el('td', {}, r.data ? JSON.stringify(r.data) : ''))))) : '');
+          el('td', {class: 'error'}, r.error || ''), el('td', {}, r.data ? JSON.stringify(r.data) : '')))))) : '');
   }
 
   async function loadArtifacts() {
@@ -455,7 +457,7 @@ function jobView(view, id) {
   function renderAll() { renderHead(); renderProgress(); renderSteps(); renderDetails(); renderResults(); }
 
   async function refresh() {
-    try { job = await api('GET', jobPath(id)); renderAll(); } catch (error) { flash(error.message); }
+    try { job = (await api('GET', jobPath(id))).job; renderAll(); } catch (error) { flash(error.message); }
   }
 
   function onEvent(event) {
