@@ -89,10 +89,14 @@ def _scalar(field: FieldDescriptor, text: str, name: str) -> Any:
             return float(text)
         except ValueError:
             raise BadRequest(name, f"expected a number, got {text!r}") from None
-    if kind in _INTEGER_TYPES or kind == FieldDescriptor.TYPE_ENUM:
-        # json_format reads integers from strings, and enums from names or
-        # numbers; it names the field when it refuses.
-        return int(text) if kind == FieldDescriptor.TYPE_ENUM and text.isdigit() else text
+    if kind in _INTEGER_TYPES:
+        try:
+            return int(text)
+        except ValueError:
+            raise BadRequest(name, f"expected an integer, got {text!r}") from None
+    if kind == FieldDescriptor.TYPE_ENUM:
+        # By name or by number; json_format names the field when it refuses.
+        return int(text) if text.isdigit() else text
     return text  # strings, bytes (base64), and well-known types in their JSON form
 
 
