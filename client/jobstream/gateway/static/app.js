@@ -10,6 +10,7 @@ const STATS_SAMPLE = 1000;       // newest jobs the charts are drawn from
 const STATES = ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'INTERRUPTED'];
 const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED', 'INTERRUPTED']);
 const LEVELS = ['DEBUG', 'INFO', 'WARNING', 'ERROR'];
+const FLUSH_MS = 100;            // how often a busy job page redraws
 
 // ---------------------------------------------------------------- helpers
 
@@ -352,8 +353,36 @@ function jobView(view, id) {
   function shown(line) { return LEVELS.indexOf(line.level) >= LEVELS.indexOf(level); }
 
   function renderLog() {
+    pending = [];  // already in lines
     log.replaceChildren(...lines.filter(shown).map(lineNode));
     if (following) log.scrollTop = log.scrollHeight;
+  }
+
+  // Events arrive by the thousand per second; the page is redrawn at most
+  // every FLUSH_MS with what changed, not once per event.
+  const dirty = new Set();
+  let pending = [];
+  let flushTimer = null;
+
+  function touch(...what) {
+    for (const part of what) dirty.add(part);
+    if (!flushTimer) flushTimer = setTimeout(flush, FLUSH_MS);
+  }
+
+  function flush() {
+    flushTimer = null;
+    if (pending.length) {
+      log.append(...pending.filter(shown).map(lineNode));
+      pending = [];
+      while (log.childElementCount > MAX_LOG_LINES) log.firstChild.remove();
+      if (following) log.scrollTop = log.scrollHeight;
+    }
+    if (!job) return;
+    if (dirty.has('head')) renderHead();
+    if (dirty.has('progress')) renderProgress();
+    if (dirty.has('steps')) renderSteps();
+    if (dirty.has('results')) renderResults();
+    dirty.clear();
   }
 
   function addLine(event) {
@@ -361,12 +390,9 @@ function jobView(view, id) {
       level: (event.log.level || 'LOG_LEVEL_INFO').replace('LOG_LEVEL_', '')};
     if (entry.level === 'UNSPECIFIED') entry.level = 'INFO';
     lines.push(entry);
-    if (lines.length > MAX_LOG_LINES) {
-      lines.shift();
-      log.firstChild?.remove();
-    }
-    if (shown(entry)) log.append(lineNode(entry));
-    if (following) log.scrollTop = log.scrollHeight;
+    if (lines.length > MAX_LOG_LINES) lines.shift();
+    pending.push(entry);
+    touch();
   }
 
   function renderHead() {
@@ -457,7 +483,7 @@ function jobView(view, id) {
   function renderAll() { renderHead(); renderProgress(); renderSteps(); renderDetails(); renderResults(); }
 
   async function refresh() {
-    try { job = (await api('GET', jobPath(id))).job; renderAll(); } catch (error) { flash(error.message); }
+    try { flush(); job = (await api('GET', jobPath(id))).job; renderAll(); } catch (error) { flash(error.message); }
   }
 
   function onEvent(event) {
@@ -469,18 +495,17 @@ function jobView(view, id) {
     if (event.log) addLine(event);
     else if (event.progress) {
       job.progress = event.progress;
-      renderProgress();
-      renderHead();
+      touch('progress', 'head');
     } else if (event.stateChange) {
       job.state = event.stateChange.state;
       if (event.stateChange.attempt) job.attempt = event.stateChange.attempt;
-      renderHead();
+      touch('head');
       if (TERMINAL.has(state(job))) refresh();
     } else if (event.step) {
       const steps = job.steps || (job.steps = []);
       const at = steps.findIndex((st) => st.name === event.step.name);
       if (at >= 0) steps[at] = event.step; else steps.push(event.step);
-      renderSteps();
+      touch('steps');
     } else if (event.resultItem) {
       const item = event.resultItem;
       const c = job.counters || (job.counters = {});
@@ -489,10 +514,9 @@ function jobView(view, id) {
       c[key(item.status)] = num(c[key(item.status)]) + 1;
       const at = results.findIndex((r) => r.key === item.key);
       if (at >= 0) results[at] = item; else if (results.length < RESULTS_SHOWN) results.push(item);
-      renderResults();
-      renderProgress();
+      touch('results', 'progress');
     } else if (event.artifactAdded) loadArtifacts();
-    else if (event.cancelRequested) { job.cancelRequested = true; renderHead(); }
+    else if (event.cancelRequested) { job.cancelRequested = true; touch('head'); }
   }
 
   async function cancel() {
@@ -523,9 +547,9 @@ function jobView(view, id) {
 
   function start() {
     source = follow(`${jobPath(id)}:watch?afterSeq=${lastSeq}`, {
-      snapshot: (snapshot) => { job = snapshot; renderAll(); },
+      snapshot: (snapshot) => { flush(); job = snapshot; renderAll(); },
       event: onEvent,
-      end: () => { source.close(); setLive('ended', 'ok'); refresh(); },
+      end: () => { source.close(); refresh().then(() => setLive('ended', 'ok')); },
     });
   }
 
