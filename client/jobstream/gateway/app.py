@@ -28,8 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobstream.client.connection import CHANNEL_OPTIONS
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.gateway import downloads, errors, session, streams
+from jobstream.gateway.hub import Hubs
 from jobstream.gateway.routes import Route, Router, routes
-from jobstream.gateway.transcode import BadRequest, build_request, dumps, parse_body, to_json
+from jobstream.gateway.jsonmap import JsonMapper
+from jobstream.gateway.transcode import BadRequest, build_request, dumps, parse_body
 from jobstream.v1 import job_service_pb2 as js
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,14 @@ class Gateway:
     _channel: grpc.aio.Channel | None = None
     _runner: web.AppRunner | None = None
     _streams: set[asyncio.Task[Any]] = field(default_factory=set)
-    _events: streams.EventJson = field(default_factory=streams.EventJson)
+    _json: JsonMapper = field(default_factory=JsonMapper)
+    _events: streams.EventJson = field(init=False)
+
+    _hubs: Hubs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._events = streams.EventJson(self._json)
+        self._hubs = Hubs(self._events)
 
     @property
     def url(self) -> str:
@@ -150,6 +159,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Ends event streams, stops listening, closes the channel."""
+        self._hubs.close()
         for task in list(self._streams):
             task.cancel()
         if self._runner is not None:
@@ -247,16 +257,24 @@ class Gateway:
             if spec is None:
                 raise BadRequest("", f"{route.method.name} is not served over HTTP")
             streams.resume_point(request, message, spec.field)
-            if full_name == "jobstream.v1.JobService.WatchJob":
-                message.batch_events = True  # type: ignore[attr-defined]
             stream_call = self._stream(route)
             task = asyncio.current_task()
             assert task is not None
             self._streams.add(task)
             try:
+                if isinstance(message, js.WatchJobRequest):
+                    message.batch_events = True
+                    get_job = self._unary_by_name("GetJob", js.GetJobResponse)
+                    return await self._hubs.serve(
+                        request,
+                        message,
+                        metadata,
+                        lambda m, md: stream_call(m, metadata=md),
+                        lambda m, md: get_job(m, metadata=md, timeout=CALL_TIMEOUT_S),
+                    )
                 return await streams.EventStream(
-                    request, spec, message, lambda m: stream_call(m, metadata=metadata), self._events
-                ).serve()
+                    spec, message, lambda m: stream_call(m, metadata=metadata), self._events
+                ).serve(request)
             finally:
                 self._streams.discard(task)
         unary = self._unary(route)
@@ -271,9 +289,13 @@ class Gateway:
             what = route.template.rsplit("/", 1)[-1]  # jobs, logs, results
             job_id = variables.get("job_id", "")
             name = f"{job_id}-{what}.jsonl" if job_id else f"{what}.jsonl"
-            return await downloads.jsonl(request, message, item_field, call, name)
+            return await downloads.jsonl(
+                request, message, item_field, call, name, self._json.to_json
+            )
         response = await call(message)
-        return web.Response(body=dumps(to_json(response)), content_type="application/json")
+        return web.Response(
+            body=dumps(self._json.to_json(response)), content_type="application/json"
+        )
 
     # ------------------------------------------------------------ the rest
 

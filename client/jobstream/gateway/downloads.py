@@ -15,7 +15,7 @@ from aiohttp import web
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from jobstream.gateway.transcode import dumps, to_json
+from jobstream.gateway.transcode import dumps
 from jobstream.v1 import job_service_pb2 as js
 
 DOWNLOAD_METHOD = "jobstream.v1.JobService.DownloadArtifact"
@@ -167,6 +167,7 @@ async def jsonl(
     item_field: FieldDescriptor,
     call: Callable[[Message], Any],
     filename: str,
+    to_json: Callable[[Message], Any],
 ) -> web.StreamResponse:
     """Every page of a list as JSON lines; raises grpc.aio.AioRpcError when
     the first page is refused (answered as an error), and cuts the

@@ -25,7 +25,8 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from jobstream.gateway import errors
-from jobstream.gateway.transcode import dumps, to_json
+from jobstream.gateway.jsonmap import JsonMapper
+from jobstream.gateway.transcode import dumps
 from jobstream.v1 import job_pb2
 from jobstream.v1 import job_service_pb2 as js
 
@@ -70,22 +71,28 @@ def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
 
 
 class EventJson:
-    """JSON of job events, cached by their serialized bytes: an event
-    converted once serves every subscriber, and a key can never map to
-    another event's JSON (a deleted job's id reused included)."""
+    """SSE frames of job events, cached by the events' serialized bytes: an
+    event converted once serves every subscriber, and a key can never map to
+    another event's frame (a deleted job's id reused included)."""
 
-    def __init__(self, size: int = EVENT_JSON_CACHE) -> None:
+    def __init__(self, mapper: JsonMapper, size: int = EVENT_JSON_CACHE) -> None:
+        self.mapper = mapper
         self.size = size
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
 
-    def get(self, event: job_pb2.JobEvent) -> bytes:
-        """The event's compact JSON."""
+    def message(self, message: Message) -> bytes:
+        """Any message's compact JSON (not cached)."""
+        return dumps(self.mapper.to_json(message))
+
+    def frame(self, event: job_pb2.JobEvent) -> bytes:
+        """The event's whole SSE frame: ``event: event``, its seq as the
+        id, its compact JSON as the data."""
         key = event.SerializeToString()
         found = self._cache.get(key)
         if found is not None:
             self._cache.move_to_end(key)
             return found
-        data = dumps(to_json(event))
+        data = frame("event", dumps(self.mapper.to_json(event)), event.seq)
         self._cache[key] = data
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
@@ -109,7 +116,7 @@ def _watch_job_frames(
     if kind == "snapshot":
         # The snapshot carries the resume point it was taken at, not the
         # job's last seq: events up to that may still be on their way.
-        return [frame("snapshot", dumps(to_json(message.snapshot)), last)], last
+        return [frame("snapshot", cache.message(message.snapshot), last)], last
     events: Sequence[job_pb2.JobEvent] = (
         message.events.events if kind == "events" else [message.event]
     )
@@ -117,13 +124,13 @@ def _watch_job_frames(
     for event in events:
         if event.seq <= last:
             continue  # already sent before a reconnect
-        out.append(frame("event", cache.get(event), event.seq))
+        out.append(cache.frame(event))
         last = event.seq
     return out, last
 
 
 def _watch_jobs_frames(
-    message: js.WatchJobsResponse, _cache: EventJson, last: int
+    message: js.WatchJobsResponse, cache: EventJson, last: int
 ) -> tuple[list[bytes], int]:
     kind = message.WhichOneof("change")
     if kind == "caught_up":
@@ -134,10 +141,10 @@ def _watch_jobs_frames(
     if last == 0:
         # The initial listing: its items share the head position, so they
         # carry no id; a reconnect before caught_up lists again.
-        return [frame("job", dumps(to_json(message.job)))], last
+        return [frame("job", cache.message(message.job))], last
     if message.position <= last:
         return [], last
-    return [frame("job", dumps(to_json(message.job)), message.position)], message.position
+    return [frame("job", cache.message(message.job), message.position)], message.position
 
 
 RESUMABLE: dict[str, Resumable] = {
@@ -163,38 +170,89 @@ Call = Callable[[Message], Any]
 """Starts the upstream streaming call for a request message."""
 
 
-class EventStream:
-    """One client's event stream: calls upstream, frames, heartbeats,
-    reconnects."""
+class SseResponse:
+    """An open event-stream answer: serialized writes and a heartbeat."""
 
-    def __init__(
-        self,
-        request: web.Request,
-        spec: Resumable,
-        message: Message,
-        start: Call,
-        cache: EventJson,
-    ) -> None:
+    def __init__(self, request: web.Request) -> None:
         self.request = request
+        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+
+    async def open(self) -> None:
+        """Sends the headers and the reconnect delay."""
+        await self.response.prepare(self.request)
+        await self.write(f"retry: {RETRY_MS}\n\n".encode())
+
+    async def write(self, data: bytes) -> None:
+        """Sends ``data`` (whole frames)."""
+        async with self._lock:
+            await self.response.write(data)
+        self._idle.clear()
+
+    @contextlib.asynccontextmanager
+    async def heartbeat(self) -> AsyncIterator[None]:
+        """Sends a comment whenever the stream was idle for HEARTBEAT_S."""
+
+        async def beat() -> None:
+            while True:
+                self._idle.set()
+                await asyncio.sleep(HEARTBEAT_S)
+                if self._idle.is_set():
+                    await self.write(b": keep-alive\n\n")
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def error_response(exc: grpc.aio.AioRpcError) -> web.Response:
+    """A refused first call as an HTTP error with its google.rpc.Status."""
+    status = errors.status_of(exc)
+    return web.Response(
+        status=errors.http_status(status.code),
+        body=dumps(errors.status_json(status)),
+        content_type="application/json",
+    )
+
+
+class EventStream:
+    """One client's own upstream stream: calls, frames, reconnects."""
+
+    def __init__(self, spec: Resumable, message: Message, start: Call, cache: EventJson) -> None:
         self.spec = spec
         self.message = message
         self.start = start
         self.cache = cache
-        self.response = web.StreamResponse(status=200, headers=SSE_HEADERS)
-        self.lock = asyncio.Lock()
-        self.idle = asyncio.Event()
 
-    async def _write(self, data: bytes) -> None:
-        async with self.lock:
-            await self.response.write(data)
-        self.idle.clear()
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """Answers the request: an HTTP error when the first call fails,
+        else the event stream until the RPC ends."""
+        last = getattr(self.message, self.spec.field)
+        stream = self._messages(last)
+        try:
+            first = await self._first(stream)
+        except grpc.aio.AioRpcError as exc:
+            return error_response(exc)
+        sse = SseResponse(request)
+        await sse.open()
+        async with sse.heartbeat():
+            await self._pump(sse, first, stream, last)
+        return sse.response
 
-    async def _heartbeat(self) -> None:
-        while True:
-            self.idle.set()
-            await asyncio.sleep(HEARTBEAT_S)
-            if self.idle.is_set():
-                await self._write(b": keep-alive\n\n")
+    async def follow(self, sse: SseResponse, last: int) -> None:
+        """Carries an open stream on from ``last`` with a call of its own."""
+        stream = self._messages(last)
+        try:
+            first = await self._first(stream)
+        except grpc.aio.AioRpcError as exc:
+            await sse.write(frame("rpc-error", dumps(errors.status_json(errors.status_of(exc)))))
+            return
+        await self._pump(sse, first, stream, last)
 
     async def _messages(self, last: int) -> AsyncIterator[Any]:
         setattr(self.message, self.spec.field, last)
@@ -204,31 +262,6 @@ class EventStream:
                 yield item
         finally:
             call.cancel()
-
-    async def serve(self) -> web.StreamResponse:
-        """Answers the request: an HTTP error when the first call fails,
-        else the event stream until the RPC ends."""
-        last = getattr(self.message, self.spec.field)
-        stream = self._messages(last)
-        try:
-            first = await self._first(stream)
-        except grpc.aio.AioRpcError as exc:
-            status = errors.status_of(exc)
-            return web.Response(
-                status=errors.http_status(status.code),
-                body=dumps(errors.status_json(status)),
-                content_type="application/json",
-            )
-        await self.response.prepare(self.request)
-        await self.response.write(f"retry: {RETRY_MS}\n\n".encode())
-        beat = asyncio.create_task(self._heartbeat())
-        try:
-            last = await self._pump(first, stream, last)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-        return self.response
 
     async def _first(self, stream: AsyncIterator[Any]) -> Any:
         """The first message, calling again while the server is unavailable
@@ -247,26 +280,27 @@ class EventStream:
             delay = min(delay * 2, BACKOFF_MAX_S)
             stream = self._messages(getattr(self.message, self.spec.field))
 
-    async def _pump(self, first: Any, stream: AsyncIterator[Any], last: int) -> int:
+    async def _pump(self, sse: SseResponse, first: Any, stream: AsyncIterator[Any], last: int) -> None:
         item = first
         while True:
             try:
                 while item is not None:
                     frames, last = self.spec.frames(item, self.cache, last)
                     if frames:
-                        await self._write(b"".join(frames))
+                        await sse.write(b"".join(frames))
                     item = await anext(stream, None)
-                await self._write(frame("end", b"{}"))
-                return last
+                await sse.write(frame("end", b"{}"))
+                return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    await self._write(frame("rpc-error", dumps(errors.status_json(errors.status_of(exc)))))
-                    return last
-                await self._write(frame("reconnecting", b"{}"))
+                    status = errors.status_json(errors.status_of(exc))
+                    await sse.write(frame("rpc-error", dumps(status)))
+                    return
+                await sse.write(frame("reconnecting", b"{}"))
                 stream = self._messages(last)
                 try:
                     item = await self._first(stream)
                 except grpc.aio.AioRpcError as again:
-                    status = errors.status_of(again)
-                    await self._write(frame("rpc-error", dumps(errors.status_json(status))))
-                    return last
+                    status = errors.status_json(errors.status_of(again))
+                    await sse.write(frame("rpc-error", dumps(status)))
+                    return

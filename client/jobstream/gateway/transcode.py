@@ -234,13 +234,6 @@ def _parse_error(text: str) -> BadRequest:
     return BadRequest(found.group("field"), found.group("what"))
 
 
-def to_json(message: Message) -> dict[str, Any]:
-    """The canonical proto3 JSON object of ``message`` (lowerCamelCase
-    names, enums by name, 64-bit integers as strings, defaults omitted)."""
-    result: dict[str, Any] = json_format.MessageToDict(message)
-    return result
-
-
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

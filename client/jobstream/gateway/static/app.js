@@ -329,6 +329,7 @@ function jobView(view, id) {
   let job = null;
   let source = null;
   let lastSeq = 0;
+  let snapshotSeq = 0;
   let following = true;
   let level = 'DEBUG';
   const lines = [];  // {seq, time, level, text, stream}
@@ -491,9 +492,12 @@ function jobView(view, id) {
     if (seq <= lastSeq) return;  // never twice, whatever the transport did
     lastSeq = seq;
     if (!job) return;
+    if (event.log) { addLine(event); return; }
+    // History the snapshot already counts: its lines are shown above, and
+    // its state, progress and counters are in the snapshot.
+    if (seq <= snapshotSeq) return;
     job.lastSeq = event.seq;
-    if (event.log) addLine(event);
-    else if (event.progress) {
+    if (event.progress) {
       job.progress = event.progress;
       touch('progress', 'head');
     } else if (event.stateChange) {
@@ -547,7 +551,7 @@ function jobView(view, id) {
 
   function start() {
     source = follow(`${jobPath(id)}:watch?afterSeq=${lastSeq}`, {
-      snapshot: (snapshot) => { flush(); job = snapshot; renderAll(); },
+      snapshot: (snapshot) => { flush(); job = snapshot; snapshotSeq = num(snapshot.lastSeq); renderAll(); },
       event: onEvent,
       end: () => { source.close(); refresh().then(() => setLive('ended', 'ok')); },
     });
