@@ -25,6 +25,7 @@ from authmatrix import TOKENS, write_tokens
 from conftest import ServerProcess
 from helpers import RawWorker, eventually
 from httpclient import Answer, call, events
+from test_metrics import free_port
 
 from jobstream.gateway.routes import markdown_table, routes
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
@@ -477,3 +478,59 @@ def test_standalone_gateway_in_front_of_a_restarting_server(
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def _watchers(metrics_port: int) -> float:
+    text = call("GET", f"http://127.0.0.1:{metrics_port}/metrics").body.decode()
+    for line in text.splitlines():
+        if line.startswith("jobstream_watchers "):
+            return float(line.split()[1])
+    raise AssertionError("no jobstream_watchers in /metrics")
+
+
+def test_browsers_following_one_live_job_share_one_upstream_watch(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    tokens = write_tokens(tmp_path / "tokens.json")
+    server = start_server(
+        extra_args=("--tokens-file", str(tokens), "--metrics-port", str(metrics_port)),
+        http=True,
+    )
+    base = server.http_url
+    made = call("POST", f"{base}/v1/jobs", {"kind": "ui.shared"}, headers=bearer("alice"))
+    job_id = made.json()["job"]["id"]
+    url = f"{base}/v1/jobs/{job_id}:watch"
+    auth = {"Authorization": bearer("alice")["Authorization"]}
+    streams = [events(url, 60, **auth) for _ in range(5)]
+    worker = RawWorker(server.target, token=TOKENS["worker"][0])
+    try:
+        for stream in streams:
+            stream.__enter__()
+            assert stream.status == 200, stream.body
+        firsts = [next(iter(stream)) for stream in streams]
+        assert {(e.event, e.id) for e in firsts} == {("snapshot", "0")}
+        assert eventually(lambda: _watchers(metrics_port) == 1), "not one shared watch"
+        # Another principal gets no share of it: the same 404 as ever.
+        with events(url, 10, Authorization=bearer("bob")["Authorization"]) as other:
+            assert other.status == 404
+        lease = worker.acquire("ui.shared")
+        worker.log(job_id, lease.lease_id, [f"line {i}" for i in range(20)])
+        worker.finish(job_id, lease.lease_id)
+        got = []
+        for stream in streams:
+            ids = []
+            for event in stream:
+                if event.event == "end":
+                    break
+                ids.append(int(event.id or 0))
+            got.append(ids)
+        last = int(call("GET", f"{base}/v1/jobs/{job_id}", headers=bearer("alice")).json()["job"]["lastSeq"])
+        assert got == [list(range(1, last + 1))] * 5
+        # A late reader resuming from the middle gets exactly the rest.
+        with events(url, 30, Last_Event_ID="10", **auth) as late:
+            assert [int(e.id or 0) for e in late if e.event == "event"] == list(range(11, last + 1))
+    finally:
+        worker.close()
+        for stream in streams:
+            stream.__exit__(None, None, None)
