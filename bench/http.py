@@ -17,7 +17,8 @@ import asyncio
 import functools
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -83,9 +84,7 @@ async def t17(env: Env) -> dict[str, Sample]:
     return {"T17": _rate_sample(Throughput.merged(parts[0]), Throughput.merged(parts[1]))}
 
 
-async def _subscribe(
-    http: aiohttp.ClientSession, url: str, lines: int, tally: WatchTally
-) -> None:
+async def _subscribe(http: aiohttp.ClientSession, url: str, lines: int, tally: WatchTally) -> None:
     """Follows one event stream to its end, tallying seqs and lines. Reads
     whatever arrived and splits it into events, as EventSource does."""
     async with http.get(url, headers={"Accept": "text/event-stream"}) as response:
@@ -139,7 +138,7 @@ async def _watch_batched(
         call.cancel()
 
 
-Follow = Callable[[str, WatchTally], Awaitable[None]]
+Follow = Callable[[str, WatchTally], Coroutine[Any, Any, None]]
 """Follows one job to its end as one subscriber, tallying what it got."""
 
 
@@ -181,7 +180,7 @@ async def sse_job(env: Env, subscribers: int, lines: int) -> Throughput:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=env.settings.sample_timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
-        def follow(job_id: str, tally: WatchTally) -> Awaitable[None]:
+        def follow(job_id: str, tally: WatchTally) -> Coroutine[Any, Any, None]:
             return _subscribe(http, f"{env.main.http_url}/v1/jobs/{job_id}:watch", lines, tally)
 
         return await followed_job(env, "T18", [follow] * subscribers, lines)
@@ -204,7 +203,7 @@ async def grpc_job(env: Env, watchers: int, lines: int) -> Throughput:
 
 def _watch_batched_for(
     channel: grpc.aio.Channel, lines: int, job_id: str, tally: WatchTally
-) -> Awaitable[None]:
+) -> Coroutine[Any, Any, None]:
     return _watch_batched(channel, job_id, lines, tally)
 
 

@@ -78,7 +78,12 @@ class Proc:
         args = [*self.argv, "--port", str(self.port), "--port-file", str(self.port_file)]
         if self.http:
             self.http_port_file.unlink(missing_ok=True)
-            args += ["--http-port", str(self.http_port), "--http-port-file", str(self.http_port_file)]
+            args += [
+                "--http-port",
+                str(self.http_port),
+                "--http-port-file",
+                str(self.http_port_file),
+            ]
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

@@ -100,7 +100,8 @@ class EventStream:
 
     def __iter__(self) -> Iterator[Event]:
         assert self._response is not None
-        event, event_id, data = "message", None, []
+        event, event_id = "message", None
+        data: list[str] = []
         while True:
             if time.monotonic() > self.deadline:
                 raise AssertionError(f"event stream {self.url} ran past its deadline")

@@ -91,13 +91,17 @@ def row(page: Any, job_id: str) -> Any:
     return page.locator(f'tr[data-id="{job_id}"]')
 
 
-def test_job_submitted_over_grpc_appears_without_reload(web: ServerProcess, browser_page: Any) -> None:
+def test_job_submitted_over_grpc_appears_without_reload(
+    web: ServerProcess, browser_page: Any
+) -> None:
     page = browser_page
     list_calls: list[str] = []
-    page.on(
-        "request",
-        lambda request: list_calls.append(request.url) if "/v1/jobs?" in request.url else None,
-    )
+
+    def note(request: Any) -> None:
+        if "/v1/jobs?" in request.url:
+            list_calls.append(request.url)
+
+    page.on("request", note)
     page.goto(f"{web.http_url}/")
     page.locator("#live.ok").wait_for()
     page.evaluate("window.__sameDocument = true")
@@ -146,8 +150,7 @@ def test_cancel_and_multi_delete_from_the_page(web: ServerProcess, browser_page:
             for _ in range(2)
         ]
         eventually(lambda: client.get(running.id).state is JobState.RUNNING)
-        for job in done:
-            eventually(lambda j=job: client.get(j.id).state.terminal)
+        eventually(lambda: all(client.get(j.id).state.terminal for j in done))
         page.goto(f"{web.http_url}/#/?label=suite=ui-delete")
         row(page, running.id).locator(".state-running").wait_for()
 
@@ -191,7 +194,12 @@ def test_markup_in_log_lines_and_params_is_shown_as_text(
     server = start_server(http=True)
     page = browser_page
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def refuse(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", refuse)
     with JobClient(server.target) as client:
         job = client.submit("ui.hostile", {"html": HOSTILE[1]})
     worker = RawWorker(server.target)
@@ -237,4 +245,3 @@ def test_sign_in_keeps_the_token_out_of_scripts(
     job_id = page.locator(".job-head h1").inner_text()
     with JobClient(server.target, security=Security(token=TOKENS["alice"][0])) as client:
         assert client.get(job_id).owner == "alice"
-

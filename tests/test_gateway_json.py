@@ -4,6 +4,7 @@ every message type of the API, with every field set and with none."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -50,25 +51,46 @@ def full_job(seconds: int = 1_700_000_000, nanos: int = 123_456_000) -> job_pb2.
     return job
 
 
+def event(**payload: Any) -> job_pb2.JobEvent:
+    """An event of job ``j`` at seq 7 with this payload."""
+    return job_pb2.JobEvent(job_id="j", seq=7, **payload)
+
+
 def events() -> list[job_pb2.JobEvent]:
-    base = {"job_id": "j", "seq": 7}
     made = [
-        job_pb2.JobEvent(**base, state_change=job_pb2.StateChange(
-            state=job_pb2.JOB_STATE_RUNNING, reason="r", attempt=1)),
-        job_pb2.JobEvent(**base, progress=job_pb2.Progress(done=1)),
-        job_pb2.JobEvent(**base, log=job_pb2.LogLine(
-            level=job_pb2.LOG_LEVEL_ERROR, text="<script>x</script>", stream="stderr", truncated=True)),
-        job_pb2.JobEvent(**base, step=job_pb2.Step(name="s")),
-        job_pb2.JobEvent(**base, result_item=job_pb2.ResultItem(
-            key="k", status=job_pb2.RESULT_STATUS_FAILED, error="e",
-            replaced_status=job_pb2.RESULT_STATUS_SUCCEEDED)),
-        job_pb2.JobEvent(**base, cancel_requested=job_pb2.CancelRequested(reason="x")),
-        job_pb2.JobEvent(**base, artifact_added=job_pb2.Artifact(
-            name="a.csv", size_bytes=10, sha256="ab", content_type="text/csv", attempt=1)),
-        job_pb2.JobEvent(**base, log=job_pb2.LogLine()),  # every field default
+        event(
+            state_change=job_pb2.StateChange(
+                state=job_pb2.JOB_STATE_RUNNING, reason="r", attempt=1
+            ),
+        ),
+        event(progress=job_pb2.Progress(done=1)),
+        event(
+            log=job_pb2.LogLine(
+                level=job_pb2.LOG_LEVEL_ERROR,
+                text="<script>x</script>",
+                stream="stderr",
+                truncated=True,
+            ),
+        ),
+        event(step=job_pb2.Step(name="s")),
+        event(
+            result_item=job_pb2.ResultItem(
+                key="k",
+                status=job_pb2.RESULT_STATUS_FAILED,
+                error="e",
+                replaced_status=job_pb2.RESULT_STATUS_SUCCEEDED,
+            ),
+        ),
+        event(cancel_requested=job_pb2.CancelRequested(reason="x")),
+        event(
+            artifact_added=job_pb2.Artifact(
+                name="a.csv", size_bytes=10, sha256="ab", content_type="text/csv", attempt=1
+            ),
+        ),
+        event(log=job_pb2.LogLine()),  # every field default
     ]
-    for event in made:
-        event.time.FromNanoseconds(1_700_000_000_000_000_000)
+    for made_event in made:
+        made_event.time.FromNanoseconds(1_700_000_000_000_000_000)
     return made
 
 
@@ -84,7 +106,9 @@ def samples() -> list[Message]:
         full_job(),
         full_job(nanos=0),
         job_pb2.Job(),
-        job_service_pb2.ListJobsResponse(jobs=[full_job(), job_pb2.Job(id="x")], next_page_token="t"),
+        job_service_pb2.ListJobsResponse(
+            jobs=[full_job(), job_pb2.Job(id="x")], next_page_token="t"
+        ),
         job_service_pb2.GetJobLogsResponse(events=events()),
         job_service_pb2.WatchJobResponse(snapshot=full_job()),
         job_service_pb2.WatchJobResponse(events=job_service_pb2.JobEventBatch(events=events())),
@@ -125,14 +149,20 @@ json_values = st.recursive(
 @given(
     params=st.dictionaries(st.text(), json_values, max_size=4),
     labels=st.dictionaries(st.text(), st.text(), max_size=3),
-    seq=st.integers(min_value=0, max_value=2**63 - 1),
-    nanos=st.integers(min_value=0, max_value=999_999_999),
-    fraction=st.floats(allow_nan=True, allow_infinity=True),
+    numbers=st.tuples(
+        st.integers(min_value=0, max_value=2**63 - 1),
+        st.integers(min_value=0, max_value=999_999_999),
+        st.floats(allow_nan=True, allow_infinity=True),
+    ),
     text=st.text(),
 )
 def test_fast_json_equals_json_format_on_random_jobs(
-    params: dict[str, object], labels: dict[str, str], seq: int, nanos: int, fraction: float, text: str
+    params: dict[str, Any],
+    labels: dict[str, str],
+    numbers: tuple[int, int, float],
+    text: str,
 ) -> None:
+    seq, nanos, fraction = numbers
     job = job_pb2.Job(id=text, last_seq=seq, labels=labels)
     job.params.update(params)
     job.progress.fraction = fraction

@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import grpc
 import pytest
@@ -59,7 +58,12 @@ def wait_state(base: str, job_id: str, *states: str) -> dict[str, object]:
     return eventually(probe, timeout=30)
 
 
-TERMINAL = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_INTERRUPTED")
+TERMINAL = (
+    "JOB_STATE_SUCCEEDED",
+    "JOB_STATE_FAILED",
+    "JOB_STATE_CANCELLED",
+    "JOB_STATE_INTERRUPTED",
+)
 
 
 def test_readme_route_table_lists_every_annotated_route() -> None:
@@ -82,8 +86,9 @@ def test_submit_get_list_in_canonical_json(web: ServerProcess) -> None:
     listed = call("GET", f"{base}/v1/jobs?filter.labels[suite]=http-list&pageSize=10").json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
     by_kind = call(
-        "GET", f"{base}/v1/jobs?filter.kinds=demo.count&filter.states=JOB_STATE_SUCCEEDED"
-        "&filter.labels[suite]=http-list"
+        "GET",
+        f"{base}/v1/jobs?filter.kinds=demo.count&filter.states=JOB_STATE_SUCCEEDED"
+        "&filter.labels[suite]=http-list",
     ).json()
     assert [j["id"] for j in by_kind["jobs"]] == [job["id"]]
 
@@ -159,9 +164,7 @@ def test_watch_resumes_across_a_server_restart_without_gap_or_repeat(
                 break
     server.kill()
     server.restart()  # same gRPC and HTTP ports, same data
-    with events(
-        f"{base}/v1/jobs/{job['id']}:watch", 90, Last_Event_ID=str(seen[-1])
-    ) as stream:
+    with events(f"{base}/v1/jobs/{job['id']}:watch", 90, Last_Event_ID=str(seen[-1])) as stream:
         assert stream.status == 200, stream.body
         for event in stream:
             if event.event == "event" and event.id:
@@ -264,7 +267,10 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
         {
             "@type": "type.googleapis.com/google.rpc.BadRequest",
             "fieldViolations": [
-                {"field": "kind", "description": "'Not A Kind' must match [a-z0-9][a-z0-9._-]{0,127}"}
+                {
+                    "field": "kind",
+                    "description": "'Not A Kind' must match [a-z0-9][a-z0-9._-]{0,127}",
+                }
             ],
         }
     ]
@@ -276,9 +282,13 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
     assert (precondition.status, _status(precondition)["code"]) == (400, 9)
     beyond = call("GET", f"{base}/v1/jobs/{done['id']}:watch?afterSeq=999999")
     assert (beyond.status, _status(beyond)["code"]) == (400, 11)
-    again = call("POST", f"{base}/v1/jobs", {"kind": "demo.count", "requestId": "r1", "params": {"n": 1}})
+    again = call(
+        "POST", f"{base}/v1/jobs", {"kind": "demo.count", "requestId": "r1", "params": {"n": 1}}
+    )
     assert again.status == 200
-    clash = call("POST", f"{base}/v1/jobs", {"kind": "demo.count", "requestId": "r1", "params": {"n": 2}})
+    clash = call(
+        "POST", f"{base}/v1/jobs", {"kind": "demo.count", "requestId": "r1", "params": {"n": 2}}
+    )
     assert (clash.status, _status(clash)["code"]) == (409, 6)
     unknown = call("GET", f"{base}/v1/jobs?pageSise=3")
     assert unknown.status == 400
@@ -344,7 +354,15 @@ def test_curl_resumes_a_download(web: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "out.bin"
     out.write_bytes(data[:123_456])
     result = subprocess.run(
-        ["curl", "-sf", "-C", "-", "-o", str(out), f"{web.http_url}/v1/jobs/{job_id}/artifacts/out.bin"],
+        [
+            "curl",
+            "-sf",
+            "-C",
+            "-",
+            "-o",
+            str(out),
+            f"{web.http_url}/v1/jobs/{job_id}/artifacts/out.bin",
+        ],
         capture_output=True,
         timeout=30,
         check=False,
@@ -400,7 +418,9 @@ def test_cookie_sign_in_and_cross_site_refusal(
     refused = call("POST", f"{base}/signin", raw=b"token=wrong", headers=form)
     assert (refused.status, refused.headers["Location"]) == (303, "/signin?error=rejected")
     assert "Set-Cookie" not in refused.headers
-    signed = call("POST", f"{base}/signin", raw=f"token={TOKENS['alice'][0]}".encode(), headers=form)
+    signed = call(
+        "POST", f"{base}/signin", raw=f"token={TOKENS['alice'][0]}".encode(), headers=form
+    )
     assert signed.status == 303
     cookie = signed.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
@@ -423,7 +443,9 @@ def test_cookie_sign_in_and_cross_site_refusal(
         assert "cross-site" in str(answer.json()["message"])
     assert call("GET", f"{base}/v1/jobs/{job_id}", headers=jar).status == 200  # still there
     # Without tokens too: a form on another site must not drive a loopback server.
-    plain = call("POST", f"{base}/v1/jobs", {"kind": "x"}, headers={"Origin": "http://evil.example"})
+    plain = call(
+        "POST", f"{base}/v1/jobs", {"kind": "x"}, headers={"Origin": "http://evil.example"}
+    )
     assert plain.status == 403
     ok = call("DELETE", f"{base}/v1/jobs/{job_id}", headers={**jar, "Origin": f"http://{host}"})
     assert ok.status == 200, ok.body
@@ -449,14 +471,24 @@ def test_standalone_gateway_in_front_of_a_restarting_server(
     with (tmp_path / "gateway.log").open("wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "jobstream.client.cli", "gateway", "--target", server.target,
-                "--http-port", "0", "--http-port-file", str(port_file), "--log-level", "WARNING",
+                sys.executable,
+                "-m",
+                "jobstream.client.cli",
+                "gateway",
+                "--target",
+                server.target,
+                "--http-port",
+                "0",
+                "--http-port-file",
+                str(port_file),
+                "--log-level",
+                "WARNING",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        port = int(eventually(lambda: port_file.exists() and port_file.read_text(), timeout=20))
+        port = int(eventually(lambda: (port_file.exists() and port_file.read_text()) or None))
         base = f"http://127.0.0.1:{port}"
         job = submit(base, "demo.count", params={"n": 300, "delay": 0.01})
         seen: list[int] = []
@@ -525,7 +557,11 @@ def test_browsers_following_one_live_job_share_one_upstream_watch(
                     break
                 ids.append(int(event.id or 0))
             got.append(ids)
-        last = int(call("GET", f"{base}/v1/jobs/{job_id}", headers=bearer("alice")).json()["job"]["lastSeq"])
+        last = int(
+            call("GET", f"{base}/v1/jobs/{job_id}", headers=bearer("alice")).json()["job"][
+                "lastSeq"
+            ]
+        )
         assert got == [list(range(1, last + 1))] * 5
         # A late reader resuming from the middle gets exactly the rest.
         with events(url, 30, Last_Event_ID="10", **auth) as late:

@@ -29,8 +29,8 @@ from jobstream.client.connection import CHANNEL_OPTIONS
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.gateway import downloads, errors, session, streams
 from jobstream.gateway.hub import Hubs
-from jobstream.gateway.routes import Route, Router, routes
 from jobstream.gateway.jsonmap import JsonMapper
+from jobstream.gateway.routes import Route, Router, routes
 from jobstream.gateway.transcode import BadRequest, build_request, dumps, parse_body
 from jobstream.v1 import job_service_pb2 as js
 
@@ -228,7 +228,8 @@ class Gateway:
                 return _status_response(
                     errors.simple(
                         grpc.StatusCode.UNIMPLEMENTED,
-                        f"{request.method} is not served at {request.path}; try {', '.join(allowed)}",
+                        f"{request.method} is not served at {request.path}; "
+                        f"try {', '.join(allowed)}",
                     ),
                     http_status=405,
                     headers={"Allow": ", ".join(allowed)},
@@ -247,10 +248,10 @@ class Gateway:
             raise BadRequest("alt", f"must be json or jsonl, not {alt!r}")
         full_name = route.method.full_name
         if full_name == downloads.DOWNLOAD_METHOD:
-            call = self._stream(route)
+            download_call = self._stream(route)
             assert isinstance(message, js.DownloadArtifactRequest)
             return await downloads.download(
-                request, message, lambda m: call(m, metadata=metadata)
+                request, message, lambda m: download_call(m, metadata=metadata)
             )
         if route.server_streaming:
             spec = streams.RESUMABLE.get(full_name)
@@ -290,7 +291,12 @@ class Gateway:
             job_id = variables.get("job_id", "")
             name = f"{job_id}-{what}.jsonl" if job_id else f"{what}.jsonl"
             return await downloads.jsonl(
-                request, message, item_field, call, name, self._json.to_json
+                request,
+                message=message,
+                item_field=item_field,
+                call=call,
+                filename=name,
+                to_json=self._json.to_json,
             )
         response = await call(message)
         return web.Response(

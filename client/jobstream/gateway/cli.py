@@ -54,13 +54,25 @@ def parser() -> argparse.ArgumentParser:
         help="0 picks a free port [JOBSTREAM_HTTP_PORT]",
     )
     add("--http-port-file", type=Path, default=None, help="write the bound port here")
-    add("--http-tls-cert", type=Path, default=_path("HTTP_TLS_CERT"), help="serve HTTPS "
-        "with this PEM chain [JOBSTREAM_HTTP_TLS_CERT]")
+    add(
+        "--http-tls-cert",
+        type=Path,
+        default=_path("HTTP_TLS_CERT"),
+        help="serve HTTPS with this PEM chain [JOBSTREAM_HTTP_TLS_CERT]",
+    )
     add("--http-tls-key", type=Path, default=_path("HTTP_TLS_KEY"), help="[JOBSTREAM_HTTP_TLS_KEY]")
-    add("--ca", type=Path, default=_path("CA"), help="PEM roots of the server's TLS "
-        "certificate; enables TLS towards it [JOBSTREAM_CA]")
-    add("--cert", type=Path, default=_path("CERT"), help="client certificate for mutual TLS "
-        "[JOBSTREAM_CERT]")
+    add(
+        "--ca",
+        type=Path,
+        default=_path("CA"),
+        help="PEM roots of the server's TLS certificate; enables TLS towards it [JOBSTREAM_CA]",
+    )
+    add(
+        "--cert",
+        type=Path,
+        default=_path("CERT"),
+        help="client certificate for mutual TLS [JOBSTREAM_CERT]",
+    )
     add("--key", type=Path, default=_path("KEY"), help="key of --cert [JOBSTREAM_KEY]")
     add(
         "--insecure",
@@ -121,7 +133,7 @@ async def serve(config: GatewayConfig, port_file: Path | None) -> None:
     await gateway.start()
     log.info("HTTP API and dashboard on %s (server %s)", gateway.url, config.target)
     if port_file is not None:
-        port_file.write_text(str(gateway.port))
+        await asyncio.to_thread(port_file.write_text, str(gateway.port))
     try:
         await stop.wait()
     finally:

@@ -153,16 +153,13 @@ def paged_item_field(descriptor: Descriptor) -> FieldDescriptor | None:
     ``next_page_token`` and exactly one repeated message field)."""
     if "next_page_token" not in descriptor.fields_by_name:
         return None
-    repeated = [
-        f
-        for f in descriptor.fields
-        if f.is_repeated and f.message_type is not None
-    ]
+    repeated = [f for f in descriptor.fields if f.is_repeated and f.message_type is not None]
     return repeated[0] if len(repeated) == 1 else None
 
 
 async def jsonl(
     request: web.Request,
+    *,
     message: Message,
     item_field: FieldDescriptor,
     call: Callable[[Message], Any],

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, json_format
+
 # error_details_pb2 also registers the standard detail types (BadRequest,
 # ErrorInfo …) so that json_format can print an Any holding one.
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -38,6 +39,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 
 DETAILS_TRAILER = "grpc-status-details-bin"
 """The trailer holding the serialized google.rpc.Status of a failed call."""
+
 
 def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The call's google.rpc.Status: the server's own (with its details) when
@@ -99,4 +101,3 @@ def bad_request(field: str, description: str) -> status_pb2.Status:
 def simple(code: grpc.StatusCode, message: str) -> status_pb2.Status:
     """A Status with a code and a message only."""
     return status_pb2.Status(code=code.value[0], message=message)
-

@@ -52,8 +52,10 @@ LIVE_STATES = frozenset({job_pb2.JOB_STATE_QUEUED, job_pb2.JOB_STATE_RUNNING})
 """Jobs in these states get a shared hub; others are read directly."""
 
 Metadata = tuple[tuple[str, str], ...]
-StartWatch = Callable[[js.WatchJobRequest, Metadata], Any]
+StartWatch = Callable[[Any, Metadata], Any]
+"""Starts an upstream WatchJob call: (request, metadata) -> call."""
 GetJob = Callable[[js.GetJobRequest, Metadata], Any]
+"""Makes a GetJob call: (request, metadata) -> awaitable answer."""
 
 
 class Hub:
@@ -140,7 +142,10 @@ class Hub:
                 except grpc.aio.AioRpcError as exc:
                     now = loop.time()
                     lost_at = now if lost_at is None else lost_at
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or now - lost_at > RECONNECT_WINDOW_S:
+                    if (
+                        exc.code() != grpc.StatusCode.UNAVAILABLE
+                        or now - lost_at > RECONNECT_WINDOW_S
+                    ):
                         status = errors.status_json(errors.status_of(exc))
                         self.final = frame("rpc-error", dumps(status))
                         return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -31,6 +31,7 @@ _INT64 = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
+
 
 def _identity(value: Any) -> Any:
     return value
@@ -107,7 +108,7 @@ class JsonMapper:
         special = _WELL_KNOWN.get(descriptor.full_name)
         if special is not None:
             return special(message)
-        plan = self._plan(descriptor)
+        plan = self._plan(cast(Descriptor, descriptor))
         if plan is None:
             return _fallback(message)
         result: dict[str, Any] = {}
@@ -185,4 +186,3 @@ class JsonMapper:
         if kind == FieldDescriptor.TYPE_GROUP:
             return None
         return _identity  # int32, uint32, bool, string
-

@@ -67,9 +67,7 @@ class Route:
         found = self.regex.fullmatch(path)
         if found is None:
             return None
-        return {
-            field: unquote(found.group(f"g{i}")) for i, field in enumerate(self.variables)
-        }
+        return {field: unquote(found.group(f"g{i}")) for i, field in enumerate(self.variables)}
 
 
 def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
@@ -172,4 +170,3 @@ def markdown_table(table: Iterable[Route]) -> str:
     for route in table:
         lines.append(f"| {route.http_method} | `{route.template}` | {route.method.name} |")
     return "\n".join(lines)
-

@@ -75,9 +75,7 @@ def cross_site_refusal(request: web.Request) -> str | None:
 
 def set_token(response: web.StreamResponse, token: str, *, secure: bool) -> None:
     """Signs a browser in: the token in an HttpOnly, SameSite=Strict cookie."""
-    response.set_cookie(
-        COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/"
-    )
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/")
 
 
 def clear_token(response: web.StreamResponse, *, secure: bool) -> None:

@@ -280,7 +280,9 @@ class EventStream:
             delay = min(delay * 2, BACKOFF_MAX_S)
             stream = self._messages(getattr(self.message, self.spec.field))
 
-    async def _pump(self, sse: SseResponse, first: Any, stream: AsyncIterator[Any], last: int) -> None:
+    async def _pump(
+        self, sse: SseResponse, first: Any, stream: AsyncIterator[Any], last: int
+    ) -> None:
         item = first
         while True:
             try:

@@ -100,7 +100,9 @@ def _scalar(field: FieldDescriptor, text: str, name: str) -> Any:
     return text  # strings, bytes (base64), and well-known types in their JSON form
 
 
-def _place(target: dict[str, Any], fields: list[FieldDescriptor], value: Any, *, append: bool) -> None:
+def _place(
+    target: dict[str, Any], fields: list[FieldDescriptor], value: Any, *, append: bool
+) -> None:
     node = target
     for field in fields[:-1]:
         node = node.setdefault(field.json_name, {})
