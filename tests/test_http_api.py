@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -570,3 +572,43 @@ def test_browsers_following_one_live_job_share_one_upstream_watch(
         worker.close()
         for stream in streams:
             stream.__exit__(None, None, None)
+
+
+def test_https_with_the_servers_certificate(
+    start_server: Callable[..., ServerProcess], pki: Path, tmp_path: Path
+) -> None:
+    tokens = write_tokens(tmp_path / "tokens.json")
+    server = start_server(
+        extra_args=(
+            "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+            "--tokens-file", str(tokens),
+        ),
+        handlers=("jobstream.client.demo",),
+        http=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=context, timeout=15)
+    try:
+        # The HTTP face reaches its TLS server through the private socket.
+        conn.request("POST", "/v1/jobs", body=b'{"kind": "demo.count", "params": {"n": 2}}',
+                     headers={**bearer("alice"), "Content-Type": "application/json"})  # fmt: skip
+        made = conn.getresponse()
+        assert made.status == 200, made.read()
+        job_id = json.loads(made.read())["job"]["id"]
+        origin = f"https://127.0.0.1:{server.http_port}"
+        conn.request(
+            "POST", "/signin", body=f"token={TOKENS['alice'][0]}".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": origin},
+        )  # fmt: skip
+        signed = conn.getresponse()
+        signed.read()
+        assert signed.status == 303
+        cookie = signed.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie
+        conn.request("GET", f"/v1/jobs/{job_id}", headers={"Cookie": cookie.split(";")[0]})
+        got = conn.getresponse()
+        assert got.status == 200 and json.loads(got.read())["job"]["id"] == job_id
+    finally:
+        conn.close()
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        call("GET", f"http://127.0.0.1:{server.http_port}/healthz")
