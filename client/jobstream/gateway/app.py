@@ -116,8 +116,8 @@ class Gateway:
     _streams: set[asyncio.Task[Any]] = field(default_factory=set)
     _json: JsonMapper = field(default_factory=JsonMapper)
     _events: streams.EventJson = field(init=False)
-
     _hubs: Hubs = field(init=False)
+    _calls: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._events = streams.EventJson(self._json)
@@ -203,81 +203,57 @@ class Gateway:
         return response
 
     def _unary(self, route: Route) -> Callable[..., Awaitable[Any]]:
-        assert self._channel is not None
-        return self._channel.unary_unary(
-            route.rpc,
-            request_serializer=_serialize,
-            response_deserializer=GetMessageClass(route.method.output_type).FromString,
-        )
+        """The route's unary RPC on the channel (made once)."""
+        found: Callable[..., Awaitable[Any]] | None = self._calls.get(route.rpc)
+        if found is None:
+            assert self._channel is not None
+            found = self._channel.unary_unary(
+                route.rpc,
+                request_serializer=_serialize,
+                response_deserializer=GetMessageClass(route.method.output_type).FromString,
+            )
+            self._calls[route.rpc] = found
+        return found
 
     def _stream(self, route: Route) -> Callable[..., Any]:
-        assert self._channel is not None
-        return self._channel.unary_stream(
-            route.rpc,
-            request_serializer=_serialize,
-            response_deserializer=GetMessageClass(route.method.output_type).FromString,
-        )
+        """The route's server-streaming RPC on the channel (made once)."""
+        found: Callable[..., Any] | None = self._calls.get(route.rpc)
+        if found is None:
+            assert self._channel is not None
+            found = self._channel.unary_stream(
+                route.rpc,
+                request_serializer=_serialize,
+                response_deserializer=GetMessageClass(route.method.output_type).FromString,
+            )
+            self._calls[route.rpc] = found
+        return found
 
     # ------------------------------------------------------------ the API
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
+        """Any ``/v1/…`` request: the route of the annotations, its request
+        message, then the answer its RPC's shape calls for."""
         found = self.router.find(request.method, request.path)
         if found is None:
-            allowed = self.router.allowed(request.path)
-            if allowed:
-                return _status_response(
-                    errors.simple(
-                        grpc.StatusCode.UNIMPLEMENTED,
-                        f"{request.method} is not served at {request.path}; "
-                        f"try {', '.join(allowed)}",
-                    ),
-                    http_status=405,
-                    headers={"Allow": ", ".join(allowed)},
-                )
-            return _status_response(
-                errors.simple(grpc.StatusCode.NOT_FOUND, f"no route {request.path}")
-            )
+            return self._no_route(request)
         route, variables = found
-        body = parse_body(await request.read()) if route.body else None
-        if not route.body and request.can_read_body and (await request.read()).strip():
+        raw = await request.read()
+        if not route.body and raw.strip():
             raise BadRequest("body", f"{route.http_method} {route.template} takes no body")
-        message = build_request(route, variables, request.query.items(), body or {})
+        body = parse_body(raw) if route.body else {}
+        message = build_request(route, variables, request.query.items(), body)
         metadata = session.metadata(request)
         alt = request.query.get("alt", "json")
         if alt not in ("json", "jsonl"):
             raise BadRequest("alt", f"must be json or jsonl, not {alt!r}")
-        full_name = route.method.full_name
-        if full_name == downloads.DOWNLOAD_METHOD:
+        if route.method.full_name == downloads.DOWNLOAD_METHOD:
             download_call = self._stream(route)
             assert isinstance(message, js.DownloadArtifactRequest)
             return await downloads.download(
                 request, message, lambda m: download_call(m, metadata=metadata)
             )
         if route.server_streaming:
-            spec = streams.RESUMABLE.get(full_name)
-            if spec is None:
-                raise BadRequest("", f"{route.method.name} is not served over HTTP")
-            streams.resume_point(request, message, spec.field)
-            stream_call = self._stream(route)
-            task = asyncio.current_task()
-            assert task is not None
-            self._streams.add(task)
-            try:
-                if isinstance(message, js.WatchJobRequest):
-                    message.batch_events = True
-                    get_job = self._unary_by_name("GetJob", js.GetJobResponse)
-                    return await self._hubs.serve(
-                        request,
-                        message,
-                        metadata,
-                        lambda m, md: stream_call(m, metadata=md),
-                        lambda m, md: get_job(m, metadata=md, timeout=CALL_TIMEOUT_S),
-                    )
-                return await streams.EventStream(
-                    spec, message, lambda m: stream_call(m, metadata=metadata), self._events
-                ).serve(request)
-            finally:
-                self._streams.discard(task)
+            return await self._event_stream(request, route, message, metadata)
         unary = self._unary(route)
 
         async def call(m: Message) -> Any:
@@ -289,19 +265,68 @@ class Gateway:
                 raise BadRequest("alt", f"{route.method.name} is not a paged list")
             what = route.template.rsplit("/", 1)[-1]  # jobs, logs, results
             job_id = variables.get("job_id", "")
-            name = f"{job_id}-{what}.jsonl" if job_id else f"{what}.jsonl"
             return await downloads.jsonl(
                 request,
                 message=message,
                 item_field=item_field,
                 call=call,
-                filename=name,
+                filename=f"{job_id}-{what}.jsonl" if job_id else f"{what}.jsonl",
                 to_json=self._json.to_json,
             )
         response = await call(message)
         return web.Response(
             body=dumps(self._json.to_json(response)), content_type="application/json"
         )
+
+    def _no_route(self, request: web.Request) -> web.Response:
+        allowed = self.router.allowed(request.path)
+        if allowed:
+            return _status_response(
+                errors.simple(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{request.method} is not served at {request.path}; try {', '.join(allowed)}",
+                ),
+                http_status=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return _status_response(
+            errors.simple(grpc.StatusCode.NOT_FOUND, f"no route {request.path}")
+        )
+
+    async def _event_stream(
+        self,
+        request: web.Request,
+        route: Route,
+        message: Message,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> web.StreamResponse:
+        """A watch as Server-Sent Events, resumed from ``Last-Event-ID``;
+        WatchJob through the job's shared hub."""
+        spec = streams.RESUMABLE.get(route.method.full_name)
+        if spec is None:
+            raise BadRequest("", f"{route.method.name} is not served over HTTP")
+        streams.resume_point(request, message, spec.field)
+        stream_call = self._stream(route)
+        # Tracked so that stop() can end them: they never end by themselves.
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            if isinstance(message, js.WatchJobRequest):
+                message.batch_events = True
+                get_job = self._unary_by_name("GetJob", js.GetJobResponse)
+                return await self._hubs.serve(
+                    request,
+                    message,
+                    metadata,
+                    lambda m, md: stream_call(m, metadata=md),
+                    lambda m, md: get_job(m, metadata=md, timeout=CALL_TIMEOUT_S),
+                )
+            return await streams.EventStream(
+                spec, message, lambda m: stream_call(m, metadata=metadata), self._events
+            ).serve(request)
+        finally:
+            self._streams.discard(task)
 
     # ------------------------------------------------------------ the rest
 

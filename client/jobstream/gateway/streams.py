@@ -59,6 +59,7 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     # nginx buffers proxied responses unless told not to.
     "X-Accel-Buffering": "no",
+    "X-Content-Type-Options": "nosniff",
 }
 """Headers of every event stream."""
 
