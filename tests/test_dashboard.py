@@ -17,7 +17,7 @@ from authmatrix import TOKENS, write_tokens
 from conftest import ServerProcess
 from helpers import RawWorker, eventually
 
-from jobstream.client import JobClient, JobState, NotFoundError
+from jobstream.client import JobClient, JobSpec, JobState, NotFoundError
 from jobstream.client.security import Security
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -114,6 +114,39 @@ def test_job_submitted_over_grpc_appears_without_reload(
     assert row(page, job.id).locator("progress").get_attribute("value") == "1"
     assert "summarise" in row(page, job.id).inner_text()
     screenshot(page, "job-list")
+    page.click("a[href='#/stats']")
+    page.locator("svg.chart rect").first.wait_for()
+    assert page.locator("figure").count() == 2
+    screenshot(page, "stats")
+
+
+def test_list_pages_through_the_jobs(web: ServerProcess, browser_page: Any) -> None:
+    page = browser_page
+    with JobClient(web.target) as client:
+        made = client.submit_many(
+            [JobSpec(kind="nobody.runs", labels={"suite": "ui-pages"}) for _ in range(120)]
+        )
+    ids = {job.id for job in made}
+    page.goto(f"{web.http_url}/#/?label=suite=ui-pages")
+
+    def shown() -> set[str]:
+        page.wait_for_function("() => document.querySelectorAll('tr[data-id]').length > 0")
+        return set(page.eval_on_selector_all("tr[data-id]", "rows => rows.map(r => r.dataset.id)"))
+
+    first = shown()
+    assert len(first) == 50
+    page.click("#older")
+    page.wait_for_function("() => document.querySelector('.pager-info').textContent === 'page 2'")
+    second = shown()
+    page.click("#older")
+    page.wait_for_function("() => document.querySelector('.pager-info').textContent === 'page 3'")
+    third = shown()
+    assert (len(second), len(third)) == (50, 20)
+    assert first | second | third == ids
+    assert page.locator("#older").is_disabled()
+    page.click("#newer")
+    page.wait_for_function("() => document.querySelector('.pager-info').textContent === 'page 2'")
+    assert shown() == second
 
 
 def test_job_page_shows_every_line_in_order_across_a_server_restart(
@@ -139,6 +172,20 @@ def test_job_page_shows_every_line_in_order_across_a_server_restart(
     assert [tuple(x) for x in shown] == stored, "lines lost, repeated or out of order"
     assert stored[-1][1] == "counted 2000 items"
     screenshot(page, "job-page")
+    # The log tools: a level filter, pause and resume following, the start.
+    page.select_option("#level", "WARNING")
+    assert page.locator("#log .line").count() == 0  # demo.count logs at info
+    page.select_option("#level", "DEBUG")
+    assert page.locator("#log .line").count() == len(stored)
+    page.click("#jump-start")
+    assert page.evaluate("() => document.querySelector('#log').scrollTop") == 0
+    assert page.locator("#follow").inner_text() == "Resume follow"
+    page.click("#follow")
+    assert page.locator("#follow").inner_text() == "Pause follow"
+    page.wait_for_function(
+        "() => { const l = document.querySelector('#log');"
+        " return l.scrollTop + l.clientHeight >= l.scrollHeight - 2; }"
+    )
 
 
 def test_cancel_and_multi_delete_from_the_page(web: ServerProcess, browser_page: Any) -> None:

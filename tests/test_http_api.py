@@ -9,7 +9,9 @@ SQLite only; the server's storage suites cover PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -612,3 +614,49 @@ def test_https_with_the_servers_certificate(
         conn.close()
     with pytest.raises((ConnectionError, http.client.HTTPException)):
         call("GET", f"http://127.0.0.1:{server.http_port}/healthz")
+
+
+def test_idle_streams_get_heartbeats_and_stop_ends_them(
+    start_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-process gateway (the Gateway API) in front of a bare server: a
+    stream with nothing to say still sends comments, and stopping the
+    gateway ends its streams instead of waiting for them."""
+    import aiohttp
+
+    from jobstream.gateway import GatewayConfig, running
+    from jobstream.gateway import streams as gateway_streams
+
+    monkeypatch.setattr(gateway_streams, "HEARTBEAT_S", 0.2)
+    server = start_server()
+
+    async def scenario() -> tuple[list[bytes], float]:
+        async with (
+            running(GatewayConfig(target=server.target, port=0)) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            base = gateway.url.rstrip("/")
+            async with http.post(f"{base}/v1/jobs", json={"kind": "nobody.runs"}) as made:
+                job_id = (await made.json())["job"]["id"]
+            lines: list[bytes] = []
+            async with http.get(f"{base}/v1/jobs/{job_id}:watch") as response:
+                async with asyncio.timeout(10):
+                    async for line in response.content:
+                        lines.append(line.rstrip(b"\n"))
+                        if lines.count(b": keep-alive") >= 2:
+                            break
+                stopping = asyncio.get_running_loop().time()
+                stop = asyncio.create_task(gateway.stop())
+                # Cut, not closed: the client (EventSource) reconnects either way.
+                with contextlib.suppress(aiohttp.ClientPayloadError):
+                    async with asyncio.timeout(10):
+                        async for _line in response.content:
+                            pass  # until the gateway ends the stream
+                await stop
+                return lines, asyncio.get_running_loop().time() - stopping
+
+    lines, stop_s = asyncio.run(scenario())
+    assert lines[:2] == [b"retry: 1000", b""]
+    assert b"event: snapshot" in lines
+    assert lines.count(b": keep-alive") == 2
+    assert stop_s < 5

@@ -289,8 +289,8 @@ function listView(view, params) {
     if (labelInput.value.trim()) q.set('label', labelInput.value.trim());
     window.location.hash = `#/?${q}`;
   }}, stateSelect, kindInput, labelInput, el('button', {type: 'submit'}, 'Filter'));
-  const newer = el('button', {onclick: () => { page -= 1; load(); }, disabled: true}, '‹ Newer');
-  const older = el('button', {onclick: () => { page += 1; load(); }, disabled: true}, 'Older ›');
+  const newer = el('button', {id: 'newer', onclick: () => { page -= 1; load(); }, disabled: true}, '‹ Newer');
+  const older = el('button', {id: 'older', onclick: () => { page += 1; load(); }, disabled: true}, 'Older ›');
   const toggleAll = el('input', {type: 'checkbox', 'aria-label': 'select all', onchange: (e) => {
     for (const id of jobs.keys()) { if (e.target.checked) selected.add(id); else selected.delete(id); }
     render();
