@@ -46,7 +46,11 @@ def parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--target", default=_env("TARGET", DEFAULT_TARGET), help="gRPC server [JOBSTREAM_TARGET]")
-    add("--http-host", default=_env("HTTP_HOST", "127.0.0.1"), help="[JOBSTREAM_HTTP_HOST]")
+    add(
+        "--http-host",
+        default=_env("HTTP_HOST", "127.0.0.1"),
+        help="address the HTTP face listens on [JOBSTREAM_HTTP_HOST]",
+    )
     add(
         "--http-port",
         type=int,
@@ -60,7 +64,12 @@ def parser() -> argparse.ArgumentParser:
         default=_path("HTTP_TLS_CERT"),
         help="serve HTTPS with this PEM chain [JOBSTREAM_HTTP_TLS_CERT]",
     )
-    add("--http-tls-key", type=Path, default=_path("HTTP_TLS_KEY"), help="[JOBSTREAM_HTTP_TLS_KEY]")
+    add(
+        "--http-tls-key",
+        type=Path,
+        default=_path("HTTP_TLS_KEY"),
+        help="PEM key of --http-tls-cert [JOBSTREAM_HTTP_TLS_KEY]",
+    )
     add(
         "--ca",
         type=Path,
@@ -81,7 +90,9 @@ def parser() -> argparse.ArgumentParser:
         help="allow plain HTTP beyond loopback (tokens then cross the network in the "
         "clear; e.g. behind a proxy that ends TLS) [JOBSTREAM_INSECURE]",
     )
-    add("--log-level", default=_env("LOG_LEVEL", "INFO"), help="[JOBSTREAM_LOG_LEVEL]")
+    add(
+        "--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level [JOBSTREAM_LOG_LEVEL]"
+    )
     return p
 
 
