@@ -299,6 +299,17 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
     assert _status(unknown)["details"][0]["fieldViolations"][0]["field"] == "pageSise"  # type: ignore[index]
     wrong_type = call("GET", f"{base}/v1/jobs?pageSize=many")
     assert wrong_type.status == 400 and "pageSize" in str(_status(wrong_type)["message"])
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"knd": "demo.count"}, "knd"),
+        ({"kind": "demo.count", "notBefore": "yesterday"}, "notBefore"),
+        ({"kind": "demo.count", "labels": {"a": 1}}, "labels"),
+        ({"kind": "demo.count", "params": [1]}, "params"),
+    ]
+    for body, field in cases:
+        refused = call("POST", f"{base}/v1/jobs", body)
+        assert refused.status == 400, body
+        violation = _status(refused)["details"][0]["fieldViolations"][0]  # type: ignore[index]
+        assert violation["field"] == field, (body, violation)
     not_json = call("POST", f"{base}/v1/jobs", raw=b"{kind:")
     assert (not_json.status, _status(not_json)["code"]) == (400, 3)
     too_big = call("GET", f"{base}/v1/jobs?pageSize=100000")

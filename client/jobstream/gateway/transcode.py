@@ -223,17 +223,28 @@ def build_request(
 
 
 _PARSE_PREFIX = re.compile(r"^(?:Failed to parse \w+ field: )+")
+_PARSE_NAMES = re.compile(r"Failed to parse (\w+) field: ")
 _PARSE_AT = re.compile(r"^(?P<what>.*?) at \w+\.(?P<field>[\w.\[\]]+?)\.*$", re.DOTALL)
+_NO_FIELD = re.compile(
+    r'^Message type "[\w.]+" has no field named "(?P<name>[^"]+)" at "(?P<at>[^"]+)"'
+)
 
 
 def _parse_error(text: str) -> BadRequest:
     """json_format's message, reworded to name the field first as the
     server's own messages do."""
-    text = _PARSE_PREFIX.sub("", text)
-    found = _PARSE_AT.match(text)
-    if found is None:
-        return BadRequest("", text)
-    return BadRequest(found.group("field"), found.group("what"))
+    prefix = _PARSE_PREFIX.match(text)
+    names = _PARSE_NAMES.findall(prefix.group(0)) if prefix else []
+    rest = text[prefix.end() :] if prefix else text
+    unknown = _NO_FIELD.match(rest)
+    if unknown is not None:
+        where = unknown.group("at").partition(".")[2]
+        name = unknown.group("name")
+        return BadRequest(f"{where}.{name}" if where else name, "no such field in the request")
+    found = _PARSE_AT.match(rest)
+    if found is not None:
+        return BadRequest(found.group("field"), found.group("what"))
+    return BadRequest(".".join(names), rest.rstrip("."))
 
 
 def dumps(value: Any) -> bytes:
