@@ -292,3 +292,20 @@ def test_sign_in_keeps_the_token_out_of_scripts(
     job_id = page.locator(".job-head h1").inner_text()
     with JobClient(server.target, security=Security(token=TOKENS["alice"][0])) as client:
         assert client.get(job_id).owner == "alice"
+
+
+def test_failed_job_shows_its_error_and_traceback_as_text(
+    web: ServerProcess, browser_page: Any
+) -> None:
+    page = browser_page
+    hostile = "<img src=x onerror=\"window.__pwned = 'error'\">"
+    with JobClient(web.target) as client:
+        job = client.submit("demo.fail", {"message": hostile}, max_attempts=1)
+        eventually(lambda: client.get(job.id).state is JobState.FAILED)
+    page.goto(f"{web.http_url}/#/jobs/{job.id}")
+    page.locator("#error").wait_for()
+    assert hostile in page.locator("#error").inner_text()
+    trace = page.locator("pre.traceback").inner_text()
+    assert "RuntimeError" in trace and hostile in trace
+    assert page.locator("#retry").is_visible()
+    assert page.evaluate("window.__pwned") is None
