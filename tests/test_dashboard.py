@@ -309,3 +309,33 @@ def test_failed_job_shows_its_error_and_traceback_as_text(
     assert "RuntimeError" in trace and hostile in trace
     assert page.locator("#retry").is_visible()
     assert page.evaluate("window.__pwned") is None
+
+
+def test_a_long_log_opens_at_its_tail_and_jumps_to_its_start(
+    start_server: Callable[..., ServerProcess], browser_page: Any
+) -> None:
+    server = start_server(http=True)
+    page = browser_page
+    with JobClient(server.target) as client:
+        job = client.submit("ui.long")
+    worker = RawWorker(server.target)
+    try:
+        lease = worker.acquire("ui.long")
+        for chunk in range(5):  # 25,000 lines: past the page's 20,000-event tail
+            worker.log(job.id, lease.lease_id, [f"line {chunk * 5000 + i}" for i in range(5000)])
+        worker.finish(job.id, lease.lease_id)
+    finally:
+        worker.close()
+    page.goto(f"{server.http_url}/#/jobs/{job.id}")
+    page.locator("#live.ok, #live:text('ended')").first.wait_for()
+    page.wait_for_function("() => document.querySelector('#log .line:last-child .text')"
+                           "?.textContent === 'line 24999'")  # fmt: skip
+    assert "not loaded" in page.locator("#log-gap").inner_text()
+    first_tail = page.locator("#log .line .text").first.inner_text()
+    assert first_tail != "line 0"
+    page.click("#jump-start")
+    page.wait_for_function(
+        "() => document.querySelector('#log .line .text').textContent === 'line 0'"
+    )
+    assert "in the download" in page.locator("#log-gap").inner_text()
+    assert page.evaluate("() => document.querySelector('#log').scrollTop") == 0

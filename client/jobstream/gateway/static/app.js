@@ -11,6 +11,8 @@ const STATES = ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED', 'INTERR
 const TERMINAL = new Set(['SUCCEEDED', 'FAILED', 'CANCELLED', 'INTERRUPTED']);
 const LEVELS = ['DEBUG', 'INFO', 'WARNING', 'ERROR'];
 const FLUSH_MS = 100;            // how often a busy job page redraws
+const TAIL_EVENTS = 20000;       // a job page follows from this many events before the end
+const HEAD_LINES = 1000;         // lines "Jump to start" loads from the beginning
 
 // ---------------------------------------------------------------- helpers
 
@@ -332,7 +334,9 @@ function jobView(view, id) {
   let snapshotSeq = 0;
   let following = true;
   let level = 'DEBUG';
-  const lines = [];  // {seq, time, level, text, stream}
+  const lines = [];  // {seq, time, level, text, stream}, the tail being followed
+  const head = [];   // the first lines, loaded by "Jump to start" when the tail began later
+  let gap = null;    // what lies between head and lines, when something does
   const results = [];
   const parts = {
     head: el('section', {class: 'job-head'}),
@@ -355,7 +359,9 @@ function jobView(view, id) {
 
   function renderLog() {
     pending = [];  // already in lines
-    log.replaceChildren(...lines.filter(shown).map(lineNode));
+    log.replaceChildren(...head.filter(shown).map(lineNode),
+      ...(gap ? [el('div', {class: 'gap', id: 'log-gap'}, gap)] : []),
+      ...lines.filter(shown).map(lineNode));
     if (following) log.scrollTop = log.scrollHeight;
   }
 
@@ -549,6 +555,37 @@ function jobView(view, id) {
     } catch (error) { flash(error.message); }
   }
 
+  // A long job's page follows its tail: the last TAIL_EVENTS events, then live.
+  async function open() {
+    try {
+      const current = (await api('GET', jobPath(id))).job;
+      if (num(current.lastSeq) > TAIL_EVENTS) {
+        lastSeq = num(current.lastSeq) - TAIL_EVENTS;
+        gap = `Lines before event ${lastSeq + 1} are not loaded: Jump to start loads the first ones.`;
+        renderLog();
+      }
+    } catch (error) { flash(error.message); return; }
+    start();
+  }
+
+  async function loadHead() {
+    if (!gap || head.length) return;
+    try {
+      const data = await api('GET', `${jobPath(id)}/logs?pageSize=${HEAD_LINES}`);
+      const firstTail = lines.length ? lines[0].seq : lastSeq + 1;
+      let met = !data.nextPageToken;  // all of the head fits before the tail
+      for (const event of data.events || []) {
+        if (num(event.seq) >= firstTail) { met = true; break; }
+        const level = (event.log.level || 'LOG_LEVEL_INFO').replace('LOG_LEVEL_', '');
+        head.push({seq: num(event.seq), time: event.time, text: event.log.text || '',
+          level: level === 'UNSPECIFIED' ? 'INFO' : level});
+      }
+      const last = head.length ? head[head.length - 1].seq : 0;
+      gap = met ? null : `… the lines between events ${last} and ${firstTail} are in the download.`;
+      renderLog();
+    } catch (error) { flash(error.message); }
+  }
+
   function start() {
     source = follow(`${jobPath(id)}:watch?afterSeq=${lastSeq}`, {
       snapshot: (snapshot) => { flush(); job = snapshot; snapshotSeq = num(snapshot.lastSeq); renderAll(); },
@@ -564,9 +601,10 @@ function jobView(view, id) {
     followButton.textContent = following ? 'Pause follow' : 'Resume follow';
     if (following) log.scrollTop = log.scrollHeight;
   }}, 'Pause follow');
-  const topButton = el('button', {id: 'jump-start', onclick: () => {
+  const topButton = el('button', {id: 'jump-start', onclick: async () => {
     following = false;
     followButton.textContent = 'Resume follow';
+    await loadHead();
     log.scrollTop = 0;
   }}, 'Jump to start');
   view.append(parts.head, parts.progress,
@@ -575,7 +613,7 @@ function jobView(view, id) {
         el('a', {href: `${jobPath(id)}/logs?alt=jsonl`, download: `${id}-logs.jsonl`}, 'download')),
       log),
     parts.steps, parts.results, parts.artifacts, parts.details);
-  start();
+  open();
   loadResults();
   loadArtifacts();
   const clock = setInterval(() => { if (job && !TERMINAL.has(state(job))) renderHead(); }, 1000);
