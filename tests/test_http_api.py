@@ -4,7 +4,8 @@ resume across a restart, downloads with Range and sha256, errors as
 google.rpc.Status, tokens and ownership, and the cross-site check.
 
 The gateway speaks gRPC to the server like any client, so these run on
-SQLite only; the server's storage suites cover PostgreSQL.
+SQLite, with the job-list stream (which the server reads from its change
+log) once on PostgreSQL too; the server's storage suites cover the rest.
 """
 
 from __future__ import annotations
@@ -671,3 +672,23 @@ def test_idle_streams_get_heartbeats_and_stop_ends_them(
     assert b"event: snapshot" in lines
     assert lines.count(b": keep-alive") == 2
     assert stop_s < 5
+
+
+def test_job_list_stream_on_postgresql(
+    start_server: Callable[..., ServerProcess], postgres_url: str
+) -> None:
+    """skipListing and resumable positions on the cluster backend too."""
+    server = start_server(extra_args=("--db", postgres_url), http=True)
+    base = server.http_url
+    submit(base, "nobody.runs", labels={"suite": "pg"})
+    url = f"{base}/v1/jobs:watch?skipListing=true&filter.labels[suite]=pg"
+    with events(url, 30) as stream:
+        it = iter(stream)
+        first = next(it)
+        assert first.event == "caught_up" and first.id is not None
+        job = submit(base, "nobody.runs", labels={"suite": "pg"})
+        change = next(it)
+    assert (change.event, change.json()["id"]) == ("job", job["id"])
+    assert int(change.id or 0) > int(first.id)
+    listed = call("GET", f"{base}/v1/jobs?filter.labels[suite]=pg").json()["jobs"]
+    assert len(listed) == 2
