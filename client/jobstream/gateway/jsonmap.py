@@ -1,8 +1,8 @@
 """The canonical proto3 JSON mapping, fast: what
 ``json_format.MessageToDict(message)`` returns, built from ``ListFields()``
-with one plan per message type instead of json_format's reflection on every
-field of every message. A page of 50 jobs converts several times faster,
-which is most of what an HTTP call costs beyond its gRPC call.
+with one converter per message type instead of json_format's reflection on
+every field of every message: a page of 50 jobs converts 1.4 to 1.8 times
+faster, and the JSON is most of what an HTTP call costs beyond its gRPC call.
 
 Types this module has no plan for (Any, FieldMask, wrappers, float fields,
 anything unusual) are handed to json_format itself, so the answer is always
@@ -97,45 +97,46 @@ _WELL_KNOWN: dict[str, Convert] = {
 
 
 class JsonMapper:
-    """Converts messages to their JSON objects, one plan per message type."""
+    """Converts messages to their JSON objects, one converter per message
+    type, made the first time the type is seen."""
 
     def __init__(self) -> None:
-        self._plans: dict[str, dict[str, tuple[str, Convert]] | None] = {}
+        self._converters: dict[Any, Convert] = {}
 
     def to_json(self, message: Message) -> Any:
         """The JSON value of ``message`` exactly as MessageToDict makes it."""
         descriptor = message.DESCRIPTOR
-        special = _WELL_KNOWN.get(descriptor.full_name)
-        if special is not None:
-            return special(message)
-        plan = self._plan(cast(Descriptor, descriptor))
-        if plan is None:
-            return _fallback(message)
-        result: dict[str, Any] = {}
-        for field, value in message.ListFields():
-            step = plan.get(field.name)
-            if step is None:  # an extension, say
-                return _fallback(message)
-            result[step[0]] = step[1](value)
-        return result
+        convert = self._converters.get(descriptor)
+        if convert is None:
+            convert = self._converter(cast(Descriptor, descriptor))
+            self._converters[descriptor] = convert
+        return convert(message)
 
-    def _plan(self, descriptor: Descriptor) -> dict[str, tuple[str, Convert]] | None:
+    def _converter(self, descriptor: Descriptor) -> Convert:
         name = descriptor.full_name
-        if name in self._plans:
-            return self._plans[name]
-        plan: dict[str, tuple[str, Convert]] | None = {}
+        special = _WELL_KNOWN.get(name)
+        if special is not None:
+            return special
         if name.startswith("google.protobuf."):
-            plan = None  # Any, FieldMask, wrappers …: json_format's own rules
-        else:
-            for field in descriptor.fields:
-                convert = self._field(field)
-                if convert is None:
-                    plan = None
-                    break
-                assert plan is not None
-                plan[field.name] = (field.json_name, convert)
-        self._plans[name] = plan
-        return plan
+            return _fallback  # Any, FieldMask, wrappers …: json_format's own rules
+        # Keyed by the field descriptors ListFields() hands back.
+        plan: dict[Any, tuple[str, Convert]] = {}
+        for field in descriptor.fields:
+            convert = self._field(field)
+            if convert is None:
+                return _fallback
+            plan[field] = (field.json_name, convert)
+
+        def convert_message(message: Message) -> Any:
+            result: dict[str, Any] = {}
+            for field, value in message.ListFields():
+                step = plan.get(field)
+                if step is None:  # an extension, say
+                    return _fallback(message)
+                result[step[0]] = step[1](value)
+            return result
+
+        return convert_message
 
     def _field(self, field: FieldDescriptor) -> Convert | None:
         message_type = field.message_type
