@@ -692,3 +692,61 @@ def test_job_list_stream_on_postgresql(
     assert int(change.id or 0) > int(first.id)
     listed = call("GET", f"{base}/v1/jobs?filter.labels[suite]=pg").json()["jobs"]
     assert len(listed) == 2
+
+
+def test_a_reader_from_before_the_hubs_window_gets_exactly_the_rest(
+    start_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a hub window of 20 events, a reader resuming from event 5 of a
+    live job that has 100 is served by a call of its own, and a reader that
+    was there from the start by the hub: both see every event once."""
+    import aiohttp
+
+    from jobstream.gateway import GatewayConfig, hub, running
+
+    monkeypatch.setattr(hub, "HUB_WINDOW", 20)
+    server = start_server()
+
+    async def ids(
+        http: aiohttp.ClientSession, url: str, headers: dict[str, str], upto: int
+    ) -> list[int]:
+        seen: list[int] = []
+        async with http.get(url, headers=headers) as response:
+            assert response.status == 200
+            event = b""
+            async with asyncio.timeout(30):
+                async for raw in response.content:
+                    line = raw.rstrip(b"\n")
+                    if line.startswith(b"event: "):
+                        event = line[7:]
+                    elif line.startswith(b"id: ") and event == b"event":
+                        seen.append(int(line[4:]))
+                        if seen[-1] >= upto:
+                            return seen
+        return seen
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        async with (
+            running(GatewayConfig(target=server.target, port=0)) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            base = gateway.url.rstrip("/")
+            async with http.post(f"{base}/v1/jobs", json={"kind": "hub.window"}) as made:
+                job_id = (await made.json())["job"]["id"]
+            url = f"{base}/v1/jobs/{job_id}:watch"
+            worker = RawWorker(server.target)
+            try:
+                lease = await asyncio.to_thread(worker.acquire, "hub.window")
+                last = 2 + 100  # queued, running, then the lines
+                early = asyncio.create_task(ids(http, url, {}, last))
+                await asyncio.sleep(0.5)  # the hub is up and following
+                lines = [f"line {i}" for i in range(100)]
+                await asyncio.to_thread(worker.log, job_id, lease.lease_id, lines)
+                late = await ids(http, url, {"Last-Event-ID": "5"}, last)
+                return await early, late, last
+            finally:
+                worker.close()
+
+    early, late, last = asyncio.run(scenario())
+    assert early == list(range(1, last + 1))
+    assert late == list(range(6, last + 1))

@@ -204,13 +204,12 @@ class Hubs:
             # Finished (read once), or a resume point the server must refuse.
             return await direct().serve(request)
         hub = self._hubs.get(job.id)
-        if hub is None or hub.final is not None or hub.after(last) is None:
-            if hub is None or hub.final is not None:
-                hub = Hub(job.id, last, metadata, start, self.cache)
-                self._hubs[job.id] = hub
-                hub.start()
-            else:
-                return await direct().serve(request)  # before the window
+        if hub is None or hub.final is not None:
+            hub = Hub(job.id, last, metadata, start, self.cache)
+            self._hubs[job.id] = hub
+            hub.start()
+        elif hub.after(last) is None:
+            return await direct().serve(request)  # from before the hub's window
         sse = SseResponse(request)
         hub.subscribers += 1
         try:
