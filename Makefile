@@ -9,9 +9,11 @@ PROTOS := $(wildcard protos/jobstream/v1/*.proto)
 GEN_DIR := client/jobstream/v1
 HOST ?= 127.0.0.1
 PORT ?= 50051
+HTTP_PORT ?= 8080
 DATA ?= ./data
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install run test check lint typecheck proto proto-check bench clean faults
+.PHONY: help install run test check lint typecheck proto proto-check bench clean faults browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,8 +32,13 @@ $(STAMP): $(RUNTIME)
 
 install: $(STAMP) ## create the venv and install jobstream with every extra and the dev tools
 
-run: $(RUNTIME) ## serve with the demo handlers on SQLite (HOST=127.0.0.1 PORT=50051 DATA=./data)
-	$(BIN)/jobstream serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --handlers jobstream.client.demo
+run: $(RUNTIME) ## serve gRPC, the HTTP API and the dashboard, demo handlers, SQLite (HOST PORT HTTP_PORT DATA)
+	@echo "gRPC on $(HOST):$(PORT); dashboard and HTTP API on http://$(HOST):$(HTTP_PORT)/"
+	$(BIN)/jobstream serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --data-dir $(DATA) --handlers jobstream.client.demo
+
+# The dashboard tests drive Debian's chromium (never a browser download).
+browser: ## install Debian's chromium for the browser tests when it is missing (needs root)
+	@test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 proto: $(STAMP) ## regenerate client/jobstream/v1 from protos/
 	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
@@ -54,7 +61,7 @@ typecheck: $(STAMP) ## mypy --strict
 
 check: lint typecheck proto-check ## every static check
 
-test: $(STAMP) check ## static checks, then the whole test suite
+test: $(STAMP) browser check ## static checks, then the whole test suite (browser tests included)
 	$(BIN)/pytest
 
 faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)

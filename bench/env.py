@@ -109,10 +109,10 @@ def _start_all(procs: list[Proc]) -> None:
 async def open_env(settings: Settings, workdir: Path) -> AsyncIterator[Env]:
     """Starts and seeds everything; stops everything on the way out."""
     bare = bare_server(workdir)
-    main = jobstream_server(workdir, "main")
+    main = jobstream_server(workdir, "main", http=True)
     normal = jobstream_server(workdir, "normal", "--synchronous", "normal")
     list_logs = jobstream_server(workdir, "list-logs")
-    list_empty = jobstream_server(workdir, "list-empty")
+    list_empty = jobstream_server(workdir, "list-empty", http=True)
     restart_big = jobstream_server(workdir, "restart-big")
     restart_empty = jobstream_server(workdir, "restart-empty")
     seeded = (list_logs, list_empty, restart_big, restart_empty)

@@ -41,6 +41,9 @@ class Proc:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
+    http: bool = False
+    """Also serve the HTTP face (``--http-port``), on the same port after a restart."""
+    http_port: int = 0
     log_path: Path = field(init=False)
     port_file: Path = field(init=False)
 
@@ -49,11 +52,17 @@ class Proc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
         self.port_file = self.workdir / f"{self.name}.port"
+        self.http_port_file = self.workdir / f"{self.name}.http-port"
 
     @property
     def target(self) -> str:
         """``127.0.0.1:PORT`` for channels."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:HTTP_PORT`` of the HTTP face."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def pid(self) -> int:
@@ -67,6 +76,14 @@ class Proc:
         port is reused, so clients can keep their target across a restart."""
         self.port_file.unlink(missing_ok=True)
         args = [*self.argv, "--port", str(self.port), "--port-file", str(self.port_file)]
+        if self.http:
+            self.http_port_file.unlink(missing_ok=True)
+            args += [
+                "--http-port",
+                str(self.http_port),
+                "--http-port-file",
+                str(self.http_port_file),
+            ]
         with self.log_path.open("ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
@@ -80,6 +97,8 @@ class Proc:
                 text = self.port_file.read_text().strip()
                 if text:
                     self.port = int(text)
+                    if self.http:  # written before the gRPC port file
+                        self.http_port = int(self.http_port_file.read_text())
                     return
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited {self.proc.returncode}:\n{self.log()}")
@@ -123,9 +142,10 @@ def bare_server(workdir: Path) -> Proc:
     return Proc("bare", [sys.executable, "-m", "bench.bare_server"], workdir)
 
 
-def jobstream_server(workdir: Path, name: str, *extra: str) -> Proc:
+def jobstream_server(workdir: Path, name: str, *extra: str, http: bool = False) -> Proc:
     """A real ``python -m jobstream.server`` with its own data directory
-    ``workdir/name``; ``extra`` are more flags (e.g. ``--synchronous normal``)."""
+    ``workdir/name``; ``extra`` are more flags (e.g. ``--synchronous normal``);
+    ``http`` serves the HTTP face too."""
     data = workdir.resolve() / name
     data.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -137,7 +157,7 @@ def jobstream_server(workdir: Path, name: str, *extra: str) -> Proc:
         *JOBSTREAM_ARGS,
         *extra,
     ]
-    return Proc(name, argv, workdir)
+    return Proc(name, argv, workdir, http=http)
 
 
 def db_path(workdir: Path, name: str) -> Path:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import service, streams
+from bench import http, service, streams
 from bench.env import Env, open_env
 from bench.harness import Sample, Settings
 from bench.report import RunResult, now
@@ -40,6 +40,8 @@ MEASURES: tuple[Measure, ...] = (
     Measure(("T9",), service.t9),
     Measure(("T10.p50", "T10.p99"), service.t10),
     Measure(("T11",), service.t11),
+    Measure(("T17",), http.t17),
+    Measure(("T18",), http.t18),
 )
 """Every measure, in the order each round runs them."""
 

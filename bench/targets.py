@@ -1,4 +1,4 @@
-"""The targets of issue 4: one report row each, with its floor and goal."""
+"""The benchmark targets: one report row each, with its floor and goal."""
 
 from __future__ import annotations
 
@@ -153,6 +153,24 @@ TARGETS: tuple[Target, ...] = (
         floor=2.0,
         goal=0.5,
         judge=Judge.AT_MOST,
+    ),
+    Target(
+        id="T17",
+        measure="JSON ListJobs (page of 50) over HTTP vs gRPC ListJobs",
+        service="GET /v1/jobs, HTTP face in the server",
+        baseline="ListJobs over gRPC, same server",
+        unit="calls/s",
+        floor=0.50,
+        goal=0.75,
+    ),
+    Target(
+        id="T18",
+        measure="lines/s delivered to 100 SSE subscribers of one job vs 100 gRPC watchers",
+        service="GET /v1/jobs/{id}:watch x100 (text/event-stream)",
+        baseline="WatchJob x100 over gRPC, same server",
+        unit="lines/s per watcher",
+        floor=0.50,
+        goal=0.75,
     ),
 )
 """Every row, in report order."""

@@ -48,6 +48,9 @@ class ServerProcess:
     extra_args: tuple[str, ...] = ()
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    http: bool = False
+    """Also serve the HTTP face (``--http-port``), on the same port after a restart."""
+    http_port: int = 0
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,11 @@ class ServerProcess:
     def target(self) -> str:
         """``127.0.0.1:PORT`` for clients."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:HTTP_PORT`` of the HTTP face."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def db_path(self) -> Path:
@@ -102,6 +110,10 @@ class ServerProcess:
         ]
         for module in self.handlers:
             args += ["--handlers", module]
+        http_file = self.data_dir.parent / f"{self.data_dir.name}.http-port"
+        if self.http:
+            http_file.unlink(missing_ok=True)
+            args += ["--http-port", str(self.http_port), "--http-port-file", str(http_file)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -112,6 +124,9 @@ class ServerProcess:
                 raise RuntimeError(f"server did not start:\n{self.log()}")
             time.sleep(0.02)
         self.port = int(port_file.read_text())
+        if self.http:
+            # Written before the gRPC port file: the HTTP face starts first.
+            self.http_port = int(http_file.read_text())
         return self
 
     def log(self) -> str:
@@ -149,11 +164,15 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def start(
-        *, handlers: tuple[str, ...] = (), extra_args: tuple[str, ...] = (), name: str = ""
+        *,
+        handlers: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        name: str = "",
+        http: bool = False,
     ) -> ServerProcess:
         data = tmp_path / (name or f"server{len(started)}") / "data"
         data.mkdir(parents=True)
-        server = ServerProcess(data, handlers, extra_args)
+        server = ServerProcess(data, handlers, extra_args, http=http)
         started.append(server)
         return server.start()
 
@@ -265,3 +284,33 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     from faults.record import print_table
 
     print_table(terminalreporter)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate, all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-subj", "/CN=jobstream test CA",
+    )  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
+            "-out", str(d / f"{name}.csr"), "-subj", f"/CN={name}",
+        )  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl(
+            "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+            "-out", str(d / f"{name}.pem"), "-extfile", str(d / f"{name}.ext"),
+        )  # fmt: skip
+    return d

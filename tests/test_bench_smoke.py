@@ -19,8 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE_TIMEOUT_S = 240.0
 """Upper bound on the smoke run (it takes well under a minute on 2 cores)."""
 
-TARGET_IDS = [f"T{i}" for i in range(1, 12)]
-"""Every target of issue 4; T10 has a p50 and a p99 row."""
+TARGET_IDS = [*(f"T{i}" for i in range(1, 12)), "T17", "T18"]
+"""Every target; T10 has a p50 and a p99 row."""
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)
@@ -60,7 +60,7 @@ def test_bench_smoke_runs_every_measure(tmp_path: Path) -> None:
             assert len(row["rounds"]) == 1, f"{key}: {row['rounds']}"
     # Lost or repeated lines are correctness failures the run must check.
     names = {(check["measure"], check["name"]) for check in report["checks"]}
-    for measure in ("T5", "T6"):
+    for measure in ("T5", "T6", "T18"):
         assert (measure, "no line lost") in names
         assert (measure, "no line duplicated") in names
         assert (measure, "last line before terminal event") in names

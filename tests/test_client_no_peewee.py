@@ -1,5 +1,6 @@
-"""The client installs with grpcio + protobuf only: it must import and work
-with peewee (and the server package) unimportable."""
+"""The client installs with grpcio + protobuf (and googleapis-common-protos,
+which the protos' HTTP annotations import) only: it must import and work
+with peewee, aiohttp, the server package and the gateway unimportable."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ BLOCKED_IMPORT_PROBE = textwrap.dedent(
     import importlib.abc
     import sys
 
-    BLOCKED = ("peewee", "playhouse", "jobstream.server")
+    BLOCKED = ("peewee", "playhouse", "jobstream.server", "aiohttp", "jobstream.gateway")
 
     class Blocker(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -45,6 +46,7 @@ BLOCKED_IMPORT_PROBE = textwrap.dedent(
 
     leaked = sorted(n for n in sys.modules if n.split(".")[0] in ("peewee", "playhouse"))
     leaked += sorted(n for n in sys.modules if n.startswith("jobstream.server"))
+    leaked += sorted(n for n in sys.modules if n.split(".")[0] == "aiohttp")
     if leaked:
         raise SystemExit(f"server-side modules imported: {leaked}")
     print("ok")

@@ -27,36 +27,6 @@ CALL_TIMEOUT_S = 10.0
 """Deadline of the raw calls here."""
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client
-    certificate, all signed by the CA."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-subj", "/CN=jobstream test CA",
-    )  # fmt: skip
-    for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        _openssl(
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
-            "-out", str(d / f"{name}.csr"), "-subj", f"/CN={name}",
-        )  # fmt: skip
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl(
-            "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"),
-            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-            "-out", str(d / f"{name}.pem"), "-extfile", str(d / f"{name}.ext"),
-        )  # fmt: skip
-    return d
-
-
 def _tls_args(pki: Path, mutual: bool = False) -> tuple[str, ...]:
     args = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
     return (*args, "--tls-client-ca", str(pki / "ca.pem")) if mutual else args

@@ -397,9 +397,16 @@ class WatchJobsRequest(_message.Message):
 
     FILTER_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
+    SKIP_LISTING_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     """Resume after this position (0: send every matching job as it is now,
     then a caught_up marker, then changes).
+    """
+    skip_listing: _builtins.bool
+    """With after_position 0: skip the listing of every matching job and send
+    only the caught_up marker (carrying the newest position), then changes.
+    For a dashboard that pages through a large list with ListJobs and only
+    wants to hear what changes from now on.
     """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
@@ -412,10 +419,11 @@ class WatchJobsRequest(_message.Message):
         *,
         filter: _job_pb2.JobFilter | None = ...,
         after_position: _builtins.int = ...,
+        skip_listing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter", "skip_listing", b"skip_listing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

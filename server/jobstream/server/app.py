@@ -173,6 +173,7 @@ async def serve(
     # Kubernetes grpc probes) commonly ask for a service by name.
     for name in ("", *HEALTH_SERVICES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    gateway = await _start_gateway(config, port, access)
     log.info("serving on %s:%d (data in %s)", config.host, port, config.data_dir)
     if config.port_file:
         config.port_file.write_text(str(port))
@@ -221,6 +222,10 @@ async def serve(
     finally:
         log.info("shutting down (grace %.0fs)", config.grace_s)
         await health.enter_graceful_shutdown()
+        if gateway is not None:
+            # First: its event streams end now, and their browsers resume
+            # (Last-Event-ID) once a server is back.
+            await gateway.stop()
         broker.close()
         if worker is not None:
             await worker.stop(grace=config.grace_s)
@@ -308,6 +313,40 @@ def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [o for o in SERVER_OPTIONS if o[0] != key] + [(key, max_message_bytes)]
 
 
+def _loopback_target(config: ServerConfig, port: int, access: tls.EmbeddedAccess) -> str:
+    """How this process's own clients (worker, HTTP face) reach its gRPC
+    port: the private Unix socket when TCP speaks TLS, else loopback."""
+    if access.socket_path:
+        return f"unix:{access.socket_path}"
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+async def _start_gateway(config: ServerConfig, port: int, access: tls.EmbeddedAccess) -> Any:
+    """The HTTP face on --http-port, on this event loop, calling this
+    server over gRPC like any other client (with each caller's token)."""
+    if config.http_port is None:
+        return None
+    from jobstream.gateway import Gateway, GatewayConfig
+
+    gateway = Gateway(
+        GatewayConfig(
+            target=_loopback_target(config, port, access),
+            host=config.host,
+            port=config.http_port,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+        )
+    )
+    await gateway.start()
+    log.info("HTTP API and dashboard on %s", gateway.url)
+    if config.http_port_file:
+        config.http_port_file.write_text(str(gateway.port))
+    return gateway
+
+
 def _embedded_worker(config: ServerConfig, port: int, access: tls.EmbeddedAccess) -> Any:
     """The in-process worker for --handlers, through the same Worker code
     that `jobstream worker` runs, talking to this server over loopback."""
@@ -319,12 +358,8 @@ def _embedded_worker(config: ServerConfig, port: int, access: tls.EmbeddedAccess
     merged = Handlers()
     for name in config.handlers:
         merged.update(importlib.import_module(name).handlers)
-    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    target = f"unix:{access.socket_path}" if access.socket_path else f"{host}:{port}"
     return Worker(
-        target,
+        _loopback_target(config, port, access),
         merged,
         concurrency=config.concurrency,
         lease_duration=config.lease_s,

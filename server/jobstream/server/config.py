@@ -96,6 +96,10 @@ class ServerConfig:
     metrics_port: int = 0
     metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S
     log_json: bool = False
+    # The HTTP face (jobstream.gateway) in this process: off when None;
+    # 0 picks a free port.
+    http_port: int | None = None
+    http_port_file: Path | None = None
     # Retention (issue 6): see purge.py. 0 keeps ended jobs forever.
     retention_s: float = 0.0
     retention_every_s: float = DEFAULT_RETENTION_EVERY_S
@@ -266,11 +270,29 @@ def _add_operations(add: Any) -> None:
         "jobstream_queue_depth [JOBSTREAM_METRICS_INTERVAL]",
     )
     add(
+        "--http-port",
+        type=int,
+        default=_optional_int("HTTP_PORT"),
+        help="also serve the HTTP/JSON API and the dashboard on http://HOST:PORT/ "
+        "(https with --tls-cert); 0 picks a free port; default off [JOBSTREAM_HTTP_PORT]",
+    )
+    add(
+        "--http-port-file",
+        type=Path,
+        default=None,
+        help="write the bound HTTP port to this file once serving",
+    )
+    add(
         "--log-json",
         action="store_true",
         default=env_bool("JOBSTREAM_LOG_JSON"),
         help="log JSON lines instead of text [JOBSTREAM_LOG_JSON]",
     )
+
+
+def _optional_int(name: str) -> int | None:
+    value = _env(name, "")
+    return int(value) if value else None
 
 
 def _path(name: str) -> Path | None:
@@ -400,6 +422,8 @@ def from_args(argv: Sequence[str]) -> ServerConfig:
         metrics_port=a.metrics_port,
         metrics_interval_s=a.metrics_interval,
         log_json=a.log_json,
+        http_port=a.http_port,
+        http_port_file=a.http_port_file,
         retention_s=a.retention,
         retention_every_s=a.retention_every,
     )

@@ -283,9 +283,13 @@ class JobsService:
                 sub.wake.clear()
                 await sub.wake.wait()
 
-    async def watch_list(self, flt: JobFilter, after_position: int) -> AsyncIterator[ListChange]:
+    async def watch_list(
+        self, flt: JobFilter, after_position: int, *, skip_listing: bool = False
+    ) -> AsyncIterator[ListChange]:
         """Job-level changes of matching jobs, from the change log, and the
-        deletions of jobs of the filter's owner (of every job for admins)."""
+        deletions of jobs of the filter's owner (of every job for admins).
+        From position 0 the matching jobs are listed first, unless
+        ``skip_listing``: then only the caught-up marker at the newest position."""
         with self.broker.changes() as wake:
             head = await self.read(self.store.head_position)
             if after_position > head:
@@ -296,7 +300,7 @@ class JobsService:
             position = after_position
             if after_position == 0:
                 cursor: tuple[int, str] | None = None
-                while True:
+                while not skip_listing:
                     jobs, cursor = await self.list_jobs(flt, CHANGE_PAGE, cursor)
                     for job in jobs:
                         yield ListChange(position=head, job=job)

@@ -219,7 +219,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         after = validation.seq(request.after_position, "after_position")
         with self.quota.hold(principal.name):
-            async for change in self.service.watch_list(flt, after):
+            async for change in self.service.watch_list(
+                flt, after, skip_listing=request.skip_listing
+            ):
                 if change.job is not None:
                     yield js.WatchJobsResponse(
                         position=change.position, job=convert.job(change.job)

@@ -1,4 +1,4 @@
-"""The ``jobstream`` command: serve, worker, submit, watch, ls, get, logs, cancel, rm.
+"""The ``jobstream`` command: serve, gateway, worker, submit, watch, ls, get, logs, cancel, rm.
 
 ``main`` is the console-script entry point. It parses the command line
 (``options``), hands ``serve`` and ``worker`` to ``processes`` and the client
@@ -48,6 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jobstream.client.cli.processes import serve
 
         return serve(arguments[1:])
+    if arguments[:1] == ["gateway"]:
+        # Like serve: the gateway's own parser takes every flag after it.
+        try:
+            from jobstream.gateway.cli import main as gateway_main
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return gateway_main(arguments[1:])
     if arguments[:1] == ["db"]:
         # Like serve: the server's own parser handles `db` and its flags.
         from jobstream.client.cli.processes import db
@@ -58,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(arguments)
     try:
-        if args.command == "serve":
-            print("error: serve must come first: jobstream serve [server flags]", file=sys.stderr)
+        if args.command in ("serve", "gateway"):
+            print(
+                f"error: {args.command} must come first: jobstream {args.command} [its flags]",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         if args.command == "db":
             from jobstream.client.cli.processes import db

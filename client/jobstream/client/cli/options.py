@@ -140,6 +140,13 @@ def _add_process_commands(commands: _Commands) -> None:
         "run the server (needs the [server] extra; `jobstream serve --help` for its flags)",
         "server_argv",
     )
+    # `jobstream gateway ...` goes to the gateway's own parser, like serve.
+    commands.passthrough(
+        "gateway",
+        "serve the HTTP/JSON API and the dashboard in front of a server (needs the "
+        "[gateway] extra; `jobstream gateway --help` for its flags)",
+        "gateway_argv",
+    )
     # Likewise `jobstream db ...` goes to the server's admin parser; this
     # entry catches `jobstream --json db check`.
     commands.passthrough(

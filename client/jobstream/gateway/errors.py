@@ -1,0 +1,103 @@
+"""gRPC status -> HTTP: the status code grpc-gateway uses for each gRPC code,
+and a ``google.rpc.Status`` JSON body carrying every detail the gRPC call
+had (decoded from its ``grpc-status-details-bin`` trailer)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, json_format
+
+# error_details_pb2 also registers the standard detail types (BadRequest,
+# ErrorInfo …) so that json_format can print an Any holding one.
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    # grpc-gateway's choice: a precondition of the resource's state that the
+    # request could only meet after another change is a client error.
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+"""gRPC code -> HTTP status, grpc-gateway's table (runtime/errors.go)."""
+
+DETAILS_TRAILER = "grpc-status-details-bin"
+"""The trailer holding the serialized google.rpc.Status of a failed call."""
+
+
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The call's google.rpc.Status: the server's own (with its details) when
+    it sent one, else made from the code and message."""
+    for key, value in error.trailing_metadata() or ():
+        if key == DETAILS_TRAILER and isinstance(value, bytes):
+            status = status_pb2.Status()
+            try:
+                status.ParseFromString(value)
+            except Exception:  # a broken trailer: keep code and message
+                break
+            if status.code == error.code().value[0]:
+                return status
+    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+
+
+def status_json(status: status_pb2.Status) -> dict[str, Any]:
+    """The Status as the JSON body of an error answer. A detail of a type
+    this gateway does not know keeps its ``@type`` and base64 ``value``."""
+    details: list[dict[str, Any]] = []
+    for detail in status.details:
+        try:
+            details.append(json_format.MessageToDict(detail))
+        except TypeError:
+            details.append({"@type": detail.type_url, "value": _b64(detail)})
+    body: dict[str, Any] = {"code": status.code, "message": status.message}
+    if details:
+        body["details"] = details
+    return body
+
+
+def _b64(detail: any_pb2.Any) -> str:
+    return base64.b64encode(detail.value).decode()
+
+
+def http_status(code: int) -> int:
+    """The HTTP status of a google.rpc.Code number."""
+    for status_code, http in HTTP_STATUS.items():
+        if status_code.value[0] == code:
+            return http
+    return 500
+
+
+def bad_request(field: str, description: str) -> status_pb2.Status:
+    """INVALID_ARGUMENT with a BadRequest detail naming the field, as the
+    server words its own refusals."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        )
+    )
+    message = f"{field}: {description}" if field else description
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+
+
+def simple(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    """A Status with a code and a message only."""
+    return status_pb2.Status(code=code.value[0], message=message)
