@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
+from conftest import Server, ServerProcess
 from helpers import eventually
 
 from jobstream.client import (
@@ -71,7 +71,7 @@ def running_worker(target: str, handlers: Handlers, **kwargs: Any) -> Iterator[W
 
 
 @pytest.fixture
-def client(bare_server: ServerProcess) -> Iterator[JobClient]:
+def client(bare_server: Server) -> Iterator[JobClient]:
     with JobClient(bare_server.target, timeout=10) as c:
         yield c
 
@@ -81,7 +81,7 @@ def events_of(client: JobClient, job_id: str) -> list[JobEvent]:
     return [item for item in client.watch(job_id) if isinstance(item, JobEvent)]
 
 
-def test_many_log_lines_go_in_few_reports(bare_server: ServerProcess, client: JobClient) -> None:
+def test_many_log_lines_go_in_few_reports(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
     lines = 2_000
 
@@ -107,7 +107,7 @@ def test_many_log_lines_go_in_few_reports(bare_server: ServerProcess, client: Jo
     assert final.progress.done == lines and final.progress.fraction == 1.0
 
 
-def test_cancel_stops_a_running_sync_handler(bare_server: ServerProcess, client: JobClient) -> None:
+def test_cancel_stops_a_running_sync_handler(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
     started = threading.Event()
 
@@ -130,7 +130,7 @@ def test_cancel_stops_a_running_sync_handler(bare_server: ServerProcess, client:
     assert took < 10, took
 
 
-def test_check_cancelled_in_a_sync_handler(bare_server: ServerProcess, client: JobClient) -> None:
+def test_check_cancelled_in_a_sync_handler(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
 
     @handlers.handler("e2e.check")
@@ -149,7 +149,7 @@ def test_check_cancelled_in_a_sync_handler(bare_server: ServerProcess, client: J
 
 
 def test_a_step_left_by_a_cancel_is_stored_cancelled(
-    bare_server: ServerProcess, client: JobClient
+    bare_server: Server, client: JobClient
 ) -> None:
     handlers = Handlers()
 
@@ -177,7 +177,7 @@ def test_a_step_left_by_a_cancel_is_stored_cancelled(
     assert all(s.end_time is not None for s in final.steps)
 
 
-def test_an_exception_is_retried_then_fails(bare_server: ServerProcess, client: JobClient) -> None:
+def test_an_exception_is_retried_then_fails(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
     calls: list[int] = []
 
@@ -198,7 +198,7 @@ def test_an_exception_is_retried_then_fails(bare_server: ServerProcess, client: 
     assert "Traceback" in final.error.details["traceback"]
 
 
-def test_a_fatal_error_is_not_retried(bare_server: ServerProcess, client: JobClient) -> None:
+def test_a_fatal_error_is_not_retried(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
 
     @handlers.handler("e2e.fatal")
@@ -218,7 +218,7 @@ def test_a_fatal_error_is_not_retried(bare_server: ServerProcess, client: JobCli
     )
 
 
-def test_an_async_handler(bare_server: ServerProcess, client: JobClient) -> None:
+def test_an_async_handler(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
 
     @handlers.handler("e2e.async")
@@ -245,7 +245,7 @@ def test_an_async_handler(bare_server: ServerProcess, client: JobClient) -> None
     assert len(list(client.results(job.id))) == 5
 
 
-def test_flush_makes_updates_visible(bare_server: ServerProcess, client: JobClient) -> None:
+def test_flush_makes_updates_visible(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
 
     @handlers.handler("e2e.flush")
@@ -263,7 +263,7 @@ def test_flush_makes_updates_visible(bare_server: ServerProcess, client: JobClie
     assert final.result == {"seen": ["before flush"]}
 
 
-def test_stop_is_prompt_while_long_polling(bare_server: ServerProcess) -> None:
+def test_stop_is_prompt_while_long_polling(bare_server: Server) -> None:
     handlers = Handlers()
     handlers.register("e2e.idle", lambda ctx: None)
 
@@ -280,9 +280,7 @@ def test_stop_is_prompt_while_long_polling(bare_server: ServerProcess) -> None:
     assert asyncio.run(main()) < 3.0
 
 
-def test_stop_with_grace_interrupts_running_jobs(
-    bare_server: ServerProcess, client: JobClient
-) -> None:
+def test_stop_with_grace_interrupts_running_jobs(bare_server: Server, client: JobClient) -> None:
     handlers = Handlers()
     started = asyncio.Event()
 
