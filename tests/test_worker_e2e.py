@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
 from conftest import Server, ServerProcess
 from helpers import eventually
@@ -26,9 +28,13 @@ from jobstream.client import (
     StepState,
     Worker,
 )
+from jobstream.client.security import Security
 
 WAIT_S = 30.0
 """Deadline of every wait for a job in these tests."""
+
+OUTAGE_S = 0.5
+"""How long the restart test's server stays down."""
 
 
 @contextmanager
@@ -263,21 +269,58 @@ def test_flush_makes_updates_visible(bare_server: Server, client: JobClient) -> 
     assert final.result == {"seen": ["before flush"]}
 
 
-def test_stop_is_prompt_while_long_polling(bare_server: Server) -> None:
+class AcquireCalls(grpc.aio.UnaryUnaryClientInterceptor):
+    """Sees the worker's AcquireJob calls go out, and how each ended."""
+
+    def __init__(self) -> None:
+        self.calls: list[grpc.aio.Call] = []
+
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        call = await continuation(details, request)
+        method = details.method
+        if (method.decode() if isinstance(method, bytes) else method).endswith("/AcquireJob"):
+            self.calls.append(call)
+        return call
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Observed(Security):
+    """Plaintext, with ``acquires`` watching the worker's calls."""
+
+    acquires: AcquireCalls
+
+    def aio_channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        """The worker's channel, through the interceptor."""
+        return grpc.aio.insecure_channel(
+            target, options=list(options), interceptors=[self.acquires]
+        )
+
+
+def test_stop_cancels_the_long_poll(bare_server: Server) -> None:
     handlers = Handlers()
     handlers.register("e2e.idle", lambda ctx: None)
+    acquires = AcquireCalls()
 
-    async def main() -> float:
-        worker = Worker(bare_server.target, handlers, poll_wait=30)
+    async def main() -> grpc.aio.Call:
+        worker = Worker(
+            bare_server.target, handlers, poll_wait=30, security=Observed(acquires=acquires)
+        )
         task = asyncio.create_task(worker.run_async())
-        await asyncio.sleep(0.5)  # inside the AcquireJob long-poll by now
-        begin = time.monotonic()
-        await worker.stop()
-        await asyncio.wait_for(task, 5)
-        return time.monotonic() - begin
+        deadline = time.monotonic() + WAIT_S
+        while not acquires.calls:
+            assert time.monotonic() < deadline, "the worker never called AcquireJob"
+            await asyncio.sleep(0.01)
+        [poll] = acquires.calls
+        assert not poll.done()  # nothing to hand out: the server holds it for 30 s
+        await asyncio.wait_for(worker.stop(), WAIT_S)
+        await asyncio.wait_for(task, WAIT_S)
+        return poll
 
-    # poll_wait is 30 s: anything this quick cancelled the long-poll.
-    assert asyncio.run(main()) < 3.0
+    poll = asyncio.run(main())
+    # Cancelled by the worker, not answered by the server after its wait.
+    assert poll.cancelled()
 
 
 def test_stop_with_grace_interrupts_running_jobs(bare_server: Server, client: JobClient) -> None:
@@ -327,13 +370,15 @@ def test_worker_and_watch_survive_a_server_restart(
         job = client.submit("e2e.slow")
         seen: list[Job | JobEvent] = []
 
-        def restart_soon() -> None:
-            time.sleep(1.0)
+        def restart_mid_job() -> None:
+            # Killed once the watch has seen part of the job, down for a
+            # moment, then back.
+            eventually(lambda: len(seen) > lines // 4, timeout=WAIT_S)
             server.kill()
-            time.sleep(0.5)
+            time.sleep(OUTAGE_S)
             server.restart()
 
-        restarter = threading.Thread(target=restart_soon)
+        restarter = threading.Thread(target=restart_mid_job)
         restarter.start()
         for item in client.watch(job.id):
             seen.append(item)
