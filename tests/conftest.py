@@ -475,9 +475,27 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+FIGURE = "figure"
+"""The name under which a test reports a measurement it does not assert on
+(``record_property(FIGURE, text)``): timings that depend on the machine's
+load are shown, not turned into failures."""
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fault suite's table (scenario, figure, pass/fail), when any of its
-    scenarios ran."""
+    """The figures tests reported, and the fault suite's table (scenario,
+    figure, pass/fail) when any of its scenarios ran."""
     from faults.record import print_table
 
+    figures = [
+        (report.nodeid, value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == FIGURE
+    ]
+    if figures:
+        terminalreporter.section("figures")
+        for nodeid, value in figures:
+            terminalreporter.write_line(f"{nodeid}: {value}")
     print_table(terminalreporter)
