@@ -287,6 +287,10 @@ class InProcessServer(Server):
         # A failure to start is raised here, before run() reports it.
         await serving
 
+    def restart(self) -> InProcessServer:
+        """Starts again (after ``stop``) on the same port and data."""
+        return self.start()
+
     def stop(self) -> int:
         """Stops the server gracefully; returns 0 (as a process exiting
         cleanly would) or raises what the server raised."""
