@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -465,10 +466,71 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each backend in turn: a fresh SQLite file, then a fresh PostgreSQL schema."""
+    """Each backend in turn: a fresh SQLite file, then a fresh PostgreSQL
+    schema (for tests of migrations; others take ``migrated_url``)."""
     if request.param == "sqlite":
         return str(tmp_path / "jobs.db")
     return str(request.getfixturevalue("postgres_url"))
+
+
+EMPTY_LOCK_TIMEOUT = "10s"
+"""How long emptying the shared PostgreSQL schema may wait for a lock that
+an earlier test's connection still holds, before it fails instead."""
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with every migration applied, closed (no WAL left)."""
+    from jobstream.server.db import open_database
+
+    path = tmp_path_factory.mktemp("migrated") / "jobs.db"
+    open_database(str(path)).close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_postgres_schema() -> Iterator[str]:
+    """A PostgreSQL schema with every migration applied, for the session."""
+    from jobstream.server.db import open_database
+
+    with _fresh_schema() as url:
+        open_database(url).close()
+        yield url
+
+
+@pytest.fixture
+def migrated_postgres_url(_migrated_postgres_schema: str) -> str:
+    """A URL of a PostgreSQL schema with every migration applied and nothing
+    stored: the session's schema, emptied (tables and their sequences) before
+    the test, as a fresh one would be, without migrating per test."""
+    url = _migrated_postgres_schema
+    schema = schema_of(url)
+    with _admin_connect() as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = %s AND table_name <> 'schema_migration'",
+                (schema,),
+            ).fetchall()
+        ]
+        conn.execute(f"SET lock_timeout = '{EMPTY_LOCK_TIMEOUT}'")
+        names = ", ".join(f'"{schema}"."{table}"' for table in tables)
+        conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def migrated_url(
+    request: pytest.FixtureRequest, tmp_path: Path, _migrated_sqlite_file: Path
+) -> str:
+    """Each backend in turn, with every migration applied and nothing stored:
+    a copy of a migrated SQLite file, then an emptied PostgreSQL schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.db"
+        shutil.copyfile(_migrated_sqlite_file, path)
+        return str(path)
+    return str(request.getfixturevalue("migrated_postgres_url"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
