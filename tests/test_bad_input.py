@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -254,8 +255,12 @@ def test_a_wait_with_nanos_still_waits_that_long(
     workers: worker_service_pb2_grpc.WorkerServiceStub,
 ) -> None:
     request = _acquire("wait", Duration(nanos=300_000_000))
+    began = time.monotonic()
     answer = workers.AcquireJob(request, timeout=CALL_TIMEOUT_S)
+    waited = time.monotonic() - began
     assert not answer.lease_id
+    # A lower bound: a slow machine only makes the call longer.
+    assert waited >= 0.3, waited
 
 
 # ---------------------------------------------------------- repeated fields
