@@ -484,6 +484,10 @@ def test_serve_passes_its_arguments_to_the_server() -> None:
     result = jobstream_process("serve", "--help")
     assert "--data-dir" in ok(result)
     assert result.stderr == b""
+    # A value only the server's own parser checks.
+    refused = jobstream_process("serve", "--lease-seconds", "0")
+    assert refused.returncode == 2
+    assert "--lease-seconds must be at least 1" in err(refused)
 
 
 def test_serve_without_the_server_extra_names_it() -> None:
