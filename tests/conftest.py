@@ -33,6 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+# Servers run in this process while tests fork it (pexpect's terminals):
+# gRPC's fork handlers, on by default, then crash the child now and then
+# (SIGSEGV before it runs anything). Nothing here uses gRPC in a forked child
+# without exec, so they are turned off, before gRPC is first imported.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
 if TYPE_CHECKING:
     from jobstream.server.config import ServerConfig
 
