@@ -54,8 +54,8 @@ typecheck: $(STAMP) ## mypy --strict
 
 check: lint typecheck proto-check ## every static check
 
-test: $(STAMP) check ## static checks, then the whole test suite
-	$(BIN)/pytest
+test: $(STAMP) check ## static checks, then the whole test suite (its ten slowest tests listed)
+	$(BIN)/pytest --durations=10
 
 faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)
 	JOBSTREAM_FAULTS=full $(BIN)/pytest -p no:cacheprovider -o timeout=900 tests/faults
