@@ -1,6 +1,6 @@
 """The authorization matrix: every RPC x principal x own / other's / missing
-job against a real server started with a tokens file. Shared by
-tests/test_auth.py and the fault suite (scenario 10).
+job against a real server started with a tokens file: scenario 10 of the
+fault suite.
 
 Another principal's job must answer exactly like a job that does not exist:
 same status code and, with the id substituted, the same message.

@@ -1,7 +1,8 @@
 """Artifacts end to end: a real Worker whose handlers call ``ctx.upload`` /
-``ctx.aupload``, a real server in a subprocess (SQLite and PostgreSQL), and
-the real JobClient listing, downloading (and resuming) them; raw
-UploadArtifact streams for what a well-behaved worker never sends."""
+``ctx.aupload``, a real server, and the real JobClient listing, downloading
+(and resuming) them; raw UploadArtifact streams for what a well-behaved
+worker never sends. The bytes live in the database, so what stores, reads or
+removes them runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import Server, ServerProcess
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import (
@@ -107,25 +108,25 @@ def running_worker(target: str) -> Iterator[Worker]:
 
 
 @pytest.fixture(scope="module")
-def client(bare_server: ServerProcess) -> Iterator[JobClient]:
+def client(bare_server: Server) -> Iterator[JobClient]:
     with JobClient(bare_server.target) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def worker(bare_server: ServerProcess) -> Iterator[Worker]:
+def worker(bare_server: Server) -> Iterator[Worker]:
     with running_worker(bare_server.target) as w:
         yield w
 
 
-def _staged_rows(server: ServerProcess, job_id: str) -> tuple[int, int]:
+def _staged_rows(server: Server, job_id: str) -> tuple[int, int]:
     """Chunk rows and open-upload rows stored for the job."""
     [(chunks,)] = server.sql("SELECT count(*) FROM job_artifact_chunk WHERE job_id = ?", job_id)
     [(uploads,)] = server.sql("SELECT count(*) FROM job_artifact_upload WHERE job_id = ?", job_id)
     return int(chunks), int(uploads)
 
 
-def _downloaded(server: ServerProcess, job_id: str, name: str, offset: int = 0) -> bytes:
+def _downloaded(server: Server, job_id: str, name: str, offset: int = 0) -> bytes:
     """The bytes a raw DownloadArtifact sends from ``offset``."""
     with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
@@ -142,8 +143,9 @@ def run_job(client: JobClient, kind: str, **params: Any) -> str:
     return job.id
 
 
+@pytest.mark.both_backends
 def test_upload_list_download_and_event(
-    client: JobClient, worker: Worker, bare_server: ServerProcess, tmp_path: Path
+    client: JobClient, worker: Worker, bare_server: Server, tmp_path: Path
 ) -> None:
     job_id = run_job(client, "art.sync", dir=str(tmp_path), size=CONTENT_BYTES, name="out.bin")
     job = client.get(job_id)
@@ -178,6 +180,7 @@ def test_upload_list_download_and_event(
     assert len(seen) > 2  # several chunks
 
 
+@pytest.mark.both_backends
 def test_download_resumes_from_a_partial_file(
     client: JobClient, worker: Worker, tmp_path: Path
 ) -> None:
@@ -209,7 +212,7 @@ def test_download_resumes_from_a_partial_file(
 
 
 def test_async_client_and_async_handler(
-    bare_server: ServerProcess, worker: Worker, client: JobClient, tmp_path: Path
+    bare_server: Server, worker: Worker, client: JobClient, tmp_path: Path
 ) -> None:
     job_id = run_job(client, "art.async", dir=str(tmp_path))
     target = tmp_path / "copy.csv"
@@ -264,9 +267,8 @@ def _header(
     )
 
 
-def test_uploads_are_checked_and_replace_by_name(
-    client: JobClient, bare_server: ServerProcess
-) -> None:
+@pytest.mark.both_backends
+def test_uploads_are_checked_and_replace_by_name(client: JobClient, bare_server: Server) -> None:
     kind = f"art.raw.{uuid.uuid4().hex[:8]}"
     job = client.submit(kind)
     raw = RawWorker(bare_server.target)
@@ -346,8 +348,9 @@ def test_uploads_are_checked_and_replace_by_name(
     eventually(lambda: _staged_rows(bare_server, job.id) == (0, 0))
 
 
+@pytest.mark.both_backends
 def test_downloads_start_at_any_offset_across_stored_chunks(
-    client: JobClient, bare_server: ServerProcess
+    client: JobClient, bare_server: Server
 ) -> None:
     mib = 1024 * 1024
     data = content("chunks", 2 * mib + 4321)
@@ -367,7 +370,8 @@ def test_downloads_start_at_any_offset_across_stored_chunks(
         assert _downloaded(bare_server, job.id, "big.bin", offset) == data[offset:], offset
 
 
-def test_an_empty_artifact_has_no_chunks(client: JobClient, bare_server: ServerProcess) -> None:
+@pytest.mark.both_backends
+def test_an_empty_artifact_has_no_chunks(client: JobClient, bare_server: Server) -> None:
     kind = f"art.empty.{uuid.uuid4().hex[:8]}"
     job = client.submit(kind)
     raw = RawWorker(bare_server.target)
@@ -381,7 +385,8 @@ def test_an_empty_artifact_has_no_chunks(client: JobClient, bare_server: ServerP
     assert _downloaded(bare_server, job.id, "empty.txt") == b""
 
 
-def test_a_download_never_mixes_two_versions(client: JobClient, bare_server: ServerProcess) -> None:
+@pytest.mark.both_backends
+def test_a_download_never_mixes_two_versions(client: JobClient, bare_server: Server) -> None:
     kind = f"art.mix.{uuid.uuid4().hex[:8]}"
     first = content("first version", 24 * 1024 * 1024)
     job = client.submit(kind)
@@ -418,8 +423,9 @@ DELETED_BYTES = 3 * MIB + 1234
 
 
 @pytest.mark.parametrize("delete_at", ["first chunk", "all bytes sent", "completed"])
+@pytest.mark.both_backends
 def test_a_job_deleted_during_or_after_its_upload_keeps_no_artifact_and_no_chunks(
-    client: JobClient, bare_server: ServerProcess, delete_at: str
+    client: JobClient, bare_server: Server, delete_at: str
 ) -> None:
     data = content("deleted", DELETED_BYTES)
     pieces = [data[i : i + 256 * 1024] for i in range(0, len(data), 256 * 1024)]
@@ -473,8 +479,9 @@ def test_a_job_deleted_during_or_after_its_upload_keeps_no_artifact_and_no_chunk
         client.artifacts(job.id)
 
 
+@pytest.mark.both_backends
 def test_purge_removes_artifacts(
-    client: JobClient, worker: Worker, bare_server: ServerProcess, tmp_path: Path
+    client: JobClient, worker: Worker, bare_server: Server, tmp_path: Path
 ) -> None:
     job_id = run_job(client, "art.sync", dir=str(tmp_path), size=10)
     assert _staged_rows(bare_server, job_id) == (1, 0)
@@ -505,6 +512,7 @@ def test_artifact_limits_are_configurable(start_server: Callable[..., ServerProc
             raw.close()
 
 
+@pytest.mark.both_backends
 def test_an_upload_cut_off_by_kill_leaves_nothing_after_restart(
     start_server: Callable[..., ServerProcess], module_db_args: tuple[str, ...]
 ) -> None:

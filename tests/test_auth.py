@@ -1,4 +1,9 @@
-"""Bearer tokens, roles and per-owner isolation against a real server."""
+"""Bearer tokens, roles and per-owner isolation against a real server.
+
+The full authorization matrix (every RPC x principal x own / other's /
+missing job) runs once, as scenario 10 of the fault suite
+(tests/faults/test_fault_auth.py).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from authmatrix import TOKENS, metadata, run_matrix, write_tokens
-from conftest import ServerProcess
+from authmatrix import TOKENS, metadata, write_tokens
+from conftest import InProcessServer
 from helpers import eventually, job_in
 
 from jobstream.client import (
@@ -30,29 +35,23 @@ WATCH_TIMEOUT_S = 15.0
 """Deadline of every watch stream in these tests."""
 
 
-def _tokens_server(
-    start_server: Callable[..., ServerProcess], tmp_path: Path, **kwargs: object
-) -> ServerProcess:
+StartServer = Callable[..., InProcessServer]
+
+
+def _tokens_server(start: StartServer, tmp_path: Path, **kwargs: object) -> InProcessServer:
     tokens = write_tokens(tmp_path / "tokens.json")
     extra = ("--tokens-file", str(tokens), *kwargs.pop("extra_args", ()))  # type: ignore[misc]
-    return start_server(extra_args=extra, **kwargs)
+    return start(extra_args=extra, **kwargs)
 
 
-def _client(server: ServerProcess, caller: str) -> JobClient:
+def _client(server: InProcessServer, caller: str) -> JobClient:
     return JobClient(server.target, security=Security(token=TOKENS[caller][0]))
 
 
-def test_full_auth_matrix(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
-    server = _tokens_server(start_server, tmp_path)
-    result = run_matrix(server.target)
-    assert result.cases > 150
-    assert result.failures == []
-
-
 def test_owner_isolation_through_the_client(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    server = _tokens_server(start_server, tmp_path)
+    server = _tokens_server(start_inprocess_server, tmp_path)
     with _client(server, "alice") as alice, _client(server, "bob") as bob:
         mine = alice.submit("x.y", request_id="same-key")
         theirs = bob.submit("x.y", request_id="same-key")
@@ -72,38 +71,37 @@ def test_owner_isolation_through_the_client(
 
 
 def test_embedded_worker_runs_with_tokens_on(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    server = _tokens_server(start_server, tmp_path, handlers=("jobstream.client.demo",))
+    server = _tokens_server(start_inprocess_server, tmp_path, handlers=("jobstream.client.demo",))
     with _client(server, "alice") as alice:
         job = alice.submit("demo.count", {"n": 3})
         final = eventually(lambda: job_in(alice, job.id), timeout=30)
         assert final.state is JobState.SUCCEEDED
 
 
-def test_tokens_file_errors_stop_the_server(tmp_path: Path) -> None:
+def test_tokens_file_errors_stop_the_server(
+    start_inprocess_server: StartServer, tmp_path: Path
+) -> None:
     bad = tmp_path / "tokens.json"
     bad.write_text('{"tokens": [{"token": "t", "principal": "p", "roles": ["root"]}]}')
-    data = tmp_path / "data"
-    data.mkdir()
-    server = ServerProcess(data, extra_args=("--tokens-file", str(bad)))
     with pytest.raises(RuntimeError, match="roles are"):
-        server.start()
+        start_inprocess_server(extra_args=("--tokens-file", str(bad)))
 
 
 def test_missing_token_is_unauthenticated(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    server = _tokens_server(start_server, tmp_path)
+    server = _tokens_server(start_inprocess_server, tmp_path)
     with JobClient(server.target) as anonymous, pytest.raises(JobstreamError) as exc:
         next(iter(anonymous.list()), None)
     assert exc.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_chosen_job_ids_are_namespaced_by_principal(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    server = _tokens_server(start_server, tmp_path)
+    server = _tokens_server(start_inprocess_server, tmp_path)
     with (
         _client(server, "alice") as alice,
         _client(server, "bob") as bob,
@@ -132,25 +130,22 @@ def test_chosen_job_ids_are_namespaced_by_principal(
     assert [j.id for j in _listed(server, "admin")].count("bob.nightly-1") == 1
 
 
-def _listed(server: ServerProcess, caller: str) -> list[Job]:
+def _listed(server: InProcessServer, caller: str) -> list[Job]:
     with _client(server, caller) as client:
         return list(client.list())
 
 
 @pytest.mark.parametrize("name", ["Growth", "team.growth", "a" * 33, "x y", "-lead"])
 def test_principal_names_that_cannot_prefix_an_id_stop_the_server(
-    tmp_path: Path, name: str
+    start_inprocess_server: StartServer, tmp_path: Path, name: str
 ) -> None:
     bad = tmp_path / "tokens.json"
     bad.write_text(json.dumps({"tokens": [{"token": "t", "principal": name, "roles": ["reader"]}]}))
-    data = tmp_path / "data"
-    data.mkdir()
-    server = ServerProcess(data, extra_args=("--tokens-file", str(bad)))
     with pytest.raises(RuntimeError, match=r"principal.*must match"):
-        server.start()
+        start_inprocess_server(extra_args=("--tokens-file", str(bad)))
 
 
-def _watch_list(server: ServerProcess, caller: str, after: int) -> Any:
+def _watch_list(server: InProcessServer, caller: str, after: int) -> Any:
     channel = grpc.insecure_channel(server.target)
     stub = job_service_pb2_grpc.JobServiceStub(channel)
     stream = stub.WatchJobs(
@@ -162,9 +157,9 @@ def _watch_list(server: ServerProcess, caller: str, after: int) -> Any:
 
 
 def test_resumed_watch_list_hears_of_own_deletions_and_no_others(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    server = _tokens_server(start_server, tmp_path)
+    server = _tokens_server(start_inprocess_server, tmp_path)
     with _client(server, "alice") as alice, _client(server, "bob") as bob:
         mine = alice.submit("x.y").id
         theirs = bob.submit("x.y").id

@@ -1,27 +1,32 @@
-"""The ``jobstream`` command, run as a real subprocess against a real server.
+"""The ``jobstream`` command against a real server.
 
-Every run has a timeout; output is read as bytes so a raw escape byte that
+Most runs call the command in this process (``cli_runner``: its own
+environment, output captured as bytes, a deadline); what only a process
+has — a closed pipe, Ctrl-C, a terminal, ``serve`` and ``worker`` — runs
+as a real subprocess. Output is read as bytes so a raw escape byte that
 should not be there cannot hide behind decoding.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pexpect
 import pytest
+from cli_runner import RUN_TIMEOUT_S, CliRun, command_environ, run_cli
+from conftest import Server
+from helpers import eventually, job_in
 from rich.console import Console
 
+from jobstream.client import JobClient
 from jobstream.client.calls import DEFAULT_TIMEOUT
 from jobstream.client.cli.escape import sanitize
 from jobstream.client.cli.jsonout import dumps, to_jsonable
@@ -46,9 +51,6 @@ from jobstream.client.models import (
 )
 from jobstream.client.worker import DEFAULT_CONCURRENCY, DEFAULT_QUEUES, Worker
 
-RUN_TIMEOUT_S = 60.0
-"""Longest any one CLI run may take before the test fails."""
-
 HOSTILE_TEXT = "before \x1b]0;pwned\x07 [bold]x[/bold] \x9b31m after\rover"
 """A log line that would retitle the terminal, inject rich markup, use an
 8-bit CSI and overwrite itself if printed raw."""
@@ -56,35 +58,11 @@ HOSTILE_TEXT = "before \x1b]0;pwned\x07 [bold]x[/bold] \x9b31m after\rover"
 JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 CLI = (sys.executable, "-m", "jobstream.client.cli")
-"""How the tests start ``jobstream``: this interpreter, so the venv's packages."""
+"""How the subprocess tests start ``jobstream``: this interpreter, so the venv's packages."""
 
 
-class ServerProcess(Protocol):
-    """What these tests need of conftest's ``server`` fixture."""
-
-    @property
-    def target(self) -> str:
-        """``127.0.0.1:PORT``."""
-        ...
-
-
-@pytest.fixture(scope="module")
-def db_backend() -> str:
-    """The CLI talks to a server the same way whatever its database, so these
-    tests pin SQLite (the end-to-end modules cover both backends)."""
-    return "sqlite"
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment without any JOBSTREAM_*, width or colour settings from outside."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("JOBSTREAM_")
-        and key not in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS", "LINES", "NO_COLOR")
-    }
-    env.update(extra or {})
-    return env
+Run = CliRun | subprocess.CompletedProcess[bytes]
+"""A finished run of the command, in this process or as a subprocess."""
 
 
 def jobstream(
@@ -93,60 +71,65 @@ def jobstream(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = RUN_TIMEOUT_S,
-) -> subprocess.CompletedProcess[bytes]:
+) -> CliRun:
     """Run ``jobstream ARGS`` (``--target`` first when given) to completion."""
+    argv = [*(("--target", target) if target else ()), *args]
+    return run_cli(argv, env=env, cwd=cwd, timeout=timeout)
+
+
+def jobstream_process(*args: str, target: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run ``jobstream ARGS`` as a subprocess to completion."""
     argv = [*CLI, *(("--target", target) if target else ()), *args]
     return subprocess.run(
-        argv, capture_output=True, env=_env(env), cwd=cwd, timeout=timeout, check=False
+        argv, capture_output=True, env=command_environ(), timeout=RUN_TIMEOUT_S, check=False
     )
 
 
-def out(result: subprocess.CompletedProcess[bytes]) -> str:
+def out(result: Run) -> str:
     """stdout as text."""
     return result.stdout.decode()
 
 
-def err(result: subprocess.CompletedProcess[bytes]) -> str:
+def err(result: Run) -> str:
     """stderr as text."""
     return result.stderr.decode()
 
 
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+def ok(result: Run) -> str:
     """stdout of a run that must have succeeded."""
     assert result.returncode == 0, (result.returncode, err(result), out(result))
     assert b"Traceback" not in result.stderr
     return out(result)
 
 
-def submit(server: ServerProcess, kind: str, *args: str) -> str:
+def submit(server: Server, kind: str, *args: str) -> str:
     """Submit through the CLI and return the printed job id."""
     printed = ok(jobstream("submit", kind, *args, target=server.target)).strip()
     assert JOB_ID.fullmatch(printed), printed
     return printed
 
 
-def get_json(server: ServerProcess, job_id: str) -> dict[str, Any]:
+def get_json(server: Server, job_id: str) -> dict[str, Any]:
     """``get --json`` parsed."""
     data: dict[str, Any] = json.loads(ok(jobstream("get", job_id, "--json", target=server.target)))
     return data
 
 
-def wait_for_state(
-    server: ServerProcess, job_id: str, states: Sequence[str], timeout: float = 20.0
-) -> dict[str, Any]:
-    """Poll ``get --json`` until the job is in one of ``states``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = get_json(server, job_id)
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"{job_id} still {job['state']}"
-        time.sleep(0.1)
-
-
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line of ``text`` parsed as one JSON object."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[JobClient]:
+    """The library's client, for waiting on a job's state between commands."""
+    with JobClient(server.target) as c:
+        yield c
+
+
+def wait_running(client: JobClient, job_id: str) -> None:
+    """Waits until the job runs."""
+    eventually(lambda: job_in(client, job_id, JobState.RUNNING))
 
 
 @pytest.fixture
@@ -158,7 +141,7 @@ def label() -> str:
 # ----------------------------------------------------------------- submit
 
 
-def test_submit_prints_the_id_and_parses_params(server: ServerProcess, label: str) -> None:
+def test_submit_prints_the_id_and_parses_params(server: Server, label: str) -> None:
     job_id = submit(
         server,
         "demo.count",
@@ -183,7 +166,7 @@ def test_submit_prints_the_id_and_parses_params(server: ServerProcess, label: st
     assert job["labels"] == {key: value}
 
 
-def test_submit_json_prints_the_job(server: ServerProcess, label: str) -> None:
+def test_submit_json_prints_the_job(server: Server, label: str) -> None:
     job = json.loads(
         ok(
             jobstream(
@@ -203,7 +186,7 @@ def test_submit_json_prints_the_job(server: ServerProcess, label: str) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", job["create_time"])
 
 
-def test_submit_with_a_chosen_id_and_request_id(server: ServerProcess) -> None:
+def test_submit_with_a_chosen_id_and_request_id(server: Server) -> None:
     job_id = f"cli-{uuid.uuid4().hex[:8]}"
     args = ("demo.count", "--param", "n=1", "--id", job_id, "--request-id", job_id)
     assert submit(server, *args) == job_id
@@ -211,7 +194,7 @@ def test_submit_with_a_chosen_id_and_request_id(server: ServerProcess) -> None:
     assert submit(server, *args) == job_id
 
 
-def test_submit_watch_follows_to_the_end(server: ServerProcess) -> None:
+def test_submit_watch_follows_to_the_end(server: Server) -> None:
     result = jobstream("submit", "demo.count", "--param", "n=5", "--watch", target=server.target)
     lines = ok(result).splitlines()
     assert JOB_ID.fullmatch(lines[0].strip())
@@ -221,7 +204,7 @@ def test_submit_watch_follows_to_the_end(server: ServerProcess) -> None:
 # ------------------------------------------------------------------ watch
 
 
-def test_watch_exits_0_and_shows_progress_and_logs(server: ServerProcess) -> None:
+def test_watch_exits_0_and_shows_progress_and_logs(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=50")
     result = jobstream("watch", job_id, target=server.target)
     text = ok(result)
@@ -238,7 +221,7 @@ def test_watch_exits_0_and_shows_progress_and_logs(server: ServerProcess) -> Non
         assert event["log"]["text"] in text
 
 
-def test_watch_json_is_a_snapshot_then_contiguous_events(server: ServerProcess) -> None:
+def test_watch_json_is_a_snapshot_then_contiguous_events(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=20")
     result = jobstream("watch", job_id, "--json", target=server.target)
     lines = json_lines(ok(result))
@@ -252,7 +235,7 @@ def test_watch_json_is_a_snapshot_then_contiguous_events(server: ServerProcess) 
     assert len(logged) >= 20
 
 
-def test_watch_after_seq_resumes_after_that_event(server: ServerProcess) -> None:
+def test_watch_after_seq_resumes_after_that_event(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=10")
     ok(jobstream("watch", job_id, "--json", target=server.target))
     last_seq = get_json(server, job_id)["last_seq"]
@@ -262,7 +245,7 @@ def test_watch_after_seq_resumes_after_that_event(server: ServerProcess) -> None
     assert [line["event"]["seq"] for line in lines[1:]] == list(range(4, last_seq + 1))
 
 
-def test_watch_of_a_failed_job_exits_1(server: ServerProcess) -> None:
+def test_watch_of_a_failed_job_exits_1(server: Server) -> None:
     job_id = submit(server, "demo.fail", "--max-attempts", "1")
     result = jobstream("watch", job_id, target=server.target)
     assert result.returncode == 1, (err(result), out(result))
@@ -272,20 +255,19 @@ def test_watch_of_a_failed_job_exits_1(server: ServerProcess) -> None:
     assert json_lines(out(result))[-1]["event"]["state_change"]["state"] == "failed"
 
 
-def test_cancel_a_running_job_then_watch_exits_3(server: ServerProcess) -> None:
+def test_cancel_a_running_job_then_watch_exits_3(server: Server, client: JobClient) -> None:
     job_id = submit(server, "demo.sleep", "--param", "seconds=30")
-    wait_for_state(server, job_id, ["running"])
+    wait_running(client, job_id)
     result = jobstream("cancel", job_id, "--reason", "test says stop", target=server.target)
     assert job_id in ok(result)
-    started = time.monotonic()
+    # The deadline: a watch that went on until the 30 s sleep ended fails.
     result = jobstream("watch", job_id, target=server.target, timeout=20)
     assert result.returncode == 3, (err(result), out(result))
-    assert time.monotonic() - started < 20
     assert "cancelled" in out(result)
     assert get_json(server, job_id)["state"] == "cancelled"
 
 
-def test_cancel_a_queued_job_json(server: ServerProcess) -> None:
+def test_cancel_a_queued_job_json(server: Server) -> None:
     job_id = submit(server, "demo.count", "--not-before", "+1h")
     job = json.loads(ok(jobstream("cancel", job_id, "--json", target=server.target)))
     assert job["id"] == job_id
@@ -297,7 +279,7 @@ def test_cancel_a_queued_job_json(server: ServerProcess) -> None:
 # --------------------------------------------------------------------- ls
 
 
-def test_ls_shows_and_filters_jobs(server: ServerProcess, label: str) -> None:
+def test_ls_shows_and_filters_jobs(server: Server, label: str) -> None:
     done = submit(server, "demo.count", "--param", "n=2", "--label", label)
     waiting = submit(server, "demo.sleep", "--not-before", "+1h", "--label", label)
     ok(jobstream("watch", done, target=server.target))
@@ -328,7 +310,7 @@ def test_ls_shows_and_filters_jobs(server: ServerProcess, label: str) -> None:
     ok(jobstream("cancel", waiting, target=server.target))
 
 
-def test_ls_without_matches_says_so(server: ServerProcess) -> None:
+def test_ls_without_matches_says_so(server: Server) -> None:
     result = jobstream("ls", "--label", "t=nothing-matches", target=server.target)
     assert "no jobs" in ok(result)
     assert (
@@ -342,7 +324,7 @@ def test_ls_without_matches_says_so(server: ServerProcess) -> None:
 # -------------------------------------------------------------------- get
 
 
-def test_get_shows_the_job_in_detail(server: ServerProcess) -> None:
+def test_get_shows_the_job_in_detail(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=5")
     ok(jobstream("watch", job_id, target=server.target))
     text = ok(jobstream("get", job_id, target=server.target))
@@ -360,7 +342,7 @@ def test_get_shows_the_job_in_detail(server: ServerProcess) -> None:
 # ------------------------------------------------------------------- logs
 
 
-def test_logs_prints_lines_and_json(server: ServerProcess) -> None:
+def test_logs_prints_lines_and_json(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=10")
     ok(jobstream("watch", job_id, target=server.target))
     events = json_lines(ok(jobstream("logs", job_id, "--json", target=server.target)))
@@ -376,7 +358,7 @@ def test_logs_prints_lines_and_json(server: ServerProcess) -> None:
         assert event["log"]["level"] in line
 
 
-def test_logs_follow_prints_every_line_until_the_job_ends(server: ServerProcess) -> None:
+def test_logs_follow_prints_every_line_until_the_job_ends(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=30", "--param", "delay=0.03")
     followed = jobstream("logs", job_id, "-f", "--json", target=server.target)
     lines = json_lines(ok(followed))
@@ -389,7 +371,7 @@ def test_logs_follow_prints_every_line_until_the_job_ends(server: ServerProcess)
 # ------------------------------------------------------------------ rm
 
 
-def test_rm_then_get_is_not_found(server: ServerProcess) -> None:
+def test_rm_then_get_is_not_found(server: Server) -> None:
     job_id = submit(server, "demo.count", "--param", "n=2")
     ok(jobstream("watch", job_id, target=server.target))
     assert "deleted" in ok(jobstream("rm", job_id, target=server.target))
@@ -409,9 +391,9 @@ def test_rm_then_get_is_not_found(server: ServerProcess) -> None:
     assert missing == {"job_id": job_id, "deleted": False, "removed_paths": [], "refused_paths": []}
 
 
-def test_rm_of_a_running_job_needs_force(server: ServerProcess) -> None:
+def test_rm_of_a_running_job_needs_force(server: Server, client: JobClient) -> None:
     job_id = submit(server, "demo.sleep", "--param", "seconds=30")
-    wait_for_state(server, job_id, ["running"])
+    wait_running(client, job_id)
     refused = jobstream("rm", job_id, target=server.target)
     assert refused.returncode == 2
     assert err(refused).startswith("error: FAILED_PRECONDITION: ")
@@ -421,7 +403,7 @@ def test_rm_of_a_running_job_needs_force(server: ServerProcess) -> None:
     assert jobstream("get", job_id, target=server.target).returncode == 2
 
 
-def test_a_closed_stdout_is_status_141_without_a_traceback(server: ServerProcess) -> None:
+def test_a_closed_stdout_is_status_141_without_a_traceback(server: Server) -> None:
     # Enough lines that the output cannot all fit in the pipe's buffer.
     job_id = submit(server, "demo.count", "--param", "n=3000", "--param", "delay=0")
     ok(jobstream("watch", job_id, "--json", target=server.target))
@@ -430,7 +412,7 @@ def test_a_closed_stdout_is_status_141_without_a_traceback(server: ServerProcess
             [*CLI, "--target", server.target, "logs", job_id, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_env(),
+            env=command_environ(),
         )
         assert proc.stdout is not None
         assert proc.stdout.readline()
@@ -443,7 +425,7 @@ def test_a_closed_stdout_is_status_141_without_a_traceback(server: ServerProcess
 # -------------------------------------------------------- errors, env, usage
 
 
-def test_unknown_job_errors_are_one_line(server: ServerProcess) -> None:
+def test_unknown_job_errors_are_one_line(server: Server) -> None:
     for command in ("get", "watch", "logs", "cancel"):
         result = jobstream(command, "no-such-job", target=server.target)
         assert result.returncode == 2, command
@@ -475,7 +457,7 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert b"Traceback" not in result.stderr
 
 
-def test_environment_fallbacks(server: ServerProcess, label: str) -> None:
+def test_environment_fallbacks(server: Server, label: str) -> None:
     env = {
         "JOBSTREAM_TARGET": server.target,
         "JOBSTREAM_JSON": "1",
@@ -502,9 +484,13 @@ def test_help_names_the_environment_variables() -> None:
 
 
 def test_serve_passes_its_arguments_to_the_server() -> None:
-    result = jobstream("serve", "--help")
+    result = jobstream_process("serve", "--help")
     assert "--data-dir" in ok(result)
     assert result.stderr == b""
+    # A value only the server's own parser checks.
+    refused = jobstream_process("serve", "--lease-seconds", "0")
+    assert refused.returncode == 2
+    assert "--lease-seconds must be at least 1" in err(refused)
 
 
 def test_serve_without_the_server_extra_names_it() -> None:
@@ -516,7 +502,7 @@ def test_serve_without_the_server_extra_names_it() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
-        env=_env(),
+        env=command_environ(),
         timeout=RUN_TIMEOUT_S,
         check=False,
     )
@@ -535,19 +521,20 @@ def test_serve_without_the_server_extra_names_it() -> None:
     ],
 )
 def test_worker_refuses_bad_handler_modules(args: tuple[str, ...], message: str) -> None:
-    result = jobstream("worker", *args, target="127.0.0.1:1")
+    # A process: the worker command changes sys.path and logging for good.
+    result = jobstream_process("worker", *args, target="127.0.0.1:1")
     assert result.returncode == 2
     assert message in err(result)
     assert b"Traceback" not in result.stderr
 
 
-def test_ctrl_c_stops_a_watch_with_130(server: ServerProcess) -> None:
+def test_ctrl_c_stops_a_watch_with_130(server: Server, client: JobClient) -> None:
     job_id = submit(server, "demo.sleep", "--param", "seconds=30")
-    wait_for_state(server, job_id, ["running"])
+    wait_running(client, job_id)
     child = pexpect.spawn(
         CLI[0],
         [*CLI[1:], "--target", server.target, "watch", job_id],
-        env={**_env(), "TERM": "xterm-256color"},
+        env=command_environ({"TERM": "xterm-256color"}),
         dimensions=(40, 160),
         timeout=RUN_TIMEOUT_S,
     )
@@ -579,9 +566,10 @@ HANDLERS_MODULE = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def echo_worker(server: ServerProcess, tmp_path: Path) -> Iterator[None]:
+@pytest.fixture(scope="module")
+def echo_worker(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """``jobstream worker`` running a handler module from its working directory."""
+    tmp_path = tmp_path_factory.mktemp("echo")
     (tmp_path / "cli_echo_handlers.py").write_text(HANDLERS_MODULE)
     argv = [
         *CLI,
@@ -596,7 +584,7 @@ def echo_worker(server: ServerProcess, tmp_path: Path) -> Iterator[None]:
         "cli-test-worker",
     ]
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv, cwd=tmp_path, env=command_environ(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     yield
     proc.terminate()
@@ -608,7 +596,7 @@ def echo_worker(server: ServerProcess, tmp_path: Path) -> Iterator[None]:
     assert b"Traceback" not in output, output.decode(errors="replace")
 
 
-def _submit_hostile(server: ServerProcess) -> str:
+def _submit_hostile(server: Server) -> str:
     params = json.dumps({"text": HOSTILE_TEXT})
     job_id = submit(server, "clitest.echo", "--params-json", params, "--max-attempts", "1")
     result = jobstream("watch", job_id, target=server.target)
@@ -629,7 +617,7 @@ def _assert_escaped(output: bytes) -> None:
 
 @pytest.mark.usefixtures("echo_worker")
 def test_hostile_log_text_is_escaped_on_the_terminal_and_raw_in_json(
-    server: ServerProcess,
+    server: Server,
 ) -> None:
     job_id = _submit_hostile(server)
     for args in (("watch", job_id), ("logs", job_id), ("logs", job_id, "-f"), ("get", job_id)):
@@ -651,12 +639,12 @@ def test_hostile_log_text_is_escaped_on_the_terminal_and_raw_in_json(
 
 
 @pytest.mark.usefixtures("echo_worker")
-def test_live_watch_on_a_terminal_emits_no_hostile_sequences(server: ServerProcess) -> None:
+def test_live_watch_on_a_terminal_emits_no_hostile_sequences(server: Server) -> None:
     job_id = _submit_hostile(server)
     child = pexpect.spawn(
         CLI[0],
         [*CLI[1:], "--target", server.target, "watch", job_id],
-        env={**_env(), "TERM": "xterm-256color"},
+        env=command_environ({"TERM": "xterm-256color"}),
         dimensions=(40, 160),
         timeout=RUN_TIMEOUT_S,
     )

@@ -7,22 +7,22 @@ import shlex
 import subprocess
 
 import pytest
-from test_cli import CLI, _env
+from cli_runner import run_cli
 
 RUN_TIMEOUT_S = 30.0
 """Longest one bash run may take."""
 
 
-def complete(*words: str) -> list[str]:
+@pytest.fixture(scope="module")
+def script() -> str:
+    """What ``jobstream completion bash`` prints."""
+    run = run_cli(["completion", "bash"])
+    assert run.returncode == 0 and run.stderr == b"", run
+    return run.out
+
+
+def complete(script: str, *words: str) -> list[str]:
     """What bash offers for the last of ``words`` (``jobstream`` first)."""
-    script = subprocess.run(
-        [*CLI, "completion", "bash"],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        env=_env(),
-        check=True,
-    ).stdout
     probe = (
         f"{script}\n"
         f"COMP_WORDS=({shlex.join(words)}); COMP_CWORD={len(words) - 1}; _jobstream\n"
@@ -48,10 +48,10 @@ def complete(*words: str) -> list[str]:
         (("jobstream", "--js"), ["--json"]),
     ],
 )
-def test_completes(words: tuple[str, ...], expected: list[str]) -> None:
-    assert complete(*words) == expected
+def test_completes(script: str, words: tuple[str, ...], expected: list[str]) -> None:
+    assert complete(script, *words) == expected
 
 
-def test_every_command_is_offered() -> None:
-    offered = set(complete("jobstream", ""))
+def test_every_command_is_offered(script: str) -> None:
+    offered = set(complete(script, "jobstream", ""))
     assert {"serve", "db", "worker", "submit", "watch", "ls", "top", "get", "rm"} <= offered

@@ -1,5 +1,6 @@
-"""``jobstream db migrate|check|backup|vacuum``, run as real subprocesses,
-the backup and vacuum against a database a live server is writing to."""
+"""``jobstream db migrate|check|backup|vacuum``, called in this process
+(``cli_runner``); the backup and vacuum against a database a live server in
+another process is writing to."""
 
 from __future__ import annotations
 
@@ -7,22 +8,16 @@ import functools
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ServerProcess
+from cli_runner import CliRun, run_cli
+from conftest import InProcessServer, ServerProcess
 from helpers import eventually
 
 from jobstream.client import JobClient, JobState
 from jobstream.server.db import MIGRATIONS_DIR
-
-RUN_TIMEOUT_S = 60.0
-"""Longest one ``jobstream db`` run may take."""
-
-CLI = (sys.executable, "-m", "jobstream.client.cli")
 
 ALL_MIGRATIONS = sorted(p.stem for p in MIGRATIONS_DIR.glob("0*.py"))
 """The migration scripts the server ships, in order."""
@@ -31,17 +26,18 @@ ENDLESS_COUNT = {"n": 1_000_000, "delay": 0.001}
 """demo.count params for a job that keeps writing events until cancelled."""
 
 
-def db_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    """``jobstream db ARGS`` to completion, with no JOBSTREAM_* from outside."""
-    env = {"PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [*CLI, "db", *args],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        env=env,
-        check=False,
-    )
+class DbRun:
+    """A finished ``jobstream db`` run, its output as text."""
+
+    def __init__(self, run: CliRun) -> None:
+        self.returncode = run.returncode
+        self.stdout = run.out
+        self.stderr = run.err
+
+
+def db_cmd(*args: str) -> DbRun:
+    """``jobstream db ARGS`` to completion."""
+    return DbRun(run_cli(["db", *args]))
 
 
 def check_json(*args: str) -> tuple[int, dict[str, Any]]:
@@ -135,7 +131,11 @@ def _backup_is_consistent(path: Path) -> dict[str, tuple[str, int]]:
     return seen
 
 
-def test_backup_while_serving(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_backup_while_serving(
+    start_server: Callable[..., ServerProcess],
+    start_inprocess_server: Callable[..., InProcessServer],
+    tmp_path: Path,
+) -> None:
     server = start_server(handlers=("jobstream.client.demo",))
     data = str(server.data_dir)
     with JobClient(server.target) as client:
@@ -167,10 +167,11 @@ def test_backup_while_serving(start_server: Callable[..., ServerProcess], tmp_pa
     assert not Path(f"{copies[-1]}-wal").exists()
 
     # The copy is a working database: a server started on it has the jobs.
-    restored = start_server(name="restored")
-    restored.stop()
-    shutil.copy(copies[-1], restored.db_path)
-    restored.start()
+    restored_db = tmp_path / "restored" / "data" / "jobstream.db"
+    restored_db.parent.mkdir(parents=True)
+    shutil.copy(copies[-1], restored_db)
+    restored = start_inprocess_server(name="restored")
+    assert restored.db_path == restored_db
     with JobClient(restored.target) as client:
         for job in jobs:
             assert client.get(job.id).kind == "demo.count"
@@ -179,9 +180,10 @@ def test_backup_while_serving(start_server: Callable[..., ServerProcess], tmp_pa
 def test_vacuum_while_serving(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server()
     data = str(server.data_dir)
-    blob = {"pad": "x" * 20_000}
+    # 2 MB of pages freed by the deletes, in few calls.
+    blob = {"pad": "x" * 100_000}
     with JobClient(server.target) as client:
-        ids = [client.submit("vacuum.test", blob).id for _ in range(100)]
+        ids = [client.submit("vacuum.test", blob).id for _ in range(20)]
         for job_id in ids:
             client.cancel(job_id)
             client.delete(job_id)

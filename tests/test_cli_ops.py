@@ -1,75 +1,51 @@
 """The operations commands of ``jobstream`` (retry, results, artifacts,
-download, purge, stats, submit --in), run as real subprocesses against a
-real server with the demo handlers."""
+download, purge, stats, submit --in), called in this process (``cli_runner``)
+against a real server with the demo handlers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from cli_runner import RUN_TIMEOUT_S, CliRun, run_cli
+from conftest import Server
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import JobClient, JobState
 from jobstream.v1 import worker_service_pb2
 
-RUN_TIMEOUT_S = 60.0
-"""Longest any one CLI run may take."""
-
-CLI = (sys.executable, "-m", "jobstream.client.cli")
-
 
 @pytest.fixture(scope="module")
-def db_backend() -> str:
-    """The CLI is the same whatever the server's database: SQLite only."""
-    return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[JobClient]:
+def client(server: Server) -> Iterator[JobClient]:
     with JobClient(server.target) as c:
         yield c
 
 
-def run(
-    server: ServerProcess, *args: str, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``jobstream --target SERVER ARGS`` to completion, without JOBSTREAM_* from outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
-    return subprocess.run(
-        [*CLI, "--target", server.target, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+def run(server: Server, *args: str, cwd: Path | None = None) -> CliRun:
+    """``jobstream --target SERVER ARGS`` to completion."""
+    return run_cli(["--target", server.target, *args], cwd=cwd)
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
+def ok(result: CliRun) -> str:
     """stdout of a run that must have succeeded."""
-    assert result.returncode == 0, (result.returncode, result.stderr, result.stdout)
-    assert "Traceback" not in result.stderr
-    return result.stdout
+    assert result.returncode == 0, (result.returncode, result.err, result.out)
+    assert "Traceback" not in result.err
+    return result.out
 
 
-def usage_error(result: subprocess.CompletedProcess[str]) -> str:
+def usage_error(result: CliRun) -> str:
     """stderr of a run that must have failed with status 2 and no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stderr, result.stdout)
-    assert "Traceback" not in result.stderr
-    return result.stderr
+    assert result.returncode == 2, (result.returncode, result.err, result.out)
+    assert "Traceback" not in result.err
+    return result.err
 
 
-def test_submit_in_sets_not_before(server: ServerProcess, client: JobClient) -> None:
+def test_submit_in_sets_not_before(server: Server, client: JobClient) -> None:
     before = datetime.now(UTC)
     job = json.loads(ok(run(server, "submit", "demo.sleep", "--in", "10m", "--json")))
     stored = client.get(job["id"])
@@ -82,7 +58,7 @@ def test_submit_in_sets_not_before(server: ServerProcess, client: JobClient) -> 
     assert "duration" in usage_error(run(server, "submit", "demo.sleep", "--in", "soon"))
 
 
-def test_retry_runs_a_failed_job_again(server: ServerProcess, client: JobClient) -> None:
+def test_retry_runs_a_failed_job_again(server: Server, client: JobClient) -> None:
     job_id = ok(run(server, "submit", "demo.fatal")).strip()
     eventually(lambda: job_in(client, job_id, JobState.FAILED))
     text = ok(run(server, "retry", job_id, "--reason", "try again"))
@@ -101,7 +77,7 @@ def _failed_again(client: JobClient, job_id: str) -> bool:
     return job.state is JobState.FAILED and job.attempt == 2
 
 
-def test_results_jsonl_streams_every_item(server: ServerProcess, client: JobClient) -> None:
+def test_results_jsonl_streams_every_item(server: Server, client: JobClient) -> None:
     job_id = ok(run(server, "submit", "demo.count", "-p", "n=30", "-p", "delay=0")).strip()
     eventually(lambda: job_in(client, job_id, JobState.SUCCEEDED))
     lines = [
@@ -131,7 +107,7 @@ def _upload(raw: RawWorker, job_id: str, lease_id: str, name: str, data: bytes) 
     raw.stub.UploadArtifact(iter(messages), timeout=RUN_TIMEOUT_S)
 
 
-def test_artifacts_and_download(server: ServerProcess, client: JobClient, tmp_path: Path) -> None:
+def test_artifacts_and_download(server: Server, client: JobClient, tmp_path: Path) -> None:
     kind = f"cli.art.{uuid.uuid4().hex[:8]}"
     job = client.submit(kind)
     data = b"hello artifact\n" * 1000
@@ -165,7 +141,7 @@ def test_artifacts_and_download(server: ServerProcess, client: JobClient, tmp_pa
     client.cancel(other.id)
 
 
-def test_purge_dry_run_then_purge(server: ServerProcess, client: JobClient) -> None:
+def test_purge_dry_run_then_purge(server: Server, client: JobClient) -> None:
     label = f"t={uuid.uuid4().hex[:10]}"
     ids = [
         ok(run(server, "submit", "demo.sleep", "--in", "1h", "--label", label)).strip()
@@ -184,7 +160,7 @@ def test_purge_dry_run_then_purge(server: ServerProcess, client: JobClient) -> N
     assert "INVALID_ARGUMENT" in refused and "filter.states" in refused
 
 
-def test_stats_table_and_json(server: ServerProcess, client: JobClient) -> None:
+def test_stats_table_and_json(server: Server, client: JobClient) -> None:
     label = f"t={uuid.uuid4().hex[:10]}"
     job_id = ok(
         run(server, "submit", "demo.count", "-p", "n=3", "-p", "delay=0", "--label", label)
@@ -199,7 +175,7 @@ def test_stats_table_and_json(server: ServerProcess, client: JobClient) -> None:
     assert "window" in usage_error(run(server, "stats", "--window", "0"))
 
 
-def test_help_names_the_new_environment_variables(server: ServerProcess) -> None:
+def test_help_names_the_new_environment_variables(server: Server) -> None:
     for command, variable in [
         ("purge", "JOBSTREAM_PURGE_OLDER_THAN"),
         ("submit", "JOBSTREAM_SUBMIT_IN"),

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
+from cli_runner import command_environ
+from conftest import Server
 from helpers import eventually
-from test_cli import CLI, _env, jobstream, ok
+from test_cli import CLI, jobstream, ok
 
 from jobstream.client import JobClient
 
@@ -61,7 +62,7 @@ class Tmux:
             capture_output=True,
             text=True,
             timeout=TMUX_TIMEOUT_S,
-            env=_env({"TERM": "xterm-256color"}),
+            env=command_environ({"TERM": "xterm-256color"}),
             check=False,
         )
         assert result.returncode == 0, result.stderr
@@ -92,7 +93,7 @@ def label() -> str:
 
 
 @pytest.fixture
-def top(server: ServerProcess, label: str, tmp_path: Path) -> Iterator[Tmux]:
+def top(server: Server, label: str, tmp_path: Path) -> Iterator[Tmux]:
     """``jobstream top --label run=LABEL`` in a tmux pseudo-terminal."""
     command = shlex.join([*CLI, "--target", server.target, "top", "--label", f"run={label}"])
     tmux = Tmux(command, tmp_path / "status")
@@ -111,9 +112,7 @@ def _percent(screen: str, job_id: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def test_top_shows_jobs_and_their_progress_changing(
-    server: ServerProcess, label: str, top: Tmux
-) -> None:
+def test_top_shows_jobs_and_their_progress_changing(server: Server, label: str, top: Tmux) -> None:
     with JobClient(server.target) as client:
         running = client.submit("demo.count", SLOW_COUNT, labels={"run": label})
         waiting = client.submit("top.nobody", labels={"run": label})
@@ -151,7 +150,7 @@ def test_top_shows_jobs_and_their_progress_changing(
     assert status == "130"
 
 
-def test_top_in_a_pipe_prints_the_table_once(server: ServerProcess, label: str) -> None:
+def test_top_in_a_pipe_prints_the_table_once(server: Server, label: str) -> None:
     with JobClient(server.target) as client:
         job = client.submit("top.nobody", labels={"run": label})
     printed = ok(jobstream("top", "--label", f"run={label}", target=server.target))
@@ -183,11 +182,11 @@ def _line_reader(
     return next_line, thread
 
 
-def test_top_json_streams_changes(server: ServerProcess, label: str) -> None:
+def test_top_json_streams_changes(server: Server, label: str) -> None:
     with JobClient(server.target) as client:
         job = client.submit("top.nobody", labels={"run": label})
         argv = [*CLI, "--target", server.target, "--json", "top", "--label", f"run={label}"]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=_env(), text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=command_environ(), text=True)
         try:
             next_line, pump = _line_reader(proc)
             first = next_line()

@@ -5,6 +5,7 @@ updates, batch limits, acknowledgement, back-pressure)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import eventually
 
 from jobstream.client import FatalJobError, Handlers, JobCancelled, JobContext, Worker, demo
 from jobstream.client.context import Cancellation
@@ -24,6 +26,9 @@ from jobstream.client.reports import (
 )
 from jobstream.client.worker import default_worker_id
 from jobstream.v1 import job_pb2
+
+WAIT_S = 5.0
+"""Deadline of every wait for a thread or a task in these tests."""
 
 
 @pytest.fixture
@@ -117,19 +122,21 @@ def test_stop_before_run_makes_run_return() -> None:
     asyncio.run(main())
 
 
-def test_stop_cancels_the_long_poll_at_once() -> None:
-    async def main() -> float:
-        # Nothing listens on port 1: the worker keeps backing off, and stop
-        # must still be prompt.
+def test_stop_ends_a_worker_that_cannot_reach_its_server(caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing listens on port 1: the worker fails to acquire and backs off.
+    # The long-poll of a reachable server is test_worker_e2e's.
+    async def main() -> None:
         worker = Worker("127.0.0.1:1", demo.handlers, poll_wait=20)
         task = asyncio.create_task(worker.run_async())
-        await asyncio.sleep(0.3)
-        start = time.monotonic()
-        await worker.stop()
-        await asyncio.wait_for(task, 5)
-        return time.monotonic() - start
+        deadline = time.monotonic() + WAIT_S
+        while not any("cannot acquire" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the worker never tried to acquire"
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(worker.stop(), WAIT_S)
+        await asyncio.wait_for(task, WAIT_S)
 
-    assert asyncio.run(main()) < 1.0
+    with caplog.at_level(logging.WARNING, logger="jobstream.client.worker"):
+        asyncio.run(main())
 
 
 def test_fatal_job_error_code() -> None:
@@ -323,7 +330,9 @@ def test_closing_releases_and_drops(
         done.set()
 
     in_thread(handler)
-    time.sleep(0.3)
+    # The handler is blocked: the buffer is full and it has one more line.
+    eventually(lambda: reports.pending >= MAX_PENDING_ITEMS, timeout=WAIT_S)
+    assert not done.is_set()
     cancellation.request("lease_lost")
     reports.close()
     assert done.wait(5)

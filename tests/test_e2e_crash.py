@@ -3,6 +3,7 @@ watchers resume without a gap."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +95,10 @@ def test_watch_resumes_across_restart_without_gap(start_server: StartServer) -> 
     assert seqs == list(range(1, final.last_seq + 1))
 
 
-def test_reads_ride_over_a_restart_writes_are_not_resent(start_server: StartServer) -> None:
+def test_reads_ride_over_a_restart_writes_are_not_resent(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobstream.client.client")
     server = start_server()
     with JobClient(server.target, timeout=10) as client:
         job = client.submit("crash.reads")
@@ -103,11 +107,18 @@ def test_reads_ride_over_a_restart_writes_are_not_resent(start_server: StartServ
             client.submit("crash.reads")  # a write fails rather than risk running twice
         with pytest.raises(UnavailableError):
             client.get(job.id)  # a read retries for a while, then says so
+        caplog.clear()
+
+        def restart_once_retrying() -> None:
+            eventually(lambda: any("retrying" in r.getMessage() for r in caplog.records))
+            server.restart()
+
         # The server comes back while a read is being retried: it answers.
-        restarting = threading.Timer(0.3, server.restart)
+        restarting = threading.Thread(target=restart_once_retrying)
         restarting.start()
         try:
             assert client.get(job.id).id == job.id
             assert [j.id for j in client.list(kinds=["crash.reads"])] == [job.id]
         finally:
-            restarting.join()
+            restarting.join(30)
+        assert any(r.getMessage().startswith("GetJob: ") for r in caplog.records)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import Server
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import (
@@ -30,14 +30,10 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[JobClient]:
+def client(server: Server) -> Iterator[JobClient]:
+    """A client of the module's server. Its in-process worker runs only the
+    demo kinds: tests that act as the worker use kinds of their own."""
     with JobClient(server.target) as c:
-        yield c
-
-
-@pytest.fixture
-def bare_client(bare_server: ServerProcess) -> Iterator[JobClient]:
-    with JobClient(bare_server.target) as c:
         yield c
 
 
@@ -48,6 +44,7 @@ def split(items: list[Job | JobEvent]) -> tuple[Job, list[JobEvent]]:
     return snapshot, [e for e in events if isinstance(e, JobEvent)]
 
 
+@pytest.mark.both_backends
 def test_submit_work_watch_sees_every_kind_of_event_gap_free(client: JobClient) -> None:
     job = client.submit("demo.count", {"n": 20, "delay": 0.005}, labels={"t": "e2e-1"})
     snapshot, events = split(list(client.watch(job.id)))
@@ -82,6 +79,7 @@ def test_watch_after_seq_gets_exactly_the_rest(client: JobClient) -> None:
     assert events == [] and snapshot.state is JobState.SUCCEEDED
 
 
+@pytest.mark.both_backends
 def test_watcher_disconnected_midjob_and_resumed_sees_every_event_once(
     client: JobClient,
 ) -> None:
@@ -131,11 +129,11 @@ def test_client_chosen_id(client: JobClient) -> None:
         client.submit("demo.sleep", {"seconds": 0}, job_id="nightly-report.1")
 
 
-def test_cancel_queued_job_is_immediate(bare_client: JobClient) -> None:
-    job = bare_client.submit("nobody.runs.this")
-    cancelled = bare_client.cancel(job.id, reason="not needed")
+def test_cancel_queued_job_is_immediate(client: JobClient) -> None:
+    job = client.submit("nobody.runs.this")
+    cancelled = client.cancel(job.id, reason="not needed")
     assert cancelled.state is JobState.CANCELLED
-    assert bare_client.wait(job.id, timeout=10).state is JobState.CANCELLED
+    assert client.wait(job.id, timeout=10).state is JobState.CANCELLED
 
 
 def test_cancel_running_job_ends_cancelled(client: JobClient) -> None:
@@ -153,20 +151,18 @@ def test_cancel_finished_job_is_failed_precondition(client: JobClient) -> None:
         client.cancel(job.id)
 
 
-def test_stale_lease_is_refused_and_changes_nothing(
-    bare_server: ServerProcess, bare_client: JobClient
-) -> None:
-    job = bare_client.submit("stale.lease")
-    worker = RawWorker(bare_server.target)
+def test_stale_lease_is_refused_and_changes_nothing(server: Server, client: JobClient) -> None:
+    job = client.submit("stale.lease")
+    worker = RawWorker(server.target)
     try:
         lease = worker.acquire("stale.lease")
         assert lease.job.id == job.id
-        before = bare_client.get(job.id)
+        before = client.get(job.id)
         with pytest.raises(grpc.RpcError) as info:
             worker.log(job.id, "f" * 32, ["from a zombie"])
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert "lease_id" in (info.value.details() or "")
-        assert bare_client.get(job.id) == before
+        assert client.get(job.id) == before
         worker.finish(job.id, lease.lease_id)
         with pytest.raises(grpc.RpcError) as again:
             worker.log(job.id, lease.lease_id, ["after finishing"])
@@ -176,19 +172,19 @@ def test_stale_lease_is_refused_and_changes_nothing(
 
 
 def test_expired_lease_goes_back_to_queue_then_interrupted(
-    bare_server: ServerProcess, bare_client: JobClient
+    server: Server, client: JobClient
 ) -> None:
-    job = bare_client.submit("expire.me", max_attempts=2)
-    worker = RawWorker(bare_server.target)
+    job = client.submit("expire.me", max_attempts=2)
+    worker = RawWorker(server.target)
     try:
-        worker.acquire("expire.me")  # and never report: the server lease is 2 s
-        eventually(lambda: bare_client.get(job.id).state is JobState.QUEUED)
-        worker.acquire("expire.me")
-        final = eventually(lambda: job_in(bare_client, job.id))
+        worker.acquire("expire.me", lease_s=1)  # and never report
+        eventually(lambda: client.get(job.id).state is JobState.QUEUED)
+        worker.acquire("expire.me", lease_s=1)
+        final = eventually(lambda: job_in(client, job.id))
         assert final.state is JobState.INTERRUPTED
         reasons = [
             e.state_change.reason
-            for e in bare_client.watch(job.id)
+            for e in client.watch(job.id)
             if isinstance(e, JobEvent) and e.state_change
         ]
         assert sum("lease expired" in r for r in reasons) == 2
@@ -197,10 +193,10 @@ def test_expired_lease_goes_back_to_queue_then_interrupted(
 
 
 def test_delete_removes_the_jobs_own_files_and_never_touches_outside(
-    bare_server: ServerProcess, bare_client: JobClient, tmp_path: Path
+    server: Server, client: JobClient, tmp_path: Path
 ) -> None:
-    job = bare_client.submit("with.files")
-    data = bare_server.data_dir.absolute()
+    job = client.submit("with.files")
+    data = server.data_dir.absolute()
     job_dir = data / "jobs" / job.id
     job_dir.mkdir(parents=True)
     (job_dir / "log.txt").write_text("log")
@@ -211,7 +207,7 @@ def test_delete_removes_the_jobs_own_files_and_never_touches_outside(
     outside.write_text("precious")
     link = job_dir / "link"
     link.symlink_to(outside)
-    worker = RawWorker(bare_server.target)
+    worker = RawWorker(server.target)
     try:
         lease = worker.acquire("with.files")
         # Paths the job does not own refuse the whole report.
@@ -229,20 +225,20 @@ def test_delete_removes_the_jobs_own_files_and_never_touches_outside(
             files=[str(inside), f"jobs/{job.id}/link"],
         )
         with pytest.raises(FailedPreconditionError):
-            bare_client.delete(job.id)  # running: needs force
+            client.delete(job.id)  # running: needs force
         worker.finish(job.id, lease.lease_id)
     finally:
         worker.close()
-    result = bare_client.delete(job.id)
+    result = client.delete(job.id)
     assert result.deleted
     assert f"jobs/{job.id}" in result.removed_paths and result.refused_paths == ()
     assert not job_dir.exists() and not link.is_symlink()
     assert outside.read_text() == "precious"
     with pytest.raises(NotFoundError):
-        bare_client.get(job.id)
+        client.get(job.id)
     with pytest.raises(NotFoundError):
-        bare_client.delete(job.id)
-    assert bare_client.delete(job.id, allow_missing=True).deleted is False
+        client.delete(job.id)
+    assert client.delete(job.id, allow_missing=True).deleted is False
 
 
 def test_delete_running_with_force(client: JobClient) -> None:
@@ -254,10 +250,10 @@ def test_delete_running_with_force(client: JobClient) -> None:
 
 
 def test_batched_watch_sends_the_same_events_in_fewer_messages(
-    bare_server: ServerProcess, bare_client: JobClient
+    server: Server, client: JobClient
 ) -> None:
-    job = bare_client.submit("batch.watch")
-    worker = RawWorker(bare_server.target)
+    job = client.submit("batch.watch")
+    worker = RawWorker(server.target)
     try:
         lease = worker.acquire("batch.watch")
         worker.log(job.id, lease.lease_id, [f"short {i}" for i in range(300)])
@@ -266,7 +262,7 @@ def test_batched_watch_sends_the_same_events_in_fewer_messages(
         worker.finish(job.id, lease.lease_id)
     finally:
         worker.close()
-    with grpc.insecure_channel(bare_server.target) as channel:
+    with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
 
         def watch(batch: bool) -> list[job_service_pb2.WatchJobResponse]:
@@ -276,7 +272,7 @@ def test_batched_watch_sends_the_same_events_in_fewer_messages(
         single, batched = watch(False), watch(True)
     assert [m.WhichOneof("item") for m in single[1:]] == ["event"] * (len(single) - 1)
     one_by_one = [m.event for m in single[1:]]
-    assert [e.seq for e in one_by_one] == list(range(1, bare_client.get(job.id).last_seq + 1))
+    assert [e.seq for e in one_by_one] == list(range(1, client.get(job.id).last_seq + 1))
     batches = [m.events for m in batched[1:]]
     assert [m.WhichOneof("item") for m in batched] == ["snapshot"] + ["events"] * len(batches)
     assert [e for b in batches for e in b.events] == one_by_one
@@ -309,13 +305,13 @@ def test_list_filters_and_pages(client: JobClient) -> None:
     ],
 )
 def test_bad_input_is_invalid_argument_naming_the_field(
-    bare_client: JobClient, call: object, field: str
+    client: JobClient, call: object, field: str
 ) -> None:
-    before = [j.id for j in bare_client.list()]
+    before = [j.id for j in client.list()]
     with pytest.raises(InvalidArgumentError) as info:
-        call(bare_client)  # type: ignore[operator]
+        call(client)  # type: ignore[operator]
     assert field in str(info.value)
-    assert [j.id for j in bare_client.list()] == before
+    assert [j.id for j in client.list()] == before
 
 
 @pytest.mark.parametrize(
@@ -328,16 +324,16 @@ def test_bad_input_is_invalid_argument_naming_the_field(
     ],
 )
 def test_input_over_a_per_request_limit_is_invalid_argument_naming_field_and_limit(
-    bare_client: JobClient, call: object, field: str
+    client: JobClient, call: object, field: str
 ) -> None:
     # A bound on one request (size, depth, count) can never be met by
     # sending it again: INVALID_ARGUMENT. RESOURCE_EXHAUSTED is kept for
     # accumulated state (log lines and artifacts per job, watchers).
-    before = [j.id for j in bare_client.list()]
+    before = [j.id for j in client.list()]
     with pytest.raises(InvalidArgumentError) as info:
-        call(bare_client)  # type: ignore[operator]
+        call(client)  # type: ignore[operator]
     assert field in str(info.value) and "limit" in str(info.value)
-    assert [j.id for j in bare_client.list()] == before
+    assert [j.id for j in client.list()] == before
 
 
 def _nested(depth: int) -> dict[str, object]:
@@ -347,34 +343,35 @@ def _nested(depth: int) -> dict[str, object]:
     return value
 
 
-def test_unknown_job_is_not_found_everywhere(bare_client: JobClient) -> None:
+def test_unknown_job_is_not_found_everywhere(client: JobClient) -> None:
     for call in (
-        lambda: bare_client.get("no-such-job"),
-        lambda: bare_client.cancel("no-such-job"),
-        lambda: bare_client.delete("no-such-job"),
-        lambda: list(bare_client.logs("no-such-job")),
-        lambda: list(bare_client.results("no-such-job")),
-        lambda: list(bare_client.watch("no-such-job")),
+        lambda: client.get("no-such-job"),
+        lambda: client.cancel("no-such-job"),
+        lambda: client.delete("no-such-job"),
+        lambda: list(client.logs("no-such-job")),
+        lambda: list(client.results("no-such-job")),
+        lambda: list(client.watch("no-such-job")),
     ):
         with pytest.raises(NotFoundError):
             call()
 
 
+@pytest.mark.both_backends
 def test_nul_is_refused_in_text_and_kept_in_params_on_every_backend(
-    bare_server: ServerProcess, bare_client: JobClient
+    server: Server, client: JobClient
 ) -> None:
     # PostgreSQL cannot store NUL in text: free-text fields refuse it with the
     # field named, and JSON values keep it escaped, the same on both backends.
-    job = bare_client.submit("nul.test", {"s": "a\x00b", "k\x00": 1})
-    assert bare_client.get(job.id).params == {"s": "a\x00b", "k\x00": 1}
-    worker = RawWorker(bare_server.target)
+    job = client.submit("nul.test", {"s": "a\x00b", "k\x00": 1})
+    assert client.get(job.id).params == {"s": "a\x00b", "k\x00": 1}
+    worker = RawWorker(server.target)
     try:
         lease = worker.acquire("nul.test")
         with pytest.raises(grpc.RpcError) as info:
             worker.log(job.id, lease.lease_id, ["fine", "not\x00fine"])
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "logs[1].text" in (info.value.details() or "")
-        assert bare_client.get(job.id).last_seq == 2  # nothing of the batch was stored
+        assert client.get(job.id).last_seq == 2  # nothing of the batch was stored
         worker.finish(job.id, lease.lease_id)
     finally:
         worker.close()

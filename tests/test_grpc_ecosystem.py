@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import Server, ServerProcess
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -43,7 +43,7 @@ JOB_SERVICE_METHODS = {
 
 
 @pytest.fixture
-def channel(bare_server: ServerProcess) -> Iterator[grpc.Channel]:
+def channel(bare_server: Server) -> Iterator[grpc.Channel]:
     """A plain channel to a server without handlers."""
     with grpc.insecure_channel(bare_server.target) as ch:
         yield ch

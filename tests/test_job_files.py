@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 import pytest
 from authmatrix import TOKENS, write_tokens
-from conftest import ServerProcess
+from conftest import InProcessServer, clean_environ
 from helpers import RawWorker, eventually
 
 from jobstream.client import Job, JobClient, JobEvent, JobState, NotFoundError
@@ -40,12 +40,14 @@ RULE = "is outside the job's own directories"
 WATCH_DEADLINE_S = 20.0
 """How long a watch in these tests may take before the test fails."""
 
+StartServer = Callable[..., InProcessServer]
 
-def _client(server: ServerProcess, caller: str) -> JobClient:
+
+def _client(server: InProcessServer, caller: str) -> JobClient:
     return JobClient(server.target, security=Security(token=TOKENS[caller][0]))
 
 
-def _worker(server: ServerProcess, name: str) -> RawWorker:
+def _worker(server: InProcessServer, name: str) -> RawWorker:
     return RawWorker(server.target, worker_id=name, token=TOKENS["worker"][0])
 
 
@@ -54,7 +56,7 @@ class Scene:
     """A server with tokens; bob's queued job holding a recorded file and
     an artifact (the victim); alice's job leased by a worker (the attacker)."""
 
-    server: ServerProcess
+    server: InProcessServer
     alice: JobClient
     bob: JobClient
     admin: JobClient
@@ -142,11 +144,9 @@ class Scene:
 
 
 @contextmanager
-def _scene(
-    start_server: Callable[..., ServerProcess], tmp_path: Path, *extra: str
-) -> Iterator[Scene]:
+def _scene(start: StartServer, tmp_path: Path, *extra: str) -> Iterator[Scene]:
     tokens = write_tokens(tmp_path / "tokens.json")
-    server = start_server(extra_args=("--tokens-file", str(tokens), *extra), name="files")
+    server = start(extra_args=("--tokens-file", str(tokens), *extra), name="files")
     data = server.data_dir.absolute()
     (data.parent / "outside.txt").write_text("precious\n")
     with (
@@ -175,9 +175,9 @@ def _scene(
 
 
 def test_delete_removes_only_what_the_job_owns(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    with _scene(start_server, tmp_path) as scene:
+    with _scene(start_inprocess_server, tmp_path) as scene:
         assert scene.attack() == len(scene.hostile())
         scene.worker.finish(scene.job, scene.lease)
         result = scene.alice.delete(scene.job)
@@ -195,9 +195,9 @@ def test_delete_removes_only_what_the_job_owns(
 
 
 def test_force_delete_removes_only_what_the_job_owns(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    with _scene(start_server, tmp_path) as scene:
+    with _scene(start_inprocess_server, tmp_path) as scene:
         assert scene.attack() == len(scene.hostile())
         assert scene.alice.get(scene.job).state is JobState.RUNNING
         result = scene.alice.delete(scene.job, force=True)
@@ -208,9 +208,9 @@ def test_force_delete_removes_only_what_the_job_owns(
 
 
 def test_purge_removes_only_what_each_job_owns(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    with _scene(start_server, tmp_path) as scene:
+    with _scene(start_inprocess_server, tmp_path) as scene:
         assert scene.attack() == len(scene.hostile())
         scene.worker.finish(scene.job, scene.lease)
         result = scene.admin.purge(older_than=timedelta(0), labels={"t": "attack"})
@@ -222,10 +222,10 @@ def test_purge_removes_only_what_each_job_owns(
 
 
 def test_retention_removes_only_what_each_job_owns(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
     retention = ("--retention", "1s", "--retention-every", "0.2")
-    with _scene(start_server, tmp_path, *retention) as scene:
+    with _scene(start_inprocess_server, tmp_path, *retention) as scene:
         assert scene.attack() == len(scene.hostile())
         scene.worker.finish(scene.job, scene.lease)
 
@@ -254,9 +254,9 @@ def _write_files_column(db: Path, job_id: str, files: list[str]) -> None:
 
 @pytest.mark.parametrize("route", ["delete", "purge"])
 def test_stored_rows_with_bad_paths_are_refused_not_obeyed(
-    start_server: Callable[..., ServerProcess], tmp_path: Path, route: str
+    start_inprocess_server: StartServer, tmp_path: Path, route: str
 ) -> None:
-    with _scene(start_server, tmp_path) as scene:
+    with _scene(start_inprocess_server, tmp_path) as scene:
         earlier = scene.alice.submit("files.earlier", labels={"t": "keep"})
         legit = scene.legit()
         scene.report(legit)
@@ -283,9 +283,9 @@ def test_stored_rows_with_bad_paths_are_refused_not_obeyed(
 
 
 def test_force_delete_of_a_running_job_ends_its_watchers_with_cancelled(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
-    with _scene(start_server, tmp_path) as scene:
+    with _scene(start_inprocess_server, tmp_path) as scene:
         scene.report([], line="working")
         seen: list[Job | JobEvent] = []
         errors: list[BaseException] = []
@@ -328,13 +328,13 @@ def test_force_delete_of_a_running_job_ends_its_watchers_with_cancelled(
 
 
 def test_output_root_files_are_accepted_and_removed_with_the_job(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
     root = tmp_path / "outputs"
     other = root / "someone-else"
     other.mkdir(parents=True)
     (other / "x.txt").write_text("not yours\n")
-    with _scene(start_server, tmp_path, "--output-root", str(root)) as scene:
+    with _scene(start_inprocess_server, tmp_path, "--output-root", str(root)) as scene:
         mine = root / scene.job
         mine.mkdir()
         (mine / "report.pdf").write_text("pdf\n")
@@ -353,12 +353,14 @@ def test_output_root_files_are_accepted_and_removed_with_the_job(
 
 
 def test_a_database_inside_a_job_directory_is_never_removed(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_inprocess_server: StartServer, tmp_path: Path
 ) -> None:
     # An operator put --db inside what becomes the job directory of job "alice.dbjob".
     db = tmp_path / "files" / "data" / "jobs" / "alice.dbjob" / "state.db"
     tokens = write_tokens(tmp_path / "tokens.json")
-    server = start_server(extra_args=("--tokens-file", str(tokens), "--db", str(db)), name="files")
+    server = start_inprocess_server(
+        extra_args=("--tokens-file", str(tokens), "--db", str(db)), name="files"
+    )
     worker = _worker(server, "db-worker")
     try:
         with _client(server, "alice") as alice:
@@ -398,10 +400,12 @@ def write(ctx):
 
 
 def _handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes ``files_handlers`` importable here and in the processes started."""
     module = tmp_path / "modules" / "files_handlers.py"
     module.parent.mkdir()
     module.write_text(HANDLERS_MODULE)
     monkeypatch.setenv("PYTHONPATH", str(module.parent))
+    monkeypatch.syspath_prepend(module.parent)
 
 
 def _write_and_delete(client: JobClient, expected_dir: Path) -> None:
@@ -418,24 +422,26 @@ def _write_and_delete(client: JobClient, expected_dir: Path) -> None:
 
 
 def test_in_process_handlers_write_into_ctx_job_dir(
-    start_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_inprocess_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _handlers_module(tmp_path, monkeypatch)
-    server = start_server(handlers=("files_handlers",), name="files")
+    server = start_inprocess_server(handlers=("files_handlers",), name="files")
     with JobClient(server.target) as client:
         _write_and_delete(client, server.data_dir.absolute() / "jobs")
 
 
 def test_a_standalone_worker_writes_under_a_shared_output_root(
-    start_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_inprocess_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _handlers_module(tmp_path, monkeypatch)
     root = tmp_path / "shared"
     root.mkdir()
-    server = start_server(extra_args=("--output-root", str(root)), name="files")
+    server = start_inprocess_server(extra_args=("--output-root", str(root)), name="files")
     argv = [sys.executable, "-m", "jobstream.client.cli", "worker", "--handlers"]
     argv += ["files_handlers", "--target", server.target, "--files-root", str(root)]
-    worker = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_environ()
+    )
     try:
         with JobClient(server.target) as client:
             _write_and_delete(client, root)

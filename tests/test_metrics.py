@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import InProcessServer, ServerProcess
 from helpers import RawWorker, eventually, job_in
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -63,17 +63,19 @@ def rpc(method: str, code: str, kind: str = "unary") -> dict[str, str]:
 
 
 @pytest.fixture
-def metered(start_server: Callable[..., ServerProcess]) -> Iterator[tuple[ServerProcess, int]]:
+def metered(
+    start_inprocess_server: Callable[..., InProcessServer],
+) -> Iterator[tuple[InProcessServer, int]]:
     """A server with the demo handlers and metrics on, recounting jobs often."""
     port = free_port()
-    server = start_server(
+    server = start_inprocess_server(
         handlers=("jobstream.client.demo",),
         extra_args=("--metrics-port", str(port), "--metrics-interval", "0.1"),
     )
     yield server, port
 
 
-def test_rpc_counts_and_latencies_by_method_and_code(metered: tuple[ServerProcess, int]) -> None:
+def test_rpc_counts_and_latencies_by_method_and_code(metered: tuple[InProcessServer, int]) -> None:
     server, port = metered
     with JobClient(server.target) as client:
         job = client.submit("demo.count", {"n": 5, "delay": 0})
@@ -100,7 +102,7 @@ def test_rpc_counts_and_latencies_by_method_and_code(metered: tuple[ServerProces
     assert value(samples, "grpc_server_started_total", **started) == handled >= 3
 
 
-def test_jobs_queue_depth_events_and_batches(metered: tuple[ServerProcess, int]) -> None:
+def test_jobs_queue_depth_events_and_batches(metered: tuple[InProcessServer, int]) -> None:
     server, port = metered
     queue = "q" + uuid.uuid4().hex[:8]
     with JobClient(server.target) as client:
@@ -130,7 +132,7 @@ def test_jobs_queue_depth_events_and_batches(metered: tuple[ServerProcess, int])
     assert value(samples, "jobstream_commit_seconds_count") == ops
 
 
-def test_watchers_gauge(metered: tuple[ServerProcess, int]) -> None:
+def test_watchers_gauge(metered: tuple[InProcessServer, int]) -> None:
     server, port = metered
     with JobClient(server.target) as client:
         job = client.submit("metrics.nobody")
@@ -151,7 +153,7 @@ def test_watchers_gauge(metered: tuple[ServerProcess, int]) -> None:
     eventually(lambda: value(scrape(port), "jobstream_watchers") == 0)
 
 
-def test_lease_expiries(metered: tuple[ServerProcess, int]) -> None:
+def test_lease_expiries(metered: tuple[InProcessServer, int]) -> None:
     server, port = metered
     worker = RawWorker(server.target, worker_id="metrics-dead-worker")
     try:

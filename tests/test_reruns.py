@@ -2,7 +2,9 @@
 after a lost lease) replaces its results by key instead of adding to them:
 the listed results are its work, the counters count exactly those, and
 its steps end with each attempt. A released attempt counts neither for the
-job nor for its steps. Over gRPC, on SQLite and on PostgreSQL."""
+job nor for its steps. Over gRPC; the runs that a server's start or its
+sweeper end (which differ between a sole SQLite server and PostgreSQL) on
+both backends, the rest on SQLite (the store suite covers both)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import Server, ServerProcess
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import (
@@ -47,13 +49,13 @@ long before releasing them, so what is left of the run after the stop
 
 
 @pytest.fixture
-def client(bare_server: ServerProcess) -> Iterator[JobClient]:
+def client(bare_server: Server) -> Iterator[JobClient]:
     with JobClient(bare_server.target, timeout=10) as c:
         yield c
 
 
 @pytest.fixture
-def raw(bare_server: ServerProcess) -> Iterator[RawWorker]:
+def raw(bare_server: Server) -> Iterator[RawWorker]:
     worker = RawWorker(bare_server.target)
     yield worker
     worker.close()
@@ -77,6 +79,7 @@ def steps_of(job: Job) -> list[tuple[str, StepState, int]]:
     return [(s.name, s.state, s.attempts) for s in job.steps]
 
 
+@pytest.mark.both_backends
 def test_a_run_released_by_a_graceful_stop_reruns_without_duplicates(
     start_server: Callable[..., ServerProcess], module_db_args: tuple[str, ...]
 ) -> None:
@@ -138,6 +141,7 @@ def test_a_retry_replaces_items_by_key(client: JobClient, raw: RawWorker) -> Non
     ]
 
 
+@pytest.mark.both_backends
 def test_a_rescued_run_replaces_items_and_its_running_step_ends_interrupted(
     client: JobClient, raw: RawWorker
 ) -> None:

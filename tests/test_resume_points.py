@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import InProcessServer
 
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
 
@@ -22,8 +22,10 @@ def _drain(stream: Any) -> None:
         pass
 
 
-def test_resume_points_outside_history(start_server: Callable[..., ServerProcess]) -> None:
-    server = start_server()
+def test_resume_points_outside_history(
+    start_inprocess_server: Callable[..., InProcessServer],
+) -> None:
+    server = start_inprocess_server()
     with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         job = stub.SubmitJob(job_service_pb2.SubmitJobRequest(kind="x.idle")).job

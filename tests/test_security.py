@@ -3,7 +3,6 @@ details and the CLI's security flags, against real servers."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from authmatrix import TOKENS, write_tokens
-from conftest import ServerProcess
+from cli_runner import run_cli
+from conftest import InProcessServer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from helpers import eventually, job_in
@@ -26,16 +26,16 @@ from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
 CALL_TIMEOUT_S = 10.0
 """Deadline of the raw calls here."""
 
+StartServer = Callable[..., InProcessServer]
+
 
 def _tls_args(pki: Path, mutual: bool = False) -> tuple[str, ...]:
     args = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
     return (*args, "--tls-client-ca", str(pki / "ca.pem")) if mutual else args
 
 
-def test_tls_server_with_embedded_worker(
-    start_server: Callable[..., ServerProcess], pki: Path
-) -> None:
-    server = start_server(extra_args=_tls_args(pki), handlers=("jobstream.client.demo",))
+def test_tls_server_with_embedded_worker(start_inprocess_server: StartServer, pki: Path) -> None:
+    server = start_inprocess_server(extra_args=_tls_args(pki), handlers=("jobstream.client.demo",))
     with JobClient(server.target, security=Security(ca=pki / "ca.pem")) as client:
         job = client.submit("demo.count", {"n": 3})
         # The in-process worker reaches a TLS server through its private socket.
@@ -45,9 +45,9 @@ def test_tls_server_with_embedded_worker(
 
 
 def test_mutual_tls_needs_a_client_certificate(
-    start_server: Callable[..., ServerProcess], pki: Path
+    start_inprocess_server: StartServer, pki: Path
 ) -> None:
-    server = start_server(extra_args=_tls_args(pki, mutual=True))
+    server = start_inprocess_server(extra_args=_tls_args(pki, mutual=True))
     with_cert = Security(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key")
     with JobClient(server.target, security=with_cert) as client:
         assert client.submit("x.y").state is JobState.QUEUED
@@ -78,23 +78,25 @@ def test_refuses_to_listen_beyond_loopback_unprotected(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("how", ["insecure", "tokens"])
 def test_listens_beyond_loopback_when_told_or_protected(
-    tmp_path: Path, start_server: Callable[..., ServerProcess], how: str
+    tmp_path: Path, start_inprocess_server: StartServer, how: str
 ) -> None:
     extra = (
         ("--insecure",)
         if how == "insecure"
         else ("--tokens-file", str(write_tokens(tmp_path / "t.json")))
     )
-    server = start_server(extra_args=("--host", "0.0.0.0", *extra))
+    server = start_inprocess_server(extra_args=("--host", "0.0.0.0", *extra))
     token = None if how == "insecure" else TOKENS["alice"][0]
     with JobClient(server.target, security=Security(token=token)) as client:
         assert client.submit("x.y").state is JobState.QUEUED
 
 
 def test_watchers_capped_per_principal_and_server(
-    start_server: Callable[..., ServerProcess],
+    start_inprocess_server: StartServer,
 ) -> None:
-    server = start_server(extra_args=("--max-watchers", "3", "--max-watchers-per-principal", "2"))
+    server = start_inprocess_server(
+        extra_args=("--max-watchers", "3", "--max-watchers-per-principal", "2")
+    )
     channel = grpc.insecure_channel(server.target)
     stub = job_service_pb2_grpc.JobServiceStub(channel)
     try:
@@ -130,9 +132,9 @@ def _opens(stub: job_service_pb2_grpc.JobServiceStub, request: Any) -> Any:
 
 
 def test_invalid_argument_carries_bad_request_details(
-    start_server: Callable[..., ServerProcess],
+    start_inprocess_server: StartServer,
 ) -> None:
-    server = start_server()
+    server = start_inprocess_server()
     with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         with pytest.raises(grpc.RpcError) as exc:
@@ -146,31 +148,21 @@ def test_invalid_argument_carries_bad_request_details(
 
 
 def test_message_size_limit_is_resource_exhausted(
-    start_server: Callable[..., ServerProcess],
+    start_inprocess_server: StartServer,
 ) -> None:
-    server = start_server(extra_args=("--max-message-bytes", "4096"))
+    server = start_inprocess_server(extra_args=("--max-message-bytes", "4096"))
     with JobClient(server.target) as client, pytest.raises(JobstreamError) as exc:
         client.submit("x.y", {"blob": "x" * 10_000})
     assert exc.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_cli_token_from_environment(
-    tmp_path: Path, start_server: Callable[..., ServerProcess]
-) -> None:
-    server = start_server(extra_args=("--tokens-file", str(write_tokens(tmp_path / "t.json"))))
-    cli = [sys.executable, "-m", "jobstream.client.cli", "--target", server.target]
-    env = {**os.environ, "JOBSTREAM_TOKEN": TOKENS["alice"][0]}
-    submitted = subprocess.run(
-        [*cli, "submit", "x.y"], env=env, capture_output=True, text=True, timeout=60, check=False
+def test_cli_token_from_environment(tmp_path: Path, start_inprocess_server: StartServer) -> None:
+    server = start_inprocess_server(
+        extra_args=("--tokens-file", str(write_tokens(tmp_path / "t.json")))
     )
-    assert submitted.returncode == 0, submitted.stderr
-    refused = subprocess.run(
-        [*cli, "ls"],
-        env={k: v for k, v in os.environ.items() if k != "JOBSTREAM_TOKEN"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    target = ("--target", server.target)
+    submitted = run_cli([*target, "submit", "x.y"], env={"JOBSTREAM_TOKEN": TOKENS["alice"][0]})
+    assert submitted.returncode == 0, submitted.err
+    refused = run_cli([*target, "ls"])
     assert refused.returncode == 2
-    assert "UNAUTHENTICATED" in refused.stderr or "token" in refused.stderr.lower()
+    assert "UNAUTHENTICATED" in refused.err or "token" in refused.err.lower()

@@ -43,9 +43,9 @@ SECOND = 1_000_000
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    """A store on a fresh database of each backend."""
-    db = open_database(database_url)
+def store(migrated_url: str) -> Iterator[Store]:
+    """A store on an empty database of each backend."""
+    db = open_database(migrated_url)
     yield Store(db, RetryPolicy(default_max_attempts=2, backoff_base_us=SECOND))
     db.close()
 

@@ -44,17 +44,17 @@ is caught still waiting."""
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    """A store on a fresh database of each backend."""
-    db = open_database(database_url)
+def store(migrated_url: str) -> Iterator[Store]:
+    """A store on an empty database of each backend."""
+    db = open_database(migrated_url)
     yield Store(db, RetryPolicy(default_max_attempts=1, backoff_base_us=SECOND))
     db.close()
 
 
 @pytest.fixture
-def pg_store(postgres_url: str) -> Iterator[Store]:
-    """A store on a fresh PostgreSQL schema."""
-    db = open_database(postgres_url)
+def pg_store(migrated_postgres_url: str) -> Iterator[Store]:
+    """A store on an empty PostgreSQL schema."""
+    db = open_database(migrated_postgres_url)
     yield Store(db, RetryPolicy(default_max_attempts=1, backoff_base_us=SECOND))
     db.close()
 

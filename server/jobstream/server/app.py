@@ -74,7 +74,7 @@ def main(argv: Sequence[str]) -> int:
     config = from_args(argv)
     logs.configure(config.log_level, as_json=config.log_json)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(_serve_until_signalled(config))
     except KeyboardInterrupt:
         return 130
     except tls.ConfigError as exc:
@@ -83,10 +83,24 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+async def _serve_until_signalled(config: ServerConfig) -> None:
+    """serve() as the main program: SIGINT/SIGTERM stop it once it serves
+    (until then a signal ends the process as usual)."""
+    ready, stop = asyncio.Event(), asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready, stop))
+    started = asyncio.create_task(ready.wait())
+    await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+    started.cancel()
+    if ready.is_set():
+        _install_signals(asyncio.get_running_loop(), stop)
+    await serving
+
+
 async def serve(
     config: ServerConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Serves until ``stop`` is set (or a signal arrives)."""
+    """Serves until ``stop`` is set; sets ``ready`` once it serves. Installs
+    no signal handlers, so it runs in any thread of any process."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +192,6 @@ async def serve(
     if config.port_file:
         config.port_file.write_text(str(port))
 
-    _install_signals(loop, stop)
     tasks = [asyncio.create_task(_sweep(service, config.sweep_s, metrics), name="sweeper")]
     if config.retention_s > 0:
         tasks.append(

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class JobsService:
         self.roots = roots
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
+        self._readers = readers
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
         self.sweep_wanted = asyncio.Event()
         """Set when a commit left chunks to remove (a delete or purge of
@@ -113,7 +115,19 @@ class JobsService:
         return self.roots.data_dir
 
     def close(self) -> None:
-        """Stops the reader threads."""
+        """Closes the reader threads' connections and stops the threads."""
+        # peewee keeps a connection per thread, which only that thread can
+        # close: one task per reader, held at a barrier until every reader
+        # has one, so each thread closes its own. Left open, they would
+        # outlive a server stopped inside a process that carries on.
+        barrier = threading.Barrier(self._readers)
+
+        def close_own() -> None:
+            barrier.wait()
+            self.store.db.close()
+
+        for _ in range(self._readers):
+            self._pool.submit(close_own)
         self._pool.shutdown(wait=True)
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
