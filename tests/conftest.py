@@ -128,11 +128,6 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def http_url(self) -> str:
-        """``http://127.0.0.1:HTTP_PORT`` of the HTTP face."""
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
     def db_path(self) -> Path:
         """The SQLite file."""
         return self.data_dir / "jobstream.db"
@@ -190,6 +185,11 @@ class ServerProcess(Server):
 
     def __post_init__(self) -> None:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:HTTP_PORT`` of the HTTP face."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> ServerProcess:
         """Starts the server (on its previous port after a restart) and waits

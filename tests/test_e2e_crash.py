@@ -98,7 +98,7 @@ def test_watch_resumes_across_restart_without_gap(start_server: StartServer) -> 
 def test_reads_ride_over_a_restart_writes_are_not_resent(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="jobstream.client.client")
+    caplog.set_level(logging.INFO, logger="jobstream.client.calls")
     server = start_server()
     with JobClient(server.target, timeout=10) as client:
         job = client.submit("crash.reads")
