@@ -39,7 +39,7 @@ def old_database(url: str, artifacts: dict[str, bytes]) -> str:
             Runner(db, str(MIGRATIONS_DIR)).up(target=BEFORE_CHUNKS)
         store = Store(db)
         with db.atomic():
-            [(job, _)] = store.submit(Changes(), [NewJob(kind="legacy")], now_us())
+            [(job, _)] = store.jobs.submit(Changes(), [NewJob(kind="legacy")], now_us())
             for name, data in artifacts.items():
                 execute(
                     db,

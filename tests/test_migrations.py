@@ -151,7 +151,7 @@ def test_0006_keeps_the_newest_result_per_key_and_recounts(old_db: pw.Database) 
     }
     assert steps == {("live", "fetch"): (3, 1), ("twice", "fetch"): (0, 0)}
     # What ListJobResults reads: each key once, in the order stored.
-    listed = Store(old_db).read_results("twice", after_seq=0, limit=10)
+    listed = Store(old_db).reads.read_results("twice", after_seq=0, limit=10)
     assert [(e.seq, e.body) for e in listed] == [
         (7, {"key": "b", "status": "succeeded", "data": None, "error": ""}),
         (

@@ -20,9 +20,9 @@ from helpers import RawWorker, eventually, job_in, stored_events
 from psycopg import sql
 
 from jobstream.client import JobChange, JobClient, JobEvent, JobState, NotFoundError
+from jobstream.server.cluster import APPLICATION_NAME, Notifier
 from jobstream.server.db import execute, open_database
 from jobstream.server.domain import Changes, now_us
-from jobstream.server.listener import APPLICATION_NAME
 from jobstream.server.store import Store
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 
@@ -238,11 +238,12 @@ def test_out_of_order_commit_cannot_make_watch_jobs_skip(
         watcher = threading.Thread(target=watch)
         watcher.start()
         db = direct_store.db
+        notifier = Notifier(db, origin="")
 
         def commit(changes: Changes) -> None:
             # What a server's writer does at the end of each transaction.
-            direct_store.record_changes(changes, now_us())
-            direct_store.notify(changes)
+            direct_store.changes.record(changes, now_us())
+            notifier.notify(changes)
 
         first_drawn = threading.Event()
         second_done = threading.Event()

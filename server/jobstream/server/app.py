@@ -24,6 +24,7 @@ from jobstream.server import limits, logs, tls
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
+from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import is_sqlite, open_database
 from jobstream.server.domain import now_us
@@ -122,11 +123,12 @@ async def serve(
         RetryPolicy(
             default_max_attempts=config.max_attempts, backoff_base_us=int(config.backoff_s * 1e6)
         ),
-        origin=origin,
     )
     broker = Broker()
     metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
-    writer = Writer(db, store, loop, metrics.observe_commits(broker.publish))
+    # Several servers on one database tell each other of their commits.
+    notifier = Notifier(db, origin) if store.dialect.shared else None
+    writer = Writer(db, store, loop, metrics.observe_commits(broker.publish), notifier)
     writer.on_group = metrics.on_group
     writer.start()
     service = JobsService(
@@ -211,18 +213,16 @@ async def serve(
             asyncio.create_task(
                 refresh_loop(
                     metrics,
-                    lambda: service.read(store.count_jobs, now_us()),
+                    lambda: service.read(store.stats.counts, now_us()),
                     config.metrics_interval_s,
                 ),
                 name="metrics",
             )
         )
         stop_metrics = metrics.serve(config.host, config.metrics_port)
-    if store.channel is not None:
-        from jobstream.server.listener import Listener, listen_url
-
+    if notifier is not None:
         listener = Listener(
-            listen_url(config.database_url), store.channel, origin, broker, config.poll_s
+            listen_url(config.database_url), notifier.channel, origin, broker, config.poll_s
         )
         tasks.append(asyncio.create_task(listener.run(), name="listener"))
     worker = _embedded_worker(config, port, access)

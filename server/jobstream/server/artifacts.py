@@ -66,7 +66,7 @@ class Artifacts:
         service = self.service
         store = service.store
         # Refuse a stale lease before taking the bytes, not after.
-        await service.read(store.check_lease, spec.job_id, spec.lease_id, now_us())
+        await service.read(store.artifacts.check_lease, spec.job_id, spec.lease_id, now_us())
         upload_id = secrets.token_hex(16)
         digest = hashlib.sha256()
         received = 0
@@ -102,7 +102,7 @@ class Artifacts:
                 )
             last = bytes(pending) if pending else None
             result = await service.writer.run(
-                lambda c: store.complete_upload(
+                lambda c: store.artifacts.complete_upload(
                     c,
                     spec.job_id,
                     spec.lease_id,
@@ -129,7 +129,7 @@ class Artifacts:
     async def _stage(self, spec: ArtifactSpec, upload_id: str, index: int, data: bytes) -> None:
         store = self.service.store
         await self.service.writer.run(
-            lambda c: store.stage_chunk(
+            lambda c: store.artifacts.stage_chunk(
                 c, spec.job_id, spec.lease_id, upload_id, index=index, data=data, now=now_us()
             )
         )
@@ -137,13 +137,13 @@ class Artifacts:
     async def _discard(self, job_id: str, upload_id: str) -> None:
         store = self.service.store
         while not await self.service.writer.run(
-            lambda c: store.discard_upload(c, job_id, upload_id, limit=DISCARD_CHUNKS)
+            lambda c: store.artifacts.discard_upload(c, job_id, upload_id, limit=DISCARD_CHUNKS)
         ):
             pass
 
     async def list(self, job_id: str) -> list[Artifact]:
         """The job's artifacts, by name."""
-        return await self.service.read(self.service.store.list_artifacts, job_id)
+        return await self.service.read(self.service.store.artifacts.list_artifacts, job_id)
 
     async def download(
         self, job_id: str, name: str, offset: int
@@ -159,7 +159,7 @@ class Artifacts:
         lets the client notice.
         """
         service = self.service
-        artifact, upload_id = await service.read(service.store.get_artifact, job_id, name)
+        artifact, upload_id = await service.read(service.store.artifacts.get_artifact, job_id, name)
         if upload_id is None:
             raise FailedPrecondition(
                 f"artifact {name!r} of job {job_id!r} is still a file of an earlier version in "
@@ -175,7 +175,7 @@ class Artifacts:
         index, skip = divmod(offset, CHUNK_BYTES)
         remaining = artifact.size_bytes - offset
         while remaining > 0:
-            data = await service.read(service.store.read_chunk, job_id, upload_id, index)
+            data = await service.read(service.store.artifacts.read_chunk, job_id, upload_id, index)
             if data is None:
                 raise Aborted(
                     f"artifact {name!r} of job {job_id!r} was replaced or deleted during the "
@@ -191,7 +191,7 @@ class Artifacts:
 
     async def discard_dead_uploads(self, *, every: bool = False) -> int:
         """Removes the chunks of uploads that can no longer complete (cut
-        off, replaced artifacts', deleted jobs'; see Store.dead_uploads;
+        off, replaced artifacts', deleted jobs'; see ArtifactStore.dead_uploads;
         ``every``: all of them, for SQLite at start-up); returns how many
         were discarded."""
         service = self.service
@@ -199,7 +199,7 @@ class Artifacts:
         discarded = 0
         while True:
             dead = await service.read(
-                store.dead_uploads, now_us(), limit=DISCARD_BATCH, every=every
+                store.artifacts.dead_uploads, now_us(), limit=DISCARD_BATCH, every=every
             )
             for job_id, upload_id in dead:
                 await self._discard(job_id, upload_id)

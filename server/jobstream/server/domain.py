@@ -37,6 +37,10 @@ class JobState(StrEnum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
+TERMINAL_STATES = tuple(s for s in JobState if s.terminal)
+"""The states a job never leaves, in declaration order."""
+
+
 class EventKind(StrEnum):
     """What an event records; stored as its value."""
 

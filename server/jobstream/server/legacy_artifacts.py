@@ -61,7 +61,7 @@ async def import_legacy_artifacts(service: JobsService, *, sole_server: bool) ->
     imported = imported_bytes = dropped = elsewhere = 0
     after = ("", "")
     while True:
-        rows = await service.read(store.legacy_artifacts, after=after, limit=IMPORT_PAGE)
+        rows = await service.read(store.artifacts.legacy_artifacts, after=after, limit=IMPORT_PAGE)
         for job_id, name, size, sha256 in rows:
             path = await service.read(_file_of, root, job_id, name)
             if path is not None and await _import(
@@ -103,7 +103,7 @@ async def _import(
     upload_id = secrets.token_hex(16)
     try:
         await service.writer.run(
-            lambda c: store.import_artifact(
+            lambda c: store.artifacts.import_artifact(
                 c,
                 job_id,
                 name,
@@ -121,7 +121,7 @@ async def _import(
 
 async def _drop(service: JobsService, job_id: str, name: str) -> None:
     store = service.store
-    await service.writer.run(lambda c: store.drop_legacy_artifact(c, job_id, name))
+    await service.writer.run(lambda c: store.artifacts.drop_legacy_artifact(c, job_id, name))
 
 
 def _file_of(root: Path, job_id: str, name: str) -> Path | None:

@@ -53,13 +53,13 @@ async def purge(
     cutoff = now_us() - older_than_us
     if dry_run:
         count, ids = await service.read(
-            store.purge_preview, flt, ended_before=cutoff, list_limit=MAX_LISTED
+            store.deletions.purge_preview, flt, ended_before=cutoff, list_limit=MAX_LISTED
         )
         return PurgeOutcome(count=count, job_ids=ids)
     outcome = PurgeOutcome()
     while True:
         deletions = await service.writer.run(
-            lambda c: store.purge_batch(
+            lambda c: store.deletions.purge_batch(
                 c, flt, ended_before=cutoff, limit=PURGE_BATCH, now=now_us()
             )
         )

@@ -144,22 +144,24 @@ class JobsService:
     async def submit(
         self, specs: Sequence[NewJob], *, batch: bool = False
     ) -> list[tuple[Job, bool]]:
-        """Stores new jobs; see Store.submit."""
-        return await self.writer.run(lambda c: self.store.submit(c, specs, now_us(), batch=batch))
+        """Stores new jobs; see Lifecycle.submit."""
+        return await self.writer.run(
+            lambda c: self.store.jobs.submit(c, specs, now_us(), batch=batch)
+        )
 
     async def get(self, job_id: str) -> Job:
         """One job with its steps."""
-        return await self.read(self.store.get_job, job_id)
+        return await self.read(self.store.reads.get_job, job_id)
 
     async def list_jobs(
         self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
     ) -> tuple[list[Job], tuple[int, str] | None]:
         """A page of jobs, newest first."""
-        return await self.read(self.store.list_jobs, flt, page_size=page_size, cursor=cursor)
+        return await self.read(self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor)
 
     async def cancel(self, job_id: str, reason: str) -> Job:
-        """Cancels or asks to stop; see Store.cancel."""
-        return await self.writer.run(lambda c: self.store.cancel(c, job_id, reason, now_us()))
+        """Cancels or asks to stop; see Lifecycle.cancel."""
+        return await self.writer.run(lambda c: self.store.jobs.cancel(c, job_id, reason, now_us()))
 
     async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
         """Deletes the rows, then (after the commit) the files; the chunks of
@@ -169,10 +171,10 @@ class JobsService:
         the job is gone."""
         if force:
             await self.writer.run(
-                lambda c: self.store.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
+                lambda c: self.store.jobs.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
             )
         deletion = await self.writer.run(
-            lambda c: self.store.delete(
+            lambda c: self.store.deletions.delete(
                 c, job_id, force=force, allow_missing=allow_missing, now=now_us()
             )
         )
@@ -188,14 +190,14 @@ class JobsService:
         return await self.read(remove_files, self.roots, job_id, recorded)
 
     async def retry(self, job_id: str, reason: str, additional_attempts: int) -> Job:
-        """Queues an ended job again as a new attempt; see Store.retry."""
+        """Queues an ended job again as a new attempt; see Lifecycle.retry."""
         return await self.writer.run(
-            lambda c: self.store.retry(c, job_id, reason, additional_attempts, now_us())
+            lambda c: self.store.jobs.retry(c, job_id, reason, additional_attempts, now_us())
         )
 
     async def stats(self, flt: JobFilter, window_us: int) -> Stats:
-        """Counts and timings of the selected jobs; see Store.stats."""
-        return await self.read(self.store.stats, flt, window_us=window_us, now=now_us())
+        """Counts and timings of the selected jobs; see Statistics.summary."""
+        return await self.read(self.store.stats.summary, flt, window_us=window_us, now=now_us())
 
     async def events_page(
         self, job_id: str, kind: EventKind, after_seq: int, page_size: int
@@ -206,13 +208,13 @@ class JobsService:
         def page() -> list[Event]:
             if kind is EventKind.RESULT:
                 # Results are read from their keyed table: each key once, at
-                # its latest version (see results.py).
-                events = self.store.read_results(job_id, after_seq=after_seq, limit=page_size)
+                # its latest version (see store/results.py).
+                events = self.store.reads.read_results(job_id, after_seq=after_seq, limit=page_size)
             else:
-                events = self.store.read_events(
+                events = self.store.reads.read_events(
                     job_id, after_seq=after_seq, limit=page_size, kind=kind
                 )
-            if not events and not self.store.job_exists(job_id):
+            if not events and not self.store.reads.job_exists(job_id):
                 raise NotFound(f"no job {job_id!r}", field="job_id")
             return events
 
@@ -260,7 +262,7 @@ class JobsService:
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
                     events = await self.read(
-                        self.store.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                        self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
                     )
                     run, ended = _until_end(events, job.last_seq)
                     if run:
@@ -269,7 +271,7 @@ class JobsService:
                     if ended:
                         return
                     from_db = len(events) == EVENT_PAGE
-                    if not events and not await self.read(self.store.job_exists, job_id):
+                    if not events and not await self.read(self.store.reads.job_exists, job_id):
                         # Gone: deleted through another server (no local
                         # publish said so), or here after the reset above.
                         # Either way the deleted branch ends the stream, with
@@ -305,7 +307,7 @@ class JobsService:
         From position 0 the matching jobs are listed first, unless
         ``skip_listing``: then only the caught-up marker at the newest position."""
         with self.broker.changes() as wake:
-            head = await self.read(self.store.head_position)
+            head = await self.read(self.store.changes.head_position)
             if after_position > head:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
@@ -326,7 +328,7 @@ class JobsService:
                 self._check_open()
                 wake.clear()
                 changes = await self.read(
-                    self.store.read_changes, after_position=position, limit=CHANGE_PAGE
+                    self.store.changes.read, after_position=position, limit=CHANGE_PAGE
                 )
                 if not changes:
                     await wake.wait()
@@ -336,7 +338,7 @@ class JobsService:
                 # included, is never even looked at for this watcher.
                 changes = [c for c in changes if flt.owner is None or c.owner == flt.owner]
                 current = await self.read(
-                    self.store.get_jobs, {c.job_id for c in changes if not c.deleted}
+                    self.store.reads.get_jobs, {c.job_id for c in changes if not c.deleted}
                 )
                 newest = {c.job_id: c.position for c in changes}
                 for change in changes:
@@ -385,7 +387,7 @@ class JobsService:
         job as RUNNING with nobody holding its lease."""
         attempt = asyncio.ensure_future(
             self.writer.run(
-                lambda c: self.store.acquire(
+                lambda c: self.store.jobs.acquire(
                     c,
                     worker_id=worker_id,
                     kinds=kinds,
@@ -401,7 +403,9 @@ class JobsService:
             lease = await attempt
             if lease is not None:
                 job_id, lease_id = lease.job.id, lease.lease_id
-                await self.writer.run(lambda c: self.store.release(c, job_id, lease_id, now_us()))
+                await self.writer.run(
+                    lambda c: self.store.jobs.release(c, job_id, lease_id, now_us())
+                )
             raise
 
     async def report(self, job_id: str, lease_id: str, report: Report) -> ReportAck:
@@ -410,7 +414,7 @@ class JobsService:
         if report.files:
             await self.read(self._check_files, job_id, report.files)
         return await self.writer.run(
-            lambda c: self.store.report(c, job_id, lease_id, report, now=now_us())
+            lambda c: self.store.reports.report(c, job_id, lease_id, report, now=now_us())
         )
 
     def _check_files(self, job_id: str, files: Sequence[str]) -> None:
@@ -423,13 +427,13 @@ class JobsService:
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""
         return await self.writer.run(
-            lambda c: self.store.finish(c, job_id, lease_id, finish, now_us())
+            lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
         )
 
     async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
-        """Rescues jobs from dead workers; see Store.expire_leases."""
+        """Rescues jobs from dead workers; see Lifecycle.expire_leases."""
         return await self.writer.run(
-            lambda c: self.store.expire_leases(
+            lambda c: self.store.jobs.expire_leases(
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )

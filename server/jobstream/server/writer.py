@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
+from jobstream.server.cluster import Notifier
 from jobstream.server.db import prepare_writer_connection
 from jobstream.server.domain import Changes, now_us
 from jobstream.server.errors import ServiceError, Unavailable
@@ -55,9 +56,11 @@ class Writer:
         store: Store,
         loop: asyncio.AbstractEventLoop,
         on_commit: Callable[[Changes], None],
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
         self._store = store
+        self._notifier = notifier
         self._loop = loop
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -121,8 +124,9 @@ class Writer:
                     else:
                         committed.merge(op.changes)
                         done.append((op, result, None))
-                self._store.record_changes(committed, now_us())
-                self._store.notify(committed)
+                self._store.changes.record(committed, now_us())
+                if self._notifier is not None:
+                    self._notifier.notify(committed)
         except Exception as exc:
             # The commit itself failed (disk full, database gone): nothing of
             # this group is stored, so every caller hears so.

@@ -12,10 +12,9 @@ steps it started are pending again.
 
 from __future__ import annotations
 
-import json
-
 from jobstream.server.db import StepRow, dumps
 from jobstream.server.domain import Step
+from jobstream.server.store.rows import step_of
 
 RUNNING = "running"
 """The one step state that is not at rest: it ends when the attempt does."""
@@ -51,7 +50,7 @@ def upsert(job_id: str, attempt: int, step: Step, count: int, now: int) -> tuple
     if step.data is not None:
         row.data = dumps(step.data)
     row.save(force_insert=created)
-    return to_step(row), count
+    return step_of(row), count
 
 
 def end_running(job_id: str, state: str, now: int, error: str = "") -> list[Step]:
@@ -72,7 +71,7 @@ def end_running(job_id: str, state: str, now: int, error: str = "") -> list[Step
         row.state, row.end_time = state, now
         if error:
             row.error = error
-    return [to_step(r) for r in rows]
+    return [step_of(r) for r in rows]
 
 
 def take_back(job_id: str, attempt: int) -> list[Step]:
@@ -95,17 +94,4 @@ def take_back(job_id: str, attempt: int) -> list[Step]:
         # release must not take these starts twice.
         row.attempt = row.attempt_starts = 0
         row.save()
-    return [to_step(r) for r in rows]
-
-
-def to_step(row: StepRow) -> Step:
-    """A stored step as the domain value."""
-    return Step(
-        name=row.name,
-        state=row.state,
-        attempts=row.attempts,
-        error=row.error,
-        data=json.loads(row.data) if row.data else None,
-        start_time=row.start_time,
-        end_time=row.end_time,
-    )
+    return [step_of(r) for r in rows]

@@ -20,8 +20,9 @@ from typing import Any
 
 import peewee as pw
 
-from jobstream.server.db import JobRow, dumps, execute, is_sqlite
+from jobstream.server.db import JobRow, dumps, execute
 from jobstream.server.domain import JSON, Event, EventKind, ResultItem
+from jobstream.server.store.dialect import Dialect
 
 RESULT_COLUMNS = ("job_id", "key", "status", "data", "error", "attempt", "seq", "time")
 """Columns of job_result in the order an upsert fills them."""
@@ -47,9 +48,9 @@ class ResultBatch:
 class Results:
     """The SQL of job_result for one database, built once."""
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, dialect: Dialect) -> None:
         self.db = db
-        p = db.param
+        p = dialect.param
         names = ", ".join(f'"{c}"' for c in RESULT_COLUMNS)
         marks = ", ".join([p] * len(RESULT_COLUMNS))
         newer = ", ".join(f'"{c}" = excluded."{c}"' for c in RESULT_COLUMNS[2:])
@@ -64,22 +65,11 @@ class Results:
             f' WHERE "job_id" = {p} AND "seq" > {p} ORDER BY "seq" LIMIT {p}'
         )
         # One JSON text in one row per page, like a page of events (see
-        # Store.read_events on why).
-        if is_sqlite(db):
-            item = (
-                "json_object('key', \"key\", 'status', \"status\","
-                " 'data', json(\"data\"), 'error', \"error\")"
-            )
-            self._page = f'SELECT json_group_array(json_array("seq", "time", {item})) FROM ({page})'
-        else:
-            item = (
-                "json_build_object('key', \"key\", 'status', \"status\","
-                " 'data', \"data\"::json, 'error', \"error\")"
-            )
-            self._page = (
-                f'SELECT json_agg(json_build_array("seq", "time", {item}) ORDER BY "seq")::text'
-                f" FROM ({page}) AS p"
-            )
+        # Reads.read_events on why).
+        item = dialect.json_object(
+            key='"key"', status='"status"', data=dialect.json_of('"data"'), error='"error"'
+        )
+        self._page = dialect.json_rows(dialect.json_array('"seq"', '"time"', item), page, '"seq"')
 
     def prepare(self, row: JobRow, items: Sequence[ResultItem]) -> ResultBatch:
         """The event bodies of ``items`` for job ``row``, each naming the
