@@ -38,7 +38,7 @@ from jobstream.server.quotas import WatcherQuota
 from jobstream.server.service import JobsService
 from jobstream.server.servicers import JobServicer, WorkerServicer
 from jobstream.server.store import RetryPolicy, Store
-from jobstream.server.writer import Writer
+from jobstream.server.writer import CommitStep, Writer
 from jobstream.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
@@ -126,9 +126,12 @@ async def serve(
     )
     broker = Broker()
     metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
+    at_commit: list[CommitStep] = [lambda changes: store.changes.record(changes, now_us())]
     # Several servers on one database tell each other of their commits.
     notifier = Notifier(db, origin) if store.dialect.shared else None
-    writer = Writer(db, store, loop, metrics.observe_commits(broker.publish), notifier)
+    if notifier is not None:
+        at_commit.append(notifier.notify)
+    writer = Writer(db, loop, at_commit=at_commit, on_commit=[broker.publish, metrics.on_commit])
     writer.on_group = metrics.on_group
     writer.start()
     service = JobsService(

@@ -9,7 +9,7 @@ Where the numbers come from:
 
 * RPCs: :class:`MetricsInterceptor`, a grpc.aio server interceptor.
 * Commit batch sizes and times: the writer's ``on_group`` hook (writer thread).
-* Events: the broker hook that sees every commit (event loop).
+* Events: a commit listener of the writer (event loop).
 * Lease expiries: the sweeper.
 * Jobs by state, queue depth: a periodic count query (:func:`refresh_loop`),
   not one per scrape, so a scraper cannot load the database.
@@ -120,16 +120,10 @@ class Metrics:
 
     # ------------------------------------------------------------------ hooks
 
-    def observe_commits(self, publish: Callable[[Changes], None]) -> Callable[[Changes], None]:
-        """Wraps the writer's after-commit hook (the broker's ``publish``) so
-        every committed event is also counted."""
-
-        def on_commit(changes: Changes) -> None:
-            publish(changes)
-            if changes.events:
-                self.events.inc(len(changes.events))
-
-        return on_commit
+    def on_commit(self, changes: Changes) -> None:
+        """Commit listener (event loop): counts the committed events."""
+        if changes.events:
+            self.events.inc(len(changes.events))
 
     def on_group(self, ops: int, seconds: float) -> None:
         """Writer hook (writer thread): one group of ``ops`` committed."""

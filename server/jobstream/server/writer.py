@@ -4,9 +4,13 @@ commits concurrent operations in groups.
 Many RPCs arriving together share one transaction (and one fsync), which is
 what makes ``synchronous=FULL`` nearly free. Each operation runs in its own
 savepoint, so one rejected call rolls back alone. An RPC's future resolves
-only after the group commits: what was acknowledged is on disk. The broker
-hears of the group's events only after the commit, so nothing uncommitted is
-ever published.
+only after the group commits: what was acknowledged is on disk.
+
+Operations record what they did in a :class:`Changes`; the group's merged
+``Changes`` goes to the commit steps inside the transaction (the change log,
+the NOTIFY other servers receive at commit), then, once committed, to the
+commit listeners on the event loop (the broker, metrics), so nothing
+uncommitted is ever published.
 """
 
 from __future__ import annotations
@@ -17,17 +21,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import peewee as pw
 
-from jobstream.server.cluster import Notifier
 from jobstream.server.db import prepare_writer_connection
-from jobstream.server.domain import Changes, now_us
+from jobstream.server.domain import Changes
 from jobstream.server.errors import ServiceError, Unavailable
-from jobstream.server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,14 @@ T = TypeVar("T")
 
 MAX_GROUP = 512
 """Most operations committed in one transaction; bounds a group's latency."""
+
+CommitStep = Callable[[Changes], None]
+"""Runs on the writer thread inside a group's transaction, after its
+operations, with what they did together; an error fails the whole group."""
+
+CommitListener = Callable[[Changes], None]
+"""Runs on the event loop after a group committed, with what it did; must
+be quick (every caller of the group waits for it)."""
 
 
 @dataclass(slots=True)
@@ -53,16 +63,15 @@ class Writer:
     def __init__(
         self,
         db: pw.Database,
-        store: Store,
         loop: asyncio.AbstractEventLoop,
-        on_commit: Callable[[Changes], None],
-        notifier: Notifier | None = None,
+        *,
+        at_commit: Sequence[CommitStep] = (),
+        on_commit: Sequence[CommitListener] = (),
     ) -> None:
         self._db = db
-        self._store = store
-        self._notifier = notifier
         self._loop = loop
-        self._on_commit = on_commit
+        self._at_commit = tuple(at_commit)
+        self._on_commit = tuple(on_commit)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
@@ -124,9 +133,8 @@ class Writer:
                     else:
                         committed.merge(op.changes)
                         done.append((op, result, None))
-                self._store.changes.record(committed, now_us())
-                if self._notifier is not None:
-                    self._notifier.notify(committed)
+                for step in self._at_commit:
+                    step(committed)
         except Exception as exc:
             # The commit itself failed (disk full, database gone): nothing of
             # this group is stored, so every caller hears so.
@@ -143,7 +151,8 @@ class Writer:
     def _deliver(
         self, done: list[tuple[_Op, Any, BaseException | None]], committed: Changes
     ) -> None:
-        self._on_commit(committed)
+        for listener in self._on_commit:
+            listener(committed)
         for op, result, exc in done:
             if op.future.done():  # the caller went away; the work is committed anyway
                 continue
