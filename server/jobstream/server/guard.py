@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from jobstream.server import wire
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.interception import Continuation, Handler, Req, Resp
-from jobstream.server.servicers import abort
+from jobstream.server.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -1,25 +1,19 @@
 """The gRPC layer: validate the request, call the service, convert the answer.
-Domain errors become status codes here, in one place."""
+Errors become statuses through :mod:`jobstream.server.status`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import grpc
-import peewee as pw
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from jobstream.server import convert, limits, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import Auth, Principal
 from jobstream.server.domain import EventKind, Job
-from jobstream.server.errors import InvalidArgument, NotFound, ServiceError, not_found
+from jobstream.server.errors import InvalidArgument, NotFound, not_found
 from jobstream.server.purge import purge
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
@@ -27,6 +21,7 @@ from jobstream.server.quotas import (
     WatcherQuota,
 )
 from jobstream.server.service import JobsService
+from jobstream.server.status import Context, streaming, unary
 from jobstream.v1 import (
     job_service_pb2 as js,
 )
@@ -38,72 +33,7 @@ from jobstream.v1 import (
     worker_service_pb2 as ws,
 )
 
-log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Servicer = TypeVar("Servicer")
 M = TypeVar("M", bound=Message)
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from an exception to what the caller is told."""
-    if isinstance(exc, ServiceError):
-        return exc.code, exc.details()
-    if isinstance(exc, pw.IntegrityError):
-        return grpc.StatusCode.ALREADY_EXISTS, "conflicts with a concurrent change; retry"
-    if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
-        return grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}"
-    log.error("unexpected error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
-
-
-async def abort(context: Context, exc: Exception) -> None:
-    """Ends the call with ``_status(exc)``; INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field, for clients that read details."""
-    code, message = _status(exc)
-    trailers: Any = ()
-    if code is grpc.StatusCode.INVALID_ARGUMENT and isinstance(exc, ServiceError) and exc.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.message
-        )
-        status = status_pb2.Status(code=code.value[0], message=message)
-        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        trailers = rpc_status.to_status(status).trailing_metadata
-    await context.abort(code, message, trailers)
-
-
-def unary(
-    fn: Callable[[Servicer, Req, Context], Awaitable[Resp]],
-) -> Callable[[Servicer, Req, Context], Awaitable[Resp]]:
-    """Maps errors of a unary method to status codes."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            await abort(context, exc)
-            raise  # unreachable: abort raises
-
-    return wrapper
-
-
-def streaming(
-    fn: Callable[[Servicer, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Servicer, Req, Context], AsyncIterator[Resp]]:
-    """Maps errors of a server-streaming method to status codes."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Servicer, request: Req, context: Context) -> AsyncIterator[Resp]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await abort(context, exc)
-
-    return wrapper
 
 
 REPEATED_OVERHEAD_BYTES = 6

@@ -35,7 +35,7 @@ class RawInsert:
         transaction's connection."""
         if rows:
             # Raw cursors raise the driver's own errors; peewee's wrapper turns
-            # them into peewee's, which the servicers map to status codes.
+            # them into peewee's, which status.py maps to statuses.
             with pw.__exception_wrapper__:  # type: ignore[attr-defined]
                 self.db.cursor().executemany(self.sql, rows)  # type: ignore[no-untyped-call]
 
