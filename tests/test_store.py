@@ -499,6 +499,43 @@ def test_batch_with_one_request_id_twice(store: Store) -> None:
     assert [created for _, created in answers] == [False, True]
 
 
+def test_writes_restricted_to_an_owner_find_another_owners_job_missing(store: Store) -> None:
+    job_id = submit(store, owner="alice")
+    lease = acquire(store)
+    before = store.reads.get_job(job_id)
+    with pytest.raises(NotFound) as info:
+        write(store, lambda c: store.jobs.cancel(c, job_id, "", now_us(), owner="bob"))
+    assert (info.value.field, info.value.message) == ("job_id", f"no job {job_id!r}")
+    with pytest.raises(NotFound):
+        store.reads.get_job(job_id, owner="bob")
+    stopped, changes = write(
+        store, lambda c: store.jobs.cancel_running(c, job_id, "x", now_us(), owner="bob")
+    )
+    assert not stopped and not changes.events
+    gone, changes = write(
+        store,
+        lambda c: store.deletions.delete(
+            c, job_id, force=True, allow_missing=True, now=now_us(), owner="bob"
+        ),
+    )
+    assert gone is None and not changes.deleted_jobs
+    with pytest.raises(NotFound):
+        write(
+            store,
+            lambda c: store.deletions.delete(
+                c, job_id, force=True, allow_missing=False, now=now_us(), owner="bob"
+            ),
+        )
+    assert store.reads.get_job(job_id) == before
+    assert store.reads.get_job(job_id, owner="alice") == before
+    job, _ = write(store, lambda c: store.jobs.cancel(c, job_id, "", now_us(), owner="alice"))
+    assert job.cancel_requested
+    finish(store, job_id, lease.lease_id, Outcome.CANCELLED)
+    with pytest.raises(NotFound):
+        write(store, lambda c: store.jobs.retry(c, job_id, "", 1, now_us(), owner="bob"))
+    assert store.reads.get_job(job_id).state is JobState.CANCELLED
+
+
 def test_change_log_keeps_the_owner_of_changed_and_deleted_jobs(store: Store) -> None:
     kept = submit(store, owner="alice")
     deleted = submit(store, owner="bob")

@@ -160,9 +160,7 @@ async def serve(
         options=_server_options(config.max_message_bytes), interceptors=interceptors
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(service, auth=auth, quota=quota), server
-    )
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(service, quota=quota), server)
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(service), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

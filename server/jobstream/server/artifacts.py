@@ -141,14 +141,16 @@ class Artifacts:
         ):
             pass
 
-    async def list(self, job_id: str) -> list[Artifact]:
-        """The job's artifacts, by name."""
-        return await self.service.read(self.service.store.artifacts.list_artifacts, job_id)
+    async def list(self, job_id: str, owner: str | None = None) -> list[Artifact]:
+        """The job's artifacts, by name; with ``owner``, another principal's
+        job is NotFound."""
+        return await self.service.read(self.service.store.artifacts.list_artifacts, job_id, owner)
 
     async def download(
-        self, job_id: str, name: str, offset: int
+        self, job_id: str, name: str, offset: int, owner: str | None = None
     ) -> AsyncIterator[Artifact | bytes]:
-        """The artifact's metadata, then its bytes from ``offset``.
+        """The artifact's metadata, then its bytes from ``offset`` (with
+        ``owner``, another principal's job is NotFound).
 
         The upload holding the bytes is looked up once, with the metadata,
         so every byte sent belongs to the file the metadata describes. Once
@@ -159,7 +161,9 @@ class Artifacts:
         lets the client notice.
         """
         service = self.service
-        artifact, upload_id = await service.read(service.store.artifacts.get_artifact, job_id, name)
+        artifact, upload_id = await service.read(
+            service.store.artifacts.get_artifact, job_id, name, owner
+        )
         if upload_id is None:
             raise FailedPrecondition(
                 f"artifact {name!r} of job {job_id!r} is still a file of an earlier version in "

@@ -30,7 +30,7 @@ from jobstream.server.domain import (
     Stats,
     now_us,
 )
-from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
+from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
 from jobstream.server.files import FileRoots, Removal, check_recorded, remove_files
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
@@ -149,9 +149,10 @@ class JobsService:
             lambda c: self.store.jobs.submit(c, specs, now_us(), batch=batch)
         )
 
-    async def get(self, job_id: str) -> Job:
-        """One job with its steps."""
-        return await self.read(self.store.reads.get_job, job_id)
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """One job with its steps; with ``owner``, another principal's job
+        is NotFound."""
+        return await self.read(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
         self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
@@ -159,23 +160,29 @@ class JobsService:
         """A page of jobs, newest first."""
         return await self.read(self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor)
 
-    async def cancel(self, job_id: str, reason: str) -> Job:
+    async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
         """Cancels or asks to stop; see Lifecycle.cancel."""
-        return await self.writer.run(lambda c: self.store.jobs.cancel(c, job_id, reason, now_us()))
+        return await self.writer.run(
+            lambda c: self.store.jobs.cancel(c, job_id, reason, now_us(), owner=owner)
+        )
 
-    async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
+    async def delete(
+        self, job_id: str, *, force: bool, allow_missing: bool, owner: str | None = None
+    ) -> DeleteOutcome:
         """Deletes the rows, then (after the commit) the files; the chunks of
         its artifacts are left to the sweep, woken at once. With ``force`` a
         running job is first cancelled in a commit of its own, so its
         watchers receive the terminal event (and their streams end) before
-        the job is gone."""
+        the job is gone. With ``owner``, another principal's job is missing."""
         if force:
             await self.writer.run(
-                lambda c: self.store.jobs.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
+                lambda c: self.store.jobs.cancel_running(
+                    c, job_id, FORCE_DELETE_REASON, now_us(), owner=owner
+                )
             )
         deletion = await self.writer.run(
             lambda c: self.store.deletions.delete(
-                c, job_id, force=force, allow_missing=allow_missing, now=now_us()
+                c, job_id, force=force, allow_missing=allow_missing, now=now_us(), owner=owner
             )
         )
         if deletion is None:
@@ -189,10 +196,14 @@ class JobsService:
         """Removes a deleted job's files: only what it owns (files.py)."""
         return await self.read(remove_files, self.roots, job_id, recorded)
 
-    async def retry(self, job_id: str, reason: str, additional_attempts: int) -> Job:
+    async def retry(
+        self, job_id: str, reason: str, additional_attempts: int, *, owner: str | None = None
+    ) -> Job:
         """Queues an ended job again as a new attempt; see Lifecycle.retry."""
         return await self.writer.run(
-            lambda c: self.store.jobs.retry(c, job_id, reason, additional_attempts, now_us())
+            lambda c: self.store.jobs.retry(
+                c, job_id, reason, additional_attempts, now_us(), owner=owner
+            )
         )
 
     async def stats(self, flt: JobFilter, window_us: int) -> Stats:
@@ -200,12 +211,22 @@ class JobsService:
         return await self.read(self.store.stats.summary, flt, window_us=window_us, now=now_us())
 
     async def events_page(
-        self, job_id: str, kind: EventKind, after_seq: int, page_size: int
+        self,
+        job_id: str,
+        kind: EventKind,
+        after_seq: int,
+        page_size: int,
+        *,
+        owner: str | None = None,
     ) -> list[Event]:
         """A page of one kind of event (log lines, results); NotFound for an
-        unknown job rather than an empty page."""
+        unknown job (or, with ``owner``, another principal's) rather than an
+        empty page."""
+        reads = self.store.reads
 
         def page() -> list[Event]:
+            if owner is not None and not reads.job_exists(job_id, owner):
+                raise not_found(job_id)
             if kind is EventKind.RESULT:
                 # Results are read from their keyed table: each key once, at
                 # its latest version (see store/results.py).
@@ -214,17 +235,20 @@ class JobsService:
                 events = self.store.reads.read_events(
                     job_id, after_seq=after_seq, limit=page_size, kind=kind
                 )
-            if not events and not self.store.reads.job_exists(job_id):
-                raise NotFound(f"no job {job_id!r}", field="job_id")
+            if not events and owner is None and not reads.job_exists(job_id):
+                raise not_found(job_id)
             return events
 
         return await self.read(page)
 
     # ---------------------------------------------------------------- watchers
 
-    async def watch(self, job_id: str, after_seq: int) -> AsyncIterator[WatchItem]:
+    async def watch(
+        self, job_id: str, after_seq: int, *, owner: str | None = None
+    ) -> AsyncIterator[WatchItem]:
         """Snapshot, stored events after ``after_seq``, then live events; ends
-        after the terminal event.
+        after the terminal event. With ``owner``, another principal's job is
+        NotFound.
 
         The subscription starts before the snapshot is read, so an event
         committed after the read is queued for us; one committed before it may
@@ -234,7 +258,7 @@ class JobsService:
         after the snapshot's last seq ends the stream.
         """
         with self.broker.job(job_id) as sub:
-            job = await self.get(job_id)
+            job = await self.get(job_id, owner)
             if after_seq > job.last_seq:
                 raise OutOfRange(
                     f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",

@@ -11,9 +11,9 @@ from google.protobuf.message import Message
 
 from jobstream.server import convert, limits, validation
 from jobstream.server.artifacts import Artifacts
-from jobstream.server.auth import Auth, Principal
-from jobstream.server.domain import EventKind, Job
-from jobstream.server.errors import InvalidArgument, NotFound, not_found
+from jobstream.server.auth import current_principal
+from jobstream.server.domain import EventKind
+from jobstream.server.errors import InvalidArgument
 from jobstream.server.purge import purge
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
@@ -60,27 +60,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self,
         service: JobsService,
         *,
-        auth: Auth | None = None,
         quota: WatcherQuota | None = None,
     ) -> None:
         self.service = service
-        self.auth = auth or Auth(None)
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
         self.event_messages = convert.EventMessages(limits.EVENT_MESSAGE_CACHE_BYTES)
-
-    async def _own(self, job_id: str, principal: Principal) -> Job:
-        """The job, if ``principal`` may see it; another principal's job is
-        NotFound with exactly the wording of a missing one."""
-        job = await self.service.get(job_id)
-        if not principal.sees(job.owner):
-            raise not_found(job_id)
-        return job
 
     @unary
     async def SubmitJob(
         self, request: js.SubmitJobRequest, context: Context
     ) -> js.SubmitJobResponse:
-        principal = self.auth.principal(context)
+        principal = current_principal()
         spec = validation.new_job(request, owner=principal.name, id_prefix=principal.id_prefix)
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
@@ -89,7 +79,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJobs(
         self, request: js.SubmitJobsRequest, context: Context
     ) -> js.SubmitJobsResponse:
-        principal = self.auth.principal(context)
+        principal = current_principal()
         specs = validation.new_jobs(request, owner=principal.name, id_prefix=principal.id_prefix)
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
@@ -98,14 +88,16 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
-        job = await self._own(validation.job_id(request.job_id), self.auth.principal(context))
+        job = await self.service.get(
+            validation.job_id(request.job_id), owner=current_principal().owner_filter
+        )
         return js.GetJobResponse(job=convert.job(job))
 
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
         flt = dataclasses.replace(
             validation.job_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            owner=current_principal().owner_filter,
         )
         size = validation.page_size(request.page_size, limits.DEFAULT_JOB_PAGE, limits.MAX_JOB_PAGE)
         jobs, cursor = await self.service.list_jobs(
@@ -126,10 +118,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[js.WatchJobResponse]:
         job_id = validation.job_id(request.job_id)
         after = validation.seq(request.after_seq, "after_seq")
-        principal = self.auth.principal(context)
+        principal = current_principal()
         with self.quota.hold(principal.name):
-            await self._own(job_id, principal)
-            async for item in self.service.watch(job_id, after):
+            async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
                 elif request.batch_events:
@@ -143,7 +134,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJobs(
         self, request: js.WatchJobsRequest, context: Context
     ) -> AsyncIterator[js.WatchJobsResponse]:
-        principal = self.auth.principal(context)
+        principal = current_principal()
         flt = dataclasses.replace(
             validation.job_filter(request.filter), owner=principal.owner_filter
         )
@@ -169,26 +160,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> js.CancelJobResponse:
         job_id = validation.job_id(request.job_id)
         reason = validation.text(request.reason, "reason")
-        await self._own(job_id, self.auth.principal(context))
-        job = await self.service.cancel(job_id, reason)
+        job = await self.service.cancel(job_id, reason, owner=current_principal().owner_filter)
         return js.CancelJobResponse(job=convert.job(job))
 
     @unary
     async def DeleteJob(
         self, request: js.DeleteJobRequest, context: Context
     ) -> js.DeleteJobResponse:
-        job_id = validation.job_id(request.job_id)
-        try:
-            await self._own(job_id, self.auth.principal(context))
-        except NotFound:
-            if not request.allow_missing:
-                raise
-            # Missing, or not the caller's: the same "nothing deleted" answer.
-            return js.DeleteJobResponse(deleted=False)
+        # Another principal's job is missing as far as the caller is
+        # concerned: NotFound, or with allow_missing "nothing deleted".
         outcome = await self.service.delete(
-            job_id,
+            validation.job_id(request.job_id),
             force=request.force,
             allow_missing=request.allow_missing,
+            owner=current_principal().owner_filter,
         )
         return js.DeleteJobResponse(
             deleted=outcome.deleted,
@@ -200,43 +185,42 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJobLogs(
         self, request: js.GetJobLogsRequest, context: Context
     ) -> js.GetJobLogsResponse:
-        events, token = await self._events(request, EventKind.LOG, context)
+        events, token = await self._events(request, EventKind.LOG)
         return js.GetJobLogsResponse(events=events, next_page_token=token)
 
     @unary
     async def ListJobResults(
         self, request: js.ListJobResultsRequest, context: Context
     ) -> js.ListJobResultsResponse:
-        events, token = await self._events(request, EventKind.RESULT, context)
+        events, token = await self._events(request, EventKind.RESULT)
         return js.ListJobResultsResponse(events=events, next_page_token=token)
 
     async def _events(
         self,
         request: js.GetJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
-        context: Context,
     ) -> tuple[list[Any], str]:
         job_id = validation.job_id(request.job_id)
-        await self._own(job_id, self.auth.principal(context))
         size = validation.page_size(
             request.page_size, limits.DEFAULT_EVENT_PAGE, limits.MAX_EVENT_PAGE
         )
         after = validation.seq_token(request.page_token)
-        events = await self.service.events_page(job_id, kind, after, size)
+        events = await self.service.events_page(
+            job_id, kind, after, size, owner=current_principal().owner_filter
+        )
         messages = _fit([convert.event(e) for e in events])
         more = len(events) == size or len(messages) < len(events)
         token = validation.encode_token(events[len(messages) - 1].seq) if more else ""
         return messages, token
-
-    # -- retry, purge, stats, artifacts (issue 6)
 
     @unary
     async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
         job_id = validation.job_id(request.job_id)
         reason = validation.text(request.reason, "reason")
         attempts = validation.retry_attempts(request.additional_attempts)
-        await self._own(job_id, self.auth.principal(context))
-        job = await self.service.retry(job_id, reason, attempts)
+        job = await self.service.retry(
+            job_id, reason, attempts, owner=current_principal().owner_filter
+        )
         return js.RetryJobResponse(job=convert.job(job))
 
     @unary
@@ -245,7 +229,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> js.PurgeJobsResponse:
         flt = dataclasses.replace(
             validation.purge_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            owner=current_principal().owner_filter,
         )
         outcome = await purge(
             self.service,
@@ -264,7 +248,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetStats(self, request: js.GetStatsRequest, context: Context) -> js.GetStatsResponse:
         flt = dataclasses.replace(
             validation.job_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            owner=current_principal().owner_filter,
         )
         stats = await self.service.stats(flt, validation.stats_window_us(request))
         return convert.stats(stats)
@@ -273,9 +257,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListArtifacts(
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
-        job_id = validation.job_id(request.job_id)
-        await self._own(job_id, self.auth.principal(context))
-        found = await Artifacts(self.service).list(job_id)
+        found = await Artifacts(self.service).list(
+            validation.job_id(request.job_id), owner=current_principal().owner_filter
+        )
         return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
 
     @streaming
@@ -285,8 +269,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job_id = validation.job_id(request.job_id)
         name = validation.artifact_name(request.name)
         offset = validation.download_offset(request.offset)
-        await self._own(job_id, self.auth.principal(context))
-        items = Artifacts(self.service).download(job_id, name, offset)
+        items = Artifacts(self.service).download(
+            job_id, name, offset, owner=current_principal().owner_filter
+        )
         async for item in items:
             if isinstance(item, bytes):
                 yield js.DownloadArtifactResponse(chunk=item)

@@ -268,21 +268,24 @@ class ArtifactStore:
             )
         return list(cast(Iterable[tuple[str, str]], query.limit(limit).tuples()))
 
-    def list_artifacts(self, job_id: str) -> list[Artifact]:
-        """A job's artifacts by name; NotFound for an unknown job."""
+    def list_artifacts(self, job_id: str, owner: str | None = None) -> list[Artifact]:
+        """A job's artifacts by name; NotFound for an unknown job (or, with
+        ``owner``, another principal's)."""
         with self.db.atomic():
-            self.ledger.row(job_id)
+            self.ledger.row(job_id, owner)
             rows = list(
                 ArtifactRow.select().where(ArtifactRow.job == job_id).order_by(ArtifactRow.name)
             )
         return [artifact_of(r) for r in rows]
 
-    def get_artifact(self, job_id: str, name: str) -> tuple[Artifact, str | None]:
+    def get_artifact(
+        self, job_id: str, name: str, owner: str | None = None
+    ) -> tuple[Artifact, str | None]:
         """One artifact and the upload whose chunks are its bytes (None for
         a file of an earlier version not imported yet); NotFound naming the
-        job or the artifact."""
+        job (unknown, or with ``owner`` another principal's) or the artifact."""
         with self.db.atomic():
-            self.ledger.row(job_id)
+            self.ledger.row(job_id, owner)
             row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
         if row is None:
             raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")

@@ -17,7 +17,7 @@ from jobstream.server.domain import TERMINAL_STATES, Changes, Deletion, JobFilte
 from jobstream.server.errors import FailedPrecondition, not_found
 from jobstream.server.store.artifacts import ArtifactStore
 from jobstream.server.store.dialect import Dialect
-from jobstream.server.store.ledger import Ledger
+from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.reads import filtered
 
 
@@ -33,14 +33,22 @@ class Deletions:
         self.artifacts = artifacts
 
     def delete(
-        self, changes: Changes, job_id: str, *, force: bool, allow_missing: bool, now: int
+        self,
+        changes: Changes,
+        job_id: str,
+        *,
+        force: bool,
+        allow_missing: bool,
+        now: int,
+        owner: str | None = None,
     ) -> Deletion | None:
         """Deletes a job's rows (events, steps, labels and results cascade)
         and its artifacts, whose bytes it leaves to the sweep (see
         ArtifactStore.drop_for_jobs); returns the files recorded for it, which the
-        caller removes after the commit."""
+        caller removes after the commit. With ``owner``, another principal's
+        job is missing."""
         row = self.ledger.locked_row(job_id)
-        if row is None:
+        if row is None or not owned(row, owner):
             if allow_missing:
                 return None
             raise not_found(job_id)

@@ -29,6 +29,12 @@ from jobstream.server.store.rows import error_body, step_body
 from jobstream.server.store.sql import RawInsert, Statements
 
 
+def owned(row: JobRow, owner: str | None) -> bool:
+    """Whether the job exists for a caller restricted to ``owner``'s jobs
+    (None: an admin, for whom every job does)."""
+    return owner is None or row.owner == owner
+
+
 class Ledger:
     """Reads a job's row for a write, appends its events, moves its state."""
 
@@ -38,10 +44,11 @@ class Ledger:
         self.sql = sql
         self._insert_event = RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
 
-    def row(self, job_id: str) -> JobRow:
-        """The job's row, or NotFound."""
+    def row(self, job_id: str, owner: str | None = None) -> JobRow:
+        """The job's row, or NotFound; with ``owner``, also NotFound (in the
+        same words) when another principal owns the job."""
         row = JobRow.get_or_none(JobRow.id == job_id)
-        if row is None:
+        if row is None or not owned(row, owner):
             raise not_found(job_id)
         return row
 

@@ -30,7 +30,7 @@ from jobstream.server.errors import AlreadyExists, FailedPrecondition
 from jobstream.server.ids import new_job_id
 from jobstream.server.store import steps
 from jobstream.server.store.dialect import Dialect
-from jobstream.server.store.ledger import Ledger
+from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.rows import job_from_new, job_of
 from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
@@ -265,9 +265,12 @@ class Lifecycle:
         )
         return self.reads.get_job(job_id)
 
-    def cancel(self, changes: Changes, job_id: str, reason: str, now: int) -> Job:
-        """Cancels a queued job at once; asks a running one to stop."""
-        row = self.ledger.row(job_id)
+    def cancel(
+        self, changes: Changes, job_id: str, reason: str, now: int, *, owner: str | None = None
+    ) -> Job:
+        """Cancels a queued job at once; asks a running one to stop. With
+        ``owner``, another principal's job is NotFound."""
+        row = self.ledger.row(job_id, owner)
         state = JobState(row.state)
         why = reason or "cancelled by client"
         if state is JobState.QUEUED:
@@ -290,11 +293,13 @@ class Lifecycle:
             raise FailedPrecondition(f"job {job_id!r} already ended {state.value}", field="job_id")
         return self.reads.get_job(job_id)
 
-    def cancel_running(self, changes: Changes, job_id: str, reason: str, now: int) -> bool:
+    def cancel_running(
+        self, changes: Changes, job_id: str, reason: str, now: int, *, owner: str | None = None
+    ) -> bool:
         """Ends a RUNNING job as CANCELLED at once, without waiting for its
         worker (whose lease ends with it); False if it was not running."""
         row = JobRow.get_or_none(JobRow.id == job_id)
-        if row is None or row.state != JobState.RUNNING.value:
+        if row is None or not owned(row, owner) or row.state != JobState.RUNNING.value:
             return False
         error = ErrorInfo(code="cancelled", message=reason)
         self.ledger.transition(changes, row, JobState.CANCELLED, reason, now, error=error)
@@ -355,7 +360,14 @@ class Lifecycle:
         return len(rows)
 
     def retry(
-        self, changes: Changes, job_id: str, reason: str, additional_attempts: int, now: int
+        self,
+        changes: Changes,
+        job_id: str,
+        reason: str,
+        additional_attempts: int,
+        now: int,
+        *,
+        owner: str | None = None,
     ) -> Job:
         """Queues an ended (not succeeded) job again as a new attempt.
 
@@ -366,9 +378,10 @@ class Lifecycle:
         logic work on the new attempt exactly as on the first. Results (and
         so counters), steps and artifacts are kept: the new attempt's items
         replace those of the same key. The error, result, end time, cancel
-        flag and progress of the ended attempt are cleared.
+        flag and progress of the ended attempt are cleared. With ``owner``,
+        another principal's job is NotFound.
         """
-        row = self.ledger.row(job_id)
+        row = self.ledger.row(job_id, owner)
         state = JobState(row.state)
         if state not in RETRYABLE_STATES:
             raise FailedPrecondition(

@@ -13,6 +13,7 @@ import peewee as pw
 from jobstream.server.db import JobRow, LabelRow, StepRow, execute
 from jobstream.server.domain import JSON, Event, EventKind, Job, JobFilter
 from jobstream.server.errors import not_found
+from jobstream.server.store.ledger import owned
 from jobstream.server.store.results import Results
 from jobstream.server.store.rows import job_of, step_of
 from jobstream.server.store.sql import Statements
@@ -26,11 +27,12 @@ class Reads:
         self.sql = sql
         self.results = results
 
-    def get_job(self, job_id: str) -> Job:
-        """One job with its steps, or NotFound."""
+    def get_job(self, job_id: str, owner: str | None = None) -> Job:
+        """One job with its steps, or NotFound (also for another owner's job
+        when ``owner`` restricts the caller)."""
         with self.db.atomic():
             row = JobRow.get_or_none(JobRow.id == job_id)
-            if row is None:
+            if row is None or not owned(row, owner):
                 raise not_found(job_id)
             stored = tuple(
                 step_of(s)
@@ -63,9 +65,12 @@ class Reads:
         last = jobs[-1] if more else None
         return jobs, (last.create_time, last.id) if last else None
 
-    def job_exists(self, job_id: str) -> bool:
-        """Whether the job exists."""
-        return bool(JobRow.select().where(JobRow.id == job_id).exists())
+    def job_exists(self, job_id: str, owner: str | None = None) -> bool:
+        """Whether the job exists (as ``owner``'s, when given)."""
+        query = JobRow.select().where(JobRow.id == job_id)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        return bool(query.exists())
 
     def read_events(
         self, job_id: str, *, after_seq: int, limit: int, kind: EventKind | None = None
