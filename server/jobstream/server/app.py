@@ -30,11 +30,12 @@ from jobstream.server.db import is_sqlite, open_database
 from jobstream.server.domain import now_us
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
-from jobstream.server.legacy_artifacts import import_legacy_artifacts
+from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
 from jobstream.server.logs import LogContextInterceptor
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
-from jobstream.server.purge import MIN_RETENTION_EVERY_S, retention_loop
+from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
+from jobstream.server.readers import Readers
 from jobstream.server.service import JobsService
 from jobstream.server.servicers import JobServicer, WorkerServicer
 from jobstream.server.store import RetryPolicy, Store
@@ -134,17 +135,38 @@ async def serve(
     writer = Writer(db, loop, at_commit=at_commit, on_commit=[broker.publish, metrics.on_commit])
     writer.on_group = metrics.on_group
     writer.start()
+    readers = Readers(db)
+    roots = FileRoots(
+        data_dir=config.data_dir,
+        output_roots=config.output_roots,
+        database=Path(db.database) if is_sqlite(db) else None,
+    )
+    # Set when a commit left artifact chunks to remove (a delete or purge of
+    # jobs holding artifacts): wakes the sweeper at once, so the space is
+    # reclaimed without waiting for its next tick.
+    sweep_wanted = asyncio.Event()
     service = JobsService(
         store=store,
         writer=writer,
+        readers=readers,
         broker=broker,
-        roots=FileRoots(
-            data_dir=config.data_dir,
-            output_roots=config.output_roots,
-            database=Path(db.database) if is_sqlite(db) else None,
-        ),
+        roots=roots,
+        sweep_wanted=sweep_wanted,
         lease_us=int(config.lease_s * 1e6),
         max_lease_us=int(config.max_lease_s * 1e6),
+    )
+    artifacts = Artifacts(
+        store=store.artifacts,
+        writer=writer,
+        readers=readers,
+        max_per_job=config.max_artifacts_per_job,
+    )
+    purges = Purges(
+        deletions=store.deletions,
+        writer=writer,
+        readers=readers,
+        roots=roots,
+        sweep_wanted=sweep_wanted,
     )
     # Metrics outermost, so calls the auth interceptor refuses are counted too.
     # RequestGuard innermost: it wraps the servicers' own handlers.
@@ -160,8 +182,12 @@ async def serve(
         options=_server_options(config.max_message_bytes), interceptors=interceptors
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(service, quota=quota), server)
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(service), server)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        JobServicer(service, artifacts=artifacts, purges=purges, quota=quota), server
+    )
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServicer(service, artifacts=artifacts), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -184,7 +210,10 @@ async def serve(
     if is_sqlite(db):
         while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
             pass
-    await _prepare_artifacts(service, sole_server=is_sqlite(db))
+    outcome = await import_legacy_artifacts(
+        store.artifacts, writer, readers, config.data_dir, sole_server=is_sqlite(db)
+    )
+    await _prepare_artifacts(artifacts, outcome, config.data_dir, sole_server=is_sqlite(db))
     await server.start()
     # Per-service statuses too: health probes (grpc_health_probe -service,
     # Kubernetes grpc probes) commonly ask for a service by name.
@@ -195,12 +224,16 @@ async def serve(
     if config.port_file:
         config.port_file.write_text(str(port))
 
-    tasks = [asyncio.create_task(_sweep(service, config.sweep_s, metrics), name="sweeper")]
+    tasks = [
+        asyncio.create_task(
+            _sweep(service, artifacts, sweep_wanted, config.sweep_s, metrics), name="sweeper"
+        )
+    ]
     if config.retention_s > 0:
         tasks.append(
             asyncio.create_task(
                 retention_loop(
-                    service,
+                    purges,
                     keep_us=int(config.retention_s * 1e6),
                     every_s=max(config.retention_every_s, MIN_RETENTION_EVERY_S),
                 ),
@@ -214,7 +247,7 @@ async def serve(
             asyncio.create_task(
                 refresh_loop(
                     metrics,
-                    lambda: service.read(store.stats.counts, now_us()),
+                    lambda: readers.run(store.stats.counts, now_us()),
                     config.metrics_interval_s,
                 ),
                 name="metrics",
@@ -252,7 +285,7 @@ async def serve(
         if stop_metrics is not None:
             stop_metrics()
         writer.stop()
-        service.close()
+        readers.close()
         db.close()
         log.info("stopped")
 
@@ -271,12 +304,13 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
             loop.add_signal_handler(sig, on_signal)
 
 
-async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None:
-    """Before serving: imports the artifact files of earlier versions, and
-    discards uploads cut off by a crash. With SQLite (``sole_server``) no
-    other process can be receiving an upload, so every one staged is dead;
-    with PostgreSQL only those whose lease has ended are."""
-    outcome = await import_legacy_artifacts(service, sole_server=sole_server)
+async def _prepare_artifacts(
+    artifacts: Artifacts, outcome: ImportOutcome, data_dir: Path, *, sole_server: bool
+) -> None:
+    """Before serving: reports the import of the artifact files of earlier
+    versions, and discards uploads cut off by a crash. With SQLite
+    (``sole_server``) no other process can be receiving an upload, so every
+    one staged is dead; with PostgreSQL only those whose lease has ended are."""
     if outcome.imported:
         log.info(
             "imported %d artifact files (%d bytes) of an earlier version into the database",
@@ -293,20 +327,24 @@ async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None
         log.warning(
             "%s holds %d files no artifact needs (interrupted uploads, deleted jobs' files "
             "of an earlier version); artifacts live in the database now, so they can be removed",
-            service.data_dir / ARTIFACTS_DIR,
+            data_dir / ARTIFACTS_DIR,
             outcome.unreferenced,
         )
-    discarded = await Artifacts(service).discard_dead_uploads(every=sole_server)
+    discarded = await artifacts.discard_dead_uploads(every=sole_server)
     if discarded:
         log.info("discarded %d uploads cut off before they completed", discarded)
 
 
-async def _sweep(service: JobsService, interval: float, metrics: Metrics) -> None:
+async def _sweep(
+    service: JobsService,
+    artifacts: Artifacts,
+    wanted: asyncio.Event,
+    interval: float,
+    metrics: Metrics,
+) -> None:
     """Rescues jobs whose lease ran out, and removes the chunks of uploads
     that can no longer complete, every ``interval`` seconds and whenever a
-    delete or purge left chunks to remove, forever."""
-    artifacts = Artifacts(service)
-    wanted = service.sweep_wanted
+    delete or purge left chunks to remove (``wanted``), forever."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wanted.wait(), interval)

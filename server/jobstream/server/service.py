@@ -1,19 +1,15 @@
 """What the RPCs do, in domain terms: writes go through the writer, reads
-run on reader threads, live updates come from the broker. The gRPC layer
-(servicers.py) validates and converts around this."""
+run on the reader threads, live updates come from the broker. The gRPC layer
+(servicers.py) validates and converts around this; artifacts.py and
+purge.py are the rest of the service layer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from jobstream.server.broker import Broker, JobSubscription
@@ -31,7 +27,8 @@ from jobstream.server.domain import (
     now_us,
 )
 from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
-from jobstream.server.files import FileRoots, Removal, check_recorded, remove_files
+from jobstream.server.files import FileRoots, Removal, check_recorded, remove_job_files
+from jobstream.server.readers import Readers
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
 
@@ -90,54 +87,23 @@ class JobsService:
         *,
         store: Store,
         writer: Writer,
+        readers: Readers,
         broker: Broker,
         roots: FileRoots,
+        sweep_wanted: asyncio.Event,
         lease_us: int,
         max_lease_us: int,
-        readers: int = 4,
     ) -> None:
         self.store = store
         self.writer = writer
+        self.readers = readers
         self.broker = broker
         self.roots = roots
+        self.sweep_wanted = sweep_wanted
+        """Set when a commit left chunks to remove (a delete of a job holding
+        artifacts): wakes the sweeper at once."""
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
-        self._readers = readers
-        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
-        self.sweep_wanted = asyncio.Event()
-        """Set when a commit left chunks to remove (a delete or purge of
-        jobs holding artifacts): wakes the sweeper at once, so the space is
-        reclaimed without waiting for its next tick."""
-
-    @property
-    def data_dir(self) -> Path:
-        """The server's data directory."""
-        return self.roots.data_dir
-
-    def close(self) -> None:
-        """Closes the reader threads' connections and stops the threads."""
-        # peewee keeps a connection per thread, which only that thread can
-        # close: one task per reader, held at a barrier until every reader
-        # has one, so each thread closes its own. Left open, they would
-        # outlive a server stopped inside a process that carries on.
-        barrier = threading.Barrier(self._readers)
-
-        def close_own() -> None:
-            barrier.wait()
-            self.store.db.close()
-
-        for _ in range(self._readers):
-            self._pool.submit(close_own)
-        self._pool.shutdown(wait=True)
-
-    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Runs a store read on a reader thread, off the event loop."""
-        loop = asyncio.get_running_loop()
-        # In the caller's context, so its log lines keep the request and job ids.
-        context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self._pool, context.run, functools.partial(fn, *args, **kwargs)
-        )
 
     # ---------------------------------------------------------------- producers
 
@@ -152,13 +118,15 @@ class JobsService:
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """One job with its steps; with ``owner``, another principal's job
         is NotFound."""
-        return await self.read(self.store.reads.get_job, job_id, owner)
+        return await self.readers.run(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
         self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
     ) -> tuple[list[Job], tuple[int, str] | None]:
         """A page of jobs, newest first."""
-        return await self.read(self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor)
+        return await self.readers.run(
+            self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor
+        )
 
     async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
         """Cancels or asks to stop; see Lifecycle.cancel."""
@@ -189,12 +157,8 @@ class JobsService:
             return DeleteOutcome(deleted=False, removal=Removal(removed=(), refused=()))
         if deletion.garbage:
             self.sweep_wanted.set()
-        removal = await self.remove_files(deletion.job_id, deletion.files)
+        removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
         return DeleteOutcome(deleted=True, removal=removal)
-
-    async def remove_files(self, job_id: str, recorded: Sequence[str]) -> Removal:
-        """Removes a deleted job's files: only what it owns (files.py)."""
-        return await self.read(remove_files, self.roots, job_id, recorded)
 
     async def retry(
         self, job_id: str, reason: str, additional_attempts: int, *, owner: str | None = None
@@ -208,7 +172,9 @@ class JobsService:
 
     async def stats(self, flt: JobFilter, window_us: int) -> Stats:
         """Counts and timings of the selected jobs; see Statistics.summary."""
-        return await self.read(self.store.stats.summary, flt, window_us=window_us, now=now_us())
+        return await self.readers.run(
+            self.store.stats.summary, flt, window_us=window_us, now=now_us()
+        )
 
     async def events_page(
         self,
@@ -239,7 +205,7 @@ class JobsService:
                 raise not_found(job_id)
             return events
 
-        return await self.read(page)
+        return await self.readers.run(page)
 
     # ---------------------------------------------------------------- watchers
 
@@ -285,7 +251,7 @@ class JobsService:
                     # queue is the only place its last events still exist.
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
-                    events = await self.read(
+                    events = await self.readers.run(
                         self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
                     )
                     run, ended = _until_end(events, job.last_seq)
@@ -295,7 +261,9 @@ class JobsService:
                     if ended:
                         return
                     from_db = len(events) == EVENT_PAGE
-                    if not events and not await self.read(self.store.reads.job_exists, job_id):
+                    if not events and not await self.readers.run(
+                        self.store.reads.job_exists, job_id
+                    ):
                         # Gone: deleted through another server (no local
                         # publish said so), or here after the reset above.
                         # Either way the deleted branch ends the stream, with
@@ -331,7 +299,7 @@ class JobsService:
         From position 0 the matching jobs are listed first, unless
         ``skip_listing``: then only the caught-up marker at the newest position."""
         with self.broker.changes() as wake:
-            head = await self.read(self.store.changes.head_position)
+            head = await self.readers.run(self.store.changes.head_position)
             if after_position > head:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
@@ -351,7 +319,7 @@ class JobsService:
             while True:
                 self._check_open()
                 wake.clear()
-                changes = await self.read(
+                changes = await self.readers.run(
                     self.store.changes.read, after_position=position, limit=CHANGE_PAGE
                 )
                 if not changes:
@@ -361,7 +329,7 @@ class JobsService:
                 # Owner first: another principal's change, a deletion
                 # included, is never even looked at for this watcher.
                 changes = [c for c in changes if flt.owner is None or c.owner == flt.owner]
-                current = await self.read(
+                current = await self.readers.run(
                     self.store.reads.get_jobs, {c.job_id for c in changes if not c.deleted}
                 )
                 newest = {c.job_id: c.position for c in changes}
@@ -436,7 +404,7 @@ class JobsService:
         """Stores a worker's batch and renews its lease. A recorded file the
         job does not own refuses the whole batch before anything is stored."""
         if report.files:
-            await self.read(self._check_files, job_id, report.files)
+            await asyncio.to_thread(self._check_files, job_id, report.files)
         return await self.writer.run(
             lambda c: self.store.reports.report(c, job_id, lease_id, report, now=now_us())
         )

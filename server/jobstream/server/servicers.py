@@ -14,7 +14,7 @@ from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
 from jobstream.server.domain import EventKind
 from jobstream.server.errors import InvalidArgument
-from jobstream.server.purge import purge
+from jobstream.server.purge import Purges
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
@@ -60,9 +60,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self,
         service: JobsService,
         *,
+        artifacts: Artifacts,
+        purges: Purges,
         quota: WatcherQuota | None = None,
     ) -> None:
         self.service = service
+        self.artifacts = artifacts
+        self.purges = purges
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
         self.event_messages = convert.EventMessages(limits.EVENT_MESSAGE_CACHE_BYTES)
 
@@ -231,8 +235,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.purge_filter(request.filter),
             owner=current_principal().owner_filter,
         )
-        outcome = await purge(
-            self.service,
+        outcome = await self.purges.purge(
             flt,
             older_than_us=validation.purge_age_us(request),
             dry_run=request.dry_run,
@@ -257,7 +260,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListArtifacts(
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
-        found = await Artifacts(self.service).list(
+        found = await self.artifacts.list(
             validation.job_id(request.job_id), owner=current_principal().owner_filter
         )
         return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
@@ -269,7 +272,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job_id = validation.job_id(request.job_id)
         name = validation.artifact_name(request.name)
         offset = validation.download_offset(request.offset)
-        items = Artifacts(self.service).download(
+        items = self.artifacts.download(
             job_id, name, offset, owner=current_principal().owner_filter
         )
         async for item in items:
@@ -282,8 +285,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobsService) -> None:
+    def __init__(self, service: JobsService, *, artifacts: Artifacts) -> None:
         self.service = service
+        self.artifacts = artifacts
 
     @unary
     async def AcquireJob(
@@ -349,5 +353,5 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
                     )
                 yield message.chunk
 
-        artifact, seq = await Artifacts(self.service).upload(spec, chunks())
+        artifact, seq = await self.artifacts.upload(spec, chunks())
         return ws.UploadArtifactResponse(artifact=convert.artifact(artifact), seq=seq)
