@@ -20,13 +20,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from jobstream.server import limits, logs, tls
+from jobstream.server import logs, tls
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
 from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
-from jobstream.server.db import is_sqlite, open_database
+from jobstream.server.db import bind_thread, is_sqlite, open_database, unbind_thread
 from jobstream.server.domain import now_us
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
@@ -107,23 +107,18 @@ async def serve(
     stop = stop or asyncio.Event()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     auth, access = tls.prepare(config)
-    limits.configure(
-        max_params_bytes=config.max_params_bytes,
-        max_artifact_bytes=config.max_artifact_bytes,
-        max_artifacts_per_job=config.max_artifacts_per_job,
-        max_json_depth=config.max_json_depth,
-        max_labels=config.max_labels,
-        max_label_value_bytes=config.max_label_value_bytes,
-        max_log_line_bytes=config.max_log_line_bytes,
-        max_log_lines_per_job=config.max_log_lines_per_job,
-    )
+    limits = config.limits
     db = open_database(config.database_url, synchronous=config.synchronous)
+    # This server's threads use its own database, whatever else runs in
+    # the process (see db.bind_thread).
+    bind_thread(db)
     origin = uuid.uuid4().hex[:12]
     store = Store(
         db,
         RetryPolicy(
             default_max_attempts=config.max_attempts, backoff_base_us=int(config.backoff_s * 1e6)
         ),
+        limits=limits,
     )
     broker = Broker()
     metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
@@ -159,7 +154,7 @@ async def serve(
         store=store.artifacts,
         writer=writer,
         readers=readers,
-        max_per_job=config.max_artifacts_per_job,
+        max_per_job=limits.max_artifacts_per_job,
     )
     purges = Purges(
         deletions=store.deletions,
@@ -172,7 +167,7 @@ async def serve(
     # RequestGuard innermost: it wraps the servicers' own handlers.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         AuthInterceptor(auth),
-        RequestGuard(),
+        RequestGuard(limits.max_json_depth),
     ]
     if config.metrics_port:
         interceptors.insert(0, MetricsInterceptor(metrics))
@@ -183,10 +178,10 @@ async def serve(
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(service, artifacts=artifacts, purges=purges, quota=quota), server
+        JobServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota), server
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(service, artifacts=artifacts), server
+        WorkerServicer(service, artifacts=artifacts, limits=limits), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -287,6 +282,7 @@ async def serve(
         writer.stop()
         readers.close()
         db.close()
+        unbind_thread()
         log.info("stopped")
 
 

@@ -84,14 +84,14 @@ class ServerConfig:
     max_watchers: int = DEFAULT_MAX_WATCHERS
     max_watchers_per_principal: int = DEFAULT_MAX_WATCHERS_PER_PRINCIPAL
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_params_bytes: int = limits.MAX_PARAMS_BYTES
-    max_artifact_bytes: int = limits.MAX_ARTIFACT_BYTES
-    max_artifacts_per_job: int = limits.MAX_ARTIFACTS_PER_JOB
-    max_json_depth: int = limits.MAX_JSON_DEPTH
-    max_labels: int = limits.MAX_LABELS
-    max_label_value_bytes: int = limits.MAX_LABEL_VALUE_BYTES
-    max_log_line_bytes: int = limits.MAX_LOG_LINE_BYTES
-    max_log_lines_per_job: int = limits.MAX_LOG_LINES_PER_JOB
+    max_params_bytes: int = limits.DEFAULT_MAX_PARAMS_BYTES
+    max_artifact_bytes: int = limits.DEFAULT_MAX_ARTIFACT_BYTES
+    max_artifacts_per_job: int = limits.DEFAULT_MAX_ARTIFACTS_PER_JOB
+    max_json_depth: int = limits.DEFAULT_MAX_JSON_DEPTH
+    max_labels: int = limits.DEFAULT_MAX_LABELS
+    max_label_value_bytes: int = limits.DEFAULT_MAX_LABEL_VALUE_BYTES
+    max_log_line_bytes: int = limits.DEFAULT_MAX_LOG_LINE_BYTES
+    max_log_lines_per_job: int = limits.DEFAULT_MAX_LOG_LINES_PER_JOB
     # Operations (issue 6): see metrics.py and logs.py.
     metrics_port: int = 0
     metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S
@@ -103,6 +103,20 @@ class ServerConfig:
     # Retention (issue 6): see purge.py. 0 keeps ended jobs forever.
     retention_s: float = 0.0
     retention_every_s: float = DEFAULT_RETENTION_EVERY_S
+
+    @property
+    def limits(self) -> limits.Limits:
+        """The limits an operator set, as one value."""
+        return limits.Limits(
+            max_params_bytes=self.max_params_bytes,
+            max_json_depth=self.max_json_depth,
+            max_labels=self.max_labels,
+            max_label_value_bytes=self.max_label_value_bytes,
+            max_log_line_bytes=self.max_log_line_bytes,
+            max_log_lines_per_job=self.max_log_lines_per_job,
+            max_artifact_bytes=self.max_artifact_bytes,
+            max_artifacts_per_job=self.max_artifacts_per_job,
+        )
 
     @property
     def database_url(self) -> str:
@@ -353,22 +367,30 @@ def _add_security(add: Any) -> None:
         help="largest request message [JOBSTREAM_MAX_MESSAGE_BYTES]",
     )
     for flag, default, what in (
-        ("--max-params-bytes", limits.MAX_PARAMS_BYTES, "bytes of a job's params as JSON"),
-        ("--max-json-depth", limits.MAX_JSON_DEPTH, "nesting depth of params and results"),
-        ("--max-labels", limits.MAX_LABELS, "labels per job"),
-        ("--max-label-value-bytes", limits.MAX_LABEL_VALUE_BYTES, "bytes of a label value"),
+        ("--max-params-bytes", limits.DEFAULT_MAX_PARAMS_BYTES, "bytes of a job's params as JSON"),
+        ("--max-json-depth", limits.DEFAULT_MAX_JSON_DEPTH, "nesting depth of params and results"),
+        ("--max-labels", limits.DEFAULT_MAX_LABELS, "labels per job"),
+        ("--max-label-value-bytes", limits.DEFAULT_MAX_LABEL_VALUE_BYTES, "bytes of a label value"),
         (
             "--max-log-line-bytes",
-            limits.MAX_LOG_LINE_BYTES,
+            limits.DEFAULT_MAX_LOG_LINE_BYTES,
             "bytes of a log line; longer ones are cut and flagged truncated",
         ),
         (
             "--max-log-lines-per-job",
-            limits.MAX_LOG_LINES_PER_JOB,
+            limits.DEFAULT_MAX_LOG_LINES_PER_JOB,
             "log lines per job; then one 'truncated' line, and refusal",
         ),
-        ("--max-artifact-bytes", limits.MAX_ARTIFACT_BYTES, "bytes of one uploaded artifact"),
-        ("--max-artifacts-per-job", limits.MAX_ARTIFACTS_PER_JOB, "artifacts one job may hold"),
+        (
+            "--max-artifact-bytes",
+            limits.DEFAULT_MAX_ARTIFACT_BYTES,
+            "bytes of one uploaded artifact",
+        ),
+        (
+            "--max-artifacts-per-job",
+            limits.DEFAULT_MAX_ARTIFACTS_PER_JOB,
+            "artifacts one job may hold",
+        ),
     ):
         env = flag[2:].upper().replace("-", "_")
         add(flag, type=int, default=int(_env(env, str(default))), help=f"{what} [JOBSTREAM_{env}]")

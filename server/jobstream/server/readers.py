@@ -15,6 +15,8 @@ from typing import ParamSpec, TypeVar
 
 import peewee as pw
 
+from jobstream.server.db import bind_thread
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -29,7 +31,12 @@ class Readers:
     def __init__(self, db: pw.Database, count: int = DEFAULT_READERS) -> None:
         self.db = db
         self.count = count
-        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="jobstream-read")
+        self._pool = ThreadPoolExecutor(
+            max_workers=count,
+            thread_name_prefix="jobstream-read",
+            initializer=bind_thread,
+            initargs=(db,),
+        )
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a store read on a reader thread."""

@@ -9,11 +9,22 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from jobstream.server import convert, limits, validation
+from jobstream.server import convert, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
 from jobstream.server.domain import EventKind
 from jobstream.server.errors import InvalidArgument
+from jobstream.server.limits import (
+    DEFAULT_EVENT_PAGE,
+    DEFAULT_JOB_PAGE,
+    EVENT_MESSAGE_CACHE_BYTES,
+    MAX_ARTIFACT_CHUNK_BYTES,
+    MAX_EVENT_PAGE,
+    MAX_JOB_PAGE,
+    MAX_RESPONSE_BYTES,
+    WATCH_BATCH_BYTES,
+    Limits,
+)
 from jobstream.server.purge import Purges
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
@@ -42,10 +53,10 @@ length) beyond the item itself, counted generously."""
 
 
 def _fit(messages: list[M]) -> list[M]:
-    """The first of ``messages`` that fit in limits.MAX_RESPONSE_BYTES, and
+    """The first of ``messages`` that fit in MAX_RESPONSE_BYTES, and
     always at least one: a page cut here hands out a token for the rest, so
     it never outgrows what a client can receive."""
-    room = limits.MAX_RESPONSE_BYTES
+    room = MAX_RESPONSE_BYTES
     for i, message in enumerate(messages):
         room -= message.ByteSize() + REPEATED_OVERHEAD_BYTES
         if room < 0 and i > 0:
@@ -62,20 +73,24 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         *,
         artifacts: Artifacts,
         purges: Purges,
+        limits: Limits,
         quota: WatcherQuota | None = None,
     ) -> None:
         self.service = service
+        self.limits = limits
         self.artifacts = artifacts
         self.purges = purges
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
-        self.event_messages = convert.EventMessages(limits.EVENT_MESSAGE_CACHE_BYTES)
+        self.event_messages = convert.EventMessages(EVENT_MESSAGE_CACHE_BYTES)
 
     @unary
     async def SubmitJob(
         self, request: js.SubmitJobRequest, context: Context
     ) -> js.SubmitJobResponse:
         principal = current_principal()
-        spec = validation.new_job(request, owner=principal.name, id_prefix=principal.id_prefix)
+        spec = validation.new_job(
+            request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
+        )
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
@@ -84,7 +99,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: js.SubmitJobsRequest, context: Context
     ) -> js.SubmitJobsResponse:
         principal = current_principal()
-        specs = validation.new_jobs(request, owner=principal.name, id_prefix=principal.id_prefix)
+        specs = validation.new_jobs(
+            request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
+        )
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
@@ -100,10 +117,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
         flt = dataclasses.replace(
-            validation.job_filter(request.filter),
+            validation.job_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
-        size = validation.page_size(request.page_size, limits.DEFAULT_JOB_PAGE, limits.MAX_JOB_PAGE)
+        size = validation.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
         jobs, cursor = await self.service.list_jobs(
             flt, size, validation.job_cursor(request.page_token)
         )
@@ -128,7 +145,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
                 elif request.batch_events:
-                    for batch in self.event_messages.batches(item.events, limits.WATCH_BATCH_BYTES):
+                    for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
                         yield js.WatchJobResponse(events=batch)
                 else:
                     for event in item.events:
@@ -140,7 +157,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[js.WatchJobsResponse]:
         principal = current_principal()
         flt = dataclasses.replace(
-            validation.job_filter(request.filter), owner=principal.owner_filter
+            validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
         after = validation.seq(request.after_position, "after_position")
         with self.quota.hold(principal.name):
@@ -205,9 +222,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         kind: EventKind,
     ) -> tuple[list[Any], str]:
         job_id = validation.job_id(request.job_id)
-        size = validation.page_size(
-            request.page_size, limits.DEFAULT_EVENT_PAGE, limits.MAX_EVENT_PAGE
-        )
+        size = validation.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
         after = validation.seq_token(request.page_token)
         events = await self.service.events_page(
             job_id, kind, after, size, owner=current_principal().owner_filter
@@ -232,7 +247,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: js.PurgeJobsRequest, context: Context
     ) -> js.PurgeJobsResponse:
         flt = dataclasses.replace(
-            validation.purge_filter(request.filter),
+            validation.purge_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
         outcome = await self.purges.purge(
@@ -250,7 +265,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     @unary
     async def GetStats(self, request: js.GetStatsRequest, context: Context) -> js.GetStatsResponse:
         flt = dataclasses.replace(
-            validation.job_filter(request.filter),
+            validation.job_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
         stats = await self.service.stats(flt, validation.stats_window_us(request))
@@ -271,7 +286,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[js.DownloadArtifactResponse]:
         job_id = validation.job_id(request.job_id)
         name = validation.artifact_name(request.name)
-        offset = validation.download_offset(request.offset)
+        offset = validation.download_offset(request.offset, self.limits)
         items = self.artifacts.download(
             job_id, name, offset, owner=current_principal().owner_filter
         )
@@ -285,9 +300,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobsService, *, artifacts: Artifacts) -> None:
+    def __init__(self, service: JobsService, *, artifacts: Artifacts, limits: Limits) -> None:
         self.service = service
         self.artifacts = artifacts
+        self.limits = limits
 
     @unary
     async def AcquireJob(
@@ -312,7 +328,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         ack = await self.service.report(
             validation.job_id(request.job_id),
             validation.lease_id(request.lease_id),
-            validation.report(request),
+            validation.report(request, self.limits),
         )
         return ws.ReportJobResponse(
             cancel_requested=ack.cancel_requested,
@@ -327,7 +343,7 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         job = await self.service.finish(
             validation.job_id(request.job_id),
             validation.lease_id(request.lease_id),
-            validation.finish(request),
+            validation.finish(request, self.limits),
         )
         return ws.FinishJobResponse(job=convert.job(job))
 
@@ -339,16 +355,15 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         first = await anext(messages, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidArgument("the first message must carry the header", field="header")
-        spec = validation.artifact_header(first.header)
+        spec = validation.artifact_header(first.header, self.limits)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in messages:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidArgument("only the first message may carry it", field="header")
-                if len(message.chunk) > limits.MAX_ARTIFACT_CHUNK_BYTES:
+                if len(message.chunk) > MAX_ARTIFACT_CHUNK_BYTES:
                     raise InvalidArgument(
-                        f"is {len(message.chunk)} bytes; the limit is "
-                        f"{limits.MAX_ARTIFACT_CHUNK_BYTES}",
+                        f"is {len(message.chunk)} bytes; the limit is {MAX_ARTIFACT_CHUNK_BYTES}",
                         field="chunk",
                     )
                 yield message.chunk

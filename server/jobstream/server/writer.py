@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
-from jobstream.server.db import prepare_writer_connection
+from jobstream.server.db import bind_thread, prepare_writer_connection
 from jobstream.server.domain import Changes
 from jobstream.server.errors import ServiceError, Unavailable
 
@@ -96,6 +96,7 @@ class Writer:
         return await future
 
     def _run(self) -> None:
+        bind_thread(self._db)
         prepare_writer_connection(self._db)
         stopping = False
         while not stopping:

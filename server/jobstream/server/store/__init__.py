@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import peewee as pw
 
+from jobstream.server.limits import Limits
 from jobstream.server.store.artifacts import NO_LEASE, ArtifactStore
 from jobstream.server.store.changelog import ChangeLog
 from jobstream.server.store.deletion import Deletions
@@ -40,7 +41,9 @@ class Store:
     """Jobs, events, steps, results, artifacts and the change log, in one
     database: one part per concept, sharing the dialect and statements."""
 
-    def __init__(self, db: pw.Database, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, db: pw.Database, policy: RetryPolicy | None = None, *, limits: Limits | None = None
+    ) -> None:
         self.db = db
         self.dialect = Dialect.of(db)
         sql = Statements(db, self.dialect)
@@ -57,7 +60,7 @@ class Store:
             policy=policy or RetryPolicy(),
         )
         """The state transitions."""
-        self.reports = Reports(ledger, results)
+        self.reports = Reports(ledger, results, limits or Limits())
         """What running attempts report."""
         self.artifacts = ArtifactStore(db, self.dialect, ledger)
         """Artifacts, their uploads and chunks."""

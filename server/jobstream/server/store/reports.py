@@ -8,10 +8,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from jobstream.server import limits
 from jobstream.server.db import EventRow, JobRow, dumps
 from jobstream.server.domain import JSON, Changes, EventKind, LogLine, Report, ReportAck
 from jobstream.server.errors import ResourceExhausted
+from jobstream.server.limits import Limits
 from jobstream.server.store import steps
 from jobstream.server.store.ledger import Ledger
 from jobstream.server.store.results import Results
@@ -21,9 +21,10 @@ from jobstream.server.store.rows import progress_body, step_body
 class Reports:
     """Stores workers' reports."""
 
-    def __init__(self, ledger: Ledger, results: Results) -> None:
+    def __init__(self, ledger: Ledger, results: Results, limits: Limits) -> None:
         self.ledger = ledger
         self.results = results
+        self.limits = limits
 
     def report(
         self, changes: Changes, job_id: str, lease_id: str, report: Report, *, now: int
@@ -84,7 +85,7 @@ class Reports:
         )
 
     def _capped_logs(self, row: JobRow, logs: Sequence[LogLine]) -> list[JSON]:
-        """Event bodies of ``logs`` within MAX_LOG_LINES_PER_JOB: the lines
+        """Event bodies of ``logs`` within the job's log line limit: the lines
         that fit, then one "truncated" line; once that is stored, any
         further line is refused. Counting runs only when the job's whole
         event count could have reached the limit."""
@@ -94,7 +95,7 @@ class Reports:
             if ln.truncated:
                 body["truncated"] = True
             bodies.append(body)
-        limit = limits.MAX_LOG_LINES_PER_JOB
+        limit = self.limits.max_log_lines_per_job
         if not bodies or row.last_seq + len(bodies) <= limit:
             return bodies
         stored = (
