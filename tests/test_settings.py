@@ -163,6 +163,11 @@ def test_server_flags_beat_variables_beat_defaults() -> None:
     assert from_args([], environ={}).port == 50051
 
 
+def test_poll_seconds_reach_the_server_config() -> None:
+    assert from_args(["--poll-seconds", "0.5"]).poll_s == 0.5
+    assert from_args([], environ={"JOBSTREAM_POLL_SECONDS": "2"}).poll_s == 2.0
+
+
 def test_server_durations_use_the_one_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBSTREAM_RETENTION", "1.5D")
     assert from_args(["--retention-every", "10m"]).retention_s == 1.5 * 86400

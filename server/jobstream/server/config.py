@@ -370,6 +370,7 @@ def from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         max_attempts=a.max_attempts,
         backoff_s=a.backoff_seconds,
         grace_s=a.grace_seconds,
+        poll_s=a.poll_seconds,
         log_level=a.log_level.upper(),
         tokens_file=a.tokens_file,
         tls_cert=a.tls_cert,
