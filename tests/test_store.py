@@ -20,7 +20,7 @@ from jobstream.server.db import (
     open_database,
 )
 from jobstream.server.domain import (
-    Changes,
+    Effects,
     ErrorInfo,
     EventKind,
     Finish,
@@ -50,13 +50,13 @@ def store(migrated_url: str) -> Iterator[Store]:
     db.close()
 
 
-def write(store: Store, fn: Callable[[Changes], T]) -> tuple[T, Changes]:
+def write(store: Store, fn: Callable[[Effects], T]) -> tuple[T, Effects]:
     """Runs one write in its own transaction, as the writer does."""
-    changes = Changes()
+    effects = Effects()
     with store.db.atomic():
-        result = fn(changes)
-        store.changes.record(changes, now_us())
-    return result, changes
+        result = fn(effects)
+        store.changes.record(effects, now_us())
+    return result, effects
 
 
 def submit(store: Store, **kw: Any) -> str:
@@ -148,12 +148,12 @@ def test_report_appends_gap_free_events_and_updates_job(store: Store) -> None:
         results=(ResultItem(key="a", status="succeeded"), ResultItem(key="b", status="failed")),
         files=("out/a.txt",),
     )
-    ack, changes = write(
+    ack, effects = write(
         store, lambda c: store.reports.report(c, job_id, lease.lease_id, report, now=now_us())
     )
     assert ack.last_seq == 2 + 1 + 3 + 1 + 2
     assert seqs(store, job_id) == list(range(1, ack.last_seq + 1))
-    assert [e.seq for e in changes.events] == list(range(3, ack.last_seq + 1))
+    assert [e.seq for e in effects.events] == list(range(3, ack.last_seq + 1))
     job = store.reads.get_job(job_id)
     assert (job.progress.done, job.progress.phase) == (1, "count")
     assert (job.counters.succeeded, job.counters.failed) == (1, 1)
@@ -285,12 +285,12 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
                 c, job_id, force=False, allow_missing=False, now=now_us()
             ),
         )
-    deletion, changes = write(
+    deletion, effects = write(
         store,
         lambda c: store.deletions.delete(c, job_id, force=True, allow_missing=False, now=now_us()),
     )
     assert deletion is not None and deletion.files == ("x.txt",)
-    assert changes.deleted_jobs == {job_id: ""}
+    assert effects.deleted_jobs == {job_id: ""}
     assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
     with pytest.raises(NotFound):
         write(
@@ -348,10 +348,10 @@ def test_repeated_report_seq_is_stored_once(store: Store) -> None:
     first, _ = write(
         store, lambda c: store.reports.report(c, job_id, lease.lease_id, batch, now=now_us())
     )
-    retry, changes = write(
+    retry, effects = write(
         store, lambda c: store.reports.report(c, job_id, lease.lease_id, batch, now=now_us())
     )
-    assert retry.last_seq == first.last_seq and changes.events == []
+    assert retry.last_seq == first.last_seq and effects.events == []
     texts = [
         e.body["text"]
         for e in store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
@@ -434,7 +434,7 @@ def test_attempt_end_ends_running_steps_with_the_job(
     job_id = submit(store, max_attempts=1)
     lease = acquire(store)
     report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
-    job, changes = write(
+    job, effects = write(
         store, lambda c: store.jobs.finish(c, job_id, lease.lease_id, outcome, now_us())
     )
     assert job.state is state
@@ -442,7 +442,7 @@ def test_attempt_end_ends_running_steps_with_the_job(
     assert (step.state, step.attempts) == (step_state, 1) and step.end_time is not None
     assert step.error == (job.error.message if job.error else "")
     # The step's event comes before the terminal one, in the same commit.
-    assert [e.kind for e in changes.events] == [EventKind.STEP, EventKind.STATE]
+    assert [e.kind for e in effects.events] == [EventKind.STEP, EventKind.STATE]
 
 
 def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) -> None:
@@ -490,7 +490,7 @@ def test_batch_with_one_request_id_twice(store: Store) -> None:
     other = NewJob(kind="demo.other", request_id="again", owner="alice")
     clash = NewJob(kind="demo.clash", request_id="again", owner="alice")
     with pytest.raises(AlreadyExists) as info, store.db.atomic():
-        store.jobs.submit(Changes(), [other, clash], now_us(), batch=True)
+        store.jobs.submit(Effects(), [other, clash], now_us(), batch=True)
     assert info.value.field == "requests[1].request_id"
     assert JobRow.select().count() == 1
     # The same key of another principal is another job, in one batch too.
@@ -508,17 +508,17 @@ def test_writes_restricted_to_an_owner_find_another_owners_job_missing(store: St
     assert (info.value.field, info.value.message) == ("job_id", f"no job {job_id!r}")
     with pytest.raises(NotFound):
         store.reads.get_job(job_id, owner="bob")
-    stopped, changes = write(
+    stopped, effects = write(
         store, lambda c: store.jobs.cancel_running(c, job_id, "x", now_us(), owner="bob")
     )
-    assert not stopped and not changes.events
-    gone, changes = write(
+    assert not stopped and not effects.events
+    gone, effects = write(
         store,
         lambda c: store.deletions.delete(
             c, job_id, force=True, allow_missing=True, now=now_us(), owner="bob"
         ),
     )
-    assert gone is None and not changes.deleted_jobs
+    assert gone is None and not effects.deleted_jobs
     with pytest.raises(NotFound):
         write(
             store,
@@ -570,7 +570,7 @@ def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
         Runner(db, str(MIGRATIONS_DIR)).up(target="0005_drop_redundant_indexes")
         store = Store(db)
         with db.atomic():
-            [(job, _)] = store.jobs.submit(Changes(), [NewJob(kind="k", owner="alice")], now_us())
+            [(job, _)] = store.jobs.submit(Effects(), [NewJob(kind="k", owner="alice")], now_us())
         p = db.param
         insert = f'INSERT INTO "job_change" ("job_id", "deleted", "time") VALUES ({p}, {p}, 0)'
         for job_id, deleted in ((job.id, False), ("gone-1", False), ("gone-1", True)):

@@ -17,7 +17,7 @@ from helpers import eventually
 from jobstream.server.artifacts import DISCARD_CHUNKS
 from jobstream.server.db import ArtifactRow, ChunkRow, UploadRow, execute, open_database
 from jobstream.server.domain import (
-    Changes,
+    Effects,
     Finish,
     JobFilter,
     JobState,
@@ -59,12 +59,12 @@ def pg_store(migrated_postgres_url: str) -> Iterator[Store]:
     db.close()
 
 
-def write(store: Store, fn: Callable[[Changes], T]) -> T:
+def write(store: Store, fn: Callable[[Effects], T]) -> T:
     """Runs one write in its own transaction, as the writer does."""
-    changes = Changes()
+    effects = Effects()
     with store.db.atomic():
-        result = fn(changes)
-        store.changes.record(changes, now_us())
+        result = fn(effects)
+        store.changes.record(effects, now_us())
     return result
 
 
@@ -372,7 +372,7 @@ def leased(store: Store, kind: str, now: int, job_id: str | None = None) -> tupl
 
 def stage_op(
     store: Store, job_id: str, lease_id: str, upload_id: str, *, index: int, now: int
-) -> Callable[[Changes], None]:
+) -> Callable[[Effects], None]:
     """The write that stores chunk ``index`` (b"c") of an upload."""
     return lambda c: store.artifacts.stage_chunk(
         c, job_id, lease_id, upload_id, index=index, data=b"c", now=now
@@ -389,7 +389,7 @@ def complete_op(
     staged: int,
     last: bytes | None,
     now: int,
-) -> Callable[[Changes], Any]:
+) -> Callable[[Effects], Any]:
     """The write that makes an upload (``staged`` chunks of b"c", then
     ``last``) artifact ``name``."""
     return lambda c: store.artifacts.complete_upload(
@@ -408,7 +408,7 @@ def complete_op(
     )
 
 
-def delete_op(store: Store, job_id: str, now: int) -> Callable[[Changes], Any]:
+def delete_op(store: Store, job_id: str, now: int) -> Callable[[Effects], Any]:
     """The write DeleteJob with force makes."""
     return lambda c: store.deletions.delete(c, job_id, force=True, allow_missing=False, now=now)
 
@@ -534,7 +534,7 @@ class Held(Generic[T]):
     server would make it: its transaction stays open after the write ran
     until ``finish``, unless made with ``hold=False``."""
 
-    def __init__(self, store: Store, fn: Callable[[Changes], T], *, hold: bool = True) -> None:
+    def __init__(self, store: Store, fn: Callable[[Effects], T], *, hold: bool = True) -> None:
         self.store = store
         self.fn = fn
         self.ran = threading.Event()
@@ -553,7 +553,7 @@ class Held(Generic[T]):
             (self.pid,) = execute(db, "SELECT pg_backend_pid()").fetchone()
             with db.atomic():
                 try:
-                    self.result = self.fn(Changes())
+                    self.result = self.fn(Effects())
                 finally:
                     self.ran.set()
                     self.go.wait(HOLD_DEADLINE_S)

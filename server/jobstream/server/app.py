@@ -36,8 +36,8 @@ from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
 from jobstream.server.readers import Readers
-from jobstream.server.service import JobsService
-from jobstream.server.servicers import JobServicer, WorkerServicer
+from jobstream.server.service import JobService
+from jobstream.server.servicers import JobServiceServicer, WorkerServiceServicer
 from jobstream.server.store import RetryPolicy, Store
 from jobstream.server.writer import CommitStep, Writer
 from jobstream.v1 import (
@@ -122,7 +122,7 @@ async def serve(
     )
     broker = Broker()
     metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
-    at_commit: list[CommitStep] = [lambda changes: store.changes.record(changes, now_us())]
+    at_commit: list[CommitStep] = [lambda effects: store.changes.record(effects, now_us())]
     # Several servers on one database tell each other of their commits.
     notifier = Notifier(db, origin) if store.dialect.shared else None
     if notifier is not None:
@@ -140,7 +140,7 @@ async def serve(
     # jobs holding artifacts): wakes the sweeper at once, so the space is
     # reclaimed without waiting for its next tick.
     sweep_wanted = asyncio.Event()
-    service = JobsService(
+    service = JobService(
         store=store,
         writer=writer,
         readers=readers,
@@ -178,10 +178,11 @@ async def serve(
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota), server
+        JobServiceServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota),
+        server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServicer(service, artifacts=artifacts, limits=limits), server
+        WorkerServiceServicer(service, artifacts=artifacts, limits=limits), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -332,7 +333,7 @@ async def _prepare_artifacts(
 
 
 async def _sweep(
-    service: JobsService,
+    service: JobService,
     artifacts: Artifacts,
     wanted: asyncio.Event,
     interval: float,

@@ -26,7 +26,7 @@ from typing import Protocol
 import peewee as pw
 
 from jobstream.server.db import dumps, execute
-from jobstream.server.domain import Changes
+from jobstream.server.domain import Effects
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +112,16 @@ class Notifier:
         self.origin = origin
         self.channel = channel_of(db)
 
-    def notify(self, changes: Changes) -> None:
-        """Tells the other servers which jobs ``changes`` touched (sent at
+    def notify(self, effects: Effects) -> None:
+        """Tells the other servers which jobs ``effects`` touched (sent at
         commit); nothing when it touched none."""
-        if not (changes.changed_jobs or changes.deleted_jobs or changes.acquirable):
+        if not (effects.changed_jobs or effects.deleted_jobs or effects.acquirable):
             return
-        ids = sorted(changes.changed_jobs | changes.deleted_jobs.keys())
+        ids = sorted(effects.changed_jobs | effects.deleted_jobs.keys())
         notice = Notice(
             origin=self.origin,
             jobs=tuple(ids) if len(ids) <= NOTIFY_MAX_IDS else None,
-            acquirable=bool(changes.acquirable),
+            acquirable=bool(effects.acquirable),
         )
         execute(self.db, "SELECT pg_notify(%s, %s)", (self.channel, notice.payload()))
 

@@ -321,12 +321,15 @@ class Stats:
 
 
 @dataclass(kw_only=True, slots=True)
-class Changes:
-    """What one write transaction did, for the broker: collected while the
-    transaction runs, published only after it commits."""
+class Effects:
+    """What one write did, as domain facts: collected while its transaction
+    runs; at the commit they become the change log's entries and the other
+    servers' notification, and once committed the broker's wake-ups."""
 
     events: list[Event] = field(default_factory=list)
+    """The events it stored, in order."""
     changed_jobs: set[str] = field(default_factory=set)
+    """Jobs it changed: each gets one change-log entry."""
     deleted_jobs: dict[str, str] = field(default_factory=dict)
     """Deleted job ids -> their owners (the change log keeps the owner; the
     job's row is gone by the time the log is written)."""
@@ -336,8 +339,8 @@ class Changes:
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
 
-    def merge(self, other: Changes) -> None:
-        """Adds another (committed) operation's changes to these."""
+    def merge(self, other: Effects) -> None:
+        """Adds another (committed) operation's effects to these."""
         self.events.extend(other.events)
         self.changed_jobs |= other.changed_jobs
         self.deleted_jobs |= other.deleted_jobs

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from jobstream.server.domain import Changes, JobState
+from jobstream.server.domain import Effects, JobState
 from jobstream.server.interception import (
     Behavior,
     Continuation,
@@ -120,10 +120,10 @@ class Metrics:
 
     # ------------------------------------------------------------------ hooks
 
-    def on_commit(self, changes: Changes) -> None:
+    def on_commit(self, effects: Effects) -> None:
         """Commit listener (event loop): counts the committed events."""
-        if changes.events:
-            self.events.inc(len(changes.events))
+        if effects.events:
+            self.events.inc(len(effects.events))
 
     def on_group(self, ops: int, seconds: float) -> None:
         """Writer hook (writer thread): one group of ``ops`` committed."""

@@ -79,7 +79,7 @@ class DeleteOutcome:
     removal: Removal
 
 
-class JobsService:
+class JobService:
     """The job service's behaviour, independent of gRPC."""
 
     def __init__(

@@ -31,7 +31,7 @@ from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     WatcherQuota,
 )
-from jobstream.server.service import JobsService
+from jobstream.server.service import JobService
 from jobstream.server.status import Context, streaming, unary
 from jobstream.v1 import (
     job_service_pb2 as js,
@@ -64,12 +64,12 @@ def _fit(messages: list[M]) -> list[M]:
     return messages
 
 
-class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     """JobService over gRPC."""
 
     def __init__(
         self,
-        service: JobsService,
+        service: JobService,
         *,
         artifacts: Artifacts,
         purges: Purges,
@@ -297,10 +297,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 yield js.DownloadArtifactResponse(artifact=convert.artifact(item))
 
 
-class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobsService, *, artifacts: Artifacts, limits: Limits) -> None:
+    def __init__(self, service: JobService, *, artifacts: Artifacts, limits: Limits) -> None:
         self.service = service
         self.artifacts = artifacts
         self.limits = limits

@@ -10,7 +10,7 @@ PostgreSQL, split by concept:
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
   job-change log; :mod:`.reads` and :mod:`.stats` only read.
 
-Write methods take a :class:`~jobstream.server.domain.Changes` collector
+Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
 what they did so the change log, the other servers and the broker hear of
 it at the commit. Read methods run on any thread with that thread's own

@@ -19,7 +19,7 @@ from typing import cast
 import peewee as pw
 
 from jobstream.server.db import ArtifactRow, ChunkRow, JobRow, UploadRow
-from jobstream.server.domain import Artifact, Changes, EventKind, JobState
+from jobstream.server.domain import Artifact, Effects, EventKind, JobState
 from jobstream.server.errors import FailedPrecondition, NotFound, ResourceExhausted
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger
@@ -122,7 +122,7 @@ class ArtifactStore:
 
     def stage_chunk(
         self,
-        changes: Changes,
+        effects: Effects,
         job_id: str,
         lease_id: str,
         upload_id: str,
@@ -144,7 +144,7 @@ class ArtifactStore:
 
     def complete_upload(
         self,
-        changes: Changes,
+        effects: Effects,
         job_id: str,
         lease_id: str,
         upload_id: str,
@@ -201,13 +201,13 @@ class ArtifactStore:
             attempt=row.attempt,
         )
         ArtifactRow.insert(job=job_id, upload_id=upload_id, **artifact_body(artifact)).execute()
-        seq = self.ledger.append(changes, row, now, [(EventKind.ARTIFACT, artifact_body(artifact))])
+        seq = self.ledger.append(effects, row, now, [(EventKind.ARTIFACT, artifact_body(artifact))])
         JobRow.update(lease_expire=now + row.lease_us, update_time=now, last_seq=seq).where(
             JobRow.id == row.id
         ).execute()
         return artifact, seq
 
-    def discard_upload(self, changes: Changes, job_id: str, upload_id: str, *, limit: int) -> bool:
+    def discard_upload(self, effects: Effects, job_id: str, upload_id: str, *, limit: int) -> bool:
         """Removes up to ``limit`` chunks of an upload that will not complete;
         True once all are gone, and its row with them.
 
@@ -326,7 +326,7 @@ class ArtifactStore:
 
     def import_artifact(
         self,
-        changes: Changes,
+        effects: Effects,
         job_id: str,
         name: str,
         upload_id: str,
@@ -358,7 +358,7 @@ class ArtifactStore:
                 field="name",
             )
 
-    def drop_legacy_artifact(self, changes: Changes, job_id: str, name: str) -> None:
+    def drop_legacy_artifact(self, effects: Effects, job_id: str, name: str) -> None:
         """Deletes an artifact of an earlier version whose file is gone."""
         ArtifactRow.delete().where(
             (ArtifactRow.job == job_id)

@@ -12,7 +12,7 @@ import peewee as pw
 
 from jobstream.server import cluster
 from jobstream.server.db import ChangeRow, JobRow
-from jobstream.server.domain import Changes, JobChange
+from jobstream.server.domain import Effects, JobChange
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.sql import RawInsert
 
@@ -29,11 +29,11 @@ class ChangeLog:
         self.dialect = dialect
         self._insert_change = RawInsert(db, ChangeRow, ("job_id", "deleted", "time", "owner"))
 
-    def record(self, changes: Changes, now: int) -> None:
+    def record(self, effects: Effects, now: int) -> None:
         """Appends the transaction's changed and deleted jobs to the change
         log, once each, with their owners, in the same transaction."""
-        changed = sorted(changes.changed_jobs - changes.deleted_jobs.keys())
-        owners = {j: changes.owners[j] for j in changed if j in changes.owners}
+        changed = sorted(effects.changed_jobs - effects.deleted_jobs.keys())
+        owners = {j: effects.owners[j] for j in changed if j in effects.owners}
         unknown = [j for j in changed if j not in owners]
         for start in range(0, len(unknown), CHANGE_OWNER_LOOKUP):
             chunk = unknown[start : start + CHANGE_OWNER_LOOKUP]
@@ -44,7 +44,7 @@ class ChangeLog:
                 )
             )
         rows = [(job_id, False, now, owners.get(job_id, "")) for job_id in changed]
-        deleted = sorted(changes.deleted_jobs.items())
+        deleted = sorted(effects.deleted_jobs.items())
         rows += [(job_id, True, now, owner) for job_id, owner in deleted]
         if rows:
             if self.dialect.ordered_changes:

@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 from jobstream.server.db import JobRow
-from jobstream.server.domain import TERMINAL_STATES, Changes, Deletion, JobFilter, JobState
+from jobstream.server.domain import TERMINAL_STATES, Deletion, Effects, JobFilter, JobState
 from jobstream.server.errors import FailedPrecondition, not_found
 from jobstream.server.store.artifacts import ArtifactStore
 from jobstream.server.store.dialect import Dialect
@@ -34,7 +34,7 @@ class Deletions:
 
     def delete(
         self,
-        changes: Changes,
+        effects: Effects,
         job_id: str,
         *,
         force: bool,
@@ -58,13 +58,13 @@ class Deletions:
             )
         garbage = self.artifacts.drop_for_jobs([job_id], now)
         JobRow.delete().where(JobRow.id == job_id).execute()
-        changes.deleted_jobs[job_id] = row.owner
+        effects.deleted_jobs[job_id] = row.owner
         return Deletion(
             job_id=job_id, files=tuple(json.loads(row.files)), garbage=garbage.get(job_id, 0)
         )
 
     def purge_batch(
-        self, changes: Changes, flt: JobFilter, *, ended_before: int, limit: int, now: int
+        self, effects: Effects, flt: JobFilter, *, ended_before: int, limit: int, now: int
     ) -> list[Deletion]:
         """Deletes up to ``limit`` terminal jobs that match ``flt`` and ended
         at or before ``ended_before``, oldest first, as delete does; returns
@@ -81,7 +81,7 @@ class Deletions:
         ids = [r.id for r in rows]
         garbage = self.artifacts.drop_for_jobs(ids, now)
         JobRow.delete().where(JobRow.id.in_(ids)).execute()
-        changes.deleted_jobs.update((r.id, r.owner) for r in rows)
+        effects.deleted_jobs.update((r.id, r.owner) for r in rows)
         return [
             Deletion(job_id=r.id, files=tuple(json.loads(r.files)), garbage=garbage.get(r.id, 0))
             for r in rows

@@ -15,7 +15,7 @@ import peewee as pw
 from jobstream.server.db import EventRow, JobRow, dumps
 from jobstream.server.domain import (
     JSON,
-    Changes,
+    Effects,
     ErrorInfo,
     Event,
     EventKind,
@@ -80,7 +80,7 @@ class Ledger:
             )
         return row
 
-    def release(self, changes: Changes, row: JobRow, reason: str, now: int, **fields: Any) -> None:
+    def release(self, effects: Effects, row: JobRow, reason: str, now: int, **fields: Any) -> None:
         """Returns a running job to the queue without counting its attempt,
         for the job or for the steps the attempt started."""
         given_back = steps.take_back(row.id, row.attempt)
@@ -89,7 +89,7 @@ class Ledger:
         # back, but it must not stay running.
         left = steps.end_running(row.id, "interrupted", now, reason)
         self.transition(
-            changes,
+            effects,
             row,
             JobState.QUEUED,
             reason,
@@ -101,7 +101,7 @@ class Ledger:
 
     def transition(
         self,
-        changes: Changes,
+        effects: Effects,
         row: JobRow,
         state: JobState,
         reason: str,
@@ -119,11 +119,11 @@ class Ledger:
             body["error"] = error_body(error)
             fields["error"] = dumps(body["error"])
         items = [(EventKind.STEP, step_body(s)) for s in step_changes]
-        seq = self.append(changes, row, now, [*items, (EventKind.STATE, body)])
+        seq = self.append(effects, row, now, [*items, (EventKind.STATE, body)])
         if state.terminal:
             fields["end_time"] = now
         else:
-            changes.acquirable.add((row.queue, row.kind))
+            effects.acquirable.add((row.queue, row.kind))
         self.sql.update(
             row.id,
             {
@@ -137,7 +137,7 @@ class Ledger:
         )
 
     def append(
-        self, changes: Changes, row: JobRow, now: int, items: Sequence[tuple[EventKind, JSON]]
+        self, effects: Effects, row: JobRow, now: int, items: Sequence[tuple[EventKind, JSON]]
     ) -> int:
         """Stores events for ``row`` after its last seq; returns the new last seq."""
         first = row.last_seq + 1
@@ -145,15 +145,15 @@ class Ledger:
             Event(job_id=row.id, seq=first + i, time=now, kind=kind, body=body)
             for i, (kind, body) in enumerate(items)
         ]
-        self.insert_events(changes, events)
+        self.insert_events(effects, events)
         row.last_seq = first + len(items) - 1
         return int(row.last_seq)
 
-    def insert_events(self, changes: Changes, events: list[Event]) -> None:
+    def insert_events(self, effects: Effects, events: list[Event]) -> None:
         """Stores events whose seqs are already assigned, and records them
-        (and their jobs as changed) in ``changes``."""
+        (and their jobs as changed) in ``effects``."""
         self._insert_event.run(
             [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
         )
-        changes.events.extend(events)
-        changes.changed_jobs.update(e.job_id for e in events)
+        effects.events.extend(events)
+        effects.changed_jobs.update(e.job_id for e in events)

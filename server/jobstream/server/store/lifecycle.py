@@ -1,6 +1,6 @@
 """A job's life, as state transitions: submit, acquire, release, finish,
 cancel, retry and lease expiry. Each runs inside the writer's transaction
-and records what it did in the commit's ``Changes``."""
+and records what it did in the commit's ``Effects``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import peewee as pw
 
 from jobstream.server.db import JobRow, LabelRow, dumps
 from jobstream.server.domain import (
-    Changes,
+    Effects,
     ErrorInfo,
     Event,
     EventKind,
@@ -74,7 +74,7 @@ class Lifecycle:
         self._insert_label = RawInsert(db, LabelRow, ("job_id", "key", "value"))
 
     def submit(
-        self, changes: Changes, specs: Sequence[NewJob], now: int, *, batch: bool = False
+        self, effects: Effects, specs: Sequence[NewJob], now: int, *, batch: bool = False
     ) -> list[tuple[Job, bool]]:
         """Stores new jobs (all or none); a repeated request_id with the same
         payload returns the earlier job with ``created`` False, whether the
@@ -155,14 +155,14 @@ class Lifecycle:
                 )
                 for r in rows
             ]
-            self.ledger.insert_events(changes, events)
-            changes.owners.update((r["id"], r["owner"]) for r in rows)
-            changes.acquirable.update((r["queue"], r["kind"]) for r in rows)
+            self.ledger.insert_events(effects, events)
+            effects.owners.update((r["id"], r["owner"]) for r in rows)
+            effects.acquirable.update((r["queue"], r["kind"]) for r in rows)
         return out
 
     def acquire(
         self,
-        changes: Changes,
+        effects: Effects,
         *,
         worker_id: str,
         kinds: Sequence[str],
@@ -180,7 +180,7 @@ class Lifecycle:
         attempt = row.attempt + 1
         expire = now + lease_us
         seq = self.ledger.append(
-            changes,
+            effects,
             row,
             now,
             [
@@ -220,7 +220,7 @@ class Lifecycle:
         )
         return Lease(job=job, lease_id=lease_id, expire_time=expire)
 
-    def release(self, changes: Changes, job_id: str, lease_id: str, now: int) -> None:
+    def release(self, effects: Effects, job_id: str, lease_id: str, now: int) -> None:
         """Returns a job whose lease never reached its worker (the AcquireJob
         call was cancelled as it completed) to the queue; the attempt does
         not count."""
@@ -228,16 +228,16 @@ class Lifecycle:
         if row is None or row.state != JobState.RUNNING.value or row.lease_id != lease_id:
             return
         reason = "lease released: the worker went away before receiving it"
-        self.ledger.release(changes, row, reason, now)
+        self.ledger.release(effects, row, reason, now)
 
-    def finish(self, changes: Changes, job_id: str, lease_id: str, finish: Finish, now: int) -> Job:
+    def finish(self, effects: Effects, job_id: str, lease_id: str, finish: Finish, now: int) -> Job:
         """Ends the leased attempt: terminal, or QUEUED again for a retry."""
         row = self.ledger.leased(job_id, lease_id, now)
         if finish.outcome is Outcome.RELEASED and not row.cancel_requested:
             # The worker stopped (graceful shutdown) before the handler ended:
             # back to the queue now, and the attempt does not count.
             reason = f"released by worker {row.worker_id}: it stopped before the job finished"
-            self.ledger.release(changes, row, reason, now, not_before=now)
+            self.ledger.release(effects, row, reason, now, not_before=now)
             return self.reads.get_job(job_id)
         fields: dict[str, Any] = {}
         if finish.outcome is Outcome.SUCCEEDED:
@@ -261,12 +261,12 @@ class Lifecycle:
         why = "" if state is JobState.SUCCEEDED else (error.message if error else reason)
         ended = steps.end_running(row.id, step_end, now, why)
         self.ledger.transition(
-            changes, row, state, reason, now, error=error, step_changes=ended, **fields
+            effects, row, state, reason, now, error=error, step_changes=ended, **fields
         )
         return self.reads.get_job(job_id)
 
     def cancel(
-        self, changes: Changes, job_id: str, reason: str, now: int, *, owner: str | None = None
+        self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None
     ) -> Job:
         """Cancels a queued job at once; asks a running one to stop. With
         ``owner``, another principal's job is NotFound."""
@@ -275,7 +275,7 @@ class Lifecycle:
         why = reason or "cancelled by client"
         if state is JobState.QUEUED:
             self.ledger.transition(
-                changes,
+                effects,
                 row,
                 JobState.CANCELLED,
                 why,
@@ -285,7 +285,7 @@ class Lifecycle:
             )
         elif state is JobState.RUNNING:
             if not row.cancel_requested:
-                seq = self.ledger.append(changes, row, now, [(EventKind.CANCEL, {"reason": why})])
+                seq = self.ledger.append(effects, row, now, [(EventKind.CANCEL, {"reason": why})])
                 JobRow.update(cancel_requested=True, last_seq=seq, update_time=now).where(
                     JobRow.id == row.id
                 ).execute()
@@ -294,7 +294,7 @@ class Lifecycle:
         return self.reads.get_job(job_id)
 
     def cancel_running(
-        self, changes: Changes, job_id: str, reason: str, now: int, *, owner: str | None = None
+        self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None
     ) -> bool:
         """Ends a RUNNING job as CANCELLED at once, without waiting for its
         worker (whose lease ends with it); False if it was not running."""
@@ -302,11 +302,11 @@ class Lifecycle:
         if row is None or not owned(row, owner) or row.state != JobState.RUNNING.value:
             return False
         error = ErrorInfo(code="cancelled", message=reason)
-        self.ledger.transition(changes, row, JobState.CANCELLED, reason, now, error=error)
+        self.ledger.transition(effects, row, JobState.CANCELLED, reason, now, error=error)
         return True
 
     def expire_leases(
-        self, changes: Changes, now: int, *, limit: int, worker_prefix: str | None = None
+        self, effects: Effects, now: int, *, limit: int, worker_prefix: str | None = None
     ) -> int:
         """Returns jobs whose lease ran out (or, with ``worker_prefix``, that
         dead in-process workers held) to the queue, or ends them."""
@@ -325,7 +325,7 @@ class Lifecycle:
             reason = why.format(w=row.worker_id)
             if row.cancel_requested:
                 self.ledger.transition(
-                    changes,
+                    effects,
                     row,
                     JobState.CANCELLED,
                     reason,
@@ -339,7 +339,7 @@ class Lifecycle:
             if row.attempt < row.max_attempts:
                 delay = self.policy.backoff_us(row.attempt)
                 self.ledger.transition(
-                    changes,
+                    effects,
                     row,
                     JobState.QUEUED,
                     f"{reason}; retrying in {delay / 1e6:g}s",
@@ -349,7 +349,7 @@ class Lifecycle:
                 )
             else:
                 self.ledger.transition(
-                    changes,
+                    effects,
                     row,
                     JobState.INTERRUPTED,
                     reason,
@@ -361,7 +361,7 @@ class Lifecycle:
 
     def retry(
         self,
-        changes: Changes,
+        effects: Effects,
         job_id: str,
         reason: str,
         additional_attempts: int,
@@ -390,7 +390,7 @@ class Lifecycle:
                 field="job_id",
             )
         why = f"retried: {reason}" if reason else "retried by client"
-        self.ledger.transition(changes, row, JobState.QUEUED, why, now)
+        self.ledger.transition(effects, row, JobState.QUEUED, why, now)
         JobRow.update(
             max_attempts=row.attempt + additional_attempts,
             not_before=now,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobstream.server.db import EventRow, JobRow, dumps
-from jobstream.server.domain import JSON, Changes, EventKind, LogLine, Report, ReportAck
+from jobstream.server.domain import JSON, Effects, EventKind, LogLine, Report, ReportAck
 from jobstream.server.errors import ResourceExhausted
 from jobstream.server.limits import Limits
 from jobstream.server.store import steps
@@ -27,7 +27,7 @@ class Reports:
         self.limits = limits
 
     def report(
-        self, changes: Changes, job_id: str, lease_id: str, report: Report, *, now: int
+        self, effects: Effects, job_id: str, lease_id: str, report: Report, *, now: int
     ) -> ReportAck:
         """Stores a worker's batch and renews its lease for the length it
         was granted."""
@@ -71,7 +71,7 @@ class Reports:
             files = json.loads(row.files)
             files.extend(f for f in report.files if f not in files)
             update[JobRow.files] = dumps(files)
-        seq = self.ledger.append(changes, row, now, items) if items else row.last_seq
+        seq = self.ledger.append(effects, row, now, items) if items else row.last_seq
         if results is not None:
             self.results.store(
                 row.id, results, first_seq=first_result_seq, attempt=row.attempt, now=now
