@@ -26,13 +26,16 @@ from jobstream.server.domain import (
     Finish,
     JobFilter,
     JobState,
+    LogLevel,
     LogLine,
     NewJob,
     Outcome,
     Progress,
     Report,
     ResultItem,
+    ResultStatus,
     Step,
+    StepState,
     now_us,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -96,7 +99,7 @@ def test_submit_stores_job_and_first_event(store: Store) -> None:
     assert job.params == {"n": 3} and job.labels == {"team": "growth"}
     assert job.max_attempts == 2 and job.last_seq == 1
     [event] = store.reads.read_events(job_id, after_seq=0, limit=10)
-    assert (event.seq, event.kind, event.body["state"]) == (1, EventKind.STATE, "queued")
+    assert (event.seq, event.kind, event.body["state"]) == (1, EventKind.STATE_CHANGE, "queued")
 
 
 def test_idempotent_submit_same_payload_returns_same_job(store: Store) -> None:
@@ -143,9 +146,12 @@ def test_report_appends_gap_free_events_and_updates_job(store: Store) -> None:
     lease = acquire(store)
     report = Report(
         progress=Progress(fraction=0.5, done=1, total=2, phase="count"),
-        logs=tuple(LogLine(level="info", text=f"line {i}") for i in range(3)),
-        steps=(Step(name="fetch", state="running"),),
-        results=(ResultItem(key="a", status="succeeded"), ResultItem(key="b", status="failed")),
+        logs=tuple(LogLine(level=LogLevel.INFO, text=f"line {i}") for i in range(3)),
+        steps=(Step(name="fetch", state=StepState.RUNNING),),
+        results=(
+            ResultItem(key="a", status=ResultStatus.SUCCEEDED),
+            ResultItem(key="b", status=ResultStatus.FAILED),
+        ),
         files=("out/a.txt",),
     )
     ack, effects = write(
@@ -170,7 +176,11 @@ def test_stale_lease_is_refused_and_changes_nothing(store: Store) -> None:
         write(
             store,
             lambda c: store.reports.report(
-                c, job_id, "0" * 32, Report(logs=(LogLine(level="info", text="x"),)), now=now_us()
+                c,
+                job_id,
+                "0" * 32,
+                Report(logs=(LogLine(level=LogLevel.INFO, text="x"),)),
+                now=now_us(),
             ),
         )
     assert info.value.field == "lease_id"
@@ -344,7 +354,7 @@ def test_database_refuses_second_event_with_same_seq(store: Store) -> None:
 def test_repeated_report_seq_is_stored_once(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    batch = Report(logs=(LogLine(level="info", text="once"),), report_seq=1)
+    batch = Report(logs=(LogLine(level=LogLevel.INFO, text="once"),), report_seq=1)
     first, _ = write(
         store, lambda c: store.reports.report(c, job_id, lease.lease_id, batch, now=now_us())
     )
@@ -357,7 +367,7 @@ def test_repeated_report_seq_is_stored_once(store: Store) -> None:
         for e in store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
     ]
     assert texts == ["once"]
-    later = Report(logs=(LogLine(level="info", text="twice"),), report_seq=2)
+    later = Report(logs=(LogLine(level=LogLevel.INFO, text="twice"),), report_seq=2)
     ack, _ = write(
         store, lambda c: store.reports.report(c, job_id, lease.lease_id, later, now=now_us())
     )
@@ -387,14 +397,16 @@ def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: 
         job_id,
         lease.lease_id,
         results=(
-            ResultItem(key="a", status="succeeded", data={"v": 1}),
-            ResultItem(key="b", status="failed", error="bad"),
-            ResultItem(key="a", status="failed", error="worse"),
+            ResultItem(key="a", status=ResultStatus.SUCCEEDED, data={"v": 1}),
+            ResultItem(key="b", status=ResultStatus.FAILED, error="bad"),
+            ResultItem(key="a", status=ResultStatus.FAILED, error="worse"),
         ),
     )
     job = store.reads.get_job(job_id)
     assert (job.counters.succeeded, job.counters.failed) == (0, 2)
-    report(store, job_id, lease.lease_id, results=(ResultItem(key="a", status="skipped"),))
+    report(
+        store, job_id, lease.lease_id, results=(ResultItem(key="a", status=ResultStatus.SKIPPED),)
+    )
     job = store.reads.get_job(job_id)
     assert (job.counters.succeeded, job.counters.failed, job.counters.skipped) == (0, 1, 1)
     listed = store.reads.read_results(job_id, after_seq=0, limit=10)
@@ -402,7 +414,7 @@ def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: 
         ("b", "failed", None),
         ("a", "skipped", None),
     ]
-    events = store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.RESULT)
+    events = store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.RESULT_ITEM)
     assert [e.body.get("replaced") for e in events] == [None, None, "succeeded", "failed"]
     # Each listed result is the event that stored its version.
     assert [e.seq for e in listed] == [events[1].seq, events[3].seq]
@@ -433,7 +445,7 @@ def test_attempt_end_ends_running_steps_with_the_job(
 ) -> None:
     job_id = submit(store, max_attempts=1)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
     job, effects = write(
         store, lambda c: store.jobs.finish(c, job_id, lease.lease_id, outcome, now_us())
     )
@@ -442,18 +454,18 @@ def test_attempt_end_ends_running_steps_with_the_job(
     assert (step.state, step.attempts) == (step_state, 1) and step.end_time is not None
     assert step.error == (job.error.message if job.error else "")
     # The step's event comes before the terminal one, in the same commit.
-    assert [e.kind for e in effects.events] == [EventKind.STEP, EventKind.STATE]
+    assert [e.kind for e in effects.events] == [EventKind.STEP, EventKind.STATE_CHANGE]
 
 
 def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
     finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
     lease = acquire(store, now=now_us() + 10 * SECOND)
     assert lease.job.attempt == 2
-    running = Step(name="s", state="running")
-    done = Step(name="s", state="succeeded")
+    running = Step(name="s", state=StepState.RUNNING)
+    done = Step(name="s", state=StepState.SUCCEEDED)
     report(store, job_id, lease.lease_id, steps=(running, done, running))
     assert [s.attempts for s in store.reads.get_job(job_id).steps] == [3]
     job = finish(store, job_id, lease.lease_id, Outcome.RELEASED)
@@ -472,7 +484,7 @@ def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) ->
 def test_a_lease_released_before_it_reached_its_worker_leaves_steps_alone(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
     finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
     lease = acquire(store, now=now_us() + 10 * SECOND)
     write(store, lambda c: store.jobs.release(c, job_id, lease.lease_id, now_us()))

@@ -42,15 +42,53 @@ TERMINAL_STATES = tuple(s for s in JobState if s.terminal)
 
 
 class EventKind(StrEnum):
-    """What an event records; stored as its value."""
+    """What an event records: the name of its payload in the wire's
+    JobEvent, and what the database stores."""
 
-    STATE = "state"
+    STATE_CHANGE = "state_change"
     PROGRESS = "progress"
     LOG = "log"
     STEP = "step"
-    RESULT = "result"
-    CANCEL = "cancel"
-    ARTIFACT = "artifact"
+    RESULT_ITEM = "result_item"
+    CANCEL_REQUESTED = "cancel_requested"
+    ARTIFACT_ADDED = "artifact_added"
+
+
+class StepState(StrEnum):
+    """Where a named step is; stored as its lowercase value."""
+
+    PENDING = "pending"
+    """Declared (or given back by a released attempt) and not started."""
+    RUNNING = "running"
+    """The one state not at rest: it ends when the attempt does."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def ended(self) -> bool:
+        """True for the states that set a step's end time."""
+        return self not in (StepState.PENDING, StepState.RUNNING)
+
+
+class LogLevel(StrEnum):
+    """How severe a log line is; stored as its lowercase value."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ResultStatus(StrEnum):
+    """How one item of a job's work ended; stored as its lowercase value,
+    which is also the name of the job column counting it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class Outcome(StrEnum):
@@ -96,7 +134,7 @@ class Step:
     """One named step of a job."""
 
     name: str
-    state: str
+    state: StepState
     attempts: int = 0
     error: str = ""
     data: JSON | None = None
@@ -147,7 +185,7 @@ class Event:
     @property
     def terminal(self) -> bool:
         """True when this event moved the job into a terminal state."""
-        return self.kind is EventKind.STATE and JobState(self.body["state"]).terminal
+        return self.kind is EventKind.STATE_CHANGE and JobState(self.body["state"]).terminal
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,7 +221,7 @@ class Acquire:
 class LogLine:
     """A log line reported by a worker."""
 
-    level: str
+    level: LogLevel
     text: str
     stream: str = ""
     truncated: bool = False
@@ -195,7 +233,7 @@ class ResultItem:
     """A per-item result reported by a worker."""
 
     key: str
-    status: str
+    status: ResultStatus
     data: JSON | None = None
     error: str = ""
 

@@ -193,7 +193,7 @@ class JobService:
         def page() -> list[Event]:
             if owner is not None and not reads.job_exists(job_id, owner):
                 raise not_found(job_id)
-            if kind is EventKind.RESULT:
+            if kind is EventKind.RESULT_ITEM:
                 # Results are read from their keyed table: each key once, at
                 # its latest version (see store/results.py).
                 events = self.store.reads.read_results(job_id, after_seq=after_seq, limit=page_size)

@@ -213,7 +213,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobResults(
         self, request: js.ListJobResultsRequest, context: Context
     ) -> js.ListJobResultsResponse:
-        events, token = await self._events(request, EventKind.RESULT)
+        events, token = await self._events(request, EventKind.RESULT_ITEM)
         return js.ListJobResultsResponse(events=events, next_page_token=token)
 
     async def _events(

@@ -21,10 +21,9 @@ from jobstream.server.domain import (
     ErrorInfo,
     Finish,
     JobFilter,
-    JobState,
+    LogLevel,
     LogLine,
     NewJob,
-    Outcome,
     Progress,
     Report,
     ResultItem,
@@ -66,26 +65,14 @@ from jobstream.server.limits import (
     WORKER_ID,
     Limits,
 )
+from jobstream.server.proto_enums import (
+    JOB_STATES,
+    LOG_LEVELS,
+    OUTCOMES,
+    RESULT_STATUSES,
+    STEP_STATES,
+)
 from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
-
-JOB_STATES = {job_pb2.JobState.Value(f"JOB_STATE_{s.name}"): s for s in JobState}
-STEP_STATES = {
-    v: n.removeprefix("STEP_STATE_").lower()
-    for n, v in job_pb2.StepState.items()
-    if v != job_pb2.STEP_STATE_UNSPECIFIED
-}
-LOG_LEVELS = {
-    v: n.removeprefix("LOG_LEVEL_").lower()
-    for n, v in job_pb2.LogLevel.items()
-    if v != job_pb2.LOG_LEVEL_UNSPECIFIED
-}
-RESULT_STATUSES = {
-    v: n.removeprefix("RESULT_STATUS_").lower()
-    for n, v in job_pb2.ResultStatus.items()
-    if v != job_pb2.RESULT_STATUS_UNSPECIFIED
-}
-OUTCOMES = {worker_service_pb2.JobOutcome.Value(f"JOB_OUTCOME_{o.name}"): o for o in Outcome}
-
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 """Measures JSON values' size; built once (see store.dumps)."""
@@ -411,7 +398,7 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         )
     logs = tuple(
         LogLine(
-            level=LOG_LEVELS.get(ln.level, "info"),
+            level=LOG_LEVELS.get(ln.level, LogLevel.INFO),
             text=log_text(ln.text, f"logs[{i}].text", limits.max_log_line_bytes),
             stream=text(ln.stream, f"logs[{i}].stream"),
             truncated=len(ln.text.encode()) > limits.max_log_line_bytes,

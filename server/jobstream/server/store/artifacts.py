@@ -201,7 +201,9 @@ class ArtifactStore:
             attempt=row.attempt,
         )
         ArtifactRow.insert(job=job_id, upload_id=upload_id, **artifact_body(artifact)).execute()
-        seq = self.ledger.append(effects, row, now, [(EventKind.ARTIFACT, artifact_body(artifact))])
+        seq = self.ledger.append(
+            effects, row, now, [(EventKind.ARTIFACT_ADDED, artifact_body(artifact))]
+        )
         JobRow.update(lease_expire=now + row.lease_us, update_time=now, last_seq=seq).where(
             JobRow.id == row.id
         ).execute()

@@ -21,6 +21,7 @@ from jobstream.server.domain import (
     EventKind,
     JobState,
     Step,
+    StepState,
 )
 from jobstream.server.errors import FailedPrecondition, not_found
 from jobstream.server.store import steps
@@ -87,7 +88,7 @@ class Ledger:
         # A step still running now was not started by this attempt (it was
         # stored before starts were tracked per attempt): nothing to take
         # back, but it must not stay running.
-        left = steps.end_running(row.id, "interrupted", now, reason)
+        left = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
         self.transition(
             effects,
             row,
@@ -119,7 +120,7 @@ class Ledger:
             body["error"] = error_body(error)
             fields["error"] = dumps(body["error"])
         items = [(EventKind.STEP, step_body(s)) for s in step_changes]
-        seq = self.append(effects, row, now, [*items, (EventKind.STATE, body)])
+        seq = self.append(effects, row, now, [*items, (EventKind.STATE_CHANGE, body)])
         if state.terminal:
             fields["end_time"] = now
         else:

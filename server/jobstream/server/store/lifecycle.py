@@ -25,6 +25,7 @@ from jobstream.server.domain import (
     Lease,
     NewJob,
     Outcome,
+    StepState,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition
 from jobstream.server.ids import new_job_id
@@ -150,7 +151,7 @@ class Lifecycle:
                     job_id=r["id"],
                     seq=1,
                     time=now,
-                    kind=EventKind.STATE,
+                    kind=EventKind.STATE_CHANGE,
                     body={"state": "queued", "reason": "submitted", "attempt": 0},
                 )
                 for r in rows
@@ -185,7 +186,7 @@ class Lifecycle:
             now,
             [
                 (
-                    EventKind.STATE,
+                    EventKind.STATE_CHANGE,
                     {"state": "running", "reason": f"acquired by {worker_id}", "attempt": attempt},
                 )
             ],
@@ -241,20 +242,20 @@ class Lifecycle:
             return self.reads.get_job(job_id)
         fields: dict[str, Any] = {}
         if finish.outcome is Outcome.SUCCEEDED:
-            state, reason, step_end = JobState.SUCCEEDED, "handler succeeded", "succeeded"
+            state, reason, step_end = JobState.SUCCEEDED, "handler succeeded", StepState.SUCCEEDED
             fields["result"] = dumps(finish.result) if finish.result is not None else None
         elif finish.outcome in (Outcome.CANCELLED, Outcome.RELEASED):
-            state, step_end = JobState.CANCELLED, "cancelled"
+            state, step_end = JobState.CANCELLED, StepState.CANCELLED
             reason = "handler stopped after cancel"
         elif finish.retryable and not row.cancel_requested and row.attempt < row.max_attempts:
-            state, step_end = JobState.QUEUED, "failed"
+            state, step_end = JobState.QUEUED, StepState.FAILED
             delay = self.policy.backoff_us(row.attempt)
             fields["not_before"] = now + delay
             reason = (
                 f"attempt {row.attempt}/{row.max_attempts} failed; retrying in {delay / 1e6:g}s"
             )
         else:
-            state, reason, step_end = JobState.FAILED, "handler failed", "failed"
+            state, reason, step_end = JobState.FAILED, "handler failed", StepState.FAILED
         error = finish.error
         if state is JobState.CANCELLED and error is None:
             error = ErrorInfo(code="cancelled", message="cancelled while running")
@@ -281,11 +282,13 @@ class Lifecycle:
                 why,
                 now,
                 error=ErrorInfo(code="cancelled", message=why),
-                step_changes=steps.end_running(row.id, "cancelled", now, why),
+                step_changes=steps.end_running(row.id, StepState.CANCELLED, now, why),
             )
         elif state is JobState.RUNNING:
             if not row.cancel_requested:
-                seq = self.ledger.append(effects, row, now, [(EventKind.CANCEL, {"reason": why})])
+                seq = self.ledger.append(
+                    effects, row, now, [(EventKind.CANCEL_REQUESTED, {"reason": why})]
+                )
                 JobRow.update(cancel_requested=True, last_seq=seq, update_time=now).where(
                     JobRow.id == row.id
                 ).execute()
@@ -331,11 +334,11 @@ class Lifecycle:
                     reason,
                     now,
                     error=ErrorInfo(code="cancelled", message=reason),
-                    step_changes=steps.end_running(row.id, "cancelled", now, reason),
+                    step_changes=steps.end_running(row.id, StepState.CANCELLED, now, reason),
                 )
                 continue
             # Nobody will end the steps the vanished worker was running.
-            cut = steps.end_running(row.id, "interrupted", now, reason)
+            cut = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
             if row.attempt < row.max_attempts:
                 delay = self.policy.backoff_us(row.attempt)
                 self.ledger.transition(

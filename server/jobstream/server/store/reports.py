@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobstream.server.db import EventRow, JobRow, dumps
-from jobstream.server.domain import JSON, Effects, EventKind, LogLine, Report, ReportAck
+from jobstream.server.domain import (
+    JSON,
+    Effects,
+    EventKind,
+    LogLevel,
+    LogLine,
+    Report,
+    ReportAck,
+)
 from jobstream.server.errors import ResourceExhausted
 from jobstream.server.limits import Limits
 from jobstream.server.store import steps
@@ -65,7 +73,7 @@ class Reports:
         results = self.results.prepare(row, report.results) if report.results else None
         if results is not None:
             first_result_seq = row.last_seq + 1 + len(items)
-            items.extend((EventKind.RESULT, body) for body in results.bodies)
+            items.extend((EventKind.RESULT_ITEM, body) for body in results.bodies)
             update.update(results.counter_moves)
         if report.files:
             files = json.loads(row.files)
@@ -113,7 +121,7 @@ class Reports:
         if len(bodies) <= room:
             return bodies
         marker: JSON = {
-            "level": "warning",
+            "level": LogLevel.WARNING,
             "text": f"log truncated: the job reached its limit of {limit} log lines "
             "(--max-log-lines-per-job); later lines are refused",
             "stream": "",

@@ -21,14 +21,11 @@ from typing import Any
 import peewee as pw
 
 from jobstream.server.db import JobRow, dumps, execute
-from jobstream.server.domain import JSON, Event, EventKind, ResultItem
+from jobstream.server.domain import JSON, Event, EventKind, ResultItem, ResultStatus
 from jobstream.server.store.dialect import Dialect
 
 RESULT_COLUMNS = ("job_id", "key", "status", "data", "error", "attempt", "seq", "time")
 """Columns of job_result in the order an upsert fills them."""
-
-STATUS_COUNTERS = ("succeeded", "failed", "skipped")
-"""Result statuses; each is also the name of the job column counting it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,7 +75,7 @@ class Results:
         # a job's first run skips the lookup.
         stored = row.succeeded or row.failed or row.skipped
         current = self._statuses(row.id, {i.key for i in items}) if stored else {}
-        moves = dict.fromkeys(STATUS_COUNTERS, 0)
+        moves = dict.fromkeys(ResultStatus, 0)
         bodies: list[JSON] = []
         latest: dict[str, tuple[int, str, str | None, str]] = {}
         for index, item in enumerate(items):
@@ -123,11 +120,11 @@ class Results:
         # SQLite's json_group_array does not promise its input's order.
         rows.sort(key=operator.itemgetter(0))
         return [
-            Event(job_id=job_id, seq=seq, time=t, kind=EventKind.RESULT, body=body)
+            Event(job_id=job_id, seq=seq, time=t, kind=EventKind.RESULT_ITEM, body=body)
             for seq, t, body in rows
         ]
 
-    def _statuses(self, job_id: str, keys: set[str]) -> dict[str, str]:
+    def _statuses(self, job_id: str, keys: set[str]) -> dict[str, ResultStatus]:
         """The stored status of each of ``keys`` that has a row (a report
         holds at most MAX_REPORT_ITEMS keys, within both backends' limits on
         parameters)."""
@@ -138,4 +135,4 @@ class Results:
             f'SELECT "key", "status" FROM "job_result" WHERE "job_id" = {p} AND "key" IN ({marks})',
             (job_id, *keys),
         )
-        return dict(cursor.fetchall())
+        return {key: ResultStatus(status) for key, status in cursor.fetchall()}

@@ -17,6 +17,7 @@ from jobstream.server.domain import (
     NewJob,
     Progress,
     Step,
+    StepState,
 )
 
 
@@ -89,7 +90,7 @@ def step_of(row: StepRow) -> Step:
     """A stored step as the domain value."""
     return Step(
         name=row.name,
-        state=row.state,
+        state=StepState(row.state),
         attempts=row.attempts,
         error=row.error,
         data=json.loads(row.data) if row.data else None,
