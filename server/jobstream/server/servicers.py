@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from jobstream.server import convert, validation
+from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
 from jobstream.server.domain import EventKind
@@ -110,7 +110,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     @unary
     async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
         job = await self.service.get(
-            validation.job_id(request.job_id), owner=current_principal().owner_filter
+            fields.job_id(request.job_id), owner=current_principal().owner_filter
         )
         return js.GetJobResponse(job=convert.job(job))
 
@@ -120,9 +120,9 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.job_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
-        size = validation.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
+        size = fields.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
         jobs, cursor = await self.service.list_jobs(
-            flt, size, validation.job_cursor(request.page_token)
+            flt, size, tokens.job_cursor(request.page_token)
         )
         messages = _fit([convert.job(j) for j in jobs])
         if len(messages) < len(jobs):
@@ -130,15 +130,15 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             cursor = (last.create_time, last.id)
         return js.ListJobsResponse(
             jobs=messages,
-            next_page_token=validation.encode_token(list(cursor)) if cursor else "",
+            next_page_token=tokens.encode_token(list(cursor)) if cursor else "",
         )
 
     @streaming
     async def WatchJob(
         self, request: js.WatchJobRequest, context: Context
     ) -> AsyncIterator[js.WatchJobResponse]:
-        job_id = validation.job_id(request.job_id)
-        after = validation.seq(request.after_seq, "after_seq")
+        job_id = fields.job_id(request.job_id)
+        after = fields.seq(request.after_seq, "after_seq")
         principal = current_principal()
         with self.quota.hold(principal.name):
             async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
@@ -159,7 +159,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         flt = dataclasses.replace(
             validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
-        after = validation.seq(request.after_position, "after_position")
+        after = fields.seq(request.after_position, "after_position")
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(
                 flt, after, skip_listing=request.skip_listing
@@ -179,8 +179,8 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: js.CancelJobRequest, context: Context
     ) -> js.CancelJobResponse:
-        job_id = validation.job_id(request.job_id)
-        reason = validation.text(request.reason, "reason")
+        job_id = fields.job_id(request.job_id)
+        reason = fields.text(request.reason, "reason")
         job = await self.service.cancel(job_id, reason, owner=current_principal().owner_filter)
         return js.CancelJobResponse(job=convert.job(job))
 
@@ -191,7 +191,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         # Another principal's job is missing as far as the caller is
         # concerned: NotFound, or with allow_missing "nothing deleted".
         outcome = await self.service.delete(
-            validation.job_id(request.job_id),
+            fields.job_id(request.job_id),
             force=request.force,
             allow_missing=request.allow_missing,
             owner=current_principal().owner_filter,
@@ -221,21 +221,21 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         request: js.GetJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
     ) -> tuple[list[Any], str]:
-        job_id = validation.job_id(request.job_id)
-        size = validation.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
-        after = validation.seq_token(request.page_token)
+        job_id = fields.job_id(request.job_id)
+        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
+        after = tokens.seq_token(request.page_token)
         events = await self.service.events_page(
             job_id, kind, after, size, owner=current_principal().owner_filter
         )
         messages = _fit([convert.event(e) for e in events])
         more = len(events) == size or len(messages) < len(events)
-        token = validation.encode_token(events[len(messages) - 1].seq) if more else ""
+        token = tokens.encode_token(events[len(messages) - 1].seq) if more else ""
         return messages, token
 
     @unary
     async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
-        job_id = validation.job_id(request.job_id)
-        reason = validation.text(request.reason, "reason")
+        job_id = fields.job_id(request.job_id)
+        reason = fields.text(request.reason, "reason")
         attempts = validation.retry_attempts(request.additional_attempts)
         job = await self.service.retry(
             job_id, reason, attempts, owner=current_principal().owner_filter
@@ -276,7 +276,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
         found = await self.artifacts.list(
-            validation.job_id(request.job_id), owner=current_principal().owner_filter
+            fields.job_id(request.job_id), owner=current_principal().owner_filter
         )
         return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
 
@@ -284,8 +284,8 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def DownloadArtifact(
         self, request: js.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[js.DownloadArtifactResponse]:
-        job_id = validation.job_id(request.job_id)
-        name = validation.artifact_name(request.name)
+        job_id = fields.job_id(request.job_id)
+        name = fields.artifact_name(request.name)
         offset = validation.download_offset(request.offset, self.limits)
         items = self.artifacts.download(
             job_id, name, offset, owner=current_principal().owner_filter
@@ -326,8 +326,8 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: ws.ReportJobRequest, context: Context
     ) -> ws.ReportJobResponse:
         ack = await self.service.report(
-            validation.job_id(request.job_id),
-            validation.lease_id(request.lease_id),
+            fields.job_id(request.job_id),
+            fields.lease_id(request.lease_id),
             validation.report(request, self.limits),
         )
         return ws.ReportJobResponse(
@@ -341,8 +341,8 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: ws.FinishJobRequest, context: Context
     ) -> ws.FinishJobResponse:
         job = await self.service.finish(
-            validation.job_id(request.job_id),
-            validation.lease_id(request.lease_id),
+            fields.job_id(request.job_id),
+            fields.lease_id(request.lease_id),
             validation.finish(request, self.limits),
         )
         return ws.FinishJobResponse(job=convert.job(job))

@@ -93,8 +93,6 @@ class Statistics:
         )
         return by_state, ready
 
-    # ------------------------------------------- retry, purge, stats, artifacts
-
 
 def _nearest_rank(ordered: Any, n: int, q: float) -> int:
     """The ``q`` quantile (nearest-rank) of an ordered one-column query of
