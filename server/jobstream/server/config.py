@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -380,16 +380,8 @@ def from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         max_watchers=a.max_watchers,
         max_watchers_per_principal=a.max_watchers_per_principal,
         max_message_bytes=a.max_message_bytes,
-        limits=Limits(
-            max_params_bytes=a.max_params_bytes,
-            max_json_depth=a.max_json_depth,
-            max_labels=a.max_labels,
-            max_label_value_bytes=a.max_label_value_bytes,
-            max_log_line_bytes=a.max_log_line_bytes,
-            max_log_lines_per_job=a.max_log_lines_per_job,
-            max_artifact_bytes=a.max_artifact_bytes,
-            max_artifacts_per_job=a.max_artifacts_per_job,
-        ),
+        # Each field of Limits is set by its flag (see LIMIT_FLAGS).
+        limits=Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)}),
         metrics_port=a.metrics_port,
         metrics_interval_s=a.metrics_interval,
         log_json=a.log_json,

@@ -275,15 +275,7 @@ class Lifecycle:
         state = JobState(row.state)
         why = reason or "cancelled by client"
         if state is JobState.QUEUED:
-            self.ledger.transition(
-                effects,
-                row,
-                JobState.CANCELLED,
-                why,
-                now,
-                error=ErrorInfo(code="cancelled", message=why),
-                step_changes=steps.end_running(row.id, StepState.CANCELLED, now, why),
-            )
+            self._cancelled(effects, row, why, now)
         elif state is JobState.RUNNING:
             if not row.cancel_requested:
                 seq = self.ledger.append(
@@ -308,6 +300,19 @@ class Lifecycle:
         self.ledger.transition(effects, row, JobState.CANCELLED, reason, now, error=error)
         return True
 
+    def _cancelled(self, effects: Effects, row: JobRow, reason: str, now: int) -> None:
+        """Ends a job (queued, or running with a cancel pending) as
+        CANCELLED, its running steps with it."""
+        self.ledger.transition(
+            effects,
+            row,
+            JobState.CANCELLED,
+            reason,
+            now,
+            error=ErrorInfo(code="cancelled", message=reason),
+            step_changes=steps.end_running(row.id, StepState.CANCELLED, now, reason),
+        )
+
     def expire_leases(
         self, effects: Effects, now: int, *, limit: int, worker_prefix: str | None = None
     ) -> int:
@@ -327,15 +332,7 @@ class Lifecycle:
         for row in rows:
             reason = why.format(w=row.worker_id)
             if row.cancel_requested:
-                self.ledger.transition(
-                    effects,
-                    row,
-                    JobState.CANCELLED,
-                    reason,
-                    now,
-                    error=ErrorInfo(code="cancelled", message=reason),
-                    step_changes=steps.end_running(row.id, StepState.CANCELLED, now, reason),
-                )
+                self._cancelled(effects, row, reason, now)
                 continue
             # Nobody will end the steps the vanished worker was running.
             cut = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
