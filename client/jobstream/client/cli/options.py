@@ -117,6 +117,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, EnvOptions]:
         epilog="Exit codes: 0 ok (watch: job succeeded), 1 job failed or interrupted, "
         "2 usage or server error, 3 job cancelled, 130 Ctrl-C, 141 stdout closed (| head).",
     )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print jobstream's version and exit (with --json: as a JSON object)",
+    )
     commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND"), common_parser)
     _add_process_commands(commands)
     _add_job_commands(commands)
@@ -377,7 +382,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     command: EnvOptions | None = getattr(args, "_env_options", None)
     if command is not None:
         command.apply(args, environ, parser=parser)
-    if args.command is None:
+    if args.command is None and not args.version:
         parser.print_help()
         parser.exit(2)
     return args
