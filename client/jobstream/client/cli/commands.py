@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import islice
 from typing import Any
 
@@ -21,6 +22,7 @@ from rich.text import Text
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE, exit_code_for
 from jobstream.client.cli.jsonout import print_json, to_jsonable
 from jobstream.client.cli.render import (
+    format_count,
     job_detail,
     job_table,
     log_line,
@@ -31,6 +33,7 @@ from jobstream.client.cli.render import (
 from jobstream.client.cli.top import cmd_top
 from jobstream.client.cli.watchview import only_events, watch_live
 from jobstream.client.client import JobClient
+from jobstream.client.errors import JobstreamError
 from jobstream.client.models import Job, JobEvent, JobState
 from jobstream.client.security import cli_security
 
@@ -38,6 +41,10 @@ __all__ = ["COMMANDS", "Output"]
 
 MAX_PAGE_SIZE = 1000
 """Largest ListJobs page the server accepts."""
+
+MIN_STATS_WINDOW = timedelta(seconds=1)
+"""The shortest window GetStats takes: when only its counts are wanted, the
+figures over the window cost least."""
 
 PIPE_WIDTH = 200
 """Line width for output to a pipe or file: rich would assume 80 columns and
@@ -86,9 +93,13 @@ class Output:
 
 
 @contextmanager
-def _client(args: argparse.Namespace) -> Iterator[JobClient]:
-    timeout: float = args.timeout
-    with JobClient(args.target, timeout=timeout or None, security=cli_security(args)) as client:
+def _client(args: argparse.Namespace, *, timeout: float | None = None) -> Iterator[JobClient]:
+    """A client of the server the flags name, with their ``--timeout``
+    unless given a shorter one."""
+    seconds: float | None = args.timeout or None
+    if timeout is not None:
+        seconds = timeout if seconds is None else min(seconds, timeout)
+    with JobClient(args.target, timeout=seconds, security=cli_security(args)) as client:
         yield client
 
 
@@ -173,26 +184,62 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return _watch(client, args.job_id, args.after_seq, out)
 
 
+MORE_COUNT_TIMEOUT = 2.0
+"""Seconds ``ls`` gives GetStats to count the jobs a ``--limit`` left out;
+beyond that (a huge table) it only says that more match."""
+
+
+def _more_count(args: argparse.Namespace, shown: int) -> int | None:
+    """How many jobs match beyond the ``shown`` ones, from GetStats' counts by
+    state over the same filter (its window at the minimum, so it does no
+    more than count); None when that is not cheap or not allowed."""
+    try:
+        with _client(args, timeout=MORE_COUNT_TIMEOUT) as client:
+            stats = client.stats(
+                window=MIN_STATS_WINDOW,
+                states=tuple(args.state or ()),
+                kinds=tuple(args.kind or ()),
+                labels=dict(args.label or []),
+                queues=tuple(args.queue or ()),
+            )
+    except JobstreamError:
+        return None
+    more = sum(stats.by_state.values()) - shown
+    # Jobs submitted or deleted between the two calls can make the count
+    # disagree with the listing; then it only says that more match.
+    return more if more > 0 else None
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    """``jobstream ls``: a table (or JSON array) of jobs, newest first."""
+    """``jobstream ls``: a table (or JSON array) of jobs, newest first; with
+    more matches than ``--limit``, how many more."""
     out = Output.from_args(args)
     limit: int = args.limit
     with _client(args) as client:
+        # One job beyond the limit says whether more match, at the cost of
+        # one row rather than of another page.
         found = client.list(
             states=tuple(args.state or ()),
             kinds=tuple(args.kind or ()),
             labels=dict(args.label or []),
             queues=tuple(args.queue or ()),
-            page_size=min(limit, MAX_PAGE_SIZE),
+            page_size=min(limit + 1, MAX_PAGE_SIZE),
         )
-        jobs = list(islice(found, limit))
+        jobs = list(islice(found, limit + 1))
         _close(found)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+    more_count = _more_count(args, len(jobs)) if more and not out.json else None
     if out.json:
         out.json_out(jobs)
-    elif jobs:
-        out.console.print(job_table(jobs, out.console))
-    else:
+        return EXIT_OK
+    if not jobs:
         out.line(styled("no jobs", "dim"))
+        return EXIT_OK
+    out.console.print(job_table(jobs, out.console))
+    if more:
+        counted = f"{format_count(more_count)} more" if more_count else "more jobs match"
+        out.line(styled(f"… {counted}; --limit to see more", "dim"))
     return EXIT_OK
 
 

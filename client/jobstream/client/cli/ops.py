@@ -8,6 +8,7 @@ returns the exit status; errors from the server propagate as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +31,15 @@ from rich.text import Text
 from jobstream.client.cli.commands import Output, _client
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE
 from jobstream.client.cli.jsonout import to_jsonable
-from jobstream.client.cli.render import format_time, safe_text, state_text, styled
-from jobstream.client.models import JobState
+from jobstream.client.cli.render import (
+    format_count,
+    format_duration,
+    format_time,
+    safe_text,
+    state_text,
+    styled,
+)
+from jobstream.client.models import JobState, ResultItem, ResultStatus
 
 __all__ = ["OPS_COMMANDS"]
 
@@ -75,26 +83,50 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     """``jobstream results ID``: every key's latest result, in the order
-    those were stored; ``--jsonl`` (or ``--json``) streams one JSON object
-    per line."""
+    those were stored, one line each with its data as compact JSON cut to
+    the terminal's width; ``--jsonl`` (or ``--json``) streams one JSON object
+    per line; ``--status`` keeps only results of those statuses."""
     out = Output.from_args(args)
     as_json = out.json or bool(args.jsonl)
+    statuses: set[ResultStatus] = set(args.status or ())
     with _client(args) as client:
         for event in client.results(args.job_id):
             item = event.result_item
-            if item is None:
+            if item is None or (statuses and item.status not in statuses):
                 continue
             if as_json:
                 # replaced_status belongs to watched events, never to a listed result.
                 fields = {k: v for k, v in vars_of(item).items() if k != "replaced_status"}
                 out.json_out({"seq": event.seq, "time": event.time, **fields}, indent=None)
                 continue
-            line = safe_text(item.key, "bold").append(" ")
-            line.append(item.status.value, "green" if item.status == "succeeded" else "red")
-            if item.error:
-                line.append(" ").append_text(safe_text(item.error, "red"))
-            out.line(line)
+            out.console.print(_result_line(item), no_wrap=True, overflow="ellipsis", crop=True)
     return EXIT_OK
+
+
+RESULT_STYLES = {
+    ResultStatus.SUCCEEDED: "green",
+    ResultStatus.FAILED: "red",
+    ResultStatus.SKIPPED: "dim",
+}
+"""Colour of each result status."""
+
+STATUS_WIDTH = max(len(status.value) for status in ResultStatus)
+"""Width of the status column of ``results``, so data starts in one column
+for keys of one length."""
+
+
+def _result_line(item: ResultItem) -> Text:
+    """``key  status  error  {"compact": "json"}``: one line, cut by the caller."""
+    line = safe_text(item.key, "bold").append("  ")
+    line.append(f"{item.status.value:<{STATUS_WIDTH}}", RESULT_STYLES.get(item.status, ""))
+    if item.error:
+        line.append("  ").append_text(safe_text(item.error, "red"))
+    if item.data:
+        data = json.dumps(
+            item.data, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str
+        )
+        line.append("  ").append_text(safe_text(data, "dim"))
+    return line
 
 
 def vars_of(value: object) -> dict[str, Any]:
@@ -210,15 +242,6 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     """``jobstream stats``: counts by state and kind, and the window's
     success rate, run-time percentiles and throughput."""
@@ -236,7 +259,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         out.json_out(stats)  # spans in seconds
         return EXIT_OK
     states = [s for s in JobState if s in stats.by_state]
-    table = Table(box=None, pad_edge=False, title="jobs by kind and state", title_justify="left")
+    out.line(styled("jobs by kind and state", "bold"))
+    table = Table(box=None, pad_edge=False)
     table.add_column("KIND", no_wrap=True)
     for state in states:
         table.add_column(state.value.upper(), justify="right")
@@ -247,12 +271,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     totals = [str(stats.by_state[s]) for s in states]
     table.add_row(Text("all", "bold"), *totals, str(sum(stats.by_state.values())))
     out.console.print(table)
-    window = _duration(stats.window)
-    out.line(Text(f"last {window}: ", "bold").append(f"{stats.ended_count} ended, "))
-    out.line(Text(f"  success rate {stats.success_rate:.1%} (cancelled jobs not counted)"))
-    out.line(
-        Text(f"  run time p50 {_duration(stats.duration_p50)}, p95 {_duration(stats.duration_p95)}")
-    )
+    ended = "1 job ended" if stats.ended_count == 1 else f"{format_count(stats.ended_count)} jobs ended"
+    out.line(styled(f"last {format_duration(stats.window)}: ", "bold").append(ended))
+    if stats.ended_count:
+        out.line(Text(f"  success rate {stats.success_rate:.1%} (cancelled jobs not counted)"))
+        p50, p95 = format_duration(stats.duration_p50), format_duration(stats.duration_p95)
+        out.line(Text(f"  run time p50 {p50}, p95 {p95} (succeeded and failed jobs)"))
     out.line(Text(f"  throughput {stats.throughput_per_minute:.2f} jobs/min"))
     return EXIT_OK
 

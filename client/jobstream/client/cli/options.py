@@ -329,6 +329,13 @@ def _add_ops_commands(commands: _Commands) -> None:
     results = commands.add("results", "print a job's per-item results (each key's latest)")
     results.parser.add_argument("job_id", metavar="ID")
     results.add(
+        "--status",
+        help="only results of this status: succeeded, failed or skipped (repeatable)",
+        kind="list",
+        convert=values.result_status,
+        metavar="STATUS",
+    )
+    results.add(
         "--jsonl",
         help="one JSON object per line, streamed (same as --json), e.g. > out.jsonl",
         kind="flag",
