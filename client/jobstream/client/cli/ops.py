@@ -30,6 +30,7 @@ from rich.text import Text
 
 from jobstream.client.cli.commands import Output, _client
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE
+from jobstream.client.cli.failures import CommandError
 from jobstream.client.cli.jsonout import to_jsonable
 from jobstream.client.cli.render import (
     format_count,
@@ -39,7 +40,8 @@ from jobstream.client.cli.render import (
     state_text,
     styled,
 )
-from jobstream.client.models import JobState, ResultItem, ResultStatus
+from jobstream.client.client import JobClient
+from jobstream.client.models import Artifact, JobState, ResultItem, ResultStatus
 
 __all__ = ["OPS_COMMANDS"]
 
@@ -174,32 +176,53 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _artifact_named(client: JobClient, job_id: str, name: str) -> Artifact:
+    """The job's artifact ``name``, or NOT_FOUND naming the ones it has."""
+    found = client.artifacts(job_id)
+    for artifact in found:
+        if artifact.name == name:
+            return artifact
+    has = ", ".join(a.name for a in found) if found else "none"
+    raise CommandError(
+        f"job {job_id!r} has no artifact {name!r} (it has: {has})", code="NOT_FOUND", field="name"
+    )
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """``jobstream download ID NAME [-o FILE]``: with a progress bar on
-    stderr; the file is checked against the artifact's sha256."""
+    stderr; the file is checked against the artifact's sha256. An existing
+    file is kept unless ``--force`` (replace it) or ``--resume`` (continue it)."""
     out = Output.from_args(args)
     target = Path(args.output or args.name)
     if target.is_dir():
         target = target / args.name
-    # stderr, so `-o /dev/stdout`-style use and --json keep stdout clean.
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=out.json,
-    )
-    task = progress.add_task(args.name, total=None)
-
-    def advance(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    with progress, _client(args) as client:
-        artifact = client.download(
-            args.job_id, args.name, target, resume=bool(args.resume), on_progress=advance
+    with _client(args) as client:
+        # Asked first, so that a wrong job or name is said before any
+        # progress bar is drawn or any file is touched.
+        expected = _artifact_named(client, args.job_id, args.name)
+        if target.exists() and not (args.force or args.resume):
+            raise CommandError(
+                f"{target} exists; --force replaces it, --resume continues a partial download"
+            )
+        # stderr, so `-o /dev/stdout`-style use and --json keep stdout clean.
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=out.json,
         )
+        task = progress.add_task(args.name, total=expected.size_bytes)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        with progress:
+            artifact = client.download(
+                args.job_id, args.name, target, resume=bool(args.resume), on_progress=advance
+            )
     if out.json:
         out.json_out({"path": str(target), "artifact": artifact})
     else:
@@ -271,7 +294,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     totals = [str(stats.by_state[s]) for s in states]
     table.add_row(Text("all", "bold"), *totals, str(sum(stats.by_state.values())))
     out.console.print(table)
-    ended = "1 job ended" if stats.ended_count == 1 else f"{format_count(stats.ended_count)} jobs ended"
+    n = stats.ended_count
+    ended = "1 job ended" if n == 1 else f"{format_count(n)} jobs ended"
     out.line(styled(f"last {format_duration(stats.window)}: ", "bold").append(ended))
     if stats.ended_count:
         out.line(Text(f"  success rate {stats.success_rate:.1%} (cancelled jobs not counted)"))

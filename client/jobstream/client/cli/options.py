@@ -278,10 +278,21 @@ def _add_job_commands(commands: _Commands) -> None:
     cancel.parser.add_argument("job_id", metavar="ID")
     cancel.add("--reason", help="why, recorded in the job's events", default="")
 
-    rm = commands.add("rm", "delete a job, its events and its files")
-    rm.parser.add_argument("job_id", metavar="ID")
+    rm = commands.add(
+        "rm",
+        "delete jobs, their events and their files (asks first on a terminal; "
+        "several ids elsewhere need --yes)",
+    )
+    rm.parser.add_argument("job_ids", metavar="ID", nargs="+")
     rm.add("--force", help="also delete a running job (cancelling it first)", kind="flag")
-    rm.add("--allow-missing", help="succeed when the job does not exist", kind="flag")
+    rm.add("--allow-missing", help="succeed when a job does not exist", kind="flag")
+    rm.add(
+        "-y",
+        "--yes",
+        help="do not ask: delete at once (needed for several ids when stdin is not a "
+        "terminal, and with --json)",
+        kind="flag",
+    )
 
 
 def _add_list_commands(commands: _Commands) -> None:
@@ -354,6 +365,7 @@ def _add_ops_commands(commands: _Commands) -> None:
         help="continue a partial download in FILE from its size",
         kind="flag",
     )
+    download.add("-f", "--force", help="replace FILE when it exists", kind="flag")
 
     purge = commands.add("purge", "delete old ended jobs with their events and files")
     purge.add(
