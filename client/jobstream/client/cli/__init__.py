@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return gateway_main(arguments[1:])
+    if arguments[:1] == ["__complete"]:
+        # What the completion scripts ask for on a TAB; never in --help.
+        from jobstream.client.cli.completion import complete_values
+
+        return complete_values(arguments[1:])
     if arguments[:1] == ["db"]:
         # Like serve: the server's own parser handles `db` and its flags.
         from jobstream.client.cli.processes import db
@@ -103,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The common --json came before `db`; the admin parser takes it after.
             return db([*args.db_argv, *(["--json"] if args.json else [])])
         if args.command == "completion":
-            from jobstream.client.cli.completion import bash_script
+            from jobstream.client.cli.completion import script
 
-            sys.stdout.write(bash_script())
-            return 0
+            sys.stdout.write(script(args.shell))
+            return EXIT_OK
         if args.command == "worker":
             from jobstream.client.cli.processes import run_worker
 

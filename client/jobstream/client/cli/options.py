@@ -128,9 +128,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, EnvOptions]:
     _add_list_commands(commands)
     _add_ops_commands(commands)
     completion = commands.add(
-        "completion", "print a shell completion script: source <(jobstream completion bash)"
+        "completion",
+        "print a shell completion script: source <(jobstream completion bash) "
+        "(or zsh, after compinit)",
     )
-    completion.parser.add_argument("shell", choices=("bash",), help="bash (zsh: via bashcompinit)")
+    completion.parser.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
     return parser, common
 
 
