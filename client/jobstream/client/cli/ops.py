@@ -119,16 +119,18 @@ for keys of one length."""
 
 def _result_line(item: ResultItem) -> Text:
     """``key  status  error  {"compact": "json"}``: one line, cut by the caller."""
-    line = safe_text(item.key, "bold").append("  ")
-    line.append(f"{item.status.value:<{STATUS_WIDTH}}", RESULT_STYLES.get(item.status, ""))
+    rest = Text()
     if item.error:
-        line.append("  ").append_text(safe_text(item.error, "red"))
+        rest.append("  ").append_text(safe_text(item.error, "red"))
     if item.data:
         data = json.dumps(
             item.data, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str
         )
-        line.append("  ").append_text(safe_text(data, "dim"))
-    return line
+        rest.append("  ").append_text(safe_text(data, "dim"))
+    status = f"{item.status.value:<{STATUS_WIDTH}}" if rest else item.status.value
+    line = safe_text(item.key, "bold").append("  ")
+    line.append(status, RESULT_STYLES.get(item.status, ""))
+    return line.append_text(rest)
 
 
 def vars_of(value: object) -> dict[str, Any]:
