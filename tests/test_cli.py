@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -674,6 +675,56 @@ def test_worker_refuses_bad_handler_modules(args: tuple[str, ...], message: str)
     assert result.returncode == 2
     assert message in err(result)
     assert b"Traceback" not in result.stderr
+
+
+FAILING_HANDLERS = textwrap.dedent(
+    """
+    from jobstream.client.worker import Handlers
+
+    handlers = Handlers()
+
+
+    @handlers.handler("clitest.boom")
+    def boom(ctx):
+        raise ValueError("no " + ctx.params["what"])
+    """
+)
+
+
+def test_worker_json_logs_its_start_jobs_failures_and_stop(
+    server: Server, client: JobClient, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_boom_handlers.py").write_text(FAILING_HANDLERS)
+    argv = [*CLI, "worker", "--handlers", "cli_boom_handlers", "--worker-id", "boom-1"]
+    argv += ["--json", "--log-level", "debug"]
+    env = command_environ({"JOBSTREAM_TARGET": server.target})
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        job = client.submit("clitest.boom", {"what": "luck"}, max_attempts=1)
+        eventually(lambda: job_in(client, job.id))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, stderr
+    lines = json_lines(stderr.decode())
+    ours = [line for line in lines if line["logger"].startswith("jobstream.client")]
+    messages = [(line["level"], line["message"]) for line in ours]
+    assert messages[0] == (
+        "INFO",
+        f"worker boom-1: started: kinds clitest.boom, queue(s) default, server {server.target}, "
+        "concurrency 4",
+    )
+    assert ("DEBUG", f"job {job.id} (clitest.boom): acquired, attempt 1") in messages
+    [failure] = [m for level, m in messages if level == "WARNING" and job.id in m]
+    assert re.fullmatch(
+        rf"job {job.id} \(clitest\.boom\): attempt 1 of 1 failed, no attempts left: "
+        r"ValueError: no luck \(at cli_boom_handlers\.py:\d+ in boom\)",
+        failure,
+    ), failure
+    assert messages[-1] == ("INFO", "worker boom-1: stopped")
+    assert all(set(line) >= {"time", "level", "logger", "message"} for line in lines)
 
 
 def test_ctrl_c_stops_a_watch_with_130(server: Server, client: JobClient) -> None:

@@ -18,6 +18,8 @@ completion zsh)`` or as a file named ``_jobstream`` in ``$fpath``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import shlex
 import sys
@@ -86,8 +88,10 @@ def complete_values(argv: Sequence[str]) -> int:
         return 0
     what, rest = argv[0], list(argv[1:])
     try:
-        # ls parses the same filter and connection flags (and their variables).
-        args = parse_args(["ls", *rest])
+        # ls parses the same filter and connection flags (and their
+        # variables); its usage errors are not for the line being typed.
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = parse_args(["ls", *rest])
         values = _query(what, args)
     except (Exception, SystemExit):
         # A completion must never print errors into the line being typed.
@@ -349,7 +353,9 @@ def _zsh_action(values: _Values) -> str:
     if values.query == "kinds":
         return "_jobstream_kinds"
     if values.query == "ids":
-        return f"_jobstream_ids{''.join(f' {s.value}' for s in values.states)}"
+        # The {…} form: _arguments adds no compadd options to its words,
+        # which name the states.
+        return "{_jobstream_ids" + "".join(f" {s.value}" for s in values.states) + "}"
     if values.files:
         return "_files"
     return " "
@@ -430,14 +436,14 @@ _jobstream_query() {{
 }}
 
 _jobstream_ids() {{
-    # Arguments before the compadd options: the states the ids must be in.
+    # Arguments: the states the jobs offered must be in (none: any).
     local -a ids query expl
-    while (( $# )) && [[ $1 != -* ]]; do
-        query+=(--state $1)
-        shift
+    local state
+    for state in "$@"; do
+        query+=(--state $state)
     done
     ids=(${{(f)"$(_jobstream_query ids $query)"}})
-    _wanted job-ids expl 'job id' compadd "$@" -a ids
+    _wanted job-ids expl 'job id' compadd -a ids
 }}
 
 _jobstream_kinds() {{
