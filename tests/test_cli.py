@@ -706,7 +706,12 @@ def test_worker_json_logs_its_start_jobs_failures_and_stop(
         eventually(lambda: job_in(client, job.id))
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        try:
+            _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 0, stderr
     lines = json_lines(stderr.decode())
     ours = [line for line in lines if line["logger"].startswith("jobstream.client")]

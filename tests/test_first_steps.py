@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,28 +72,47 @@ def test_readme_client_snippet_runs_as_written(server: Server) -> None:
     assert "item 100 of 100" in result.stdout
 
 
-def _run_worker(server: Server, script: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=script.parent,
-        env=command_environ({"JOBSTREAM_TARGET": server.target}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class WorkerProcess:
+    """A worker script run by the tests; always killed at the end of the
+    test, so a failing test leaves no worker taking later tests' jobs."""
+
+    def __init__(self, server: Server, script: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=script.parent,
+            env=command_environ({"JOBSTREAM_TARGET": server.target}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> str:
+        """SIGTERM the worker; its stderr once it has stopped."""
+        self.proc.send_signal(signal.SIGTERM)
+        _, stderr = self.proc.communicate(timeout=STOP_TIMEOUT_S)
+        assert self.proc.returncode == 0, stderr
+        return stderr
+
+    def kill(self) -> None:
+        """End it however it is (a no-op once it has stopped)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
 
 
-def _stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM the worker; its stderr once it has stopped."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = proc.communicate(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr
-    return stderr
+@pytest.fixture
+def run_worker(server: Server) -> Iterator[Callable[[Path], WorkerProcess]]:
+    """Starts worker scripts against the module's server; kills them after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(script: Path) -> WorkerProcess:
+        worker = WorkerProcess(server, script)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
 
 
 def _one_failed_one_succeeded(server: Server) -> tuple[str, str]:
@@ -108,25 +128,21 @@ def _one_failed_one_succeeded(server: Server) -> tuple[str, str]:
 
 
 def test_readme_worker_snippet_logs_its_start_failures_and_stop(
-    server: Server, tmp_path: Path
+    server: Server, tmp_path: Path, run_worker: Callable[[Path], WorkerProcess]
 ) -> None:
     code = python_block("Worker(TARGET")
     script = tmp_path / "readme_worker.py"
     script.write_text(code)
-    proc = _run_worker(server, script)
-    # The start line says the worker is there: then the jobs go to it.
-    assert proc.stderr is not None
-    started = proc.stderr.readline()
+    worker = run_worker(script)
+    failing, working = _one_failed_one_succeeded(server)
+    lines = worker.stop().splitlines()
     assert re.fullmatch(
         r"\S+ \S+ INFO jobstream\.client\.worker: worker \S+: started: kinds enrich\.companies, "
-        rf"queue\(s\) default, server {re.escape(server.target)}, concurrency 4\n",
-        started,
-    ), started
-    failing, working = _one_failed_one_succeeded(server)
-    lines = _stop(proc).splitlines()
-    line = (
-        rf"(?m)^\S+ \S+ WARNING jobstream\.client\.attempt: job {failing} \(enrich\.companies\): "
-    )
+        rf"queue\(s\) default, server {re.escape(server.target)}, concurrency 4",
+        lines[0],
+    ), lines
+    line = r"(?m)^\S+ \S+ WARNING jobstream\.client\.attempt: "
+    line += rf"job {failing} \(enrich\.companies\): "
     assert re.search(
         line + r"attempt 1 of 1 failed, no attempts left: "
         r"KeyError: 'rows' \(at readme_worker\.py:\d+ in enrich\)$",
@@ -150,17 +166,17 @@ def test_readme_worker_snippet_logs_its_start_failures_and_stop(
     ids=["basicConfig", "NullHandler"],
 )
 def test_a_worker_keeps_to_the_applications_logging(
-    server: Server, tmp_path: Path, setup: str, expected: str
+    server: Server,
+    tmp_path: Path,
+    run_worker: Callable[[Path], WorkerProcess],
+    setup: str,
+    expected: str,
 ) -> None:
     script = tmp_path / "configured_worker.py"
     script.write_text(setup + python_block("Worker(TARGET"))
-    proc = _run_worker(server, script)
-    # No start line to wait for here: the server shows when the worker polls.
-    with JobClient(server.target) as client:
-        probe = client.submit("enrich.companies", {"rows": []})
-        eventually(lambda: job_in(client, probe.id))
+    worker = run_worker(script)
     _one_failed_one_succeeded(server)
-    lines = _stop(proc).splitlines()
+    lines = worker.stop().splitlines()
     # Nothing in the worker's own format: its fallback stayed out of the way.
     assert not [line for line in lines if FALLBACK_LINE.match(line)], lines
     ours = [line for line in lines if "KeyError" in line or "SIGTERM" in line]
