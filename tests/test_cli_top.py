@@ -208,7 +208,11 @@ def test_top_json_streams_changes(server: Server, label: str) -> None:
 
 def _status(top: Tmux) -> str:
     """top's exit status, once it has ended."""
-    return eventually(lambda: top.status_file.exists() and top.status_file.read_text().strip())
+
+    def written() -> str | None:
+        return top.status_file.read_text().strip() if top.status_file.exists() else None
+
+    return eventually(written)
 
 
 REVERSE = "\x1b[7m"

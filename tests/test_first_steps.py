@@ -32,7 +32,7 @@ STOP_TIMEOUT_S = 20.0
 def python_block(marker: str) -> str:
     """The README's Python code block that contains ``marker``."""
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     [block] = [b for b in blocks if marker in b]
     return block
 
