@@ -274,13 +274,17 @@ def test_enter_shows_the_selected_job_live_and_esc_returns(
             assert any(
                 line.startswith(waiting.id) and "queued" in line for line in shown.splitlines()
             )
+            # Deleted while shown: the view says so and waits for a key.
+            client.delete(waiting.id)
+            eventually(lambda: "watch ended: " in top.screen())
             top.keys("q")  # back to the table …
             eventually(lambda: "jobstream top" in top.screen())
+            eventually(lambda: _row(top.screen(), waiting.id) is None)
             top.keys("q")  # … and out
             assert _status(top) == "0"
         finally:
-            client.cancel(running.id)
-            client.cancel(waiting.id)
+            client.delete(running.id, force=True)
+            client.delete(waiting.id, allow_missing=True)
 
 
 LONG_MESSAGE = "M" * 150 + "-END"

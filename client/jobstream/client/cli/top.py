@@ -38,6 +38,7 @@ from jobstream.client.cli.exits import EXIT_OK
 from jobstream.client.cli.render import fraction_of, safe_text, state_text, styled
 from jobstream.client.cli.watchview import WatchScreen
 from jobstream.client.client import JobClient
+from jobstream.client.errors import JobstreamError, NotFoundError
 from jobstream.client.models import Job, JobChange, JobEvent, JobState
 from jobstream.client.security import cli_security
 
@@ -354,7 +355,10 @@ def _watch_screen(args: argparse.Namespace, job: Job, live: Live, keys: KeyReade
     # A client of its own: closing it ends this watch and nothing else.
     with JobClient(args.target, timeout=timeout or None, security=cli_security(args)) as client:
         stream = client.watch(job.id)
-        snapshot = next(stream, None)
+        try:
+            snapshot = next(stream, None)
+        except NotFoundError:
+            return  # deleted since the table showed it: the table will say so
         if not isinstance(snapshot, Job):
             return
         screen = WatchScreen(snapshot, footer)
@@ -367,7 +371,16 @@ def _watch_screen(args: argparse.Namespace, job: Job, live: Live, keys: KeyReade
         live.update(screen, refresh=True)
         try:
             while not BACK_KEYS.intersection(keys.read(KEY_POLL_SECONDS)):
-                pump.check()
+                if pump.error is not None and screen.footer is footer:
+                    # The job's stream failed (deleted meanwhile, server
+                    # gone): say so here; the table still has its own.
+                    error = pump.error
+                    message = error.message if isinstance(error, JobstreamError) else str(error)
+                    screen.footer = (
+                        styled("watch ended: ", "red")
+                        .append_text(safe_text(message))
+                        .append(f"  {BACK_HINT}", "dim")
+                    )
         finally:
             pump.stop()
 
