@@ -119,12 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from jobstream.client.cli.commands import COMMANDS
             from jobstream.client.cli.ops import OPS_COMMANDS
+            from jobstream.client.cli.remove import cmd_rm
+            from jobstream.client.cli.top import cmd_top
         except ModuleNotFoundError as exc:
             if not _missing_rich(exc):
                 raise
             print(CLI_EXTRA_MESSAGE, file=sys.stderr)
             return EXIT_USAGE
-        return {**COMMANDS, **OPS_COMMANDS}[args.command](args)
+        commands = {**COMMANDS, **OPS_COMMANDS, "rm": cmd_rm, "top": cmd_top}
+        return commands[args.command](args)
     except (JobstreamError, CommandError) as exc:
         _report(exc, args)
         return EXIT_USAGE

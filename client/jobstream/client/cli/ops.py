@@ -28,10 +28,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from jobstream.client.cli.commands import Output, _client
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE
 from jobstream.client.cli.failures import CommandError
 from jobstream.client.cli.jsonout import to_jsonable
+from jobstream.client.cli.output import Output, connect
 from jobstream.client.cli.render import (
     format_count,
     format_duration,
@@ -72,7 +72,7 @@ class _Filter:
 def cmd_retry(args: argparse.Namespace) -> int:
     """``jobstream retry ID``: queue an ended job again as a new attempt."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.retry(args.job_id, args.reason, additional_attempts=args.attempts)
     if out.json:
         out.json_out(job)
@@ -91,7 +91,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     out = Output.from_args(args)
     as_json = out.json or bool(args.jsonl)
     statuses: set[ResultStatus] = set(args.status or ())
-    with _client(args) as client:
+    with connect(args) as client:
         for event in client.results(args.job_id):
             item = event.result_item
             if item is None or (statuses and item.status not in statuses):
@@ -154,7 +154,7 @@ def _size(n: int) -> str:
 def cmd_artifacts(args: argparse.Namespace) -> int:
     """``jobstream artifacts ID``: the job's output files."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         found = client.artifacts(args.job_id)
     if out.json:
         out.json_out(found)
@@ -198,7 +198,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     target = Path(args.output or args.name)
     if target.is_dir():
         target = target / args.name
-    with _client(args) as client:
+    with connect(args) as client:
         # Asked first, so that a wrong job or name is said before any
         # progress bar is drawn or any file is touched.
         expected = _artifact_named(client, args.job_id, args.name)
@@ -242,7 +242,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if older_than is None:
         print("error: purge needs --older-than (e.g. 30d; 0 for every ended job)", file=sys.stderr)
         return EXIT_USAGE
-    with _client(args) as client:
+    with connect(args) as client:
         flt = _Filter.from_args(args)
         result = client.purge(
             older_than=older_than,
@@ -271,7 +271,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """``jobstream stats``: counts by state and kind, and the window's
     success rate, run-time percentiles and throughput."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         flt = _Filter.from_args(args)
         stats = client.stats(
             window=args.window,
