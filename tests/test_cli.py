@@ -18,6 +18,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from jobstream.client import JobClient
 from jobstream.client.calls import DEFAULT_TIMEOUT
 from jobstream.client.cli.escape import sanitize
 from jobstream.client.cli.jsonout import dumps, to_jsonable
+from jobstream.client.cli.keys import parse_keys
 from jobstream.client.cli.options import parse_args
-from jobstream.client.cli.render import log_line, step_line
+from jobstream.client.cli.render import format_duration, log_line, step_line
 from jobstream.client.cli.watchview import WatchView
 from jobstream.client.connection import DEFAULT_TARGET
 from jobstream.client.models import (
@@ -992,3 +994,27 @@ def test_flags_beat_environment_beats_defaults() -> None:
     assert (args.target, args.limit, args.kind) == ("x:2", 3, ["c"])
     args = parse_args(["ls", "--target", "y:3", "--timeout", "0"], environ=env)
     assert (args.target, args.timeout) == ("y:3", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.35, "350 ms"),
+        (1.0, "1 s"),
+        (1.5, "1.5 s"),
+        (42.4, "42 s"),
+        (150, "2.5 min"),
+        (3600, "1 h"),
+        (86_400, "24 h"),
+        (3 * 86_400, "3 d"),
+        (45 * 86_400, "45 d"),
+    ],
+)
+def test_durations_read_as_people_say_them(seconds: float, shown: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == shown
+
+
+def test_keys_from_escape_sequences() -> None:
+    assert parse_keys("\x1b[A\x1b[Bjk\r\x1b") == ["up", "down", "j", "k", "enter", "escape"]
+    assert parse_keys("\x1bOA\x1b[5~q") == ["up", "pageup", "q"]
+    assert parse_keys("\x1b[99x") == []  # an unknown sequence is dropped, not typed
