@@ -17,6 +17,8 @@ CHROMIUM := /usr/bin/chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "make run listens on HOST=$(HOST) PORT=$(PORT) HTTP_PORT=$(HTTP_PORT), keeps its data in DATA=$(DATA);"
+	@echo "set any of them on the command line, e.g. make run PORT=50052 DATA=/tmp/jobs"
 
 # What serving needs (make run): the server extra only, no dev tools.
 $(RUNTIME): pyproject.toml

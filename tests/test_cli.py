@@ -9,13 +9,16 @@ should not be there cannot hide behind decoding.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,9 @@ from jobstream.client import JobClient
 from jobstream.client.calls import DEFAULT_TIMEOUT
 from jobstream.client.cli.escape import sanitize
 from jobstream.client.cli.jsonout import dumps, to_jsonable
+from jobstream.client.cli.keys import parse_keys
 from jobstream.client.cli.options import parse_args
-from jobstream.client.cli.render import log_line, step_line
+from jobstream.client.cli.render import format_duration, log_line, step_line
 from jobstream.client.cli.watchview import WatchView
 from jobstream.client.connection import DEFAULT_TARGET
 from jobstream.client.models import (
@@ -56,6 +60,9 @@ HOSTILE_TEXT = "before \x1b]0;pwned\x07 [bold]x[/bold] \x9b31m after\rover"
 8-bit CSI and overwrite itself if printed raw."""
 
 JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+ANSI_SGR = re.compile(r"\x1b\[[0-9;]*m")
+"""Colour and style codes a terminal gets, to read its text without them."""
 
 CLI = (sys.executable, "-m", "jobstream.client.cli")
 """How the subprocess tests start ``jobstream``: this interpreter, so the venv's packages."""
@@ -287,8 +294,26 @@ def test_ls_shows_and_filters_jobs(server: Server, label: str) -> None:
     table = ok(jobstream("ls", "--label", label, target=server.target))
     assert done in table
     assert waiting in table
-    for header in ("id", "kind", "state", "progress", "phase", "attempt", "created", "updated"):
-        assert header in table
+    header = table.splitlines()[0].split()
+    assert header == [
+        "id",
+        "kind",
+        "state",
+        "progress",
+        "items",
+        "duration",
+        "attempt",
+        "phase",
+        "created",
+        "ended",
+    ]
+    done_row = next(line for line in table.splitlines() if done in line)
+    # Two items counted, a run time in a unit people read, an end time.
+    assert "2 ok" in done_row
+    assert re.search(r"\d+(\.\d)? (ms|s)\b", done_row), done_row
+    waiting_row = next(line for line in table.splitlines() if waiting in line)
+    assert waiting_row.split()[4:6] == ["-", "-"]  # no items, never ran
+    assert "more" not in table
 
     listed = json.loads(ok(jobstream("ls", "--label", label, "--json", target=server.target)))
     assert isinstance(listed, list)
@@ -308,6 +333,23 @@ def test_ls_shows_and_filters_jobs(server: Server, label: str) -> None:
     assert len(ids("--limit", "1")) == 1
     assert ids("--label", "t=nobody-has-this") == []
     ok(jobstream("cancel", waiting, target=server.target))
+
+
+def test_ls_says_how_many_more_match_beyond_the_limit(server: Server, label: str) -> None:
+    ids = [submit(server, "demo.sleep", "--in", "1h", "--label", label) for _ in range(4)]
+    table = ok(jobstream("ls", "--label", label, "--limit", "3", target=server.target))
+    rows = [line.split() for line in table.splitlines()]
+    shown = [words[0] for words in rows if words and words[0] in ids]
+    assert shown == ids[:0:-1]  # the newest three, newest first
+    assert table.splitlines()[-1] == "… 1 more; --limit to see more"
+    assert "more" not in ok(jobstream("ls", "--label", label, "--limit", "4", target=server.target))
+    # --json stays a plain array for scripts.
+    listed = json.loads(
+        ok(jobstream("ls", "--label", label, "--limit", "3", "--json", target=server.target))
+    )
+    assert [job["id"] for job in listed] == ids[:0:-1]
+    for job_id in ids:
+        ok(jobstream("cancel", job_id, target=server.target))
 
 
 def test_ls_without_matches_says_so(server: Server) -> None:
@@ -403,6 +445,68 @@ def test_rm_of_a_running_job_needs_force(server: Server, client: JobClient) -> N
     assert jobstream("get", job_id, target=server.target).returncode == 2
 
 
+def test_rm_of_several_jobs_needs_yes_without_a_terminal(server: Server, label: str) -> None:
+    ids = [submit(server, "demo.sleep", "--in", "1h", "--label", label) for _ in range(3)]
+    refused = jobstream("rm", *ids, target=server.target)
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert err(refused) == (
+        "error: deleting 3 jobs needs --yes here: nobody can be asked "
+        "(stdin or stdout is not a terminal, or --json)\n"
+    )
+    assert (
+        len(json.loads(ok(jobstream("ls", "--label", label, "--json", target=server.target)))) == 3
+    )
+
+    text = ok(jobstream("rm", *ids[:2], "--yes", target=server.target))
+    assert text.splitlines() == [f"{ids[0]} deleted", f"{ids[1]} deleted"]
+    # With --json: an array, one answer per id; a refused one does not stop
+    # the others, and makes the status 2.
+    result = jobstream("rm", "no-such-rm-job", ids[2], "--yes", "--json", target=server.target)
+    assert result.returncode == 2
+    answers = json.loads(out(result))
+    assert answers[0]["job_id"] == "no-such-rm-job"
+    assert answers[0]["error"]["code"] == "NOT_FOUND"
+    assert answers[1] == {
+        "job_id": ids[2],
+        "deleted": True,
+        "removed_paths": [],
+        "refused_paths": [],
+    }
+    assert json.loads(ok(jobstream("ls", "--label", label, "--json", target=server.target))) == []
+
+
+def test_rm_on_a_terminal_names_the_jobs_and_asks(server: Server, label: str) -> None:
+    ids = [submit(server, "demo.sleep", "--in", "1h", "--label", label) for _ in range(2)]
+
+    def rm(answer: str, *extra: str) -> tuple[str, int]:
+        child = pexpect.spawn(
+            CLI[0],
+            [*CLI[1:], "--target", server.target, "rm", *ids, *extra],
+            env=command_environ({"TERM": "xterm-256color"}),
+            dimensions=(40, 160),
+            timeout=RUN_TIMEOUT_S,
+            encoding="utf-8",
+        )
+        child.expect_exact("delete them? [y/N] ")
+        asked: str = child.before
+        child.sendline(answer)
+        child.expect(pexpect.EOF)
+        child.close()
+        return ANSI_SGR.sub("", asked + child.before), child.exitstatus
+
+    said, status = rm("n")
+    assert status == 0 and "nothing deleted" in said
+    assert "about to delete 2 job(s)" in said
+    for job_id in ids:
+        row = next(line for line in said.splitlines() if job_id in line)
+        assert "demo.sleep" in row and "queued" in row
+    listed = json.loads(ok(jobstream("ls", "--label", label, "--json", target=server.target)))
+    assert len(listed) == 2  # nothing deleted
+    said, status = rm("y")
+    assert status == 0 and f"{ids[0]} deleted" in said and f"{ids[1]} deleted" in said
+    assert json.loads(ok(jobstream("ls", "--label", label, "--json", target=server.target))) == []
+
+
 def test_a_closed_stdout_is_status_141_without_a_traceback(server: Server) -> None:
     # Enough lines that the output cannot all fit in the pipe's buffer.
     job_id = submit(server, "demo.count", "--param", "n=3000", "--param", "delay=0")
@@ -432,10 +536,57 @@ def test_unknown_job_errors_are_one_line(server: Server) -> None:
         assert err(result) == "error: NOT_FOUND: job_id: no job 'no-such-job'\n", command
 
 
-def test_unreachable_server_is_exit_2_without_traceback() -> None:
-    result = jobstream("get", "x", "--timeout", "2", target="127.0.0.1:1")
+UNREACHABLE = (
+    "error: cannot reach the jobstream server at 127.0.0.1:1 (connection refused). "
+    "Is it running? Start it with `make run` or `jobstream serve`, "
+    "or point --target / JOBSTREAM_TARGET at it.\n"
+)
+"""What every client command says when nothing listens at its target."""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("get", "x"), ("ls",), ("watch", "x"), ("logs", "x", "-f"), ("stats",), ("rm", "x")],
+)
+def test_unreachable_server_says_what_is_wrong_and_what_to_do(args: tuple[str, ...]) -> None:
+    result = jobstream(*args, "--timeout", "5", target="127.0.0.1:1")
     assert result.returncode == 2
-    assert re.fullmatch(r"error: (UNAVAILABLE|DEADLINE_EXCEEDED): .*\n", err(result)), err(result)
+    assert result.stdout == b""
+    assert err(result) == UNREACHABLE
+
+
+def test_unreachable_server_with_json_is_a_json_error_on_stderr() -> None:
+    result = jobstream("get", "x", "--json", target="127.0.0.1:1", env={})
+    assert result.returncode == 2
+    assert result.stdout == b""
+    [line] = json_lines(err(result))
+    error = line["error"]
+    assert error["code"] == "UNAVAILABLE"
+    assert (
+        error["message"] == "cannot reach the jobstream server at 127.0.0.1:1 (connection refused)."
+    )
+    assert error["target"] == "127.0.0.1:1" and error["reason"] == "connection refused"
+    assert "make run" in error["hint"] and "Connection refused" in error["detail"]
+    # The variable names the target just as --target does.
+    by_env = jobstream("ls", env={"JOBSTREAM_TARGET": "127.0.0.1:1"})
+    assert by_env.returncode == 2 and "server at 127.0.0.1:1 (connection refused)" in err(by_env)
+
+
+def test_server_errors_with_json_are_json_objects(server: Server) -> None:
+    result = jobstream("get", "no-such-job", "--json", target=server.target)
+    assert result.returncode == 2 and result.stdout == b""
+    [line] = json_lines(err(result))
+    assert line["error"]["code"] == "NOT_FOUND"
+    assert line["error"]["message"] == "job_id: no job 'no-such-job'"
+    assert line["error"]["field"] == "job_id"
+    assert line["error"]["reason"] is None
+
+
+def test_version_is_the_installed_packages() -> None:
+    version = importlib.metadata.version("jobstream")
+    assert ok(jobstream("--version")) == f"jobstream {version}\n"
+    assert json.loads(ok(jobstream("--version", "--json"))) == {"version": version}
+    assert json.loads(ok(jobstream("--json", "--version"))) == {"version": version}
 
 
 @pytest.mark.parametrize(
@@ -526,6 +677,61 @@ def test_worker_refuses_bad_handler_modules(args: tuple[str, ...], message: str)
     assert result.returncode == 2
     assert message in err(result)
     assert b"Traceback" not in result.stderr
+
+
+FAILING_HANDLERS = textwrap.dedent(
+    """
+    from jobstream.client.worker import Handlers
+
+    handlers = Handlers()
+
+
+    @handlers.handler("clitest.boom")
+    def boom(ctx):
+        raise ValueError("no " + ctx.params["what"])
+    """
+)
+
+
+def test_worker_json_logs_its_start_jobs_failures_and_stop(
+    server: Server, client: JobClient, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_boom_handlers.py").write_text(FAILING_HANDLERS)
+    argv = [*CLI, "worker", "--handlers", "cli_boom_handlers", "--worker-id", "boom-1"]
+    argv += ["--json", "--log-level", "debug"]
+    env = command_environ({"JOBSTREAM_TARGET": server.target})
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        job = client.submit("clitest.boom", {"what": "luck"}, max_attempts=1)
+        eventually(lambda: job_in(client, job.id))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0, stderr
+    lines = json_lines(stderr.decode())
+    ours = [line for line in lines if line["logger"].startswith("jobstream.client")]
+    messages = [(line["level"], line["message"]) for line in ours]
+    assert messages[0] == (
+        "INFO",
+        f"worker boom-1: started: kinds clitest.boom, queue(s) default, server {server.target}, "
+        "concurrency 4",
+    )
+    assert ("DEBUG", f"job {job.id} (clitest.boom): acquired, attempt 1") in messages
+    [failure] = [m for level, m in messages if level == "WARNING" and job.id in m]
+    assert re.fullmatch(
+        rf"job {job.id} \(clitest\.boom\): attempt 1 of 1 failed, no attempts left: "
+        r"ValueError: no luck \(at cli_boom_handlers\.py:\d+ in boom\)",
+        failure,
+    ), failure
+    assert messages[-1] == ("INFO", "worker boom-1: stopped")
+    assert all(set(line) >= {"time", "level", "logger", "message"} for line in lines)
 
 
 def test_ctrl_c_stops_a_watch_with_130(server: Server, client: JobClient) -> None:
@@ -788,3 +994,27 @@ def test_flags_beat_environment_beats_defaults() -> None:
     assert (args.target, args.limit, args.kind) == ("x:2", 3, ["c"])
     args = parse_args(["ls", "--target", "y:3", "--timeout", "0"], environ=env)
     assert (args.target, args.timeout) == ("y:3", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.35, "350 ms"),
+        (1.0, "1 s"),
+        (1.5, "1.5 s"),
+        (42.4, "42 s"),
+        (150, "2.5 min"),
+        (3600, "1 h"),
+        (86_400, "24 h"),
+        (3 * 86_400, "3 d"),
+        (45 * 86_400, "45 d"),
+    ],
+)
+def test_durations_read_as_people_say_them(seconds: float, shown: str) -> None:
+    assert format_duration(timedelta(seconds=seconds)) == shown
+
+
+def test_keys_from_escape_sequences() -> None:
+    assert parse_keys("\x1b[A\x1b[Bjk\r\x1b") == ["up", "down", "j", "k", "enter", "escape"]
+    assert parse_keys("\x1bOA\x1b[5~q") == ["up", "pageup", "q"]
+    assert parse_keys("\x1b[99x") == []  # an unknown sequence is dropped, not typed

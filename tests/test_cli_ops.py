@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from conftest import Server
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import JobClient, JobState
-from jobstream.v1 import worker_service_pb2
+from jobstream.v1 import job_pb2, worker_service_pb2
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,43 @@ def test_results_jsonl_streams_every_item(server: Server, client: JobClient) -> 
     assert lines[3]["status"] == "succeeded" and lines[3]["data"] == {"i": 4, "square": 16}
     assert all(isinstance(line["seq"], int) for line in lines)
     plain = ok(run(server, "results", job_id))
-    assert "item-1 succeeded" in plain.splitlines()[0]
+    assert plain.splitlines()[3] == 'item-4  succeeded  {"i":4,"square":16}'
     assert "NOT_FOUND" in usage_error(run(server, "results", "no-such-job-r"))
+
+
+def test_results_filter_by_status_and_cut_data_to_the_width(
+    server: Server, client: JobClient
+) -> None:
+    kind = f"cli.res.{uuid.uuid4().hex[:8]}"
+    job = client.submit(kind)
+    raw = RawWorker(server.target)
+    try:
+        lease = raw.acquire(kind)
+        statuses = [job_pb2.RESULT_STATUS_SUCCEEDED, job_pb2.RESULT_STATUS_FAILED]
+        statuses.append(job_pb2.RESULT_STATUS_SKIPPED)
+        raw.report(
+            job.id, lease.lease_id, results=list(zip(["a", "b", "c"], statuses, strict=True))
+        )
+        raw.finish(job.id, lease.lease_id)
+    finally:
+        raw.close()
+    assert ok(run(server, "results", job.id, "--status", "failed")).splitlines() == ["b  failed"]
+    both = ok(run(server, "results", job.id, "--status", "FAILED", "--status", "skipped"))
+    assert both.splitlines() == ["b  failed", "c  skipped"]
+    lines = [
+        json.loads(x)
+        for x in ok(run(server, "results", job.id, "--jsonl", "--status", "skipped")).splitlines()
+    ]
+    assert [(x["key"], x["status"]) for x in lines] == [("c", "skipped")]
+    assert "unknown status 'bogus'" in usage_error(
+        run(server, "results", job.id, "--status", "bogus")
+    )
+
+    # Data wider than the terminal is cut to it, on one line.
+    done = ok(run(server, "submit", "demo.count", "-p", "n=3", "-p", "delay=0")).strip()
+    eventually(lambda: job_in(client, done, JobState.SUCCEEDED))
+    narrow = run_cli(["--target", server.target, "results", done], env={"COLUMNS": "28"})
+    assert ok(narrow).splitlines()[0] == 'item-1  succeeded  {"i":1,"…'
 
 
 def _upload(raw: RawWorker, job_id: str, lease_id: str, name: str, data: bytes) -> None:
@@ -133,12 +169,46 @@ def test_artifacts_and_download(server: Server, client: JobClient, tmp_path: Pat
     target.write_bytes(data[:100])
     ok(run(server, "download", job.id, "hello.txt", "-o", str(target), "--resume"))
     assert target.read_bytes() == data
-    assert "NOT_FOUND" in usage_error(run(server, "download", job.id, "missing.txt", cwd=tmp_path))
+    missing = run(server, "download", job.id, "missing.txt", cwd=tmp_path)
+    # Said at once, in one line: no progress bar was drawn first.
+    assert usage_error(missing) == (
+        f"error: NOT_FOUND: job '{job.id}' has no artifact 'missing.txt' (it has: hello.txt)\n"
+    )
     assert not (tmp_path / "missing.txt").exists()  # a refused download makes no file
+    unknown = run(server, "download", "no-such-job-d", "x.txt", "--json", cwd=tmp_path)
+    assert json.loads(usage_error(unknown))["error"]["field"] == "job_id"
+
+    # An existing file is kept unless --force (or --resume).
+    target.write_bytes(b"mine")
+    kept = usage_error(run(server, "download", job.id, "hello.txt", "-o", str(target)))
+    assert kept == (
+        f"error: {target} exists; --force replaces it, --resume continues a partial download\n"
+    )
+    assert target.read_bytes() == b"mine"
+    refused = run(server, "download", job.id, "hello.txt", "-o", str(target), "--json")
+    assert json.loads(usage_error(refused))["error"]["code"] == "USAGE"
+    ok(run(server, "download", job.id, "hello.txt", "-o", str(target), "--force"))
+    assert target.read_bytes() == data
     empty = f"cli.none.{uuid.uuid4().hex[:6]}"
     other = client.submit(empty)
     assert "no artifacts" in ok(run(server, "artifacts", other.id))
     client.cancel(other.id)
+
+
+def test_demo_report_uploads_a_csv_to_download(
+    server: Server, client: JobClient, tmp_path: Path
+) -> None:
+    job_id = ok(run(server, "submit", "demo.report", "-p", "n=1500")).strip()
+    done = eventually(lambda: job_in(client, job_id))
+    assert done.state is JobState.SUCCEEDED, done.error
+    [listed] = json.loads(ok(run(server, "artifacts", job_id, "--json")))
+    assert done.result == {"rows": 1500, "artifact": "report.csv", "bytes": listed["size_bytes"]}
+    assert listed["name"] == "report.csv" and listed["content_type"] == "text/csv"
+    said = ok(run(server, "download", job_id, "report.csv", cwd=tmp_path))
+    assert "sha256 verified" in said
+    lines = (tmp_path / "report.csv").read_text().splitlines()
+    assert lines[0] == "row,square,label" and lines[-1] == "1500,2250000,row 1500"
+    assert len(lines) == 1501 and listed["size_bytes"] == (tmp_path / "report.csv").stat().st_size
 
 
 def test_purge_dry_run_then_purge(server: Server, client: JobClient) -> None:
@@ -168,7 +238,12 @@ def test_stats_table_and_json(server: Server, client: JobClient) -> None:
     eventually(lambda: job_in(client, job_id, JobState.SUCCEEDED))
     text = ok(run(server, "stats", "--label", label, "--window", "1d"))
     assert "demo.count" in text and "SUCCEEDED" in text
-    assert "success rate 100.0%" in text and "last 1440.0 min" in text
+    assert "success rate 100.0%" in text
+    assert "last 24 h: 1 job ended\n" in text
+    assert re.search(r"run time p50 \d+(\.\d)? (ms|s), p95 \d+(\.\d)? (ms|s) ", text), text
+    assert "last 1.5 h: 1 job ended" in ok(
+        run(server, "stats", "--label", label, "--window", "90m")
+    )
     data = json.loads(ok(run(server, "stats", "--label", label, "--json")))
     assert data["by_state"] == {"succeeded": 1} and data["ended_count"] == 1
     assert data["window"] == 3600 and data["success_rate"] == 1.0

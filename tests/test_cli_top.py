@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from cli_runner import command_environ
 from conftest import Server
-from helpers import eventually
+from helpers import RawWorker, eventually
 from test_cli import CLI, jobstream, ok
 
 from jobstream.client import JobClient
+from jobstream.v1 import job_pb2, worker_service_pb2
 
 SCREEN = (160, 30)
 """Columns and lines of the terminal top runs in."""
@@ -68,9 +69,10 @@ class Tmux:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def screen(self) -> str:
-        """The visible screen as text."""
-        return self._tmux("capture-pane", "-p", "-t", "top")
+    def screen(self, *, styles: bool = False) -> str:
+        """The visible screen as text (with ``styles``, with the escape
+        codes of its colours and attributes)."""
+        return self._tmux("capture-pane", "-p", *(["-e"] if styles else []), "-t", "top")
 
     def keys(self, *keys: str) -> None:
         """Type ``keys`` (tmux key names, e.g. ``C-c``)."""
@@ -202,3 +204,126 @@ def test_top_json_streams_changes(server: Server, label: str) -> None:
             pump.join(10)  # EOF after the kill; then the pipe is safe to close
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+def _status(top: Tmux) -> str:
+    """top's exit status, once it has ended."""
+
+    def written() -> str | None:
+        return top.status_file.read_text().strip() if top.status_file.exists() else None
+
+    return eventually(written)
+
+
+REVERSE = "\x1b[7m"
+"""How a selected row starts in tmux's capture of the styled screen."""
+
+
+def _selected(top: Tmux, job_id: str) -> bool:
+    row = _row(top.screen(styles=True), job_id)
+    return row is not None and REVERSE in row
+
+
+def test_q_quits_top(server: Server, label: str, top: Tmux) -> None:
+    with JobClient(server.target) as client:
+        job = client.submit("top.nobody", labels={"run": label})
+        eventually(lambda: _row(top.screen(), job.id))
+        top.keys("q")
+        assert _status(top) == "0"
+        client.cancel(job.id)
+
+
+def test_enter_shows_the_selected_job_live_and_esc_returns(
+    server: Server, label: str, top: Tmux
+) -> None:
+    with JobClient(server.target) as client:
+        running = client.submit("demo.count", SLOW_COUNT, labels={"run": label})
+        waiting = client.submit("top.nobody", labels={"run": label})
+        try:
+            eventually(lambda: "running" in (_row(top.screen(), running.id) or ""))
+            eventually(lambda: _row(top.screen(), waiting.id))
+            screen = top.screen()
+            assert "↑↓ select  enter watch  q quit" in screen
+            # Running jobs come first: the first row is selected.
+            eventually(lambda: _selected(top, running.id))
+            top.keys("j")
+            eventually(lambda: _selected(top, waiting.id) and not _selected(top, running.id))
+            top.keys("Up")
+            eventually(lambda: _selected(top, running.id))
+
+            top.keys("Enter")
+
+            def items_shown() -> list[int]:
+                found = re.findall(r"item (\d+) of 100000", top.screen())
+                return [int(n) for n in found]
+
+            first = eventually(items_shown)
+            screen = top.screen()
+            assert "esc/q back to the list" in screen
+            header = next(line for line in screen.splitlines() if line.startswith(running.id))
+            assert "demo.count" in header and "running" in header
+            # Live: later items arrive without a key.
+            eventually(lambda: max(items_shown() or [0]) > max(first))
+
+            top.keys("Escape")
+            eventually(lambda: "jobstream top" in top.screen())
+            assert "esc/q back" not in top.screen()
+            top.keys("Down", "Enter")
+            eventually(lambda: "esc/q back to the list" in top.screen())
+            shown = top.screen()
+            assert any(
+                line.startswith(waiting.id) and "queued" in line for line in shown.splitlines()
+            )
+            # Deleted while shown: the view says so and waits for a key.
+            client.delete(waiting.id)
+            eventually(lambda: "watch ended: " in top.screen())
+            top.keys("q")  # back to the table …
+            eventually(lambda: "jobstream top" in top.screen())
+            eventually(lambda: _row(top.screen(), waiting.id) is None)
+            top.keys("q")  # … and out
+            assert _status(top) == "0"
+        finally:
+            client.delete(running.id, force=True)
+            client.delete(waiting.id, allow_missing=True)
+
+
+LONG_MESSAGE = "M" * 150 + "-END"
+"""A progress message wider than any column a fixed cut would leave."""
+
+
+def _running_with_message(server: Server, label: str, message: str) -> str:
+    """A job held RUNNING by a raw worker that reported ``message``."""
+    kind = f"top.long.{uuid.uuid4().hex[:6]}"
+    with JobClient(server.target) as client:
+        job = client.submit(kind, labels={"run": label})
+    raw = RawWorker(server.target)
+    try:
+        lease = raw.acquire(kind, lease_s=600)
+        raw.stub.ReportJob(
+            worker_service_pb2.ReportJobRequest(
+                job_id=job.id,
+                lease_id=lease.lease_id,
+                progress=job_pb2.Progress(done=1, total=10, message=message),
+            ),
+            timeout=READ_TIMEOUT_S,
+        )
+    finally:
+        raw.close()
+    return job.id
+
+
+def test_the_message_column_takes_the_width_left(server: Server, label: str, top: Tmux) -> None:
+    job_id = _running_with_message(server, label, LONG_MESSAGE)
+    row = eventually(lambda: _row(top.screen(), job_id))
+    cols, _ = SCREEN
+    assert "top.long" in row and "running" in row
+    assert row.rstrip().endswith("M…") and len(row.rstrip()) == cols
+    # Without a terminal (200 columns) the other columns keep their room too.
+    printed = ok(jobstream("top", "--label", f"run={label}", target=server.target))
+    piped = _row(printed, job_id)
+    assert piped is not None and "top.long" in piped and "running" in piped and "10.0%" in piped
+    assert len(piped.rstrip()) == 200 and piped.rstrip().endswith("…")
+    top.keys("q")
+    assert _status(top) == "0"
+    with JobClient(server.target) as client:
+        client.delete(job_id, force=True)

@@ -183,3 +183,23 @@ def test_unreachable_server_is_unavailable() -> None:
             client.get("j")
         with pytest.raises(UnavailableError):
             next(iter(client.watch("j")))
+
+
+def test_unreachable_reason_reads_grpcs_words_for_a_failed_connection() -> None:
+    with JobClient("127.0.0.1:1", timeout=5) as client, pytest.raises(UnavailableError) as refused:
+        client.get("x")
+    assert errors.unreachable_reason(refused.value) == "connection refused"
+    resolving = errors.from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            "errors resolving nohost.invalid:1: [field:hostname lookup error:address lookup "
+            "failed for nohost.invalid:1: Domain name not found]",
+        )
+    )
+    assert errors.unreachable_reason(resolving) == "host name not found"
+    # A server that answers UNAVAILABLE itself was reached, whatever it quotes.
+    for message in ("storage unavailable: connection to db failed: Connection refused", ""):
+        answered = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, message))
+        assert errors.unreachable_reason(answered) is None
+    other = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, "failed to connect"))
+    assert errors.unreachable_reason(other) is None

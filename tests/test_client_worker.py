@@ -89,7 +89,7 @@ def test_handlers_register_and_look_up() -> None:
 def test_handlers_update_merges() -> None:
     merged = Handlers()
     merged.update(demo.handlers)
-    assert merged.kinds == ("demo.count", "demo.fail", "demo.fatal", "demo.sleep")
+    assert merged.kinds == ("demo.count", "demo.fail", "demo.fatal", "demo.report", "demo.sleep")
     merged.update(demo.handlers)  # idempotent
 
 

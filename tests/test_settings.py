@@ -196,4 +196,4 @@ def test_worker_json_log_lines_have_the_server_format(tmp_path: Path) -> None:
     assert set(line) == {"time", "level", "logger", "message"}
     assert line["level"] == "INFO" and line["logger"] == "jobstream.client.worker"
     assert line["time"].endswith("+00:00")  # UTC, as the server writes it
-    assert "running demo.count" in line["message"]
+    assert "started: kinds demo.count" in line["message"]

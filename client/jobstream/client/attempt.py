@@ -87,10 +87,18 @@ class _Outcome:
     result: JsonObject | None = None
     error: JobError | None = None
     retryable: bool = False
+    cause: str = ""
+    """For the worker's log: the failure as its traceback's last line says
+    it, and where it was raised."""
 
 
 def _failure(
-    code: str, message: str, *, retryable: bool, details: JsonObject | None = None
+    code: str,
+    message: str,
+    *,
+    retryable: bool,
+    details: JsonObject | None = None,
+    cause: str = "",
 ) -> _Outcome:
     return _Outcome(
         JobOutcome.FAILED,
@@ -98,7 +106,20 @@ def _failure(
             code=code, message=message[:MAX_ERROR_MESSAGE_CHARS], details=dict(details or {})
         ),
         retryable=retryable,
+        cause=cause or f"{code}: {message}",
     )
+
+
+def _cause(exc: BaseException) -> str:
+    """``KeyError: 'rows' (at handlers.py:12 in enrich)``: the last line of
+    the exception's traceback and the frame that raised it, on one line."""
+    last_line = traceback.format_exception_only(exc)[-1].strip()
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        frame = frames[-1]
+        where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+        last_line = f"{last_line} (at {where})"
+    return " ".join(last_line.split())  # one line, whatever the message held
 
 
 def _run_in_thread(fn: Handler, ctx: JobContext, name: str) -> asyncio.Future[Any]:
@@ -195,6 +216,7 @@ class Attempt:
         try:
             outcome = await self._call_handler()
             self.handler_done = True
+            self._log_failure(outcome)
             await self._drain_flusher(flusher)
             if self.lease_lost:
                 log.warning("job %s: lease lost; not finishing it", self.job.id)
@@ -223,7 +245,9 @@ class Attempt:
         except JobCancelled as exc:
             return self._cancelled(str(exc))
         except FatalJobError as exc:
-            return _failure(exc.code, str(exc), retryable=False, details=exc.details)
+            return _failure(
+                exc.code, str(exc), retryable=False, details=exc.details, cause=_cause(exc)
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -231,9 +255,12 @@ class Attempt:
             return self._cancelled("")  # interrupt() cancelled the handler's task
         except Exception as exc:
             trace = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
-            log.info("job %s: handler raised %s: %s", self.job.id, type(exc).__name__, exc)
             return _failure(
-                type(exc).__name__, str(exc), retryable=True, details={"traceback": trace}
+                type(exc).__name__,
+                str(exc),
+                retryable=True,
+                details={"traceback": trace},
+                cause=_cause(exc),
             )
         if self.cancellation.requested:
             return self._cancelled("")
@@ -244,6 +271,29 @@ class Attempt:
                 retryable=False,
             )
         return _Outcome(JobOutcome.SUCCEEDED, result=dict(result) if result is not None else None)
+
+    def _log_failure(self, outcome: _Outcome) -> None:
+        """One WARNING per failed attempt, so a worker's log says what went
+        wrong without anyone opening the job."""
+        if outcome.outcome is not JobOutcome.FAILED:
+            return
+        job = self.job
+        of = f" of {job.max_attempts}" if job.max_attempts else ""
+        if not outcome.retryable:
+            then = "not retried"
+        elif job.max_attempts and job.attempt >= job.max_attempts:
+            then = "no attempts left"
+        else:
+            then = "to be retried"
+        log.warning(
+            "job %s (%s): attempt %d%s failed, %s: %s",
+            job.id,
+            job.kind,
+            job.attempt,
+            of,
+            then,
+            outcome.cause,
+        )
 
     def _cancelled(self, message: str) -> _Outcome:
         if self.cancellation.reason == "shutdown":
@@ -334,6 +384,7 @@ class Attempt:
                 fill_struct(request.result, outcome.result, what="result")
             except ValueError as exc:
                 outcome = _failure("invalid_result", str(exc), retryable=False)
+                self._log_failure(outcome)
                 return await self._finish(outcome)
         if outcome.error is not None:
             request.error.CopyFrom(job_error_to_pb(outcome.error))
@@ -349,7 +400,9 @@ class Attempt:
                 log.error("job %s: FinishJob refused: %s", self.job.id, exc)
             return
         if response is not None:
-            log.info("job %s (%s): %s", self.job.id, self.job.kind, outcome.outcome.value)
+            # A failure was logged at WARNING with its cause already.
+            level = logging.DEBUG if outcome.outcome is JobOutcome.FAILED else logging.INFO
+            log.log(level, "job %s (%s): %s", self.job.id, self.job.kind, outcome.outcome.value)
 
     async def _upload(self, path: Path, name: str, content_type: str) -> Artifact:
         """UploadArtifact: hash the file, then stream it in chunks. Not

@@ -6,13 +6,18 @@
 ``demo.sleep`` (async) sleeps ``seconds`` (default 1) and honours cancel;
 ``demo.count`` counts to ``n`` (default 100) with ``delay`` seconds (default
 0.01) per item, reporting progress, phases, steps, a log line and a result
-per item; ``demo.fail`` raises (and is retried); ``demo.fatal`` fails for good.
+per item; ``demo.fail`` raises (and is retried); ``demo.fatal`` fails for good;
+``demo.report`` writes a CSV of ``n`` rows (default 1000) and uploads it as the
+artifact ``report.csv``, to try ``jobstream artifacts`` and ``jobstream download``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from jobstream.client.worker import FatalJobError, Handlers, JobCancelled, JobContext
@@ -81,3 +86,35 @@ def fail(ctx: JobContext) -> None:
 def fatal(ctx: JobContext) -> None:
     """Always fails, and is not retried."""
     raise FatalJobError(str(ctx.params.get("message", "demo.fatal fails for good")), code="fatal")
+
+
+REPORT_NAME = "report.csv"
+"""The artifact demo.report uploads."""
+
+_REPORT_PROGRESS_EVERY = 1_000
+"""demo.report reports progress every this many rows."""
+
+
+@handlers.handler("demo.report")
+def report(ctx: JobContext) -> dict[str, Any]:
+    """Write a CSV of ``params.n`` rows (default 1000) and upload it as the
+    artifact ``report.csv``."""
+    n = int(_number(ctx, "n", 1000))
+    ctx.phase("write")
+    # A directory of its own, not ctx.job_dir: a worker on another host has
+    # none, and the upload copies the bytes to the server anyway.
+    with tempfile.TemporaryDirectory(prefix="jobstream-demo-") as tmp:
+        path = Path(tmp) / REPORT_NAME
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["row", "square", "label"])
+            for i in range(1, n + 1):
+                ctx.check_cancelled()
+                writer.writerow([i, i * i, f"row {i}"])
+                if i % _REPORT_PROGRESS_EVERY == 0:
+                    ctx.progress(i, n, message=f"row {i}")
+        ctx.progress(n, n)
+        ctx.phase("upload")
+        artifact = ctx.upload(path, content_type="text/csv")
+    ctx.log(f"uploaded {artifact.name}: {artifact.size_bytes} bytes, sha256 {artifact.sha256}")
+    return {"rows": n, "artifact": artifact.name, "bytes": artifact.size_bytes}

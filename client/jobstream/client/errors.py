@@ -26,6 +26,7 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "from_rpc_error",
+    "unreachable_reason",
 ]
 
 # The server words its status messages "field: what is wrong", e.g.
@@ -169,3 +170,42 @@ def from_rpc_error(error: grpc.RpcError) -> JobstreamError:
         message = str(message)
     match = _FIELD_PREFIX.match(message)
     return error_class(code)(code, message, match.group(1) if match else None)
+
+
+_NO_CONNECTION = re.compile(
+    r"^(failed to connect to all addresses|errors resolving|DNS resolution failed"
+    r"|Socket closed|Connection reset|connections to all backends failing)",
+    re.IGNORECASE,
+)
+"""How gRPC's C core begins the message of a call that got no connection.
+A server's own UNAVAILABLE (shutting down, storage down) never starts so,
+even when it quotes a refused connection of its own (to its database)."""
+
+_UNREACHABLE_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"connection refused", re.IGNORECASE), "connection refused"),
+    (
+        re.compile(
+            r"errors resolving|domain name not found|dns resolution|name or service not known",
+            re.IGNORECASE,
+        ),
+        "host name not found",
+    ),
+    (re.compile(r"network is unreachable|no route to host", re.IGNORECASE), "network unreachable"),
+    (re.compile(r"handshake|ssl|tls", re.IGNORECASE), "TLS handshake failed"),
+    (re.compile(r"timed out|timeout", re.IGNORECASE), "connection timed out"),
+)
+"""What gRPC's wording of a failed connection (which differs by cause and
+version) means, in a few words; anything else is "connection failed"."""
+
+
+def unreachable_reason(error: JobstreamError) -> str | None:
+    """Why the server could not be reached, in a few words (``connection
+    refused``, ``host name not found`` …), when ``error`` says the channel
+    got no connection; None for any other error, including a server that
+    answers UNAVAILABLE itself (shutting down, its storage down)."""
+    if error.code is not grpc.StatusCode.UNAVAILABLE or not _NO_CONNECTION.match(error.message):
+        return None
+    for pattern, reason in _UNREACHABLE_REASONS:
+        if pattern.search(error.message):
+            return reason
+    return "connection failed"

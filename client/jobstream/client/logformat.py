@@ -1,5 +1,7 @@
-"""One JSON log line format for every jobstream process: the server
-(``jobstream serve --log-json``) and the worker (``jobstream worker --json``).
+"""How jobstream's processes log: one text and one JSON line format for the
+server (``jobstream serve --log-json``) and the worker (``jobstream worker
+--json``), and the handler a library Worker falls back on when the
+application configured no logging.
 
 Each record is one JSON object on one line: ``time`` (UTC, ISO 8601 with
 milliseconds), ``level`` (``INFO``, ``DEBUG`` …), ``logger``, ``message``;
@@ -12,10 +14,27 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ID_FIELDS", "VALUE_FIELDS", "JsonLogFormatter"]
+__all__ = [
+    "FALLBACK_LEVEL",
+    "ID_FIELDS",
+    "TEXT_FORMAT",
+    "VALUE_FIELDS",
+    "JsonLogFormatter",
+    "fallback_logging",
+]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""A text log line of the worker (the server's adds the call's ids)."""
+
+FALLBACK_LEVEL = logging.INFO
+"""What a Worker logs when the application configured no logging: its
+start, the jobs it finishes, each failure, its stop."""
 
 ID_FIELDS = ("request_id", "job_id")
 """Record attributes written when set and not empty: the RPC and the job a
@@ -46,3 +65,44 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stderr until the application configures logging of its own
+    (a handler on the root logger): then it stays quiet, so no line shows
+    twice."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` unless the root logger has handlers now."""
+        if logging.getLogger().handlers:
+            return
+        super().emit(record)
+
+
+@contextmanager
+def fallback_logging(name: str) -> Iterator[None]:
+    """Make the logger ``name`` (and those below it) print INFO and above on
+    stderr for the duration, if the application has not configured logging.
+
+    "Configured" is what :data:`logging.lastResort` goes by: a handler on the
+    logger or any of its ancestors, the root included. So a program that
+    calls ``logging.basicConfig`` (or any dictConfig) keeps its own
+    settings, and one that wants the library quiet says so the standard
+    way, ``logging.getLogger("jobstream").addHandler(logging.NullHandler())``.
+    lastResort itself prints only warnings, and a worker's start is INFO.
+    """
+    logger = logging.getLogger(name)
+    if logger.hasHandlers():
+        yield
+        return
+    handler = _FallbackHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    level = logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET:
+        logger.setLevel(FALLBACK_LEVEL)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

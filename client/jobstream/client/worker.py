@@ -31,8 +31,9 @@ from jobstream.client.attempt import Attempt
 from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
 from jobstream.client.convert import job_from_pb, time_from_pb
-from jobstream.client.errors import from_rpc_error
+from jobstream.client.errors import from_rpc_error, unreachable_reason
 from jobstream.client.handlers import FatalJobError, H, Handler, Handlers, JobCancelled
+from jobstream.client.logformat import fallback_logging
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
 
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+LIBRARY_LOGGER = "jobstream.client"
+"""The logger above the worker's and its attempts': what the default
+logging of a Worker covers."""
 
 DEFAULT_CONCURRENCY = 4
 """Jobs a worker runs at once."""
@@ -203,7 +208,17 @@ class Worker:
 
         Cancelling the task that runs this stops everything at once: handlers
         are asked to stop, given FORCE_GRACE seconds, then abandoned.
+
+        The worker logs its start, each job it takes (DEBUG), each failed
+        attempt (WARNING, with the exception and where it was raised) and
+        its stop, through the ``jobstream.client`` loggers. When the
+        application has configured no logging, those lines go to stderr at
+        INFO and above (see :func:`~jobstream.client.logformat.fallback_logging`).
         """
+        with fallback_logging(LIBRARY_LOGGER):
+            await self._run()
+
+    async def _run(self) -> None:
         kinds = self.handlers.kinds
         if not kinds:
             raise ValueError("the worker has no handlers")
@@ -215,7 +230,7 @@ class Worker:
         channel = self.security.aio_channel(self.target, CHANNEL_OPTIONS)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         log.info(
-            "worker %s: running %s from queue(s) %s at %s (concurrency %d)",
+            "worker %s: started: kinds %s, queue(s) %s, server %s, concurrency %d",
             self.worker_id,
             ", ".join(kinds),
             ", ".join(self.queues),
@@ -327,11 +342,13 @@ class Worker:
                         raise error from exc
                     delay = backoff.next()
                     if not outage:
+                        reason = unreachable_reason(error)
                         log.warning(
-                            "worker %s: cannot acquire (%s: %s); retrying",
+                            "worker %s: cannot acquire (%s); retrying",
                             self.worker_id,
-                            error.code.name,
-                            error.message,
+                            f"cannot reach the server at {self.target}: {reason}"
+                            if reason is not None
+                            else f"{error.code.name}: {error.message}",
                         )
                     outage = True
                     await asyncio.sleep(delay)

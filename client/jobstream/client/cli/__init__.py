@@ -8,26 +8,49 @@ every error from the server into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
 
 import grpc
 
-from jobstream.client.cli.escape import sanitize
-from jobstream.client.cli.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+from jobstream.client.cli.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from jobstream.client.cli.failures import CommandError, failure_of, report
+from jobstream.client.cli.jsonout import print_json
 from jobstream.client.errors import JobstreamError, from_rpc_error
 
-__all__ = ["main"]
+__all__ = ["main", "package_version"]
 
 CLI_EXTRA_MESSAGE = "the CLI needs the [cli] extra: pip install 'jobstream[cli]'"
 """What the client commands say when rich is not installed."""
 
+UNKNOWN_VERSION = "unknown"
+"""The version shown when jobstream runs from a tree that was never installed."""
 
-def _report(error: JobstreamError) -> None:
-    # The message can quote what the caller sent (an id, a kind), so it is
-    # escaped like any other untrusted text before it reaches the terminal.
-    print(f"error: {error.code.name}: {sanitize(error.message)}", file=sys.stderr)
+
+def package_version() -> str:
+    """The installed jobstream distribution's version (``pyproject.toml``'s)."""
+    try:
+        return importlib.metadata.version("jobstream")
+    except importlib.metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION
+
+
+def _print_version(as_json: bool) -> int:
+    version = package_version()
+    if as_json:
+        print_json({"version": version}, file=sys.stdout)
+    else:
+        print(f"jobstream {version}")
+    return EXIT_OK
+
+
+def _report(error: JobstreamError | CommandError, args: argparse.Namespace) -> None:
+    timeout: float | None = getattr(args, "timeout", None)
+    failure = failure_of(error, target=getattr(args, "target", None), timeout=timeout)
+    report(failure, as_json=bool(getattr(args, "json", False)))
 
 
 def _missing_rich(exc: ModuleNotFoundError) -> bool:
@@ -56,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return gateway_main(arguments[1:])
+    if arguments[:1] == ["__complete"]:
+        # What the completion scripts ask for on a TAB; never in --help.
+        from jobstream.client.cli.completion import complete_values
+
+        return complete_values(arguments[1:])
     if arguments[:1] == ["db"]:
         # Like serve: the server's own parser handles `db` and its flags.
         from jobstream.client.cli.processes import db
@@ -65,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jobstream.client.cli.options import parse_args
 
     args = parse_args(arguments)
+    if args.version:
+        return _print_version(bool(args.json))
     try:
         if args.command in ("serve", "gateway"):
             print(
@@ -78,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The common --json came before `db`; the admin parser takes it after.
             return db([*args.db_argv, *(["--json"] if args.json else [])])
         if args.command == "completion":
-            from jobstream.client.cli.completion import bash_script
+            from jobstream.client.cli.completion import script
 
-            sys.stdout.write(bash_script())
-            return 0
+            sys.stdout.write(script(args.shell))
+            return EXIT_OK
         if args.command == "worker":
             from jobstream.client.cli.processes import run_worker
 
@@ -89,19 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from jobstream.client.cli.commands import COMMANDS
             from jobstream.client.cli.ops import OPS_COMMANDS
+            from jobstream.client.cli.remove import cmd_rm
+            from jobstream.client.cli.top import cmd_top
         except ModuleNotFoundError as exc:
             if not _missing_rich(exc):
                 raise
             print(CLI_EXTRA_MESSAGE, file=sys.stderr)
             return EXIT_USAGE
-        return {**COMMANDS, **OPS_COMMANDS}[args.command](args)
-    except JobstreamError as exc:
-        _report(exc)
+        commands = {**COMMANDS, **OPS_COMMANDS, "rm": cmd_rm, "top": cmd_top}
+        return commands[args.command](args)
+    except (JobstreamError, CommandError) as exc:
+        _report(exc, args)
         return EXIT_USAGE
     except grpc.RpcError as exc:
         # The client converts its call errors; this catches any that slip
         # through so the user still gets one line instead of a traceback.
-        _report(from_rpc_error(exc))
+        _report(from_rpc_error(exc), args)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

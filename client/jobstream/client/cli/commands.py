@@ -1,4 +1,4 @@
-"""The client commands: submit, watch, ls, get, logs, cancel, rm.
+"""The client commands: submit, watch, ls, get, logs, cancel.
 
 Each takes the parsed arguments and returns the exit status; errors from
 the server propagate as ``JobstreamError`` for ``main`` to report.
@@ -7,20 +7,16 @@ the server propagate as ``JobstreamError`` for ``main`` to report.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from rich.console import Console
-from rich.text import Text
-
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE, exit_code_for
-from jobstream.client.cli.jsonout import print_json, to_jsonable
+from jobstream.client.cli.output import Output, connect
 from jobstream.client.cli.render import (
+    format_count,
     job_detail,
     job_table,
     log_line,
@@ -28,68 +24,19 @@ from jobstream.client.cli.render import (
     state_text,
     styled,
 )
-from jobstream.client.cli.top import cmd_top
 from jobstream.client.cli.watchview import only_events, watch_live
 from jobstream.client.client import JobClient
+from jobstream.client.errors import JobstreamError
 from jobstream.client.models import Job, JobEvent, JobState
-from jobstream.client.security import cli_security
 
-__all__ = ["COMMANDS", "Output"]
+__all__ = ["COMMANDS"]
 
 MAX_PAGE_SIZE = 1000
 """Largest ListJobs page the server accepts."""
 
-PIPE_WIDTH = 200
-"""Line width for output to a pipe or file: rich would assume 80 columns and
-squeeze tables into ellipses that ``grep`` then cannot find. ``COLUMNS``
-overrides it."""
-
-
-class _Console(Console):
-    """A rich Console that leaves a closed stdout to ``main``.
-
-    rich's own handling exits with status 1, which here means "the job
-    failed"; ``main`` turns the error into status 141 instead.
-    """
-
-    def on_broken_pipe(self) -> None:
-        """Stop writing and let the error reach ``main``."""
-        self.quiet = True
-        raise BrokenPipeError
-
-
-@dataclass(frozen=True, kw_only=True)
-class Output:
-    """Where and how a command prints: a rich console on stdout, or JSON."""
-
-    console: Console
-    json: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Output:
-        """The output the common flags ask for."""
-        # markup, emoji and highlighting off: nothing printed is ever read
-        # as markup (untrusted text is Text anyway; this guards plain str
-        # cells too) and numbers in ids are not recoloured.
-        console = _Console(markup=False, emoji=False, highlight=False)
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console.width = PIPE_WIDTH
-        return cls(console=console, json=bool(args.json))
-
-    def json_out(self, value: Any, *, indent: int | None = 2) -> None:
-        """Print one JSON document (``indent=None``: one line, for JSON lines)."""
-        print_json(value, file=sys.stdout, indent=indent)
-
-    def line(self, text: Text) -> None:
-        """Print one line of output, never wrapped into several."""
-        self.console.print(text, soft_wrap=True)
-
-
-@contextmanager
-def _client(args: argparse.Namespace) -> Iterator[JobClient]:
-    timeout: float = args.timeout
-    with JobClient(args.target, timeout=timeout or None, security=cli_security(args)) as client:
-        yield client
+MIN_STATS_WINDOW = timedelta(seconds=1)
+"""The shortest window GetStats takes: when only its counts are wanted, the
+figures over the window cost least."""
 
 
 def _close(iterator: Iterator[Any]) -> None:
@@ -141,7 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.not_before is not None and getattr(args, "in") is not None:
         print("error: give --in or --not-before, not both", file=sys.stderr)
         return EXIT_USAGE
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.submit(
             args.kind,
             params,
@@ -169,37 +116,73 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     """``jobstream watch ID``: live progress and log until the job ends."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         return _watch(client, args.job_id, args.after_seq, out)
 
 
+MORE_COUNT_TIMEOUT = 2.0
+"""Seconds ``ls`` gives GetStats to count the jobs a ``--limit`` left out;
+beyond that (a huge table) it only says that more match."""
+
+
+def _more_count(args: argparse.Namespace, shown: int) -> int | None:
+    """How many jobs match beyond the ``shown`` ones, from GetStats' counts by
+    state over the same filter (its window at the minimum, so it does no
+    more than count); None when that is not cheap or not allowed."""
+    try:
+        with connect(args, timeout=MORE_COUNT_TIMEOUT) as client:
+            stats = client.stats(
+                window=MIN_STATS_WINDOW,
+                states=tuple(args.state or ()),
+                kinds=tuple(args.kind or ()),
+                labels=dict(args.label or []),
+                queues=tuple(args.queue or ()),
+            )
+    except JobstreamError:
+        return None
+    more = sum(stats.by_state.values()) - shown
+    # Jobs submitted or deleted between the two calls can make the count
+    # disagree with the listing; then it only says that more match.
+    return more if more > 0 else None
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    """``jobstream ls``: a table (or JSON array) of jobs, newest first."""
+    """``jobstream ls``: a table (or JSON array) of jobs, newest first; with
+    more matches than ``--limit``, how many more."""
     out = Output.from_args(args)
     limit: int = args.limit
-    with _client(args) as client:
+    with connect(args) as client:
+        # One job beyond the limit says whether more match, at the cost of
+        # one row rather than of another page.
         found = client.list(
             states=tuple(args.state or ()),
             kinds=tuple(args.kind or ()),
             labels=dict(args.label or []),
             queues=tuple(args.queue or ()),
-            page_size=min(limit, MAX_PAGE_SIZE),
+            page_size=min(limit + 1, MAX_PAGE_SIZE),
         )
-        jobs = list(islice(found, limit))
+        jobs = list(islice(found, limit + 1))
         _close(found)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+    more_count = _more_count(args, len(jobs)) if more and not out.json else None
     if out.json:
         out.json_out(jobs)
-    elif jobs:
-        out.console.print(job_table(jobs, out.console))
-    else:
+        return EXIT_OK
+    if not jobs:
         out.line(styled("no jobs", "dim"))
+        return EXIT_OK
+    out.console.print(job_table(jobs, out.console))
+    if more:
+        counted = f"{format_count(more_count)} more" if more_count else "more jobs match"
+        out.line(styled(f"… {counted}; --limit to see more", "dim"))
     return EXIT_OK
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     """``jobstream get ID``: one job in detail."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.get(args.job_id)
     if out.json:
         out.json_out(job)
@@ -220,7 +203,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         else:
             out.line(log_line(event, date=True))
 
-    with _client(args) as client:
+    with connect(args) as client:
         if not args.follow:
             for event in client.logs(args.job_id):
                 show(event)
@@ -249,7 +232,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``jobstream cancel ID``: cancel a queued job, or ask a running one to stop."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.cancel(args.job_id, args.reason)
     if out.json:
         out.json_out(job)
@@ -266,28 +249,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_rm(args: argparse.Namespace) -> int:
-    """``jobstream rm ID``: delete a job and its files; list what was removed."""
-    out = Output.from_args(args)
-    job_id: str = args.job_id
-    with _client(args) as client:
-        result = client.delete(job_id, force=args.force, allow_missing=args.allow_missing)
-    if out.json:
-        out.json_out({"job_id": job_id, **to_jsonable(result)})
-        return EXIT_OK
-    text = safe_text(job_id, "bold")
-    text.append(" deleted" if result.deleted else " did not exist; nothing deleted")
-    out.line(text)
-    for path in result.removed_paths:
-        out.line(Text("  removed ").append_text(safe_text(path)))
-    for path in result.refused_paths:
-        # The server never touches a recorded path outside its data
-        # directory; someone should look at how it got recorded.
-        line = styled("  refused (outside the data directory, left in place) ", "yellow")
-        out.line(line.append_text(safe_text(path)))
-    return EXIT_OK
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "watch": cmd_watch,
@@ -295,7 +256,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "get": cmd_get,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
-    "rm": cmd_rm,
-    "top": cmd_top,
 }
 """Command name -> implementation, for ``main``."""

@@ -8,6 +8,7 @@ returns the exit status; errors from the server propagate as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +28,20 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from jobstream.client.cli.commands import Output, _client
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE
+from jobstream.client.cli.failures import CommandError
 from jobstream.client.cli.jsonout import to_jsonable
-from jobstream.client.cli.render import format_time, safe_text, state_text, styled
-from jobstream.client.models import JobState
+from jobstream.client.cli.output import Output, connect
+from jobstream.client.cli.render import (
+    format_count,
+    format_duration,
+    format_time,
+    safe_text,
+    state_text,
+    styled,
+)
+from jobstream.client.client import JobClient
+from jobstream.client.models import Artifact, JobState, ResultItem, ResultStatus
 
 __all__ = ["OPS_COMMANDS"]
 
@@ -62,7 +72,7 @@ class _Filter:
 def cmd_retry(args: argparse.Namespace) -> int:
     """``jobstream retry ID``: queue an ended job again as a new attempt."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         job = client.retry(args.job_id, args.reason, additional_attempts=args.attempts)
     if out.json:
         out.json_out(job)
@@ -75,26 +85,52 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     """``jobstream results ID``: every key's latest result, in the order
-    those were stored; ``--jsonl`` (or ``--json``) streams one JSON object
-    per line."""
+    those were stored, one line each with its data as compact JSON cut to
+    the terminal's width; ``--jsonl`` (or ``--json``) streams one JSON object
+    per line; ``--status`` keeps only results of those statuses."""
     out = Output.from_args(args)
     as_json = out.json or bool(args.jsonl)
-    with _client(args) as client:
+    statuses: set[ResultStatus] = set(args.status or ())
+    with connect(args) as client:
         for event in client.results(args.job_id):
             item = event.result_item
-            if item is None:
+            if item is None or (statuses and item.status not in statuses):
                 continue
             if as_json:
                 # replaced_status belongs to watched events, never to a listed result.
                 fields = {k: v for k, v in vars_of(item).items() if k != "replaced_status"}
                 out.json_out({"seq": event.seq, "time": event.time, **fields}, indent=None)
                 continue
-            line = safe_text(item.key, "bold").append(" ")
-            line.append(item.status.value, "green" if item.status == "succeeded" else "red")
-            if item.error:
-                line.append(" ").append_text(safe_text(item.error, "red"))
-            out.line(line)
+            out.console.print(_result_line(item), no_wrap=True, overflow="ellipsis", crop=True)
     return EXIT_OK
+
+
+RESULT_STYLES = {
+    ResultStatus.SUCCEEDED: "green",
+    ResultStatus.FAILED: "red",
+    ResultStatus.SKIPPED: "dim",
+}
+"""Colour of each result status."""
+
+STATUS_WIDTH = max(len(status.value) for status in ResultStatus)
+"""Width of the status column of ``results``, so data starts in one column
+for keys of one length."""
+
+
+def _result_line(item: ResultItem) -> Text:
+    """``key  status  error  {"compact": "json"}``: one line, cut by the caller."""
+    rest = Text()
+    if item.error:
+        rest.append("  ").append_text(safe_text(item.error, "red"))
+    if item.data:
+        data = json.dumps(
+            item.data, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str
+        )
+        rest.append("  ").append_text(safe_text(data, "dim"))
+    status = f"{item.status.value:<{STATUS_WIDTH}}" if rest else item.status.value
+    line = safe_text(item.key, "bold").append("  ")
+    line.append(status, RESULT_STYLES.get(item.status, ""))
+    return line.append_text(rest)
 
 
 def vars_of(value: object) -> dict[str, Any]:
@@ -118,7 +154,7 @@ def _size(n: int) -> str:
 def cmd_artifacts(args: argparse.Namespace) -> int:
     """``jobstream artifacts ID``: the job's output files."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         found = client.artifacts(args.job_id)
     if out.json:
         out.json_out(found)
@@ -142,32 +178,53 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _artifact_named(client: JobClient, job_id: str, name: str) -> Artifact:
+    """The job's artifact ``name``, or NOT_FOUND naming the ones it has."""
+    found = client.artifacts(job_id)
+    for artifact in found:
+        if artifact.name == name:
+            return artifact
+    has = ", ".join(a.name for a in found) if found else "none"
+    raise CommandError(
+        f"job {job_id!r} has no artifact {name!r} (it has: {has})", code="NOT_FOUND", field="name"
+    )
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """``jobstream download ID NAME [-o FILE]``: with a progress bar on
-    stderr; the file is checked against the artifact's sha256."""
+    stderr; the file is checked against the artifact's sha256. An existing
+    file is kept unless ``--force`` (replace it) or ``--resume`` (continue it)."""
     out = Output.from_args(args)
     target = Path(args.output or args.name)
     if target.is_dir():
         target = target / args.name
-    # stderr, so `-o /dev/stdout`-style use and --json keep stdout clean.
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=out.json,
-    )
-    task = progress.add_task(args.name, total=None)
-
-    def advance(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    with progress, _client(args) as client:
-        artifact = client.download(
-            args.job_id, args.name, target, resume=bool(args.resume), on_progress=advance
+    with connect(args) as client:
+        # Asked first, so that a wrong job or name is said before any
+        # progress bar is drawn or any file is touched.
+        expected = _artifact_named(client, args.job_id, args.name)
+        if target.exists() and not (args.force or args.resume):
+            raise CommandError(
+                f"{target} exists; --force replaces it, --resume continues a partial download"
+            )
+        # stderr, so `-o /dev/stdout`-style use and --json keep stdout clean.
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=out.json,
         )
+        task = progress.add_task(args.name, total=expected.size_bytes)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        with progress:
+            artifact = client.download(
+                args.job_id, args.name, target, resume=bool(args.resume), on_progress=advance
+            )
     if out.json:
         out.json_out({"path": str(target), "artifact": artifact})
     else:
@@ -185,7 +242,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if older_than is None:
         print("error: purge needs --older-than (e.g. 30d; 0 for every ended job)", file=sys.stderr)
         return EXIT_USAGE
-    with _client(args) as client:
+    with connect(args) as client:
         flt = _Filter.from_args(args)
         result = client.purge(
             older_than=older_than,
@@ -210,20 +267,11 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     """``jobstream stats``: counts by state and kind, and the window's
     success rate, run-time percentiles and throughput."""
     out = Output.from_args(args)
-    with _client(args) as client:
+    with connect(args) as client:
         flt = _Filter.from_args(args)
         stats = client.stats(
             window=args.window,
@@ -236,7 +284,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         out.json_out(stats)  # spans in seconds
         return EXIT_OK
     states = [s for s in JobState if s in stats.by_state]
-    table = Table(box=None, pad_edge=False, title="jobs by kind and state", title_justify="left")
+    out.line(styled("jobs by kind and state", "bold"))
+    table = Table(box=None, pad_edge=False)
     table.add_column("KIND", no_wrap=True)
     for state in states:
         table.add_column(state.value.upper(), justify="right")
@@ -247,12 +296,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     totals = [str(stats.by_state[s]) for s in states]
     table.add_row(Text("all", "bold"), *totals, str(sum(stats.by_state.values())))
     out.console.print(table)
-    window = _duration(stats.window)
-    out.line(Text(f"last {window}: ", "bold").append(f"{stats.ended_count} ended, "))
-    out.line(Text(f"  success rate {stats.success_rate:.1%} (cancelled jobs not counted)"))
-    out.line(
-        Text(f"  run time p50 {_duration(stats.duration_p50)}, p95 {_duration(stats.duration_p95)}")
-    )
+    n = stats.ended_count
+    ended = "1 job ended" if n == 1 else f"{format_count(n)} jobs ended"
+    out.line(styled(f"last {format_duration(stats.window)}: ", "bold").append(ended))
+    if stats.ended_count:
+        out.line(Text(f"  success rate {stats.success_rate:.1%} (cancelled jobs not counted)"))
+        p50, p95 = format_duration(stats.duration_p50), format_duration(stats.duration_p95)
+        out.line(Text(f"  run time p50 {p50}, p95 {p95} (succeeded and failed jobs)"))
     out.line(Text(f"  throughput {stats.throughput_per_minute:.2f} jobs/min"))
     return EXIT_OK
 

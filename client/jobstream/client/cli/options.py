@@ -117,15 +117,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, EnvOptions]:
         epilog="Exit codes: 0 ok (watch: job succeeded), 1 job failed or interrupted, "
         "2 usage or server error, 3 job cancelled, 130 Ctrl-C, 141 stdout closed (| head).",
     )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print jobstream's version and exit (with --json: as a JSON object)",
+    )
     commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND"), common_parser)
     _add_process_commands(commands)
     _add_job_commands(commands)
     _add_list_commands(commands)
     _add_ops_commands(commands)
     completion = commands.add(
-        "completion", "print a shell completion script: source <(jobstream completion bash)"
+        "completion",
+        "print a shell completion script: source <(jobstream completion bash) "
+        "(or zsh, after compinit)",
     )
-    completion.parser.add_argument("shell", choices=("bash",), help="bash (zsh: via bashcompinit)")
+    completion.parser.add_argument("shell", choices=("bash", "zsh"), help="bash or zsh")
     return parser, common
 
 
@@ -273,10 +280,21 @@ def _add_job_commands(commands: _Commands) -> None:
     cancel.parser.add_argument("job_id", metavar="ID")
     cancel.add("--reason", help="why, recorded in the job's events", default="")
 
-    rm = commands.add("rm", "delete a job, its events and its files")
-    rm.parser.add_argument("job_id", metavar="ID")
+    rm = commands.add(
+        "rm",
+        "delete jobs, their events and their files (asks first on a terminal; "
+        "several ids elsewhere need --yes)",
+    )
+    rm.parser.add_argument("job_ids", metavar="ID", nargs="+")
     rm.add("--force", help="also delete a running job (cancelling it first)", kind="flag")
-    rm.add("--allow-missing", help="succeed when the job does not exist", kind="flag")
+    rm.add("--allow-missing", help="succeed when a job does not exist", kind="flag")
+    rm.add(
+        "-y",
+        "--yes",
+        help="do not ask: delete at once (needed for several ids when stdin is not a "
+        "terminal, and with --json)",
+        kind="flag",
+    )
 
 
 def _add_list_commands(commands: _Commands) -> None:
@@ -324,6 +342,13 @@ def _add_ops_commands(commands: _Commands) -> None:
     results = commands.add("results", "print a job's per-item results (each key's latest)")
     results.parser.add_argument("job_id", metavar="ID")
     results.add(
+        "--status",
+        help="only results of this status: succeeded, failed or skipped (repeatable)",
+        kind="list",
+        convert=values.result_status,
+        metavar="STATUS",
+    )
+    results.add(
         "--jsonl",
         help="one JSON object per line, streamed (same as --json), e.g. > out.jsonl",
         kind="flag",
@@ -342,6 +367,7 @@ def _add_ops_commands(commands: _Commands) -> None:
         help="continue a partial download in FILE from its size",
         kind="flag",
     )
+    download.add("-f", "--force", help="replace FILE when it exists", kind="flag")
 
     purge = commands.add("purge", "delete old ended jobs with their events and files")
     purge.add(
@@ -377,7 +403,7 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     command: EnvOptions | None = getattr(args, "_env_options", None)
     if command is not None:
         command.apply(args, environ, parser=parser)
-    if args.command is None:
+    if args.command is None and not args.version:
         parser.print_help()
         parser.exit(2)
     return args

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from jobstream.client.cli.exits import EXIT_USAGE
-from jobstream.client.logformat import JsonLogFormatter
+from jobstream.client.logformat import TEXT_FORMAT, JsonLogFormatter
 from jobstream.client.security import cli_security
 from jobstream.client.worker import Handlers, Worker
 
@@ -106,7 +106,7 @@ def _configure_logging(level: str, as_json: bool) -> None:
     if as_json:
         handler.setFormatter(JsonLogFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich import box
@@ -22,14 +22,27 @@ from rich.table import Table
 from rich.text import Text
 
 from jobstream.client.cli.escape import sanitize
-from jobstream.client.models import Job, JobEvent, JobState, LogLevel, Progress, Step, StepState
+from jobstream.client.models import (
+    Counters,
+    Job,
+    JobEvent,
+    JobState,
+    LogLevel,
+    Progress,
+    Step,
+    StepState,
+)
 
 __all__ = [
+    "format_count",
+    "format_duration",
     "format_time",
+    "items_text",
     "job_detail",
     "job_table",
     "log_line",
     "progress_line",
+    "run_time",
     "safe_text",
     "state_text",
     "steps_table",
@@ -101,6 +114,66 @@ def format_time(value: datetime | None, *, date: bool = True, compact: bool = Fa
     if date:
         return local.strftime("%Y-%m-%d %H:%M:%S")
     return local.strftime("%H:%M:%S.%f")[:-3]
+
+
+DURATION_UNITS: Sequence[tuple[str, float, float]] = (
+    ("s", 1.0, 60.0),
+    ("min", 60.0, 3_600.0),
+    ("h", 3_600.0, 2 * 86_400.0),
+    ("d", 86_400.0, float("inf")),
+)
+"""Unit, its length in seconds, and from how many seconds on the next unit
+takes over. Hours run to 48 so that a day reads "24 h", as people say it."""
+
+
+def format_duration(value: timedelta | float) -> str:
+    """A span for people: ``350 ms``, ``1.5 s``, ``42 s``, ``2.5 min``,
+    ``1 h``, ``24 h``, ``3.5 d``: the largest unit that fits, one decimal
+    below ten of it (none when it is zero)."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    for unit, size, upto in DURATION_UNITS:
+        if seconds < upto:
+            amount = seconds / size
+            shown = f"{amount:.1f}".removesuffix(".0") if amount < 10 else f"{amount:.0f}"
+            return f"{shown} {unit}"
+    raise AssertionError("the last unit has no upper bound")
+
+
+def format_count(n: int) -> str:
+    """A count with thousands separators: ``1,234``."""
+    return f"{n:,}"
+
+
+def run_time(job: Job, now: datetime | None = None) -> timedelta | None:
+    """How long the job's last attempt ran: to its end, or to ``now`` while
+    it runs; None when it never started."""
+    if job.start_time is None:
+        return None
+    if job.end_time is not None:
+        return job.end_time - job.start_time
+    if job.state is JobState.RUNNING:
+        return (now or datetime.now(UTC)) - job.start_time
+    return None
+
+
+def items_text(counters: Counters) -> Text:
+    """Per-item counts as ``118 ok, 2 failed, 1 skipped`` (zero counts left
+    out; ``-`` when there are none)."""
+    parts = [
+        (counters.succeeded, "ok", "green"),
+        (counters.failed, "failed", "red"),
+        (counters.skipped, "skipped", "dim"),
+    ]
+    text = Text()
+    for n, word, style in parts:
+        if n:
+            if text:
+                text.append(", ")
+            text.append(f"{format_count(n)} {word}", style=style)
+    return text if text else Text("-")
 
 
 def state_text(state: JobState, *, cancel_requested: bool = False) -> Text:
@@ -199,27 +272,44 @@ def _attempts(job: Job) -> str:
     return str(job.attempt)
 
 
-LS_DROP_ORDER = ("created", "phase", "attempt", "updated")
+LS_COLUMNS = (
+    "id",
+    "kind",
+    "state",
+    "progress",
+    "items",
+    "duration",
+    "attempt",
+    "phase",
+    "created",
+    "ended",
+)
+"""The columns of ``ls``, in order."""
+
+LS_DROP_ORDER = ("phase", "attempt", "created", "items", "ended", "duration")
 """Columns ``ls`` leaves out, in this order, on a terminal too narrow for all
 of them; rich would otherwise squeeze wrappable columns to nothing. id,
 kind, state and progress always stay."""
 
 
-def _ls_cells(job: Job) -> dict[str, RenderableType]:
+def _ls_cells(job: Job, now: datetime) -> dict[str, RenderableType]:
     fraction = 1.0 if job.state is JobState.SUCCEEDED else fraction_of(job.progress)
+    ran = run_time(job, now)
     return {
         "id": safe_text(job.id),
         "kind": safe_text(job.kind),
         "state": state_text(job.state, cancel_requested=job.cancel_requested),
         "progress": f"{fraction * 100:.0f}%",
-        "phase": safe_text(job.progress.phase),
+        "items": items_text(job.counters),
+        "duration": format_duration(ran) if ran is not None else "-",
         "attempt": _attempts(job),
+        "phase": safe_text(job.progress.phase),
         "created": format_time(job.create_time, compact=True),
-        "updated": format_time(job.update_time, compact=True),
+        "ended": format_time(job.end_time, compact=True),
     }
 
 
-_LS_RIGHT = frozenset({"progress", "attempt"})
+_LS_RIGHT = frozenset({"progress", "attempt", "duration"})
 _UNBOUNDED_WIDTH = 100_000
 
 
@@ -234,10 +324,12 @@ def _ls_table(rows: Sequence[dict[str, RenderableType]], columns: Sequence[str])
     return table
 
 
-def job_table(jobs: Iterable[Job], console: Console) -> Table:
-    """The ``ls`` table: one row per job, as many columns as ``console`` fits."""
-    rows = [_ls_cells(job) for job in jobs]
-    columns = ["id", "kind", "state", "progress", "phase", "attempt", "created", "updated"]
+def job_table(jobs: Iterable[Job], console: Console, *, now: datetime | None = None) -> Table:
+    """The ``ls`` table: one row per job, as many columns as ``console`` fits.
+    A running job's duration runs to ``now`` (default: the clock's)."""
+    when = now or datetime.now(UTC)
+    rows = [_ls_cells(job, when) for job in jobs]
+    columns = list(LS_COLUMNS)
     table = _ls_table(rows, columns)
     # Measured against unbounded room: measuring against the console's
     # width would report a table squeezed to fit it.
@@ -289,6 +381,9 @@ def job_detail(job: Job) -> Group:
     row("started", format_time(job.start_time))
     row("ended", format_time(job.end_time))
     row("updated", format_time(job.update_time))
+    ran = run_time(job)
+    if ran is not None:
+        row("ran" if job.state.terminal else "running for", format_duration(ran))
     row("last seq", str(job.last_seq))
     row("progress", progress_line(job.progress, job.state))
     counters = job.counters

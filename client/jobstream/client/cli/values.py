@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobstream.client.models import JobState
+from jobstream.client.models import JobState, ResultStatus
 from jobstream.client.settings import parse_timedelta
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "non_negative_int",
     "param",
     "positive_int",
+    "result_status",
     "state",
     "timeout",
     "timestamp",
@@ -107,6 +108,16 @@ def state(text: str) -> JobState:
     except ValueError:
         valid = ", ".join(member.value for member in JobState)
         raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of: {valid})") from None
+
+
+def result_status(text: str) -> ResultStatus:
+    """A per-item result status by name, in any case (``failed``, ``FAILED``)."""
+    name = text.strip().lower()
+    try:
+        return ResultStatus(name)
+    except ValueError:
+        valid = ", ".join(member.value for member in ResultStatus)
+        raise argparse.ArgumentTypeError(f"unknown status {text!r} (one of: {valid})") from None
 
 
 def timestamp(text: str) -> datetime:

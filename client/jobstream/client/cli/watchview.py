@@ -9,9 +9,10 @@ said, in order.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.text import Text
 
@@ -33,7 +34,7 @@ from jobstream.client.models import (
     Step,
 )
 
-__all__ = ["WatchView", "watch_live"]
+__all__ = ["WatchScreen", "WatchView", "only_events", "scroll_line", "watch_live"]
 
 MAX_LIVE_STEPS = 12
 """Steps shown in the live view; older ones are summarised in one line so
@@ -41,6 +42,9 @@ a job with hundreds of steps cannot push its progress bar off screen."""
 
 REFRESH_PER_SECOND = 10
 """How often the live view is redrawn while events arrive."""
+
+SCREEN_LINES_KEPT = 1_000
+"""Scrolling lines a full-screen watch keeps: more than any screen shows."""
 
 
 class WatchView:
@@ -148,8 +152,9 @@ class WatchView:
             return Group(*parts)
 
 
-def _scroll_line(event: JobEvent) -> Text | None:
-    """The line an event adds to the scrolling part, if any."""
+def scroll_line(event: JobEvent) -> Text | None:
+    """The line an event adds to the scrolling part (log lines, state
+    changes, cancel requests, artifacts), if any."""
     if event.log is not None:
         return log_line(event)
     if event.state_change is not None:
@@ -175,6 +180,42 @@ def _scroll_line(event: JobEvent) -> Text | None:
     return None
 
 
+class WatchScreen:
+    """A watch that fills the screen (``top``'s view of one job): the newest
+    log lines and state changes above, the pinned part of :class:`WatchView`
+    below, then ``footer``. Fed one event at a time by ``apply``, from the
+    thread that reads the stream."""
+
+    def __init__(self, snapshot: Job, footer: Text) -> None:
+        """Start from the watch snapshot."""
+        self._lock = threading.Lock()
+        self.view = WatchView(snapshot)
+        self.footer = footer
+        self._lines: deque[Text] = deque(maxlen=SCREEN_LINES_KEPT)
+
+    def apply(self, event: JobEvent) -> None:
+        """Fold one event into the screen."""
+        self.view.apply(event)
+        line = scroll_line(event)
+        if line is not None:
+            # One screen line each, cut at the edge, so the count below holds.
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+            with self._lock:
+                self._lines.append(line)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """As many of the newest lines as fit above the pinned part."""
+        pinned = self.view.__rich__()
+        pinned_height = len(console.render_lines(pinned, options, pad=False))
+        height = options.height or console.size.height
+        room = max(0, height - pinned_height - 1)
+        with self._lock:
+            lines = list(self._lines)[-room:] if room else []
+        blank = [Text()] * (room - len(lines))
+        yield Group(*lines, *blank, pinned, self.footer)
+
+
 def watch_live(console: Console, snapshot: Job, events: Iterable[JobEvent]) -> WatchView:
     """Show ``events`` live on ``console`` and return the final view.
 
@@ -194,7 +235,7 @@ def watch_live(console: Console, snapshot: Job, events: Iterable[JobEvent]) -> W
     ) as live:
         for event in events:
             view.apply(event)
-            line = _scroll_line(event)
+            line = scroll_line(event)
             if line is not None:
                 # soft_wrap: a long log line is not cut into pieces that look
                 # like separate lines when the output is a pipe.
