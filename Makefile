@@ -52,9 +52,10 @@ proto-check: proto ## fail when the generated code differs from protos/
 	@git diff --exit-code --stat -- $(GEN_DIR) || { echo "generated code is stale: run make proto and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || { git status --porcelain -- $(GEN_DIR); echo "untracked generated files: commit them"; exit 1; }
 
-lint: $(STAMP) ## ruff, and buf lint/format on the protos
+lint: $(STAMP) ## ruff, the import layering contracts (import-linter), and buf lint/format on the protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/buf format --exit-code -d
 

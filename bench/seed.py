@@ -17,6 +17,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from jobstream.server.domain import EventKind
+
 log = logging.getLogger(__name__)
 
 SEED_KIND = "bench.seed"
@@ -152,13 +154,13 @@ def seed(db_path: Path, *, jobs: int, log_lines: int = 0) -> float:
                 _COUNT.replace(":n", ":lines")
                 + "INSERT INTO job_event (job_id, seq, time, kind, body) "
                 "SELECT printf('seed-%07d', i / :per_job), i % :per_job + 1, "
-                ":base + i / :per_job, 'log', :body FROM c",
-                {**params, "lines": jobs * per_job, "body": log_body},
+                ":base + i / :per_job, :kind, :body FROM c",
+                {**params, "lines": jobs * per_job, "kind": EventKind.LOG.value, "body": log_body},
             )
         conn.execute(
             f"{_COUNT}INSERT INTO job_event (job_id, seq, time, kind, body) "
-            "SELECT printf('seed-%07d', i), :per_job + 1, :base + i, 'state', :body FROM c",
-            {**params, "body": done_body},
+            "SELECT printf('seed-%07d', i), :per_job + 1, :base + i, :kind, :body FROM c",
+            {**params, "kind": EventKind.STATE_CHANGE.value, "body": done_body},
         )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

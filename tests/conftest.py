@@ -3,10 +3,10 @@ in subprocesses.
 
 A server in this process (``serve()`` on an event loop of its own, in a
 thread) starts in a fraction of a second and is what most tests use: the
-client under test still talks to it over gRPC on a real port. A server in a
-subprocess is for tests that kill it (SIGKILL, SIGTERM, SIGSTOP), restart it,
-read its log or measure its memory, and for settings that are still module
-globals of the server (the limits).
+client under test still talks to it over gRPC on a real port. Several may
+run at once, each with its own database and settings. A server in a
+subprocess is for tests that kill it (SIGKILL, SIGTERM, SIGSTOP), restart
+it, read its log or measure its memory.
 
 Nothing of the developer's shell reaches a test: every ``JOBSTREAM_*``
 variable is removed for the session, and subprocess servers get an explicit
@@ -73,19 +73,6 @@ POSTGRES_URL = os.environ.get(
 )
 """The PostgreSQL server the PostgreSQL half of the suite runs against (read
 before the session removes every ``JOBSTREAM_*`` variable)."""
-
-PROCESS_LIMITS = (
-    "max_params_bytes",
-    "max_json_depth",
-    "max_labels",
-    "max_label_value_bytes",
-    "max_log_line_bytes",
-    "max_log_lines_per_job",
-    "max_artifact_bytes",
-    "max_artifacts_per_job",
-)
-"""Settings that are still module globals of the server (``limits``): one
-value per process."""
 
 BOTH_BACKENDS_MARK = "both_backends"
 """Marks a test of storage behaviour: it runs on SQLite and on PostgreSQL.
@@ -249,10 +236,7 @@ class ServerProcess(Server):
 class InProcessServer(Server):
     """A jobstream server in this process: ``serve()`` on an event loop of
     its own, in a thread; stopped as a signal would stop it (gracefully).
-
-    One at a time: the server's models bind to one database per process
-    (``jobstream.server.db.database``), so a second server here would move
-    the first one's queries to its own database.
+    Each binds its own threads to its own database, so several run at once.
     """
 
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -264,12 +248,8 @@ class InProcessServer(Server):
         """Starts serving and waits until the server serves."""
         from jobstream.server.config import from_args
 
-        running = [t.name for t in threading.enumerate() if t.name.startswith(SERVER_THREAD_PREFIX)]
-        if running:
-            raise RuntimeError(f"a server already runs in this process: {running}")
         self.port_file.unlink(missing_ok=True)
         config = from_args(self.server_args())
-        _refuse_limits(config)
         started = threading.Event()
         self._failure.clear()
 
@@ -330,18 +310,6 @@ class InProcessServer(Server):
         return 0
 
 
-def _refuse_limits(config: ServerConfig) -> None:
-    """A server in this process must keep the default limits: they are
-    module globals, and other values would stay in force for every later
-    test. Servers with other limits run in subprocesses."""
-    from jobstream.server.config import ServerConfig
-
-    defaults = ServerConfig()
-    changed = [n for n in PROCESS_LIMITS if getattr(config, n) != getattr(defaults, n)]
-    if changed:
-        raise ValueError(f"{changed} need a server in a subprocess (start_server)")
-
-
 def _data_dir(base: Path) -> Path:
     data = base / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -378,8 +346,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture
 def start_inprocess_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    """A factory like ``start_server`` for servers in this process (default
-    limits only); all are stopped after the test."""
+    """A factory like ``start_server`` for servers in this process; all are
+    stopped after the test."""
     started: list[InProcessServer] = []
 
     def start(

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Server, ServerProcess
+from conftest import InProcessServer, Server, ServerProcess
 from helpers import RawWorker, eventually, job_in
 
 from jobstream.client import (
@@ -490,8 +490,12 @@ def test_purge_removes_artifacts(
     eventually(lambda: _staged_rows(bare_server, job_id) == (0, 0))
 
 
-def test_artifact_limits_are_configurable(start_server: Callable[..., ServerProcess]) -> None:
-    server = start_server(extra_args=("--max-artifact-bytes", "10", "--max-artifacts-per-job", "1"))
+def test_artifact_limits_are_configurable(
+    start_inprocess_server: Callable[..., InProcessServer],
+) -> None:
+    server = start_inprocess_server(
+        extra_args=("--max-artifact-bytes", "10", "--max-artifacts-per-job", "1")
+    )
     with JobClient(server.target) as c:
         job = c.submit("art.limits")
         raw = RawWorker(server.target)

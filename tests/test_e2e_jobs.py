@@ -23,7 +23,7 @@ from jobstream.client import (
     NotFoundError,
 )
 from jobstream.client.models import EventKind
-from jobstream.server.limits import MAX_LOG_LINE_BYTES, WATCH_BATCH_BYTES
+from jobstream.server.limits import DEFAULT_MAX_LOG_LINE_BYTES, WATCH_BATCH_BYTES
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)
@@ -279,7 +279,7 @@ def test_batched_watch_sends_the_same_events_in_fewer_messages(
     assert 4 <= len(batches) < 10, [len(b.events) for b in batches]
     for b in batches:
         # cut after the event that reaches the size, so at most one line over
-        assert b.ByteSize() < WATCH_BATCH_BYTES + MAX_LOG_LINE_BYTES + 1024
+        assert b.ByteSize() < WATCH_BATCH_BYTES + DEFAULT_MAX_LOG_LINE_BYTES + 1024
 
 
 def test_list_filters_and_pages(client: JobClient) -> None:

@@ -15,7 +15,7 @@ from playhouse.migrations import Runner
 
 from jobstream.client import FailedPreconditionError, JobClient
 from jobstream.server.db import MIGRATIONS_DIR, execute, open_database
-from jobstream.server.domain import Changes, NewJob, now_us
+from jobstream.server.domain import Effects, NewJob, now_us
 from jobstream.server.store import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +39,7 @@ def old_database(url: str, artifacts: dict[str, bytes]) -> str:
             Runner(db, str(MIGRATIONS_DIR)).up(target=BEFORE_CHUNKS)
         store = Store(db)
         with db.atomic():
-            [(job, _)] = store.submit(Changes(), [NewJob(kind="legacy")], now_us())
+            [(job, _)] = store.jobs.submit(Effects(), [NewJob(kind="legacy")], now_us())
             for name, data in artifacts.items():
                 execute(
                     db,

@@ -1,5 +1,6 @@
-"""Configurable log limits: long lines cut and flagged, a per-job line cap
-with one "truncated" line and then RESOURCE_EXHAUSTED."""
+"""Configurable limits: long lines cut and flagged, a per-job line cap with
+one "truncated" line and then RESOURCE_EXHAUSTED, a label cap; and two
+servers in one process, each keeping its own limits and its own database."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from conftest import ServerProcess
+from conftest import InProcessServer
 from helpers import RawWorker
 
 from jobstream.client import InvalidArgumentError, JobClient
@@ -20,8 +21,8 @@ LINES_PER_JOB = 10
 
 
 @pytest.fixture
-def limited(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server(
+def limited(start_inprocess_server: Callable[..., InProcessServer]) -> InProcessServer:
+    return start_inprocess_server(
         extra_args=(
             "--max-log-line-bytes",
             str(LINE_LIMIT),
@@ -33,7 +34,7 @@ def limited(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     )
 
 
-def test_long_lines_are_cut_and_flagged(limited: ServerProcess) -> None:
+def test_long_lines_are_cut_and_flagged(limited: InProcessServer) -> None:
     with JobClient(limited.target) as client:
         job = client.submit("limits.cut")
         worker = RawWorker(limited.target)
@@ -49,7 +50,7 @@ def test_long_lines_are_cut_and_flagged(limited: ServerProcess) -> None:
     assert lines[1].text == "short"
 
 
-def test_lines_per_job_then_one_marker_then_refusal(limited: ServerProcess) -> None:
+def test_lines_per_job_then_one_marker_then_refusal(limited: InProcessServer) -> None:
     with JobClient(limited.target) as client:
         job = client.submit("limits.count")
         worker = RawWorker(limited.target)
@@ -68,8 +69,25 @@ def test_lines_per_job_then_one_marker_then_refusal(limited: ServerProcess) -> N
     assert "--max-log-lines-per-job" in (refused.value.details() or "")
 
 
-def test_label_count_limit_is_configurable(limited: ServerProcess) -> None:
+def test_label_count_limit_is_configurable(limited: InProcessServer) -> None:
     with JobClient(limited.target) as client:
         client.submit("limits.labels", labels={"a": "1", "b": "2"})
         with pytest.raises(InvalidArgumentError, match="the limit is 2"):
             client.submit("limits.labels", labels={"a": "1", "b": "2", "c": "3"})
+
+
+def test_two_servers_in_one_process_keep_their_own_limits_and_databases(
+    start_inprocess_server: Callable[..., InProcessServer],
+) -> None:
+    strict = start_inprocess_server(extra_args=("--max-labels", "1"), name="strict")
+    lenient = start_inprocess_server(extra_args=("--max-labels", "3"), name="lenient")
+    two = {"a": "1", "b": "2"}
+    with JobClient(strict.target) as s, JobClient(lenient.target) as le:
+        with pytest.raises(InvalidArgumentError, match="the limit is 1"):
+            s.submit("limits.two", labels=two)
+        kept = le.submit("limits.two", labels=two)
+        own = s.submit("limits.one", labels={"a": "1"})
+        assert [j.id for j in le.list()] == [kept.id]
+        assert [j.id for j in s.list()] == [own.id]
+    assert strict.sql("SELECT id FROM job") == [(own.id,)]
+    assert lenient.sql("SELECT id FROM job") == [(kept.id,)]

@@ -23,6 +23,7 @@ from jobstream.server.db import (
     execute,
     open_database,
 )
+from jobstream.server.domain import EventKind
 from jobstream.server.store import Store
 
 BEFORE_KEYED_RESULTS = "0005_drop_redundant_indexes"
@@ -151,7 +152,7 @@ def test_0006_keeps_the_newest_result_per_key_and_recounts(old_db: pw.Database) 
     }
     assert steps == {("live", "fetch"): (3, 1), ("twice", "fetch"): (0, 0)}
     # What ListJobResults reads: each key once, in the order stored.
-    listed = Store(old_db).read_results("twice", after_seq=0, limit=10)
+    listed = Store(old_db).reads.read_results("twice", after_seq=0, limit=10)
     assert [(e.seq, e.body) for e in listed] == [
         (7, {"key": "b", "status": "succeeded", "data": None, "error": ""}),
         (
@@ -165,3 +166,52 @@ def test_0006_keeps_the_newest_result_per_key_and_recounts(old_db: pw.Database) 
         ),
         (9, {"key": "a", "status": "succeeded", "data": {"i": 2}, "error": ""}),
     ]
+
+
+def test_0009_stores_event_kinds_under_their_wire_names(database_url: str) -> None:
+    db = open_database(database_url, migrate=False)
+    try:
+        with db.connection_context():
+            Runner(db, str(MIGRATIONS_DIR)).up(target="0008_change_owner")
+        old_job(
+            "renamed",
+            "running",
+            1,
+            [
+                state("queued", 0),
+                state("running", 1),
+                ("progress", {"fraction": 0.5, "done": 1, "total": 2, "phase": "", "message": ""}),
+                ("log", {"level": "info", "text": "hello", "stream": ""}),
+                result("a", "succeeded"),
+                ("cancel", {"reason": "enough"}),
+                (
+                    "artifact",
+                    {
+                        "name": "a.txt",
+                        "size_bytes": 1,
+                        "sha256": "0" * 64,
+                        "content_type": "",
+                        "create_time": T0,
+                        "attempt": 1,
+                    },
+                ),
+            ],
+        )
+        with db.connection_context():
+            applied = apply_migrations(db)
+        assert applied == ["0009_wire_event_kinds"]
+        kinds = [e.kind for e in Store(db).reads.read_events("renamed", after_seq=0, limit=10)]
+        assert kinds == [
+            EventKind.STATE_CHANGE,
+            EventKind.STATE_CHANGE,
+            EventKind.PROGRESS,
+            EventKind.LOG,
+            EventKind.RESULT_ITEM,
+            EventKind.CANCEL_REQUESTED,
+            EventKind.ARTIFACT_ADDED,
+        ]
+        with db.connection_context():
+            stored = execute(db, 'SELECT DISTINCT "kind" FROM "job_event" ORDER BY 1').fetchall()
+        assert {k for (k,) in stored} == {k.value for k in kinds}
+    finally:
+        db.close()

@@ -20,9 +20,9 @@ from helpers import RawWorker, eventually, job_in, stored_events
 from psycopg import sql
 
 from jobstream.client import JobChange, JobClient, JobEvent, JobState, NotFoundError
+from jobstream.server.cluster import APPLICATION_NAME, Notifier
 from jobstream.server.db import execute, open_database
-from jobstream.server.domain import Changes, now_us
-from jobstream.server.listener import APPLICATION_NAME
+from jobstream.server.domain import Effects, now_us
 from jobstream.server.store import Store
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 
@@ -238,11 +238,12 @@ def test_out_of_order_commit_cannot_make_watch_jobs_skip(
         watcher = threading.Thread(target=watch)
         watcher.start()
         db = direct_store.db
+        notifier = Notifier(db, origin="")
 
-        def commit(changes: Changes) -> None:
+        def commit(effects: Effects) -> None:
             # What a server's writer does at the end of each transaction.
-            direct_store.record_changes(changes, now_us())
-            direct_store.notify(changes)
+            direct_store.changes.record(effects, now_us())
+            notifier.notify(effects)
 
         first_drawn = threading.Event()
         second_done = threading.Event()
@@ -260,7 +261,7 @@ def test_out_of_order_commit_cannot_make_watch_jobs_skip(
             # Draws its position first, then commits last: once the second
             # transaction is blocked behind it.
             with db.connection_context(), db.atomic():
-                commit(Changes(changed_jobs={x.id}))
+                commit(Effects(changed_jobs={x.id}))
                 first_drawn.set()
                 eventually(lambda: second_pid and second_waits_for_a_lock())
                 order.append("first committed")
@@ -270,7 +271,7 @@ def test_out_of_order_commit_cannot_make_watch_jobs_skip(
             with db.connection_context(), db.atomic():
                 [(pid,)] = execute(db, "SELECT pg_backend_pid()").fetchall()
                 second_pid.append(int(pid))
-                commit(Changes(changed_jobs={y.id}))
+                commit(Effects(changed_jobs={y.id}))
             order.append("second committed")
             second_done.set()
 

@@ -258,8 +258,8 @@ def _exists(client: JobClient, job_id: str) -> bool:
 def test_retention_flag_is_documented_with_its_environment_variable() -> None:
     from jobstream.server.config import from_args, parser
 
-    text = parser().format_help()
-    assert "JOBSTREAM_RETENTION]" in text and "JOBSTREAM_RETENTION_EVERY]" in text
+    text = " ".join(parser().format_help().split())
+    assert "[env JOBSTREAM_RETENTION]" in text and "[env JOBSTREAM_RETENTION_EVERY;" in text
     config = from_args(["--retention", "30d", "--retention-every", "10m"])
     assert config.retention_s == 30 * 86400 and config.retention_every_s == 600
     with pytest.raises(SystemExit):

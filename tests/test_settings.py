@@ -113,7 +113,7 @@ def test_db_commands_read_booleans_like_the_cli(
     monkeypatch: pytest.MonkeyPatch, word: str, value: bool
 ) -> None:
     monkeypatch.setenv("JOBSTREAM_JSON", word)
-    assert admin.parser().parse_args(["check"]).json is value
+    assert admin.parse_args(["check"]).json is value
 
 
 def test_a_bad_server_boolean_is_a_usage_error_naming_it(
@@ -124,6 +124,48 @@ def test_a_bad_server_boolean_is_a_usage_error_naming_it(
         from_args([])
     assert exited.value.code == 2
     assert "JOBSTREAM_INSECURE='sometimes': expected a boolean" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "expected"),
+    [
+        ("JOBSTREAM_PORT", "fifty", "invalid literal for int()"),
+        ("JOBSTREAM_LEASE_SECONDS", "long", "could not convert string to float"),
+        ("JOBSTREAM_MAX_LABELS", "3.5", "invalid literal for int()"),
+        ("JOBSTREAM_SYNCHRONOUS", "off", "expected one of full, normal"),
+    ],
+)
+def test_a_bad_server_variable_is_a_usage_error_naming_it(
+    variable: str, text: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        from_args([], environ={variable: text})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{variable}={text!r}: {expected}" in err and "Traceback" not in err
+
+
+def test_a_bad_db_command_variable_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        admin.parse_args(["check"], environ={"JOBSTREAM_JSON": "maybe"})
+    assert exited.value.code == 2
+    assert "JOBSTREAM_JSON='maybe': expected a boolean" in capsys.readouterr().err
+
+
+def test_server_flags_beat_variables_beat_defaults() -> None:
+    environ = {"JOBSTREAM_PORT": "6000", "JOBSTREAM_MAX_LABELS": "4", "JOBSTREAM_HANDLERS": "a,b"}
+    config = from_args([], environ=environ)
+    assert (config.port, config.limits.max_labels, config.handlers) == (6000, 4, ("a", "b"))
+    config = from_args(["--port", "7000", "--handlers", "c"], environ=environ)
+    assert (config.port, config.limits.max_labels, config.handlers) == (7000, 4, ("c",))
+    assert from_args([], environ={}).port == 50051
+
+
+def test_poll_seconds_reach_the_server_config() -> None:
+    assert from_args(["--poll-seconds", "0.5"]).poll_s == 0.5
+    assert from_args([], environ={"JOBSTREAM_POLL_SECONDS": "2"}).poll_s == 2.0
 
 
 def test_server_durations_use_the_one_grammar(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,19 +20,22 @@ from jobstream.server.db import (
     open_database,
 )
 from jobstream.server.domain import (
-    Changes,
+    Effects,
     ErrorInfo,
     EventKind,
     Finish,
     JobFilter,
     JobState,
+    LogLevel,
     LogLine,
     NewJob,
     Outcome,
     Progress,
     Report,
     ResultItem,
+    ResultStatus,
     Step,
+    StepState,
     now_us,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -50,18 +53,18 @@ def store(migrated_url: str) -> Iterator[Store]:
     db.close()
 
 
-def write(store: Store, fn: Callable[[Changes], T]) -> tuple[T, Changes]:
+def write(store: Store, fn: Callable[[Effects], T]) -> tuple[T, Effects]:
     """Runs one write in its own transaction, as the writer does."""
-    changes = Changes()
+    effects = Effects()
     with store.db.atomic():
-        result = fn(changes)
-        store.record_changes(changes, now_us())
-    return result, changes
+        result = fn(effects)
+        store.changes.record(effects, now_us())
+    return result, effects
 
 
 def submit(store: Store, **kw: Any) -> str:
     spec = NewJob(kind=kw.pop("kind", "demo.count"), **kw)
-    [(job, _)], _ = write(store, lambda c: store.submit(c, [spec], now_us()))
+    [(job, _)], _ = write(store, lambda c: store.jobs.submit(c, [spec], now_us()))
     return job.id
 
 
@@ -73,7 +76,7 @@ def acquire(
 ) -> Any:
     lease, _ = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c,
             worker_id="w1",
             kinds=kinds,
@@ -86,24 +89,24 @@ def acquire(
 
 
 def seqs(store: Store, job_id: str) -> list[int]:
-    return [e.seq for e in store.read_events(job_id, after_seq=0, limit=10_000)]
+    return [e.seq for e in store.reads.read_events(job_id, after_seq=0, limit=10_000)]
 
 
 def test_submit_stores_job_and_first_event(store: Store) -> None:
     job_id = submit(store, labels={"team": "growth"}, params={"n": 3})
-    job = store.get_job(job_id)
+    job = store.reads.get_job(job_id)
     assert job.state is JobState.QUEUED
     assert job.params == {"n": 3} and job.labels == {"team": "growth"}
     assert job.max_attempts == 2 and job.last_seq == 1
-    [event] = store.read_events(job_id, after_seq=0, limit=10)
-    assert (event.seq, event.kind, event.body["state"]) == (1, EventKind.STATE, "queued")
+    [event] = store.reads.read_events(job_id, after_seq=0, limit=10)
+    assert (event.seq, event.kind, event.body["state"]) == (1, EventKind.STATE_CHANGE, "queued")
 
 
 def test_idempotent_submit_same_payload_returns_same_job(store: Store) -> None:
     first = submit(store, request_id="r-1", params={"a": 1})
     again, _ = write(
         store,
-        lambda c: store.submit(
+        lambda c: store.jobs.submit(
             c, [NewJob(kind="demo.count", request_id="r-1", params={"a": 1})], now_us()
         ),
     )
@@ -123,7 +126,7 @@ def test_client_chosen_id_collision_is_already_exists(store: Store) -> None:
 def test_batch_submit_is_all_or_nothing(store: Store) -> None:
     specs = [NewJob(kind="demo.count", job_id="a1"), NewJob(kind="demo.count", job_id="a1")]
     with pytest.raises(AlreadyExists):
-        write(store, lambda c: store.submit(c, specs, now_us()))
+        write(store, lambda c: store.jobs.submit(c, specs, now_us()))
     assert JobRow.select().count() == 0 and EventRow.select().count() == 0
 
 
@@ -134,7 +137,7 @@ def test_acquire_takes_priority_then_age_and_respects_not_before(store: Store) -
     assert acquire(store).job.id == high
     assert acquire(store).job.id == low
     assert acquire(store) is None
-    assert store.get_job(later).state is JobState.QUEUED
+    assert store.reads.get_job(later).state is JobState.QUEUED
     assert acquire(store, kinds=("other.kind",)) is None
 
 
@@ -143,34 +146,41 @@ def test_report_appends_gap_free_events_and_updates_job(store: Store) -> None:
     lease = acquire(store)
     report = Report(
         progress=Progress(fraction=0.5, done=1, total=2, phase="count"),
-        logs=tuple(LogLine(level="info", text=f"line {i}") for i in range(3)),
-        steps=(Step(name="fetch", state="running"),),
-        results=(ResultItem(key="a", status="succeeded"), ResultItem(key="b", status="failed")),
+        logs=tuple(LogLine(level=LogLevel.INFO, text=f"line {i}") for i in range(3)),
+        steps=(Step(name="fetch", state=StepState.RUNNING),),
+        results=(
+            ResultItem(key="a", status=ResultStatus.SUCCEEDED),
+            ResultItem(key="b", status=ResultStatus.FAILED),
+        ),
         files=("out/a.txt",),
     )
-    ack, changes = write(
-        store, lambda c: store.report(c, job_id, lease.lease_id, report, now=now_us())
+    ack, effects = write(
+        store, lambda c: store.reports.report(c, job_id, lease.lease_id, report, now=now_us())
     )
     assert ack.last_seq == 2 + 1 + 3 + 1 + 2
     assert seqs(store, job_id) == list(range(1, ack.last_seq + 1))
-    assert [e.seq for e in changes.events] == list(range(3, ack.last_seq + 1))
-    job = store.get_job(job_id)
+    assert [e.seq for e in effects.events] == list(range(3, ack.last_seq + 1))
+    job = store.reads.get_job(job_id)
     assert (job.progress.done, job.progress.phase) == (1, "count")
     assert (job.counters.succeeded, job.counters.failed) == (1, 1)
     assert [(s.name, s.state, s.attempts) for s in job.steps] == [("fetch", "running", 1)]
-    logs = store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
+    logs = store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
     assert [e.body["text"] for e in logs] == ["line 0", "line 1", "line 2"]
 
 
 def test_stale_lease_is_refused_and_changes_nothing(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    before = store.get_job(job_id)
+    before = store.reads.get_job(job_id)
     with pytest.raises(FailedPrecondition) as info:
         write(
             store,
-            lambda c: store.report(
-                c, job_id, "0" * 32, Report(logs=(LogLine(level="info", text="x"),)), now=now_us()
+            lambda c: store.reports.report(
+                c,
+                job_id,
+                "0" * 32,
+                Report(logs=(LogLine(level=LogLevel.INFO, text="x"),)),
+                now=now_us(),
             ),
         )
     assert info.value.field == "lease_id"
@@ -178,11 +188,11 @@ def test_stale_lease_is_refused_and_changes_nothing(store: Store) -> None:
     with pytest.raises(FailedPrecondition):
         write(
             store,
-            lambda c: store.finish(
+            lambda c: store.jobs.finish(
                 c, job_id, lease.lease_id, Finish(outcome=Outcome.SUCCEEDED), expired_now
             ),
         )
-    assert store.get_job(job_id) == before
+    assert store.reads.get_job(job_id) == before
 
 
 def test_failed_attempt_retries_with_backoff_then_fails(store: Store) -> None:
@@ -191,7 +201,7 @@ def test_failed_attempt_retries_with_backoff_then_fails(store: Store) -> None:
     t0 = now_us()
     job, _ = write(
         store,
-        lambda c: store.finish(
+        lambda c: store.jobs.finish(
             c, job_id, lease.lease_id, Finish(outcome=Outcome.FAILED, retryable=True), t0
         ),
     )
@@ -201,7 +211,7 @@ def test_failed_attempt_retries_with_backoff_then_fails(store: Store) -> None:
     assert lease.job.attempt == 2
     job, _ = write(
         store,
-        lambda c: store.finish(
+        lambda c: store.jobs.finish(
             c,
             job_id,
             lease.lease_id,
@@ -214,21 +224,21 @@ def test_failed_attempt_retries_with_backoff_then_fails(store: Store) -> None:
 
 def test_cancel_queued_running_and_terminal(store: Store) -> None:
     queued = submit(store)
-    job, _ = write(store, lambda c: store.cancel(c, queued, "", now_us()))
+    job, _ = write(store, lambda c: store.jobs.cancel(c, queued, "", now_us()))
     assert job.state is JobState.CANCELLED
-    again, _ = write(store, lambda c: store.cancel(c, queued, "", now_us()))
+    again, _ = write(store, lambda c: store.jobs.cancel(c, queued, "", now_us()))
     assert again.last_seq == job.last_seq  # idempotent: no new event
     running = submit(store)
     lease = acquire(store)
-    job, _ = write(store, lambda c: store.cancel(c, running, "stop", now_us()))
+    job, _ = write(store, lambda c: store.jobs.cancel(c, running, "stop", now_us()))
     assert job.state is JobState.RUNNING and job.cancel_requested
     ack, _ = write(
-        store, lambda c: store.report(c, running, lease.lease_id, Report(), now=now_us())
+        store, lambda c: store.reports.report(c, running, lease.lease_id, Report(), now=now_us())
     )
     assert ack.cancel_requested
     job, _ = write(
         store,
-        lambda c: store.finish(
+        lambda c: store.jobs.finish(
             c, running, lease.lease_id, Finish(outcome=Outcome.CANCELLED), now_us()
         ),
     )
@@ -237,26 +247,26 @@ def test_cancel_queued_running_and_terminal(store: Store) -> None:
     lease = acquire(store)
     write(
         store,
-        lambda c: store.finish(
+        lambda c: store.jobs.finish(
             c, done, lease.lease_id, Finish(outcome=Outcome.SUCCEEDED), now_us()
         ),
     )
     with pytest.raises(FailedPrecondition):
-        write(store, lambda c: store.cancel(c, done, "", now_us()))
+        write(store, lambda c: store.jobs.cancel(c, done, "", now_us()))
 
 
 def test_expired_lease_requeues_then_interrupts(store: Store) -> None:
     job_id = submit(store)
     acquire(store, lease_us=SECOND)
     later = now_us() + 5 * SECOND
-    count, _ = write(store, lambda c: store.expire_leases(c, later, limit=10))
-    job = store.get_job(job_id)
+    count, _ = write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
+    job = store.reads.get_job(job_id)
     assert count == 1 and job.state is JobState.QUEUED
-    last = store.read_events(job_id, after_seq=job.last_seq - 1, limit=1)[0]
+    last = store.reads.read_events(job_id, after_seq=job.last_seq - 1, limit=1)[0]
     assert "lease expired" in last.body["reason"]
     acquire(store, now=later + 10 * SECOND, lease_us=SECOND)
-    write(store, lambda c: store.expire_leases(c, later + 20 * SECOND, limit=10))
-    job = store.get_job(job_id)
+    write(store, lambda c: store.jobs.expire_leases(c, later + 20 * SECOND, limit=10))
+    job = store.reads.get_job(job_id)
     assert job.state is JobState.INTERRUPTED and job.error is not None
     assert job.error.code == "lease_expired"
 
@@ -264,9 +274,9 @@ def test_expired_lease_requeues_then_interrupts(store: Store) -> None:
 def test_expired_lease_after_cancel_request_ends_cancelled(store: Store) -> None:
     job_id = submit(store)
     acquire(store, lease_us=SECOND)
-    write(store, lambda c: store.cancel(c, job_id, "", now_us()))
-    write(store, lambda c: store.expire_leases(c, now_us() + 5 * SECOND, limit=10))
-    assert store.get_job(job_id).state is JobState.CANCELLED
+    write(store, lambda c: store.jobs.cancel(c, job_id, "", now_us()))
+    write(store, lambda c: store.jobs.expire_leases(c, now_us() + 5 * SECOND, limit=10))
+    assert store.reads.get_job(job_id).state is JobState.CANCELLED
 
 
 def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) -> None:
@@ -274,27 +284,37 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
     lease = acquire(store)
     write(
         store,
-        lambda c: store.report(c, job_id, lease.lease_id, Report(files=("x.txt",)), now=now_us()),
+        lambda c: store.reports.report(
+            c, job_id, lease.lease_id, Report(files=("x.txt",)), now=now_us()
+        ),
     )
     with pytest.raises(FailedPrecondition):
         write(
-            store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us())
+            store,
+            lambda c: store.deletions.delete(
+                c, job_id, force=False, allow_missing=False, now=now_us()
+            ),
         )
-    deletion, changes = write(
-        store, lambda c: store.delete(c, job_id, force=True, allow_missing=False, now=now_us())
+    deletion, effects = write(
+        store,
+        lambda c: store.deletions.delete(c, job_id, force=True, allow_missing=False, now=now_us()),
     )
     assert deletion is not None and deletion.files == ("x.txt",)
-    assert changes.deleted_jobs == {job_id: ""}
+    assert effects.deleted_jobs == {job_id: ""}
     assert EventRow.select().count() == 0 and LabelRow.select().count() == 0
     with pytest.raises(NotFound):
         write(
-            store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us())
+            store,
+            lambda c: store.deletions.delete(
+                c, job_id, force=False, allow_missing=False, now=now_us()
+            ),
         )
     gone, _ = write(
-        store, lambda c: store.delete(c, job_id, force=False, allow_missing=True, now=now_us())
+        store,
+        lambda c: store.deletions.delete(c, job_id, force=False, allow_missing=True, now=now_us()),
     )
     assert gone is None
-    [*_, last] = store.read_changes(after_position=0, limit=100)
+    [*_, last] = store.changes.read(after_position=0, limit=100)
     assert (last.job_id, last.deleted) == (job_id, True)
 
 
@@ -303,24 +323,26 @@ def test_list_pages_newest_first_with_filters(store: Store) -> None:
     seen: list[str] = []
     cursor = None
     while True:
-        page, cursor = store.list_jobs(JobFilter(), page_size=3, cursor=cursor)
+        page, cursor = store.reads.list_jobs(JobFilter(), page_size=3, cursor=cursor)
         seen += [j.id for j in page]
         if cursor is None:
             break
     assert seen == list(reversed(ids))
-    odd, _ = store.list_jobs(JobFilter(labels=(("batch", "x"),)), page_size=50, cursor=None)
+    odd, _ = store.reads.list_jobs(JobFilter(labels=(("batch", "x"),)), page_size=50, cursor=None)
     assert [j.id for j in odd] == [i for n, i in enumerate(reversed(ids)) if (6 - n) % 2]
-    queued, _ = store.list_jobs(JobFilter(states=(JobState.RUNNING,)), page_size=50, cursor=None)
+    queued, _ = store.reads.list_jobs(
+        JobFilter(states=(JobState.RUNNING,)), page_size=50, cursor=None
+    )
     assert queued == []
 
 
 def test_change_log_positions_increase(store: Store) -> None:
     a = submit(store)
     b = submit(store)
-    changes = store.read_changes(after_position=0, limit=10)
+    changes = store.changes.read(after_position=0, limit=10)
     assert [c.job_id for c in changes] == [a, b]
-    assert store.head_position() == changes[-1].position
-    assert store.read_changes(after_position=changes[0].position, limit=10)[0].job_id == b
+    assert store.changes.head_position() == changes[-1].position
+    assert store.changes.read(after_position=changes[0].position, limit=10)[0].job_id == b
 
 
 def test_database_refuses_second_event_with_same_seq(store: Store) -> None:
@@ -332,31 +354,37 @@ def test_database_refuses_second_event_with_same_seq(store: Store) -> None:
 def test_repeated_report_seq_is_stored_once(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    batch = Report(logs=(LogLine(level="info", text="once"),), report_seq=1)
-    first, _ = write(store, lambda c: store.report(c, job_id, lease.lease_id, batch, now=now_us()))
-    retry, changes = write(
-        store, lambda c: store.report(c, job_id, lease.lease_id, batch, now=now_us())
+    batch = Report(logs=(LogLine(level=LogLevel.INFO, text="once"),), report_seq=1)
+    first, _ = write(
+        store, lambda c: store.reports.report(c, job_id, lease.lease_id, batch, now=now_us())
     )
-    assert retry.last_seq == first.last_seq and changes.events == []
+    retry, effects = write(
+        store, lambda c: store.reports.report(c, job_id, lease.lease_id, batch, now=now_us())
+    )
+    assert retry.last_seq == first.last_seq and effects.events == []
     texts = [
         e.body["text"]
-        for e in store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
+        for e in store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.LOG)
     ]
     assert texts == ["once"]
-    later = Report(logs=(LogLine(level="info", text="twice"),), report_seq=2)
-    ack, _ = write(store, lambda c: store.report(c, job_id, lease.lease_id, later, now=now_us()))
+    later = Report(logs=(LogLine(level=LogLevel.INFO, text="twice"),), report_seq=2)
+    ack, _ = write(
+        store, lambda c: store.reports.report(c, job_id, lease.lease_id, later, now=now_us())
+    )
     assert ack.last_seq == first.last_seq + 1
 
 
 def report(store: Store, job_id: str, lease_id: str, **kw: Any) -> Any:
-    ack, _ = write(store, lambda c: store.report(c, job_id, lease_id, Report(**kw), now=now_us()))
+    ack, _ = write(
+        store, lambda c: store.reports.report(c, job_id, lease_id, Report(**kw), now=now_us())
+    )
     return ack
 
 
 def finish(store: Store, job_id: str, lease_id: str, outcome: Outcome, **kw: Any) -> Any:
     job, _ = write(
         store,
-        lambda c: store.finish(c, job_id, lease_id, Finish(outcome=outcome, **kw), now_us()),
+        lambda c: store.jobs.finish(c, job_id, lease_id, Finish(outcome=outcome, **kw), now_us()),
     )
     return job
 
@@ -369,28 +397,33 @@ def test_results_are_keyed_and_counters_follow_within_and_across_reports(store: 
         job_id,
         lease.lease_id,
         results=(
-            ResultItem(key="a", status="succeeded", data={"v": 1}),
-            ResultItem(key="b", status="failed", error="bad"),
-            ResultItem(key="a", status="failed", error="worse"),
+            ResultItem(key="a", status=ResultStatus.SUCCEEDED, data={"v": 1}),
+            ResultItem(key="b", status=ResultStatus.FAILED, error="bad"),
+            ResultItem(key="a", status=ResultStatus.FAILED, error="worse"),
         ),
     )
-    job = store.get_job(job_id)
+    job = store.reads.get_job(job_id)
     assert (job.counters.succeeded, job.counters.failed) == (0, 2)
-    report(store, job_id, lease.lease_id, results=(ResultItem(key="a", status="skipped"),))
-    job = store.get_job(job_id)
+    report(
+        store, job_id, lease.lease_id, results=(ResultItem(key="a", status=ResultStatus.SKIPPED),)
+    )
+    job = store.reads.get_job(job_id)
     assert (job.counters.succeeded, job.counters.failed, job.counters.skipped) == (0, 1, 1)
-    listed = store.read_results(job_id, after_seq=0, limit=10)
+    listed = store.reads.read_results(job_id, after_seq=0, limit=10)
     assert [(e.body["key"], e.body["status"], e.body["data"]) for e in listed] == [
         ("b", "failed", None),
         ("a", "skipped", None),
     ]
-    events = store.read_events(job_id, after_seq=0, limit=100, kind=EventKind.RESULT)
+    events = store.reads.read_events(job_id, after_seq=0, limit=100, kind=EventKind.RESULT_ITEM)
     assert [e.body.get("replaced") for e in events] == [None, None, "succeeded", "failed"]
     # Each listed result is the event that stored its version.
     assert [e.seq for e in listed] == [events[1].seq, events[3].seq]
-    assert store.read_results(job_id, after_seq=listed[0].seq, limit=10) == listed[1:]
+    assert store.reads.read_results(job_id, after_seq=listed[0].seq, limit=10) == listed[1:]
     finish(store, job_id, lease.lease_id, Outcome.SUCCEEDED)
-    write(store, lambda c: store.delete(c, job_id, force=False, allow_missing=False, now=now_us()))
+    write(
+        store,
+        lambda c: store.deletions.delete(c, job_id, force=False, allow_missing=False, now=now_us()),
+    )
     assert ResultRow.select().count() == 0
 
 
@@ -412,29 +445,29 @@ def test_attempt_end_ends_running_steps_with_the_job(
 ) -> None:
     job_id = submit(store, max_attempts=1)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
-    job, changes = write(
-        store, lambda c: store.finish(c, job_id, lease.lease_id, outcome, now_us())
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
+    job, effects = write(
+        store, lambda c: store.jobs.finish(c, job_id, lease.lease_id, outcome, now_us())
     )
     assert job.state is state
     [step] = job.steps
     assert (step.state, step.attempts) == (step_state, 1) and step.end_time is not None
     assert step.error == (job.error.message if job.error else "")
     # The step's event comes before the terminal one, in the same commit.
-    assert [e.kind for e in changes.events] == [EventKind.STEP, EventKind.STATE]
+    assert [e.kind for e in effects.events] == [EventKind.STEP, EventKind.STATE_CHANGE]
 
 
 def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
     finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
     lease = acquire(store, now=now_us() + 10 * SECOND)
     assert lease.job.attempt == 2
-    running = Step(name="s", state="running")
-    done = Step(name="s", state="succeeded")
+    running = Step(name="s", state=StepState.RUNNING)
+    done = Step(name="s", state=StepState.SUCCEEDED)
     report(store, job_id, lease.lease_id, steps=(running, done, running))
-    assert [s.attempts for s in store.get_job(job_id).steps] == [3]
+    assert [s.attempts for s in store.reads.get_job(job_id).steps] == [3]
     job = finish(store, job_id, lease.lease_id, Outcome.RELEASED)
     assert (job.state, job.attempt) == (JobState.QUEUED, 1)
     [step] = job.steps
@@ -451,46 +484,88 @@ def test_a_released_attempt_takes_back_only_its_own_step_starts(store: Store) ->
 def test_a_lease_released_before_it_reached_its_worker_leaves_steps_alone(store: Store) -> None:
     job_id = submit(store)
     lease = acquire(store)
-    report(store, job_id, lease.lease_id, steps=(Step(name="s", state="running"),))
+    report(store, job_id, lease.lease_id, steps=(Step(name="s", state=StepState.RUNNING),))
     finish(store, job_id, lease.lease_id, Outcome.FAILED, retryable=True)
     lease = acquire(store, now=now_us() + 10 * SECOND)
-    write(store, lambda c: store.release(c, job_id, lease.lease_id, now_us()))
-    job = store.get_job(job_id)
+    write(store, lambda c: store.jobs.release(c, job_id, lease.lease_id, now_us()))
+    job = store.reads.get_job(job_id)
     assert (job.state, job.attempt) == (JobState.QUEUED, 1)
     assert [(s.state, s.attempts) for s in job.steps] == [("failed", 1)]
 
 
 def test_batch_with_one_request_id_twice(store: Store) -> None:
     same = NewJob(kind="demo.count", request_id="twice", owner="alice")
-    answers, _ = write(store, lambda c: store.submit(c, [same, same], now_us(), batch=True))
+    answers, _ = write(store, lambda c: store.jobs.submit(c, [same, same], now_us(), batch=True))
     [(first, created_first), (second, created_second)] = answers
     assert first.id == second.id and (created_first, created_second) == (True, False)
     assert JobRow.select().count() == 1
     other = NewJob(kind="demo.other", request_id="again", owner="alice")
     clash = NewJob(kind="demo.clash", request_id="again", owner="alice")
     with pytest.raises(AlreadyExists) as info, store.db.atomic():
-        store.submit(Changes(), [other, clash], now_us(), batch=True)
+        store.jobs.submit(Effects(), [other, clash], now_us(), batch=True)
     assert info.value.field == "requests[1].request_id"
     assert JobRow.select().count() == 1
     # The same key of another principal is another job, in one batch too.
     theirs = NewJob(kind="demo.count", request_id="twice", owner="bob")
-    answers, _ = write(store, lambda c: store.submit(c, [same, theirs], now_us(), batch=True))
+    answers, _ = write(store, lambda c: store.jobs.submit(c, [same, theirs], now_us(), batch=True))
     assert [created for _, created in answers] == [False, True]
+
+
+def test_writes_restricted_to_an_owner_find_another_owners_job_missing(store: Store) -> None:
+    job_id = submit(store, owner="alice")
+    lease = acquire(store)
+    before = store.reads.get_job(job_id)
+    with pytest.raises(NotFound) as info:
+        write(store, lambda c: store.jobs.cancel(c, job_id, "", now_us(), owner="bob"))
+    assert (info.value.field, info.value.message) == ("job_id", f"no job {job_id!r}")
+    with pytest.raises(NotFound):
+        store.reads.get_job(job_id, owner="bob")
+    stopped, effects = write(
+        store, lambda c: store.jobs.cancel_running(c, job_id, "x", now_us(), owner="bob")
+    )
+    assert not stopped and not effects.events
+    gone, effects = write(
+        store,
+        lambda c: store.deletions.delete(
+            c, job_id, force=True, allow_missing=True, now=now_us(), owner="bob"
+        ),
+    )
+    assert gone is None and not effects.deleted_jobs
+    with pytest.raises(NotFound):
+        write(
+            store,
+            lambda c: store.deletions.delete(
+                c, job_id, force=True, allow_missing=False, now=now_us(), owner="bob"
+            ),
+        )
+    assert store.reads.get_job(job_id) == before
+    assert store.reads.get_job(job_id, owner="alice") == before
+    job, _ = write(store, lambda c: store.jobs.cancel(c, job_id, "", now_us(), owner="alice"))
+    assert job.cancel_requested
+    finish(store, job_id, lease.lease_id, Outcome.CANCELLED)
+    with pytest.raises(NotFound):
+        write(store, lambda c: store.jobs.retry(c, job_id, "", 1, now_us(), owner="bob"))
+    assert store.reads.get_job(job_id).state is JobState.CANCELLED
 
 
 def test_change_log_keeps_the_owner_of_changed_and_deleted_jobs(store: Store) -> None:
     kept = submit(store, owner="alice")
     deleted = submit(store, owner="bob")
     purged = submit(store, owner="carol")
-    write(store, lambda c: store.delete(c, deleted, force=False, allow_missing=False, now=now_us()))
-    write(store, lambda c: store.cancel(c, purged, "done", now_us()))
     write(
         store,
-        lambda c: store.purge_batch(
+        lambda c: store.deletions.delete(
+            c, deleted, force=False, allow_missing=False, now=now_us()
+        ),
+    )
+    write(store, lambda c: store.jobs.cancel(c, purged, "done", now_us()))
+    write(
+        store,
+        lambda c: store.deletions.purge_batch(
             c, JobFilter(), ended_before=now_us() + SECOND, limit=10, now=now_us()
         ),
     )
-    rows = [(c.job_id, c.deleted, c.owner) for c in store.read_changes(after_position=0, limit=10)]
+    rows = [(c.job_id, c.deleted, c.owner) for c in store.changes.read(after_position=0, limit=10)]
     assert rows == [
         (kept, False, "alice"),
         (deleted, False, "bob"),
@@ -507,14 +582,14 @@ def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
         Runner(db, str(MIGRATIONS_DIR)).up(target="0005_drop_redundant_indexes")
         store = Store(db)
         with db.atomic():
-            [(job, _)] = store.submit(Changes(), [NewJob(kind="k", owner="alice")], now_us())
+            [(job, _)] = store.jobs.submit(Effects(), [NewJob(kind="k", owner="alice")], now_us())
         p = db.param
         insert = f'INSERT INTO "job_change" ("job_id", "deleted", "time") VALUES ({p}, {p}, 0)'
         for job_id, deleted in ((job.id, False), ("gone-1", False), ("gone-1", True)):
             execute(db, insert, (job_id, deleted))
         Runner(db, str(MIGRATIONS_DIR)).up()
         rows = [
-            (c.job_id, c.deleted, c.owner) for c in store.read_changes(after_position=0, limit=9)
+            (c.job_id, c.deleted, c.owner) for c in store.changes.read(after_position=0, limit=9)
         ]
         assert rows == [(job.id, False, "alice"), ("gone-1", False, ""), ("gone-1", True, "")]
     finally:

@@ -17,7 +17,7 @@ from helpers import eventually
 from jobstream.server.artifacts import DISCARD_CHUNKS
 from jobstream.server.db import ArtifactRow, ChunkRow, UploadRow, execute, open_database
 from jobstream.server.domain import (
-    Changes,
+    Effects,
     Finish,
     JobFilter,
     JobState,
@@ -59,12 +59,12 @@ def pg_store(migrated_postgres_url: str) -> Iterator[Store]:
     db.close()
 
 
-def write(store: Store, fn: Callable[[Changes], T]) -> T:
+def write(store: Store, fn: Callable[[Effects], T]) -> T:
     """Runs one write in its own transaction, as the writer does."""
-    changes = Changes()
+    effects = Effects()
     with store.db.atomic():
-        result = fn(changes)
-        store.record_changes(changes, now_us())
+        result = fn(effects)
+        store.changes.record(effects, now_us())
     return result
 
 
@@ -73,15 +73,17 @@ def run_job(
 ) -> str:
     """A job submitted and acquired at ``start`` and finished at ``end``."""
     spec = NewJob(kind=kind)
-    [(job, _)] = write(store, lambda c: store.submit(c, [spec], start))
+    [(job, _)] = write(store, lambda c: store.jobs.submit(c, [spec], start))
     lease: Any = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c, worker_id="w", kinds=[kind], queues=["default"], lease_us=LONG_LEASE_US, now=start
         ),
     )
     assert lease.job.id == job.id
-    write(store, lambda c: store.finish(c, job.id, lease.lease_id, Finish(outcome=outcome), end))
+    write(
+        store, lambda c: store.jobs.finish(c, job.id, lease.lease_id, Finish(outcome=outcome), end)
+    )
     return job.id
 
 
@@ -90,15 +92,17 @@ def test_stats_percentiles_window_and_rates(store: Store) -> None:
     for i in range(1, 21):
         run_job(store, kind="timed", start=t0, end=t0 + i * SECOND)
     run_job(store, kind="other", start=t0, end=t0 + 30 * SECOND, outcome=Outcome.FAILED)
-    write(store, lambda c: store.submit(c, [NewJob(kind="other")], t0))
+    write(store, lambda c: store.jobs.submit(c, [NewJob(kind="other")], t0))
 
-    stats = store.stats(JobFilter(kinds=("timed",)), window_us=100 * SECOND, now=t0 + 50 * SECOND)
+    stats = store.stats.summary(
+        JobFilter(kinds=("timed",)), window_us=100 * SECOND, now=t0 + 50 * SECOND
+    )
     assert stats.by_state == ((JobState.SUCCEEDED, 20),)
     assert stats.ended == 20 and stats.success_rate == 1.0
     assert stats.duration_p50_us == 10 * SECOND  # nearest rank: the 10th of 20
     assert stats.duration_p95_us == 19 * SECOND  # the 19th of 20
 
-    recent = store.stats(JobFilter(), window_us=36 * SECOND, now=t0 + 50 * SECOND)
+    recent = store.stats.summary(JobFilter(), window_us=36 * SECOND, now=t0 + 50 * SECOND)
     # Since t0 + 14 s: timed jobs 14..20 (7) and the failed one.
     assert recent.ended == 8 and recent.success_rate == pytest.approx(7 / 8)
     assert recent.duration_p50_us == 17 * SECOND  # 4th of 14..20, 30
@@ -113,50 +117,60 @@ def test_stats_percentiles_window_and_rates(store: Store) -> None:
 def test_purge_batches_oldest_first_up_to_the_cutoff(store: Store) -> None:
     t0 = now_us()
     ended = [run_job(store, kind="p", start=t0, end=t0 + i * SECOND) for i in range(1, 6)]
-    write(store, lambda c: store.submit(c, [NewJob(kind="p")], t0))
+    write(store, lambda c: store.jobs.submit(c, [NewJob(kind="p")], t0))
     cutoff = t0 + 3 * SECOND
-    assert store.purge_preview(JobFilter(), ended_before=cutoff, list_limit=2) == (3, ended[:2])
+    assert store.deletions.purge_preview(JobFilter(), ended_before=cutoff, list_limit=2) == (
+        3,
+        ended[:2],
+    )
 
     first = write(
-        store, lambda c: store.purge_batch(c, JobFilter(), ended_before=cutoff, limit=2, now=t0)
+        store,
+        lambda c: store.deletions.purge_batch(c, JobFilter(), ended_before=cutoff, limit=2, now=t0),
     )
     assert [d.job_id for d in first] == ended[:2]
     second = write(
-        store, lambda c: store.purge_batch(c, JobFilter(), ended_before=cutoff, limit=2, now=t0)
+        store,
+        lambda c: store.deletions.purge_batch(c, JobFilter(), ended_before=cutoff, limit=2, now=t0),
     )
     assert [d.job_id for d in second] == ended[2:3]
     assert (
         write(
-            store, lambda c: store.purge_batch(c, JobFilter(), ended_before=cutoff, limit=2, now=t0)
+            store,
+            lambda c: store.deletions.purge_batch(
+                c, JobFilter(), ended_before=cutoff, limit=2, now=t0
+            ),
         )
         == []
     )
     for job_id in ended[:3]:
-        assert not store.job_exists(job_id)
-    assert all(store.job_exists(j) for j in ended[3:])
+        assert not store.reads.job_exists(job_id)
+    assert all(store.reads.job_exists(j) for j in ended[3:])
     only_failed = JobFilter(states=(JobState.FAILED,))
-    assert store.purge_preview(only_failed, ended_before=t0 + 99 * SECOND, list_limit=9) == (0, [])
+    assert store.deletions.purge_preview(
+        only_failed, ended_before=t0 + 99 * SECOND, list_limit=9
+    ) == (0, [])
 
 
 def test_retry_continues_the_sequence_and_refuses_other_states(store: Store) -> None:
     t0 = now_us()
     job_id = run_job(store, kind="r", start=t0, end=t0 + SECOND, outcome=Outcome.FAILED)
-    before = store.get_job(job_id)
-    job = write(store, lambda c: store.retry(c, job_id, "again", 2, t0 + 2 * SECOND))
+    before = store.reads.get_job(job_id)
+    job = write(store, lambda c: store.jobs.retry(c, job_id, "again", 2, t0 + 2 * SECOND))
     assert job.state is JobState.QUEUED and job.last_seq == before.last_seq + 1
     assert (job.attempt, job.max_attempts, job.not_before) == (1, 3, t0 + 2 * SECOND)
     with pytest.raises(FailedPrecondition):
-        write(store, lambda c: store.retry(c, job_id, "", 1, t0 + 3 * SECOND))
+        write(store, lambda c: store.jobs.retry(c, job_id, "", 1, t0 + 3 * SECOND))
     with pytest.raises(NotFound):
-        write(store, lambda c: store.retry(c, "missing", "", 1, t0))
+        write(store, lambda c: store.jobs.retry(c, "missing", "", 1, t0))
 
 
 def test_artifacts_replace_by_name_respect_the_limit_and_go_with_the_job(store: Store) -> None:
     t0 = now_us()
-    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="a")], t0))
+    [(job, _)] = write(store, lambda c: store.jobs.submit(c, [NewJob(kind="a")], t0))
     lease: Any = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c, worker_id="w", kinds=["a"], queues=["default"], lease_us=LONG_LEASE_US, now=t0
         ),
     )
@@ -166,13 +180,13 @@ def test_artifacts_replace_by_name_respect_the_limit_and_go_with_the_job(store: 
         upload_id = f"up-{name}-{size}"
         write(
             store,
-            lambda c: store.stage_chunk(
+            lambda c: store.artifacts.stage_chunk(
                 c, job.id, lease.lease_id, upload_id, index=0, data=b"x" * size, now=t0
             ),
         )
         _, seq = write(
             store,
-            lambda c: store.complete_upload(
+            lambda c: store.artifacts.complete_upload(
                 c,
                 job.id,
                 lease.lease_id,
@@ -200,32 +214,36 @@ def test_artifacts_replace_by_name_respect_the_limit_and_go_with_the_job(store: 
     assert add("a.txt", 3) == first + 2  # a replacement is within the limit
     # The replaced upload's chunks are marked for the sweep, which removes
     # them a few per operation.
-    assert store.dead_uploads(t0, limit=10, every=False) == [(job.id, "up-a.txt-1")]
-    done = [write(store, lambda c: store.discard_upload(c, job.id, "up-a.txt-1", limit=1))]
+    assert store.artifacts.dead_uploads(t0, limit=10, every=False) == [(job.id, "up-a.txt-1")]
+    done = [
+        write(store, lambda c: store.artifacts.discard_upload(c, job.id, "up-a.txt-1", limit=1))
+    ]
     while not done[-1]:
-        done.append(write(store, lambda c: store.discard_upload(c, job.id, "up-a.txt-1", limit=1)))
+        done.append(
+            write(store, lambda c: store.artifacts.discard_upload(c, job.id, "up-a.txt-1", limit=1))
+        )
     assert done == [False, False, True]  # a chunk per operation, then the row
-    assert store.dead_uploads(t0, limit=10, every=True) == []
+    assert store.artifacts.dead_uploads(t0, limit=10, every=True) == []
     assert chunks() == [("up-a.txt-3", 0), ("up-a.txt-3", 1), ("up-b.txt-2", 0), ("up-b.txt-2", 1)]
     with pytest.raises(ResourceExhausted):
         add("c.txt", 4)
-    assert [(a.name, a.size_bytes) for a in store.list_artifacts(job.id)] == [
+    assert [(a.name, a.size_bytes) for a in store.artifacts.list_artifacts(job.id)] == [
         ("a.txt", 4),
         ("b.txt", 3),
     ]
-    artifact, upload_id = store.get_artifact(job.id, "a.txt")
+    artifact, upload_id = store.artifacts.get_artifact(job.id, "a.txt")
     assert (artifact.size_bytes, upload_id) == (4, "up-a.txt-3")
-    assert store.read_chunk(job.id, "up-a.txt-3", 0) == b"xxx"
-    assert store.read_chunk(job.id, "up-a.txt-3", 1) == b"y"
-    assert store.read_chunk(job.id, "up-a.txt-3", 2) is None
+    assert store.artifacts.read_chunk(job.id, "up-a.txt-3", 0) == b"xxx"
+    assert store.artifacts.read_chunk(job.id, "up-a.txt-3", 1) == b"y"
+    assert store.artifacts.read_chunk(job.id, "up-a.txt-3", 2) is None
     with pytest.raises(NotFound):
-        store.get_artifact(job.id, "c.txt")
+        store.artifacts.get_artifact(job.id, "c.txt")
     # The refused c.txt left its staged chunk: the worker's server discards
     # it, or a sweep does once the lease has ended.
-    assert store.dead_uploads(t0, limit=10, every=False) == []
-    assert store.dead_uploads(t0, limit=10, every=True) == [(job.id, "up-c.txt-4")]
+    assert store.artifacts.dead_uploads(t0, limit=10, every=False) == []
+    assert store.artifacts.dead_uploads(t0, limit=10, every=True) == [(job.id, "up-c.txt-4")]
     deletion = write(
-        store, lambda c: store.delete(c, job.id, force=True, allow_missing=False, now=t0)
+        store, lambda c: store.deletions.delete(c, job.id, force=True, allow_missing=False, now=t0)
     )
     # The artifacts go with the job; their bytes, and the refused upload's,
     # are left to the sweep.
@@ -239,10 +257,10 @@ def test_artifacts_replace_by_name_respect_the_limit_and_go_with_the_job(store: 
 
 def test_uploads_under_an_ended_lease_are_dead_and_refused(store: Store) -> None:
     t0 = now_us()
-    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="d")], t0))
+    [(job, _)] = write(store, lambda c: store.jobs.submit(c, [NewJob(kind="d")], t0))
     lease: Any = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c, worker_id="w", kinds=["d"], queues=["default"], lease_us=SECOND, now=t0
         ),
     )
@@ -250,32 +268,32 @@ def test_uploads_under_an_ended_lease_are_dead_and_refused(store: Store) -> None
     def stage(index: int, now: int) -> None:
         write(
             store,
-            lambda c: store.stage_chunk(
+            lambda c: store.artifacts.stage_chunk(
                 c, job.id, lease.lease_id, "u1", index=index, data=b"z", now=now
             ),
         )
 
     stage(0, t0)
-    assert store.dead_uploads(t0, limit=10, every=False) == []
+    assert store.artifacts.dead_uploads(t0, limit=10, every=False) == []
     # Past the lease's expiry nothing renews it, so the upload is dead even
     # before a sweep moves the job on.
-    assert store.dead_uploads(t0 + 2 * SECOND, limit=10, every=False) == [(job.id, "u1")]
-    assert write(store, lambda c: store.discard_upload(c, job.id, "u1", limit=4))
+    assert store.artifacts.dead_uploads(t0 + 2 * SECOND, limit=10, every=False) == [(job.id, "u1")]
+    assert write(store, lambda c: store.artifacts.discard_upload(c, job.id, "u1", limit=4))
     assert ChunkRow.select().where(ChunkRow.job_id == job.id).count() == 0
     with pytest.raises(FailedPrecondition) as discarded:
         stage(1, t0)  # the lease is live, but the upload is gone
     assert discarded.value.field == "lease_id"
     with pytest.raises(FailedPrecondition):
         stage(0, t0 + 2 * SECOND)  # an expired lease stages nothing
-    assert store.dead_uploads(t0, limit=10, every=True) == []
+    assert store.artifacts.dead_uploads(t0, limit=10, every=True) == []
 
 
 def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> None:
     t0 = now_us()
-    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind="m")], t0))
+    [(job, _)] = write(store, lambda c: store.jobs.submit(c, [NewJob(kind="m")], t0))
     lease: Any = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c, worker_id="w", kinds=["m"], queues=["default"], lease_us=LONG_LEASE_US, now=t0
         ),
     )
@@ -283,7 +301,7 @@ def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> 
     def stage(upload_id: str, index: int) -> None:
         write(
             store,
-            lambda c: store.stage_chunk(
+            lambda c: store.artifacts.stage_chunk(
                 c, job.id, lease.lease_id, upload_id, index=index, data=b"q", now=t0
             ),
         )
@@ -291,7 +309,7 @@ def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> 
     def complete(upload_id: str, name: str) -> None:
         write(
             store,
-            lambda c: store.complete_upload(
+            lambda c: store.artifacts.complete_upload(
                 c,
                 job.id,
                 lease.lease_id,
@@ -308,27 +326,29 @@ def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> 
         )
 
     def discard(upload_id: str, limit: int) -> bool:
-        return write(store, lambda c: store.discard_upload(c, job.id, upload_id, limit=limit))
+        return write(
+            store, lambda c: store.artifacts.discard_upload(c, job.id, upload_id, limit=limit)
+        )
 
     # A discard under way (another server's sweep, whose clock says the
     # lease ended) stops the upload: no more chunks, no completion.
     stage("u2", 0)
     assert not discard("u2", 0)  # marked, nothing removed yet
-    assert store.dead_uploads(t0, limit=10, every=False) == [(job.id, "u2")]
+    assert store.artifacts.dead_uploads(t0, limit=10, every=False) == [(job.id, "u2")]
     with pytest.raises(FailedPrecondition):
         stage("u2", 1)
     with pytest.raises(FailedPrecondition):
         complete("u2", "late.bin")
     assert discard("u2", 4)
-    assert store.list_artifacts(job.id) == []
+    assert store.artifacts.list_artifacts(job.id) == []
 
     # An upload that completed after all (its caller went away while the
     # completion committed, then discarded): its chunks are the artifact's.
     stage("u3", 0)
     complete("u3", "kept.bin")
     assert discard("u3", 4)
-    _, upload_id = store.get_artifact(job.id, "kept.bin")
-    assert [store.read_chunk(job.id, "u3", i) for i in (0, 1)] == [b"q", b"r"]
+    _, upload_id = store.artifacts.get_artifact(job.id, "kept.bin")
+    assert [store.artifacts.read_chunk(job.id, "u3", i) for i in (0, 1)] == [b"q", b"r"]
     assert upload_id == "u3"
 
 
@@ -337,10 +357,12 @@ def test_a_discard_marks_the_upload_and_spares_a_completed_one(store: Store) -> 
 
 def leased(store: Store, kind: str, now: int, job_id: str | None = None) -> tuple[str, str]:
     """A new job of ``kind``, leased (for LONG_LEASE_US); its id and lease."""
-    [(job, _)] = write(store, lambda c: store.submit(c, [NewJob(kind=kind, job_id=job_id)], now))
+    [(job, _)] = write(
+        store, lambda c: store.jobs.submit(c, [NewJob(kind=kind, job_id=job_id)], now)
+    )
     lease = write(
         store,
-        lambda c: store.acquire(
+        lambda c: store.jobs.acquire(
             c, worker_id="w", kinds=[kind], queues=["default"], lease_us=LONG_LEASE_US, now=now
         ),
     )
@@ -350,9 +372,9 @@ def leased(store: Store, kind: str, now: int, job_id: str | None = None) -> tupl
 
 def stage_op(
     store: Store, job_id: str, lease_id: str, upload_id: str, *, index: int, now: int
-) -> Callable[[Changes], None]:
+) -> Callable[[Effects], None]:
     """The write that stores chunk ``index`` (b"c") of an upload."""
-    return lambda c: store.stage_chunk(
+    return lambda c: store.artifacts.stage_chunk(
         c, job_id, lease_id, upload_id, index=index, data=b"c", now=now
     )
 
@@ -367,10 +389,10 @@ def complete_op(
     staged: int,
     last: bytes | None,
     now: int,
-) -> Callable[[Changes], Any]:
+) -> Callable[[Effects], Any]:
     """The write that makes an upload (``staged`` chunks of b"c", then
     ``last``) artifact ``name``."""
-    return lambda c: store.complete_upload(
+    return lambda c: store.artifacts.complete_upload(
         c,
         job_id,
         lease_id,
@@ -386,18 +408,18 @@ def complete_op(
     )
 
 
-def delete_op(store: Store, job_id: str, now: int) -> Callable[[Changes], Any]:
+def delete_op(store: Store, job_id: str, now: int) -> Callable[[Effects], Any]:
     """The write DeleteJob with force makes."""
-    return lambda c: store.delete(c, job_id, force=True, allow_missing=False, now=now)
+    return lambda c: store.deletions.delete(c, job_id, force=True, allow_missing=False, now=now)
 
 
 def sweep(store: Store, now: int) -> int:
     """Discards the dead uploads as the server's sweep does, DISCARD_CHUNKS
     per write; returns how many there were."""
-    dead = store.dead_uploads(now, limit=1000, every=False)
+    dead = store.artifacts.dead_uploads(now, limit=1000, every=False)
     for job_id, upload_id in dead:
         discard = functools.partial(
-            store.discard_upload, job_id=job_id, upload_id=upload_id, limit=DISCARD_CHUNKS
+            store.artifacts.discard_upload, job_id=job_id, upload_id=upload_id, limit=DISCARD_CHUNKS
         )
         while not write(store, discard):
             pass
@@ -445,30 +467,30 @@ def test_deleted_jobs_leave_their_chunks_as_garbage_the_sweep_removes(
         deletions = [write(store, delete_op(store, job_id, t0))]
     else:
         finished = Finish(outcome=Outcome.SUCCEEDED)
-        write(store, lambda c: store.finish(c, job_id, lease_id, finished, t0))
+        write(store, lambda c: store.jobs.finish(c, job_id, lease_id, finished, t0))
         deletions = write(
             store,
-            lambda c: store.purge_batch(
+            lambda c: store.deletions.purge_batch(
                 c, JobFilter(kinds=("garbage",)), ended_before=t0, limit=10, now=t0
             ),
         )
     assert [(d.job_id, d.garbage) for d in deletions if d] == [(job_id, 2)]
-    assert not store.job_exists(job_id)
+    assert not store.reads.job_exists(job_id)
     assert ArtifactRow.select().where(ArtifactRow.job == job_id).count() == 0
     # The bytes are still stored, but nothing leads to them any more: they
     # are marked as garbage, each upload dead at once.
     assert chunk_count(job_id) == 6
     assert upload_rows(job_id) == {("big", NO_LEASE), ("open", NO_LEASE)}
-    assert sorted(store.dead_uploads(t0, limit=10, every=False)) == [
+    assert sorted(store.artifacts.dead_uploads(t0, limit=10, every=False)) == [
         (job_id, "big"),
         (job_id, "open"),
     ]
     assert sweep(store, t0) == 2
     assert chunk_count(job_id) == 0 and upload_rows(job_id) == set()
     # Only the deleted job's bytes went.
-    _, kept_upload = store.get_artifact(kept_id, "k.bin")
-    assert kept_upload == "kept" and store.read_chunk(kept_id, "kept", 0) == b"c"
-    assert store.dead_uploads(t0, limit=10, every=True) == []
+    _, kept_upload = store.artifacts.get_artifact(kept_id, "k.bin")
+    assert kept_upload == "kept" and store.artifacts.read_chunk(kept_id, "kept", 0) == b"c"
+    assert store.artifacts.dead_uploads(t0, limit=10, every=True) == []
 
 
 def test_an_upload_meeting_a_delete_leaves_no_artifact_and_no_chunks(store: Store) -> None:
@@ -502,8 +524,8 @@ def test_an_upload_meeting_a_delete_leaves_no_artifact_and_no_chunks(store: Stor
     )
     assert sweep(store, t0) == 1
     assert upload_rows(job_id) == set()
-    assert [(a.name, a.size_bytes) for a in store.list_artifacts(new_id)] == [("f", 2)]
-    assert [store.read_chunk(new_id, "fresh", i) for i in (0, 1)] == [b"c", b"f"]
+    assert [(a.name, a.size_bytes) for a in store.artifacts.list_artifacts(new_id)] == [("f", 2)]
+    assert [store.artifacts.read_chunk(new_id, "fresh", i) for i in (0, 1)] == [b"c", b"f"]
     assert chunk_count(job_id) == 2
 
 
@@ -512,7 +534,7 @@ class Held(Generic[T]):
     server would make it: its transaction stays open after the write ran
     until ``finish``, unless made with ``hold=False``."""
 
-    def __init__(self, store: Store, fn: Callable[[Changes], T], *, hold: bool = True) -> None:
+    def __init__(self, store: Store, fn: Callable[[Effects], T], *, hold: bool = True) -> None:
         self.store = store
         self.fn = fn
         self.ran = threading.Event()
@@ -531,7 +553,7 @@ class Held(Generic[T]):
             (self.pid,) = execute(db, "SELECT pg_backend_pid()").fetchone()
             with db.atomic():
                 try:
-                    self.result = self.fn(Changes())
+                    self.result = self.fn(Effects())
                 finally:
                     self.ran.set()
                     self.go.wait(HOLD_DEADLINE_S)
@@ -636,6 +658,6 @@ def test_postgres_a_delete_does_not_wait_for_a_chunk_being_staged(pg_store: Stor
     assert deletion is not None and deletion.garbage == 0
     # Left under its lease, which ended with the job: dead all the same.
     assert upload_rows(job_id) == {("u", lease_id)} and chunk_count(job_id) == 2
-    assert store.dead_uploads(t0, limit=10, every=False) == [(job_id, "u")]
+    assert store.artifacts.dead_uploads(t0, limit=10, every=False) == [(job_id, "u")]
     assert sweep(store, t0) == 1
     assert chunk_count(job_id) == 0 and upload_rows(job_id) == set()

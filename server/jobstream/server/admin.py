@@ -16,14 +16,14 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import peewee as pw
 
-from jobstream.client.settings import SettingError, env_bool
-from jobstream.server.config import ServerConfig, env_default
+from jobstream.client.settings import EnvOptions
+from jobstream.server.config import DEFAULT_DATA_DIR, ServerConfig
 from jobstream.server.db import (
     SQLITE_BUSY_TIMEOUT_MS,
     apply_migrations,
@@ -39,6 +39,7 @@ __all__ = [
     "check",
     "main",
     "migrate",
+    "parse_args",
     "vacuum",
 ]
 
@@ -199,30 +200,22 @@ def _size(path: Path | None) -> int:
     return sum(p.stat().st_size for p in (path, wal) if p.exists())
 
 
-def parser() -> argparse.ArgumentParser:
-    """The ``jobstream db`` argument parser."""
+def _build() -> tuple[argparse.ArgumentParser, EnvOptions]:
+    """The ``jobstream db`` parser and the environment fallbacks of the
+    options every action takes."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    options = EnvOptions(common)
+    options.add(
         "--data-dir",
-        type=Path,
-        default=Path(env_default("DATA_DIR", "data")),
-        help="the server's data directory [JOBSTREAM_DATA_DIR]",
+        help="the server's data directory",
+        convert=Path,
+        default=Path(DEFAULT_DATA_DIR),
     )
-    common.add_argument(
-        "--db",
-        default=env_default("DB", ""),
-        help="database URL; default: DATA_DIR/jobstream.db [JOBSTREAM_DB]",
-    )
-    common.add_argument(
-        "--json",
-        action="store_true",
-        default=env_bool("JOBSTREAM_JSON"),
-        help="print JSON for scripts [JOBSTREAM_JSON]",
-    )
+    options.add("--db", help="database URL; default: DATA_DIR/jobstream.db", default="")
+    options.add("--json", kind="flag", help="print JSON for scripts")
     p = argparse.ArgumentParser(
         prog="jobstream db",
         description="Maintain the server's database; safe while a server is serving it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
@@ -237,16 +230,27 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("file", type=Path, metavar="FILE")
     b.add_argument("--force", action="store_true", help="replace FILE if it exists")
     sub.add_parser("vacuum", parents=[common], help="give deleted jobs' space back")
-    return p
+    return p, options
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``jobstream db`` argument parser (for its help)."""
+    return _build()[0]
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """Parses ``jobstream db`` arguments, with the ``JOBSTREAM_*`` fallbacks
+    of ``environ`` (default: this process's environment); a bad variable
+    exits with status 2, naming it."""
+    p, options = _build()
+    args = p.parse_args(list(argv))
+    options.apply(args, environ, parser=p)
+    return args
 
 
 def main(argv: Sequence[str]) -> int:
     """``jobstream db ACTION``; returns the exit status."""
-    try:
-        p = parser()
-    except SettingError as exc:  # a JOBSTREAM_* variable it reads as a default
-        argparse.ArgumentParser(prog="jobstream db").error(str(exc))
-    args = p.parse_args(list(argv))
+    args = parse_args(argv)
     url = ServerConfig(data_dir=args.data_dir, db_url=args.db).database_url
     try:
         return _run(args, url)

@@ -20,24 +20,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from jobstream.server import limits, logs, tls
+from jobstream.server import logs, tls
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
+from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
-from jobstream.server.db import is_sqlite, open_database
+from jobstream.server.db import bind_thread, is_sqlite, open_database, unbind_thread
 from jobstream.server.domain import now_us
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
-from jobstream.server.legacy_artifacts import import_legacy_artifacts
+from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
 from jobstream.server.logs import LogContextInterceptor
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
-from jobstream.server.purge import MIN_RETENTION_EVERY_S, retention_loop
+from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
-from jobstream.server.service import JobsService
-from jobstream.server.servicers import JobServicer, WorkerServicer
+from jobstream.server.readers import Readers
+from jobstream.server.service import JobService
+from jobstream.server.servicers import JobServiceServicer, WorkerServiceServicer
 from jobstream.server.store import RetryPolicy, Store
-from jobstream.server.writer import Writer
+from jobstream.server.writer import CommitStep, Writer
 from jobstream.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
@@ -105,47 +107,67 @@ async def serve(
     stop = stop or asyncio.Event()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     auth, access = tls.prepare(config)
-    limits.configure(
-        max_params_bytes=config.max_params_bytes,
-        max_artifact_bytes=config.max_artifact_bytes,
-        max_artifacts_per_job=config.max_artifacts_per_job,
-        max_json_depth=config.max_json_depth,
-        max_labels=config.max_labels,
-        max_label_value_bytes=config.max_label_value_bytes,
-        max_log_line_bytes=config.max_log_line_bytes,
-        max_log_lines_per_job=config.max_log_lines_per_job,
-    )
+    limits = config.limits
     db = open_database(config.database_url, synchronous=config.synchronous)
+    # This server's threads use its own database, whatever else runs in
+    # the process (see db.bind_thread).
+    bind_thread(db)
     origin = uuid.uuid4().hex[:12]
     store = Store(
         db,
         RetryPolicy(
             default_max_attempts=config.max_attempts, backoff_base_us=int(config.backoff_s * 1e6)
         ),
-        origin=origin,
+        limits=limits,
     )
     broker = Broker()
     metrics = Metrics()  # always counted (cheap); exported only with --metrics-port
-    writer = Writer(db, store, loop, metrics.observe_commits(broker.publish))
+    at_commit: list[CommitStep] = [lambda effects: store.changes.record(effects, now_us())]
+    # Several servers on one database tell each other of their commits.
+    notifier = Notifier(db, origin) if store.dialect.shared else None
+    if notifier is not None:
+        at_commit.append(notifier.notify)
+    writer = Writer(db, loop, at_commit=at_commit, on_commit=[broker.publish, metrics.on_commit])
     writer.on_group = metrics.on_group
     writer.start()
-    service = JobsService(
+    readers = Readers(db)
+    roots = FileRoots(
+        data_dir=config.data_dir,
+        output_roots=config.output_roots,
+        database=Path(db.database) if is_sqlite(db) else None,
+    )
+    # Set when a commit left artifact chunks to remove (a delete or purge of
+    # jobs holding artifacts): wakes the sweeper at once, so the space is
+    # reclaimed without waiting for its next tick.
+    sweep_wanted = asyncio.Event()
+    service = JobService(
         store=store,
         writer=writer,
+        readers=readers,
         broker=broker,
-        roots=FileRoots(
-            data_dir=config.data_dir,
-            output_roots=config.output_roots,
-            database=Path(db.database) if is_sqlite(db) else None,
-        ),
+        roots=roots,
+        sweep_wanted=sweep_wanted,
         lease_us=int(config.lease_s * 1e6),
         max_lease_us=int(config.max_lease_s * 1e6),
+    )
+    artifacts = Artifacts(
+        store=store.artifacts,
+        writer=writer,
+        readers=readers,
+        max_per_job=limits.max_artifacts_per_job,
+    )
+    purges = Purges(
+        deletions=store.deletions,
+        writer=writer,
+        readers=readers,
+        roots=roots,
+        sweep_wanted=sweep_wanted,
     )
     # Metrics outermost, so calls the auth interceptor refuses are counted too.
     # RequestGuard innermost: it wraps the servicers' own handlers.
     interceptors: list[grpc.aio.ServerInterceptor] = [
         AuthInterceptor(auth),
-        RequestGuard(),
+        RequestGuard(limits.max_json_depth),
     ]
     if config.metrics_port:
         interceptors.insert(0, MetricsInterceptor(metrics))
@@ -156,9 +178,12 @@ async def serve(
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(service, auth=auth, quota=quota), server
+        JobServiceServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota),
+        server,
     )
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(service), server)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServiceServicer(service, artifacts=artifacts, limits=limits), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -181,7 +206,10 @@ async def serve(
     if is_sqlite(db):
         while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
             pass
-    await _prepare_artifacts(service, sole_server=is_sqlite(db))
+    outcome = await import_legacy_artifacts(
+        store.artifacts, writer, readers, config.data_dir, sole_server=is_sqlite(db)
+    )
+    await _prepare_artifacts(artifacts, outcome, config.data_dir, sole_server=is_sqlite(db))
     await server.start()
     # Per-service statuses too: health probes (grpc_health_probe -service,
     # Kubernetes grpc probes) commonly ask for a service by name.
@@ -192,12 +220,16 @@ async def serve(
     if config.port_file:
         config.port_file.write_text(str(port))
 
-    tasks = [asyncio.create_task(_sweep(service, config.sweep_s, metrics), name="sweeper")]
+    tasks = [
+        asyncio.create_task(
+            _sweep(service, artifacts, sweep_wanted, config.sweep_s, metrics), name="sweeper"
+        )
+    ]
     if config.retention_s > 0:
         tasks.append(
             asyncio.create_task(
                 retention_loop(
-                    service,
+                    purges,
                     keep_us=int(config.retention_s * 1e6),
                     every_s=max(config.retention_every_s, MIN_RETENTION_EVERY_S),
                 ),
@@ -211,18 +243,16 @@ async def serve(
             asyncio.create_task(
                 refresh_loop(
                     metrics,
-                    lambda: service.read(store.count_jobs, now_us()),
+                    lambda: readers.run(store.stats.counts, now_us()),
                     config.metrics_interval_s,
                 ),
                 name="metrics",
             )
         )
         stop_metrics = metrics.serve(config.host, config.metrics_port)
-    if store.channel is not None:
-        from jobstream.server.listener import Listener, listen_url
-
+    if notifier is not None:
         listener = Listener(
-            listen_url(config.database_url), store.channel, origin, broker, config.poll_s
+            listen_url(config.database_url), notifier.channel, origin, broker, config.poll_s
         )
         tasks.append(asyncio.create_task(listener.run(), name="listener"))
     worker = _embedded_worker(config, port, access)
@@ -251,8 +281,9 @@ async def serve(
         if stop_metrics is not None:
             stop_metrics()
         writer.stop()
-        service.close()
+        readers.close()
         db.close()
+        unbind_thread()
         log.info("stopped")
 
 
@@ -270,12 +301,13 @@ def _install_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
             loop.add_signal_handler(sig, on_signal)
 
 
-async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None:
-    """Before serving: imports the artifact files of earlier versions, and
-    discards uploads cut off by a crash. With SQLite (``sole_server``) no
-    other process can be receiving an upload, so every one staged is dead;
-    with PostgreSQL only those whose lease has ended are."""
-    outcome = await import_legacy_artifacts(service, sole_server=sole_server)
+async def _prepare_artifacts(
+    artifacts: Artifacts, outcome: ImportOutcome, data_dir: Path, *, sole_server: bool
+) -> None:
+    """Before serving: reports the import of the artifact files of earlier
+    versions, and discards uploads cut off by a crash. With SQLite
+    (``sole_server``) no other process can be receiving an upload, so every
+    one staged is dead; with PostgreSQL only those whose lease has ended are."""
     if outcome.imported:
         log.info(
             "imported %d artifact files (%d bytes) of an earlier version into the database",
@@ -292,20 +324,24 @@ async def _prepare_artifacts(service: JobsService, *, sole_server: bool) -> None
         log.warning(
             "%s holds %d files no artifact needs (interrupted uploads, deleted jobs' files "
             "of an earlier version); artifacts live in the database now, so they can be removed",
-            service.data_dir / ARTIFACTS_DIR,
+            data_dir / ARTIFACTS_DIR,
             outcome.unreferenced,
         )
-    discarded = await Artifacts(service).discard_dead_uploads(every=sole_server)
+    discarded = await artifacts.discard_dead_uploads(every=sole_server)
     if discarded:
         log.info("discarded %d uploads cut off before they completed", discarded)
 
 
-async def _sweep(service: JobsService, interval: float, metrics: Metrics) -> None:
+async def _sweep(
+    service: JobService,
+    artifacts: Artifacts,
+    wanted: asyncio.Event,
+    interval: float,
+    metrics: Metrics,
+) -> None:
     """Rescues jobs whose lease ran out, and removes the chunks of uploads
     that can no longer complete, every ``interval`` seconds and whenever a
-    delete or purge left chunks to remove, forever."""
-    artifacts = Artifacts(service)
-    wanted = service.sweep_wanted
+    delete or purge left chunks to remove (``wanted``), forever."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wanted.wait(), interval)

@@ -24,10 +24,11 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 
-from jobstream.server import limits
 from jobstream.server.domain import Artifact, ArtifactSpec, now_us
 from jobstream.server.errors import Aborted, FailedPrecondition, InvalidArgument, OutOfRange
-from jobstream.server.service import JobsService
+from jobstream.server.readers import Readers
+from jobstream.server.store.artifacts import ArtifactStore
+from jobstream.server.writer import Writer
 
 CHUNK_BYTES = 1024 * 1024
 """Bytes per stored chunk (an upload's last one is shorter). Fixed, so a
@@ -52,21 +53,27 @@ other write; 4 MiB at a time kept submits at p99 under 0.35 s meanwhile."""
 
 
 class Artifacts:
-    """Upload, list, download and clean-up of artifacts, over a
-    JobsService's store, writer and reader threads."""
+    """Upload, list, download and clean-up of artifacts: the store's
+    artifact storage, written through the writer, read on the reader
+    threads."""
 
-    def __init__(self, service: JobsService) -> None:
-        self.service = service
+    def __init__(
+        self, *, store: ArtifactStore, writer: Writer, readers: Readers, max_per_job: int
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.readers = readers
+        self.max_per_job = max_per_job
+        """Artifacts one job may hold."""
 
     async def upload(
         self, spec: ArtifactSpec, pieces: AsyncIterator[bytes]
     ) -> tuple[Artifact, int]:
         """Stores the streamed content as artifact ``spec.name`` of the
         leased job; returns it and the seq of its artifact_added event."""
-        service = self.service
-        store = service.store
+        store = self.store
         # Refuse a stale lease before taking the bytes, not after.
-        await service.read(store.check_lease, spec.job_id, spec.lease_id, now_us())
+        await self.readers.run(store.check_lease, spec.job_id, spec.lease_id, now_us())
         upload_id = secrets.token_hex(16)
         digest = hashlib.sha256()
         received = 0
@@ -101,7 +108,7 @@ class Artifacts:
                     f"the content's sha256 is {actual}, not {spec.sha256}", field="header.sha256"
                 )
             last = bytes(pending) if pending else None
-            result = await service.writer.run(
+            result = await self.writer.run(
                 lambda c: store.complete_upload(
                     c,
                     spec.job_id,
@@ -113,7 +120,7 @@ class Artifacts:
                     size_bytes=spec.size_bytes,
                     sha256=spec.sha256,
                     content_type=spec.content_type,
-                    max_per_job=limits.MAX_ARTIFACTS_PER_JOB,
+                    max_per_job=self.max_per_job,
                     now=now_us(),
                 )
             )
@@ -127,28 +134,30 @@ class Artifacts:
                     await self._discard(spec.job_id, upload_id)
 
     async def _stage(self, spec: ArtifactSpec, upload_id: str, index: int, data: bytes) -> None:
-        store = self.service.store
-        await self.service.writer.run(
+        store = self.store
+        await self.writer.run(
             lambda c: store.stage_chunk(
                 c, spec.job_id, spec.lease_id, upload_id, index=index, data=data, now=now_us()
             )
         )
 
     async def _discard(self, job_id: str, upload_id: str) -> None:
-        store = self.service.store
-        while not await self.service.writer.run(
+        store = self.store
+        while not await self.writer.run(
             lambda c: store.discard_upload(c, job_id, upload_id, limit=DISCARD_CHUNKS)
         ):
             pass
 
-    async def list(self, job_id: str) -> list[Artifact]:
-        """The job's artifacts, by name."""
-        return await self.service.read(self.service.store.list_artifacts, job_id)
+    async def list(self, job_id: str, owner: str | None = None) -> list[Artifact]:
+        """The job's artifacts, by name; with ``owner``, another principal's
+        job is NotFound."""
+        return await self.readers.run(self.store.list_artifacts, job_id, owner)
 
     async def download(
-        self, job_id: str, name: str, offset: int
+        self, job_id: str, name: str, offset: int, owner: str | None = None
     ) -> AsyncIterator[Artifact | bytes]:
-        """The artifact's metadata, then its bytes from ``offset``.
+        """The artifact's metadata, then its bytes from ``offset`` (with
+        ``owner``, another principal's job is NotFound).
 
         The upload holding the bytes is looked up once, with the metadata,
         so every byte sent belongs to the file the metadata describes. Once
@@ -158,8 +167,7 @@ class Artifacts:
         replacement gets the new file's tail; the sha256 in the metadata
         lets the client notice.
         """
-        service = self.service
-        artifact, upload_id = await service.read(service.store.get_artifact, job_id, name)
+        artifact, upload_id = await self.readers.run(self.store.get_artifact, job_id, name, owner)
         if upload_id is None:
             raise FailedPrecondition(
                 f"artifact {name!r} of job {job_id!r} is still a file of an earlier version in "
@@ -175,7 +183,7 @@ class Artifacts:
         index, skip = divmod(offset, CHUNK_BYTES)
         remaining = artifact.size_bytes - offset
         while remaining > 0:
-            data = await service.read(service.store.read_chunk, job_id, upload_id, index)
+            data = await self.readers.run(self.store.read_chunk, job_id, upload_id, index)
             if data is None:
                 raise Aborted(
                     f"artifact {name!r} of job {job_id!r} was replaced or deleted during the "
@@ -191,15 +199,13 @@ class Artifacts:
 
     async def discard_dead_uploads(self, *, every: bool = False) -> int:
         """Removes the chunks of uploads that can no longer complete (cut
-        off, replaced artifacts', deleted jobs'; see Store.dead_uploads;
+        off, replaced artifacts', deleted jobs'; see ArtifactStore.dead_uploads;
         ``every``: all of them, for SQLite at start-up); returns how many
         were discarded."""
-        service = self.service
-        store = service.store
         discarded = 0
         while True:
-            dead = await service.read(
-                store.dead_uploads, now_us(), limit=DISCARD_BATCH, every=every
+            dead = await self.readers.run(
+                self.store.dead_uploads, now_us(), limit=DISCARD_BATCH, every=every
             )
             for job_id, upload_id in dead:
                 await self._discard(job_id, upload_id)

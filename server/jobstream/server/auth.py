@@ -2,6 +2,10 @@
 mapped to a principal and roles, checked for every JobService and
 WorkerService call (unary and streaming alike) before the servicer runs.
 
+The principal is computed once per call, by :class:`AuthInterceptor`, which
+hands it to the call through a context variable; servicers read it with
+:func:`current_principal`.
+
 Without a tokens file every caller is :data:`ANONYMOUS`, an admin owning
 nothing in particular: the single-user, loopback-only default.
 
@@ -25,7 +29,8 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +38,15 @@ from typing import Any
 
 import grpc
 
-from jobstream.server.interception import Continuation, Handler, Req, Resp
+from jobstream.server.interception import (
+    Behavior,
+    Continuation,
+    Handler,
+    Req,
+    Resp,
+    is_stream,
+    rewrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +130,6 @@ class Principal:
         """Whether its roles allow ``method`` (a full gRPC method name)."""
         return self.is_admin or bool(self.roles & METHOD_ROLES.get(method, frozenset()))
 
-    def sees(self, owner: str) -> bool:
-        """Whether a job owned by ``owner`` exists as far as it is concerned."""
-        return self.is_admin or owner == self.name
-
     @property
     def id_prefix(self) -> str | None:
         """What the job ids it chooses must start with: ``<name>.``, so
@@ -131,7 +140,8 @@ class Principal:
 
     @property
     def owner_filter(self) -> str | None:
-        """The owner its listings are restricted to; None for admins."""
+        """The owner whose jobs alone exist for it (its listings, and the
+        jobs it may name); None for admins."""
         return None if self.is_admin else self.name
 
 
@@ -223,9 +233,22 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
+_principal: ContextVar[Principal | None] = ContextVar("jobstream_principal", default=None)
+"""The caller of the call being handled (set by AuthInterceptor)."""
+
+
+def current_principal() -> Principal:
+    """The caller of the call being handled, as the auth interceptor
+    authenticated it once for the call."""
+    found = _principal.get()
+    if found is None:  # pragma: no cover - every served call passes the interceptor
+        raise RuntimeError("no principal: the call did not pass the auth interceptor")
+    return found
+
+
 class Auth:
-    """Authentication for the servicers: ``principal(context)``. Disabled
-    (no table) means everyone is :data:`ANONYMOUS`."""
+    """Authentication of callers. Disabled (no table) means everyone is
+    :data:`ANONYMOUS`."""
 
     def __init__(self, table: TokenTable | None) -> None:
         self.table = table
@@ -241,13 +264,6 @@ class Auth:
             return ANONYMOUS
         token = bearer_token(metadata)
         return None if token is None else self.table.lookup(token)
-
-    def principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The caller of a call the interceptor already let through."""
-        found = self.authenticate(context.invocation_metadata())
-        if found is None:  # pragma: no cover - the interceptor refused it already
-            raise PermissionError("unauthenticated call reached a servicer")
-        return found
 
 
 def _refusal(
@@ -283,7 +299,8 @@ def _refusal(
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses guarded calls without a valid token (UNAUTHENTICATED) or
     without a role that allows the method (PERMISSION_DENIED), streams
-    included, before any servicer code runs."""
+    included, before any servicer code runs; hands the principal of every
+    other guarded call to it (see :func:`current_principal`)."""
 
     def __init__(self, auth: Auth) -> None:
         self.auth = auth
@@ -296,7 +313,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """See grpc.aio.ServerInterceptor."""
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or not self.auth.enabled or not method.startswith(GUARDED_PREFIX):
+        if handler is None or not method.startswith(GUARDED_PREFIX):
             return handler
         principal = self.auth.authenticate(handler_call_details.invocation_metadata)
         if principal is None:
@@ -312,4 +329,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method.rsplit('/', 1)[-1]} is not allowed for role(s) {roles}",
             )
-        return handler
+        return rewrap(handler, lambda behavior, _kind: _called_by(principal, behavior))
+
+
+def _called_by(principal: Principal, behavior: Behavior) -> Behavior:
+    """``behavior`` run with ``principal`` as the current principal."""
+    if is_stream(behavior):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            _principal.set(principal)
+            async for item in behavior(request, context):
+                yield item
+
+        return stream
+
+    async def call(request: Any, context: Any) -> Any:
+        _principal.set(principal)
+        return await behavior(request, context)
+
+    return call

@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from jobstream.server.domain import Changes, Event
+from jobstream.server.domain import Effects, Event
 
 WATCH_QUEUE_LIMIT = 2_000
 """Events a job watcher may have waiting before it falls back to the database."""
@@ -80,24 +80,24 @@ class Broker:
         """Job watchers and list watchers connected to this server."""
         return sum(len(s) for s in self._jobs.values()) + len(self._lists)
 
-    def publish(self, changes: Changes) -> None:
+    def publish(self, effects: Effects) -> None:
         """Hands a commit's events to the watchers of their jobs."""
         by_job: defaultdict[str, list[Event]] = defaultdict(list)
-        for event in changes.events:
+        for event in effects.events:
             if event.job_id in self._jobs:
                 by_job[event.job_id].append(event)
         for job_id, events in by_job.items():
             for sub in self._jobs.get(job_id, ()):
                 sub.offer(events)
-        for job_id in changes.deleted_jobs:
+        for job_id in effects.deleted_jobs:
             for sub in self._jobs.get(job_id, ()):
                 sub.deleted = True
                 sub.wake.set()
-        if changes.changed_jobs or changes.deleted_jobs:
+        if effects.changed_jobs or effects.deleted_jobs:
             _set_all(self._lists)
-        if changes.acquirable:
+        if effects.acquirable:
             for wake, (queues, kinds) in self._acquirers.items():
-                if any(q in queues and k in kinds for q, k in changes.acquirable):
+                if any(q in queues and k in kinds for q, k in effects.acquirable):
                     wake.set()
 
     def poke(self, job_ids: Iterable[str] | None, *, acquirable: bool = True) -> None:

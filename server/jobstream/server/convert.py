@@ -17,16 +17,19 @@ from jobstream.server.domain import (
     Job,
     JobState,
     Lease,
+    LogLevel,
+    ResultStatus,
     Stats,
     Step,
+    StepState,
 )
-from jobstream.server.validation import JOB_STATES, LOG_LEVELS, RESULT_STATUSES, STEP_STATES
+from jobstream.server.proto_enums import (
+    JOB_STATE_NUMBERS,
+    LOG_LEVEL_NUMBERS,
+    RESULT_STATUS_NUMBERS,
+    STEP_STATE_NUMBERS,
+)
 from jobstream.v1 import job_pb2, job_service_pb2
-
-_STATE_PB = {state: value for value, state in JOB_STATES.items()}
-_STEP_PB = {name: value for value, name in STEP_STATES.items()}
-_LEVEL_PB = {name: value for value, name in LOG_LEVELS.items()}
-_RESULT_PB = {name: value for value, name in RESULT_STATUSES.items()}
 
 
 def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
@@ -60,7 +63,7 @@ def step(value: Step) -> job_pb2.Step:
     """A step as a Step message."""
     return job_pb2.Step(
         name=value.name,
-        state=_STEP_PB[value.state],
+        state=STEP_STATE_NUMBERS[value.state],
         attempts=value.attempts,
         error=value.error,
         data=struct(value.data),
@@ -79,7 +82,7 @@ def job(value: Job) -> job_pb2.Job:
         priority=value.priority,
         params=struct(value.params),
         labels=value.labels,
-        state=_STATE_PB[value.state],
+        state=JOB_STATE_NUMBERS[value.state],
         cancel_requested=value.cancel_requested,
         progress=job_pb2.Progress(
             fraction=p.fraction, done=p.done, total=p.total, phase=p.phase, message=p.message
@@ -109,7 +112,7 @@ def job(value: Job) -> job_pb2.Job:
 def _state_change(b: JSON) -> dict[str, Any]:
     return {
         "state_change": job_pb2.StateChange(
-            state=_STATE_PB[JobState(b["state"])],
+            state=JOB_STATE_NUMBERS[JobState(b["state"])],
             reason=b["reason"],
             error=error(b.get("error")),
             attempt=b.get("attempt", 0),
@@ -124,7 +127,7 @@ def _progress(b: JSON) -> dict[str, Any]:
 def _log(b: JSON) -> dict[str, Any]:
     return {
         "log": job_pb2.LogLine(
-            level=_LEVEL_PB[b["level"]],
+            level=LOG_LEVEL_NUMBERS[LogLevel(b["level"])],
             text=b["text"],
             stream=b["stream"],
             truncated=b.get("truncated", False),
@@ -133,18 +136,20 @@ def _log(b: JSON) -> dict[str, Any]:
 
 
 def _step_event(b: JSON) -> dict[str, Any]:
-    return {"step": step(Step(**b))}
+    return {"step": step(Step(**{**b, "state": StepState(b["state"])}))}
 
 
 def _result(b: JSON) -> dict[str, Any]:
     return {
         "result_item": job_pb2.ResultItem(
             key=b["key"],
-            status=_RESULT_PB[b["status"]],
+            status=RESULT_STATUS_NUMBERS[ResultStatus(b["status"])],
             data=struct(b.get("data")),
             error=b.get("error", ""),
             replaced_status=(
-                _RESULT_PB[b["replaced"]] if "replaced" in b else job_pb2.RESULT_STATUS_UNSPECIFIED
+                RESULT_STATUS_NUMBERS[ResultStatus(b["replaced"])]
+                if "replaced" in b
+                else job_pb2.RESULT_STATUS_UNSPECIFIED
             ),
         )
     }
@@ -171,13 +176,13 @@ def _artifact_added(b: JSON) -> dict[str, Any]:
 
 
 _PAYLOADS: dict[EventKind, Callable[[JSON], dict[str, Any]]] = {
-    EventKind.STATE: _state_change,
+    EventKind.STATE_CHANGE: _state_change,
     EventKind.PROGRESS: _progress,
     EventKind.LOG: _log,
     EventKind.STEP: _step_event,
-    EventKind.RESULT: _result,
-    EventKind.CANCEL: _cancel,
-    EventKind.ARTIFACT: _artifact_added,
+    EventKind.RESULT_ITEM: _result,
+    EventKind.CANCEL_REQUESTED: _cancel,
+    EventKind.ARTIFACT_ADDED: _artifact_added,
 }
 
 
@@ -268,10 +273,11 @@ def stats(value: Stats) -> job_service_pb2.GetStatsResponse:
     minutes = value.window_us / 60e6
     return job_service_pb2.GetStatsResponse(
         state_counts=[
-            job_service_pb2.StateCount(state=_STATE_PB[s], count=n) for s, n in value.by_state
+            job_service_pb2.StateCount(state=JOB_STATE_NUMBERS[s], count=n)
+            for s, n in value.by_state
         ],
         kind_counts=[
-            job_service_pb2.KindStateCount(kind=k, state=_STATE_PB[s], count=n)
+            job_service_pb2.KindStateCount(kind=k, state=JOB_STATE_NUMBERS[s], count=n)
             for k, s, n in value.by_kind
         ],
         window=duration(value.window_us),

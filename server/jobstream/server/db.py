@@ -1,14 +1,17 @@
 """Peewee models and the database connection.
 
 Models bind to ``database`` (a proxy) at run time, so nothing connects at
-import. Times are BigInteger microseconds since the epoch (see domain.py);
-JSON values are stored as text so both backends read them the same way.
+import; the binding is per thread, so several servers (each binding its own
+threads to its own database) run in one process. Times are BigInteger
+microseconds since the epoch (see domain.py); JSON values are stored as text
+so both backends read them the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,54 @@ from playhouse.migrations import Runner
 
 log = logging.getLogger(__name__)
 
-database = pw.DatabaseProxy()
-"""The database every model uses; bound by :func:`open_database`."""
+
+class ThreadBoundProxy(pw.DatabaseProxy):
+    """A database proxy whose target is chosen per thread: a thread bound
+    with :meth:`bind_thread` reaches its own database; any other thread
+    reaches the one opened last (:meth:`initialize`), which is all a process
+    with one database needs."""
+
+    __slots__ = ("_default", "_local")
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_local", threading.local())
+        object.__setattr__(self, "_default", None)
+        super().__init__()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # peewee's Proxy refuses attributes outside its own __slots__.
+        object.__setattr__(self, name, value)
+
+    @property
+    def obj(self) -> Any:
+        """The database of the calling thread."""
+        bound = getattr(self._local, "db", None)
+        return bound if bound is not None else self._default
+
+    @obj.setter
+    def obj(self, value: Any) -> None:
+        object.__setattr__(self, "_default", value)
+
+    def bind_thread(self, db: pw.Database | None) -> None:
+        """Makes the calling thread's models use ``db`` (None: the default)."""
+        self._local.db = db
+
+
+database = ThreadBoundProxy()
+"""The database every model uses: the calling thread's (see
+:func:`bind_thread`), else the one :func:`open_database` opened last."""
+
+
+def bind_thread(db: pw.Database) -> None:
+    """Binds the calling thread's models to ``db``: each server calls it on
+    every thread it runs store code on (its event loop, writer and readers)."""
+    database.bind_thread(db)
+
+
+def unbind_thread() -> None:
+    """The calling thread's models use the default database again."""
+    database.bind_thread(None)
+
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long an SQLite connection waits for another's lock before failing."""

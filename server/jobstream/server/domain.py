@@ -37,16 +37,58 @@ class JobState(StrEnum):
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
-class EventKind(StrEnum):
-    """What an event records; stored as its value."""
+TERMINAL_STATES = tuple(s for s in JobState if s.terminal)
+"""The states a job never leaves, in declaration order."""
 
-    STATE = "state"
+
+class EventKind(StrEnum):
+    """What an event records: the name of its payload in the wire's
+    JobEvent, and what the database stores."""
+
+    STATE_CHANGE = "state_change"
     PROGRESS = "progress"
     LOG = "log"
     STEP = "step"
-    RESULT = "result"
-    CANCEL = "cancel"
-    ARTIFACT = "artifact"
+    RESULT_ITEM = "result_item"
+    CANCEL_REQUESTED = "cancel_requested"
+    ARTIFACT_ADDED = "artifact_added"
+
+
+class StepState(StrEnum):
+    """Where a named step is; stored as its lowercase value."""
+
+    PENDING = "pending"
+    """Declared (or given back by a released attempt) and not started."""
+    RUNNING = "running"
+    """The one state not at rest: it ends when the attempt does."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def ended(self) -> bool:
+        """True for the states that set a step's end time."""
+        return self not in (StepState.PENDING, StepState.RUNNING)
+
+
+class LogLevel(StrEnum):
+    """How severe a log line is; stored as its lowercase value."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ResultStatus(StrEnum):
+    """How one item of a job's work ended; stored as its lowercase value,
+    which is also the name of the job column counting it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class Outcome(StrEnum):
@@ -92,7 +134,7 @@ class Step:
     """One named step of a job."""
 
     name: str
-    state: str
+    state: StepState
     attempts: int = 0
     error: str = ""
     data: JSON | None = None
@@ -143,7 +185,7 @@ class Event:
     @property
     def terminal(self) -> bool:
         """True when this event moved the job into a terminal state."""
-        return self.kind is EventKind.STATE and JobState(self.body["state"]).terminal
+        return self.kind is EventKind.STATE_CHANGE and JobState(self.body["state"]).terminal
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,7 +221,7 @@ class Acquire:
 class LogLine:
     """A log line reported by a worker."""
 
-    level: str
+    level: LogLevel
     text: str
     stream: str = ""
     truncated: bool = False
@@ -191,7 +233,7 @@ class ResultItem:
     """A per-item result reported by a worker."""
 
     key: str
-    status: str
+    status: ResultStatus
     data: JSON | None = None
     error: str = ""
 
@@ -317,12 +359,15 @@ class Stats:
 
 
 @dataclass(kw_only=True, slots=True)
-class Changes:
-    """What one write transaction did, for the broker: collected while the
-    transaction runs, published only after it commits."""
+class Effects:
+    """What one write did, as domain facts: collected while its transaction
+    runs; at the commit they become the change log's entries and the other
+    servers' notification, and once committed the broker's wake-ups."""
 
     events: list[Event] = field(default_factory=list)
+    """The events it stored, in order."""
     changed_jobs: set[str] = field(default_factory=set)
+    """Jobs it changed: each gets one change-log entry."""
     deleted_jobs: dict[str, str] = field(default_factory=dict)
     """Deleted job ids -> their owners (the change log keeps the owner; the
     job's row is gone by the time the log is written)."""
@@ -332,8 +377,8 @@ class Changes:
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
 
-    def merge(self, other: Changes) -> None:
-        """Adds another (committed) operation's changes to these."""
+    def merge(self, other: Effects) -> None:
+        """Adds another (committed) operation's effects to these."""
         self.events.extend(other.events)
         self.changed_jobs |= other.changed_jobs
         self.deleted_jobs |= other.deleted_jobs

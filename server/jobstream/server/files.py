@@ -12,6 +12,7 @@ any of them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from collections.abc import Iterable, Sequence
@@ -147,6 +148,12 @@ def check_recorded(roots: FileRoots, job_id: str, raw: str) -> Checked:
 def artifact_dir(data_dir: Path, job_id: str) -> Path:
     """Where older versions kept a job's artifact files."""
     return data_dir / ARTIFACTS_DIR / job_id
+
+
+async def remove_job_files(roots: FileRoots, job_id: str, recorded: Sequence[str]) -> Removal:
+    """:func:`remove_files` on a thread of its own, off the event loop (and
+    off the reader threads, which are the database's)."""
+    return await asyncio.to_thread(remove_files, roots, job_id, recorded)
 
 
 def remove_files(roots: FileRoots, job_id: str, recorded: Iterable[str]) -> Removal:

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from jobstream.server import wire
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.interception import Continuation, Handler, Req, Resp
-from jobstream.server.servicers import abort
+from jobstream.server.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,7 +47,9 @@ class _Unparsable:
         self.details = details
 
 
-def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _safe(
+    deserializer: Callable[[bytes], Any] | None, max_json_depth: int
+) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
     # Generated stubs deserialize with ``MessageClass.FromString``.
@@ -62,7 +64,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
         except (DecodeError, RecursionError):
             if descriptor is None:
                 return _Unparsable(wire.UNDIAGNOSED)
-            return _Unparsable(wire.diagnose(data, descriptor))
+            return _Unparsable(wire.diagnose(data, descriptor, max_json_depth))
 
     return parse
 
@@ -82,6 +84,11 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 class RequestGuard(grpc.aio.ServerInterceptor):
     """Refuses unparsable requests, single or streamed, with INVALID_ARGUMENT."""
 
+    def __init__(self, max_json_depth: int) -> None:
+        self.max_json_depth = max_json_depth
+        """The server's JSON depth limit, which a request nested too deep
+        for protobuf's decoder is told of."""
+
     async def intercept_service(
         self,
         continuation: Continuation[Req, Resp],
@@ -94,7 +101,10 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         # Typed loosely: the behaviours below are grpc.aio coroutines and
         # async generators, which the stubs' sync handler type does not describe.
         handler: Any = found
-        des, ser = _safe(handler.request_deserializer), handler.response_serializer
+        des, ser = (
+            _safe(handler.request_deserializer, self.max_json_depth),
+            handler.response_serializer,
+        )
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _single(handler.unary_unary), request_deserializer=des, response_serializer=ser

@@ -17,6 +17,7 @@ downloads answer FAILED_PRECONDITION) until that server starts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -30,7 +31,9 @@ from jobstream.server import limits
 from jobstream.server.artifacts import CHUNK_BYTES
 from jobstream.server.errors import FailedPrecondition
 from jobstream.server.files import ARTIFACTS_DIR
-from jobstream.server.service import JobsService
+from jobstream.server.readers import Readers
+from jobstream.server.store.artifacts import ArtifactStore
+from jobstream.server.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +56,26 @@ class ImportOutcome:
     """Files left under DATA/artifacts that no remaining artifact needs."""
 
 
-async def import_legacy_artifacts(service: JobsService, *, sole_server: bool) -> ImportOutcome:
+async def import_legacy_artifacts(
+    store: ArtifactStore, writer: Writer, readers: Readers, data_dir: Path, *, sole_server: bool
+) -> ImportOutcome:
     """Imports the files of earlier versions found in this server's data
-    directory; ``sole_server`` (SQLite) drops rows whose file is missing."""
-    store = service.store
-    root = service.data_dir / ARTIFACTS_DIR
+    directory; ``sole_server`` (SQLite) drops rows whose file is missing.
+    File-system work runs on threads of its own, database reads on the
+    reader threads, writes through the writer."""
+    root = data_dir / ARTIFACTS_DIR
     imported = imported_bytes = dropped = elsewhere = 0
     after = ("", "")
     while True:
-        rows = await service.read(store.legacy_artifacts, after=after, limit=IMPORT_PAGE)
+        rows = await readers.run(store.legacy_artifacts, after=after, limit=IMPORT_PAGE)
         for job_id, name, size, sha256 in rows:
-            path = await service.read(_file_of, root, job_id, name)
+            path = await asyncio.to_thread(_file_of, root, job_id, name)
             if path is not None and await _import(
-                service, job_id, name, path=path, size=size, sha256=sha256
+                store, writer, job_id, name, path=path, size=size, sha256=sha256
             ):
                 imported += 1
                 imported_bytes += size
-                await service.read(_remove, path)
+                await asyncio.to_thread(_remove, path)
             elif sole_server:
                 log.warning(
                     "artifact %r of job %s: dropped, its file %s is missing or damaged",
@@ -77,14 +83,14 @@ async def import_legacy_artifacts(service: JobsService, *, sole_server: bool) ->
                     job_id,
                     root / job_id / name,
                 )
-                await _drop(service, job_id, name)
+                await _drop(store, writer, job_id, name)
                 dropped += 1
             else:
                 elsewhere += 1
         if len(rows) < IMPORT_PAGE:
             break
         after = rows[-1][:2]
-    unreferenced = await service.read(_count_files, root)
+    unreferenced = await asyncio.to_thread(_count_files, root)
     return ImportOutcome(
         imported=imported,
         imported_bytes=imported_bytes,
@@ -95,14 +101,20 @@ async def import_legacy_artifacts(service: JobsService, *, sole_server: bool) ->
 
 
 async def _import(
-    service: JobsService, job_id: str, name: str, *, path: Path, size: int, sha256: str
+    store: ArtifactStore,
+    writer: Writer,
+    job_id: str,
+    name: str,
+    *,
+    path: Path,
+    size: int,
+    sha256: str,
 ) -> bool:
     """Stores the file's bytes as the artifact's; False (with a warning)
     when they do not match its row or the row changed meanwhile."""
-    store = service.store
     upload_id = secrets.token_hex(16)
     try:
-        await service.writer.run(
+        await writer.run(
             lambda c: store.import_artifact(
                 c,
                 job_id,
@@ -119,9 +131,8 @@ async def _import(
     return True
 
 
-async def _drop(service: JobsService, job_id: str, name: str) -> None:
-    store = service.store
-    await service.writer.run(lambda c: store.drop_legacy_artifact(c, job_id, name))
+async def _drop(store: ArtifactStore, writer: Writer, job_id: str, name: str) -> None:
+    await writer.run(lambda c: store.drop_legacy_artifact(c, job_id, name))
 
 
 def _file_of(root: Path, job_id: str, name: str) -> Path | None:

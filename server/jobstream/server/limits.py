@@ -1,8 +1,11 @@
-"""Input limits: every bound the service enforces at its edge, named once."""
+"""Input limits: every bound the service enforces at its edge, named once.
+Most are fixed; those an operator may set are the fields of :class:`Limits`,
+whose defaults are the ``DEFAULT_MAX_*`` constants."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 CLIENT_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 """Ids a client may choose (DESIGN.md). Server-made ids never match it."""
@@ -25,17 +28,18 @@ WORKER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 LEASE_ID = re.compile(r"[0-9a-f]{32}")
 """Leases as the server makes them."""
 
-MAX_LABELS = 32
-"""Labels per job."""
+DEFAULT_MAX_LABELS = 32
+"""Labels per job (default of Limits.max_labels)."""
 
-MAX_LABEL_VALUE_BYTES = 256
-"""Bytes (UTF-8) in a label value."""
+DEFAULT_MAX_LABEL_VALUE_BYTES = 256
+"""Bytes (UTF-8) in a label value (default of Limits.max_label_value_bytes)."""
 
-MAX_PARAMS_BYTES = 256 * 1024
-"""Bytes of a job's params as compact JSON."""
+DEFAULT_MAX_PARAMS_BYTES = 256 * 1024
+"""Bytes of a job's params as compact JSON (default of Limits.max_params_bytes)."""
 
-MAX_JSON_DEPTH = 32
-"""Nesting depth of params, results and other JSON values. Protobuf's own
+DEFAULT_MAX_JSON_DEPTH = 32
+"""Nesting depth of params, results and other JSON values (default of
+Limits.max_json_depth). Protobuf's own
 decoder refuses a little over 32 levels (it stops at 100 nested messages,
 three per JSON level), so a larger setting cannot take effect."""
 
@@ -53,8 +57,8 @@ MAX_RESULT_KEY_BYTES = 1024
 and a PostgreSQL B-tree entry holds at most about 2.7 KB: a longer key that
 does not compress would fail the write."""
 
-MAX_LOG_LINE_BYTES = 32 * 1024
-"""Bytes in one log line."""
+DEFAULT_MAX_LOG_LINE_BYTES = 32 * 1024
+"""Bytes in one log line (default of Limits.max_log_line_bytes)."""
 
 MAX_PATH_BYTES = 4096
 """Bytes in a recorded file path."""
@@ -140,11 +144,12 @@ ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """Artifact names: a plain file name (no path separators, no leading dot), so
 a client saving a download under its name writes where it means to."""
 
-MAX_ARTIFACT_BYTES = 1024**3
-"""Bytes in one artifact."""
+DEFAULT_MAX_ARTIFACT_BYTES = 1024**3
+"""Bytes in one artifact (default of Limits.max_artifact_bytes)."""
 
-MAX_ARTIFACTS_PER_JOB = 1_000
-"""Artifacts one job may hold (a re-upload under the same name replaces)."""
+DEFAULT_MAX_ARTIFACTS_PER_JOB = 1_000
+"""Artifacts one job may hold (a re-upload under the same name replaces;
+default of Limits.max_artifacts_per_job)."""
 
 MAX_ARTIFACT_CHUNK_BYTES = 1024 * 1024
 """Bytes in one UploadArtifact chunk message."""
@@ -161,46 +166,27 @@ MAX_STATS_WINDOW_S = 366 * 86400
 MAX_PURGE_AGE_S = 100 * 366 * 86400
 """Largest PurgeJobs older_than (a century); more is a typo."""
 
-MAX_LOG_LINES_PER_JOB = 1_000_000
-"""Log lines one job may store; the report that reaches it stores one
-"truncated" line, and later reports carrying log lines are refused
-(RESOURCE_EXHAUSTED)."""
+DEFAULT_MAX_LOG_LINES_PER_JOB = 1_000_000
+"""Log lines one job may store (default of Limits.max_log_lines_per_job);
+the report that reaches it stores one "truncated" line, and later reports
+carrying log lines are refused (RESOURCE_EXHAUSTED)."""
 
 TRUNCATED_MARKER = " …[truncated]"
-"""Appended to a log line cut to MAX_LOG_LINE_BYTES (its event also says
-``truncated``)."""
+"""Appended to a log line cut to Limits.max_log_line_bytes (its event also
+says ``truncated``)."""
 
 
-def configure(
-    *,
-    max_params_bytes: int | None = None,
-    max_json_depth: int | None = None,
-    max_labels: int | None = None,
-    max_label_value_bytes: int | None = None,
-    max_log_line_bytes: int | None = None,
-    max_log_lines_per_job: int | None = None,
-    max_artifact_bytes: int | None = None,
-    max_artifacts_per_job: int | None = None,
-) -> None:
-    """Replaces the configurable limits above with the server's settings.
-    Called once at start-up, before serving: one server per process, and the
-    checks read these names at call time."""
-    global MAX_PARAMS_BYTES, MAX_JSON_DEPTH, MAX_LABELS, MAX_LABEL_VALUE_BYTES
-    global MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_JOB
-    global MAX_ARTIFACT_BYTES, MAX_ARTIFACTS_PER_JOB
-    if max_params_bytes is not None:
-        MAX_PARAMS_BYTES = max_params_bytes
-    if max_json_depth is not None:
-        MAX_JSON_DEPTH = max_json_depth
-    if max_labels is not None:
-        MAX_LABELS = max_labels
-    if max_label_value_bytes is not None:
-        MAX_LABEL_VALUE_BYTES = max_label_value_bytes
-    if max_log_line_bytes is not None:
-        MAX_LOG_LINE_BYTES = max_log_line_bytes
-    if max_log_lines_per_job is not None:
-        MAX_LOG_LINES_PER_JOB = max_log_lines_per_job
-    if max_artifact_bytes is not None:
-        MAX_ARTIFACT_BYTES = max_artifact_bytes
-    if max_artifacts_per_job is not None:
-        MAX_ARTIFACTS_PER_JOB = max_artifacts_per_job
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """The bounds an operator sets (``jobstream serve --max-*``): one frozen
+    value per server, given to validation, the store and the services. The
+    other bounds in this module are fixed."""
+
+    max_params_bytes: int = DEFAULT_MAX_PARAMS_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    max_labels: int = DEFAULT_MAX_LABELS
+    max_label_value_bytes: int = DEFAULT_MAX_LABEL_VALUE_BYTES
+    max_log_line_bytes: int = DEFAULT_MAX_LOG_LINE_BYTES
+    max_log_lines_per_job: int = DEFAULT_MAX_LOG_LINES_PER_JOB
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    max_artifacts_per_job: int = DEFAULT_MAX_ARTIFACTS_PER_JOB

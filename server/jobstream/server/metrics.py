@@ -9,7 +9,7 @@ Where the numbers come from:
 
 * RPCs: :class:`MetricsInterceptor`, a grpc.aio server interceptor.
 * Commit batch sizes and times: the writer's ``on_group`` hook (writer thread).
-* Events: the broker hook that sees every commit (event loop).
+* Events: a commit listener of the writer (event loop).
 * Lease expiries: the sweeper.
 * Jobs by state, queue depth: a periodic count query (:func:`refresh_loop`),
   not one per scrape, so a scraper cannot load the database.
@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from jobstream.server.domain import Changes, JobState
+from jobstream.server.domain import Effects, JobState
 from jobstream.server.interception import (
     Behavior,
     Continuation,
@@ -120,16 +120,10 @@ class Metrics:
 
     # ------------------------------------------------------------------ hooks
 
-    def observe_commits(self, publish: Callable[[Changes], None]) -> Callable[[Changes], None]:
-        """Wraps the writer's after-commit hook (the broker's ``publish``) so
-        every committed event is also counted."""
-
-        def on_commit(changes: Changes) -> None:
-            publish(changes)
-            if changes.events:
-                self.events.inc(len(changes.events))
-
-        return on_commit
+    def on_commit(self, effects: Effects) -> None:
+        """Commit listener (event loop): counts the committed events."""
+        if effects.events:
+            self.events.inc(len(effects.events))
 
     def on_group(self, ops: int, seconds: float) -> None:
         """Writer hook (writer thread): one group of ``ops`` committed."""

@@ -18,7 +18,10 @@ import logging
 from dataclasses import dataclass, field
 
 from jobstream.server.domain import JobFilter, now_us
-from jobstream.server.service import JobsService
+from jobstream.server.files import FileRoots, remove_job_files
+from jobstream.server.readers import Readers
+from jobstream.server.store.deletion import Deletions
+from jobstream.server.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -44,46 +47,64 @@ class PurgeOutcome:
     refused: list[str] = field(default_factory=list)
 
 
-async def purge(
-    service: JobsService, flt: JobFilter, *, older_than_us: int, dry_run: bool
-) -> PurgeOutcome:
-    """Deletes the terminal jobs matching ``flt`` that ended at least
-    ``older_than_us`` ago; with ``dry_run`` only counts and lists them."""
-    store = service.store
-    cutoff = now_us() - older_than_us
-    if dry_run:
-        count, ids = await service.read(
-            store.purge_preview, flt, ended_before=cutoff, list_limit=MAX_LISTED
-        )
-        return PurgeOutcome(count=count, job_ids=ids)
-    outcome = PurgeOutcome()
-    while True:
-        deletions = await service.writer.run(
-            lambda c: store.purge_batch(
-                c, flt, ended_before=cutoff, limit=PURGE_BATCH, now=now_us()
+class Purges:
+    """Purges of old ended jobs: the store's deletions, run through the
+    writer in batches, then the jobs' files."""
+
+    def __init__(
+        self,
+        *,
+        deletions: Deletions,
+        writer: Writer,
+        readers: Readers,
+        roots: FileRoots,
+        sweep_wanted: asyncio.Event,
+    ) -> None:
+        self.deletions = deletions
+        self.writer = writer
+        self.readers = readers
+        self.roots = roots
+        self.sweep_wanted = sweep_wanted
+        """Set when a batch left artifact chunks for the sweep."""
+
+    async def purge(self, flt: JobFilter, *, older_than_us: int, dry_run: bool) -> PurgeOutcome:
+        """Deletes the terminal jobs matching ``flt`` that ended at least
+        ``older_than_us`` ago; with ``dry_run`` only counts and lists them."""
+        deletions = self.deletions
+        cutoff = now_us() - older_than_us
+        if dry_run:
+            count, ids = await self.readers.run(
+                deletions.purge_preview, flt, ended_before=cutoff, list_limit=MAX_LISTED
             )
-        )
-        if any(d.garbage for d in deletions):
-            service.sweep_wanted.set()
-        for deletion in deletions:
-            removal = await service.remove_files(deletion.job_id, deletion.files)
-            _extend(outcome.removed, removal.removed)
-            _extend(outcome.refused, removal.refused)
-        outcome.count += len(deletions)
-        _extend(outcome.job_ids, [d.job_id for d in deletions])
-        if len(deletions) < PURGE_BATCH:
-            return outcome
-        # Let the event loop run the RPCs that arrived during the batch, so
-        # their writes queue up behind ours rather than after the whole purge.
-        await asyncio.sleep(0)
+            return PurgeOutcome(count=count, job_ids=ids)
+        outcome = PurgeOutcome()
+        while True:
+            batch = await self.writer.run(
+                lambda c: deletions.purge_batch(
+                    c, flt, ended_before=cutoff, limit=PURGE_BATCH, now=now_us()
+                )
+            )
+            if any(d.garbage for d in batch):
+                self.sweep_wanted.set()
+            for deletion in batch:
+                removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
+                _extend(outcome.removed, removal.removed)
+                _extend(outcome.refused, removal.refused)
+            outcome.count += len(batch)
+            _extend(outcome.job_ids, [d.job_id for d in batch])
+            if len(batch) < PURGE_BATCH:
+                return outcome
+            # Let the event loop run the RPCs that arrived during the batch, so
+            # their writes queue up behind ours rather than after the whole purge.
+            await asyncio.sleep(0)
 
 
-async def retention_loop(service: JobsService, *, keep_us: int, every_s: float) -> None:
+async def retention_loop(purges: Purges, *, keep_us: int, every_s: float) -> None:
     """Purges jobs that ended more than ``keep_us`` ago, now and then every
     ``every_s`` seconds, forever."""
     while True:
         try:
-            outcome = await purge(service, JobFilter(), older_than_us=keep_us, dry_run=False)
+            outcome = await purges.purge(JobFilter(), older_than_us=keep_us, dry_run=False)
             if outcome.count:
                 log.info("retention: purged %d ended jobs", outcome.count)
         except Exception:

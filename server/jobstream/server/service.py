@@ -1,19 +1,15 @@
 """What the RPCs do, in domain terms: writes go through the writer, reads
-run on reader threads, live updates come from the broker. The gRPC layer
-(servicers.py) validates and converts around this."""
+run on the reader threads, live updates come from the broker. The gRPC layer
+(servicers.py) validates and converts around this; artifacts.py and
+purge.py are the rest of the service layer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from jobstream.server.broker import Broker, JobSubscription
@@ -30,8 +26,9 @@ from jobstream.server.domain import (
     Stats,
     now_us,
 )
-from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable
-from jobstream.server.files import FileRoots, Removal, check_recorded, remove_files
+from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
+from jobstream.server.files import FileRoots, Removal, check_recorded, remove_job_files
+from jobstream.server.readers import Readers
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
 
@@ -82,7 +79,7 @@ class DeleteOutcome:
     removal: Removal
 
 
-class JobsService:
+class JobService:
     """The job service's behaviour, independent of gRPC."""
 
     def __init__(
@@ -90,139 +87,134 @@ class JobsService:
         *,
         store: Store,
         writer: Writer,
+        readers: Readers,
         broker: Broker,
         roots: FileRoots,
+        sweep_wanted: asyncio.Event,
         lease_us: int,
         max_lease_us: int,
-        readers: int = 4,
     ) -> None:
         self.store = store
         self.writer = writer
+        self.readers = readers
         self.broker = broker
         self.roots = roots
+        self.sweep_wanted = sweep_wanted
+        """Set when a commit left chunks to remove (a delete of a job holding
+        artifacts): wakes the sweeper at once."""
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
-        self._readers = readers
-        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="jobstream-read")
-        self.sweep_wanted = asyncio.Event()
-        """Set when a commit left chunks to remove (a delete or purge of
-        jobs holding artifacts): wakes the sweeper at once, so the space is
-        reclaimed without waiting for its next tick."""
-
-    @property
-    def data_dir(self) -> Path:
-        """The server's data directory."""
-        return self.roots.data_dir
-
-    def close(self) -> None:
-        """Closes the reader threads' connections and stops the threads."""
-        # peewee keeps a connection per thread, which only that thread can
-        # close: one task per reader, held at a barrier until every reader
-        # has one, so each thread closes its own. Left open, they would
-        # outlive a server stopped inside a process that carries on.
-        barrier = threading.Barrier(self._readers)
-
-        def close_own() -> None:
-            barrier.wait()
-            self.store.db.close()
-
-        for _ in range(self._readers):
-            self._pool.submit(close_own)
-        self._pool.shutdown(wait=True)
-
-    async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Runs a store read on a reader thread, off the event loop."""
-        loop = asyncio.get_running_loop()
-        # In the caller's context, so its log lines keep the request and job ids.
-        context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self._pool, context.run, functools.partial(fn, *args, **kwargs)
-        )
 
     # ---------------------------------------------------------------- producers
 
     async def submit(
         self, specs: Sequence[NewJob], *, batch: bool = False
     ) -> list[tuple[Job, bool]]:
-        """Stores new jobs; see Store.submit."""
-        return await self.writer.run(lambda c: self.store.submit(c, specs, now_us(), batch=batch))
+        """Stores new jobs; see Lifecycle.submit."""
+        return await self.writer.run(
+            lambda c: self.store.jobs.submit(c, specs, now_us(), batch=batch)
+        )
 
-    async def get(self, job_id: str) -> Job:
-        """One job with its steps."""
-        return await self.read(self.store.get_job, job_id)
+    async def get(self, job_id: str, owner: str | None = None) -> Job:
+        """One job with its steps; with ``owner``, another principal's job
+        is NotFound."""
+        return await self.readers.run(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
         self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
     ) -> tuple[list[Job], tuple[int, str] | None]:
         """A page of jobs, newest first."""
-        return await self.read(self.store.list_jobs, flt, page_size=page_size, cursor=cursor)
+        return await self.readers.run(
+            self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor
+        )
 
-    async def cancel(self, job_id: str, reason: str) -> Job:
-        """Cancels or asks to stop; see Store.cancel."""
-        return await self.writer.run(lambda c: self.store.cancel(c, job_id, reason, now_us()))
+    async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
+        """Cancels or asks to stop; see Lifecycle.cancel."""
+        return await self.writer.run(
+            lambda c: self.store.jobs.cancel(c, job_id, reason, now_us(), owner=owner)
+        )
 
-    async def delete(self, job_id: str, *, force: bool, allow_missing: bool) -> DeleteOutcome:
+    async def delete(
+        self, job_id: str, *, force: bool, allow_missing: bool, owner: str | None = None
+    ) -> DeleteOutcome:
         """Deletes the rows, then (after the commit) the files; the chunks of
         its artifacts are left to the sweep, woken at once. With ``force`` a
         running job is first cancelled in a commit of its own, so its
         watchers receive the terminal event (and their streams end) before
-        the job is gone."""
+        the job is gone. With ``owner``, another principal's job is missing."""
         if force:
             await self.writer.run(
-                lambda c: self.store.cancel_running(c, job_id, FORCE_DELETE_REASON, now_us())
+                lambda c: self.store.jobs.cancel_running(
+                    c, job_id, FORCE_DELETE_REASON, now_us(), owner=owner
+                )
             )
         deletion = await self.writer.run(
-            lambda c: self.store.delete(
-                c, job_id, force=force, allow_missing=allow_missing, now=now_us()
+            lambda c: self.store.deletions.delete(
+                c, job_id, force=force, allow_missing=allow_missing, now=now_us(), owner=owner
             )
         )
         if deletion is None:
             return DeleteOutcome(deleted=False, removal=Removal(removed=(), refused=()))
         if deletion.garbage:
             self.sweep_wanted.set()
-        removal = await self.remove_files(deletion.job_id, deletion.files)
+        removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
         return DeleteOutcome(deleted=True, removal=removal)
 
-    async def remove_files(self, job_id: str, recorded: Sequence[str]) -> Removal:
-        """Removes a deleted job's files: only what it owns (files.py)."""
-        return await self.read(remove_files, self.roots, job_id, recorded)
-
-    async def retry(self, job_id: str, reason: str, additional_attempts: int) -> Job:
-        """Queues an ended job again as a new attempt; see Store.retry."""
+    async def retry(
+        self, job_id: str, reason: str, additional_attempts: int, *, owner: str | None = None
+    ) -> Job:
+        """Queues an ended job again as a new attempt; see Lifecycle.retry."""
         return await self.writer.run(
-            lambda c: self.store.retry(c, job_id, reason, additional_attempts, now_us())
+            lambda c: self.store.jobs.retry(
+                c, job_id, reason, additional_attempts, now_us(), owner=owner
+            )
         )
 
     async def stats(self, flt: JobFilter, window_us: int) -> Stats:
-        """Counts and timings of the selected jobs; see Store.stats."""
-        return await self.read(self.store.stats, flt, window_us=window_us, now=now_us())
+        """Counts and timings of the selected jobs; see Statistics.summary."""
+        return await self.readers.run(
+            self.store.stats.summary, flt, window_us=window_us, now=now_us()
+        )
 
     async def events_page(
-        self, job_id: str, kind: EventKind, after_seq: int, page_size: int
+        self,
+        job_id: str,
+        kind: EventKind,
+        after_seq: int,
+        page_size: int,
+        *,
+        owner: str | None = None,
     ) -> list[Event]:
         """A page of one kind of event (log lines, results); NotFound for an
-        unknown job rather than an empty page."""
+        unknown job (or, with ``owner``, another principal's) rather than an
+        empty page."""
+        reads = self.store.reads
 
         def page() -> list[Event]:
-            if kind is EventKind.RESULT:
+            if owner is not None and not reads.job_exists(job_id, owner):
+                raise not_found(job_id)
+            if kind is EventKind.RESULT_ITEM:
                 # Results are read from their keyed table: each key once, at
-                # its latest version (see results.py).
-                events = self.store.read_results(job_id, after_seq=after_seq, limit=page_size)
+                # its latest version (see store/results.py).
+                events = self.store.reads.read_results(job_id, after_seq=after_seq, limit=page_size)
             else:
-                events = self.store.read_events(
+                events = self.store.reads.read_events(
                     job_id, after_seq=after_seq, limit=page_size, kind=kind
                 )
-            if not events and not self.store.job_exists(job_id):
-                raise NotFound(f"no job {job_id!r}", field="job_id")
+            if not events and owner is None and not reads.job_exists(job_id):
+                raise not_found(job_id)
             return events
 
-        return await self.read(page)
+        return await self.readers.run(page)
 
     # ---------------------------------------------------------------- watchers
 
-    async def watch(self, job_id: str, after_seq: int) -> AsyncIterator[WatchItem]:
+    async def watch(
+        self, job_id: str, after_seq: int, *, owner: str | None = None
+    ) -> AsyncIterator[WatchItem]:
         """Snapshot, stored events after ``after_seq``, then live events; ends
-        after the terminal event.
+        after the terminal event. With ``owner``, another principal's job is
+        NotFound.
 
         The subscription starts before the snapshot is read, so an event
         committed after the read is queued for us; one committed before it may
@@ -232,7 +224,7 @@ class JobsService:
         after the snapshot's last seq ends the stream.
         """
         with self.broker.job(job_id) as sub:
-            job = await self.get(job_id)
+            job = await self.get(job_id, owner)
             if after_seq > job.last_seq:
                 raise OutOfRange(
                     f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",
@@ -259,8 +251,8 @@ class JobsService:
                     # queue is the only place its last events still exist.
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
-                    events = await self.read(
-                        self.store.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                    events = await self.readers.run(
+                        self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
                     )
                     run, ended = _until_end(events, job.last_seq)
                     if run:
@@ -269,7 +261,9 @@ class JobsService:
                     if ended:
                         return
                     from_db = len(events) == EVENT_PAGE
-                    if not events and not await self.read(self.store.job_exists, job_id):
+                    if not events and not await self.readers.run(
+                        self.store.reads.job_exists, job_id
+                    ):
                         # Gone: deleted through another server (no local
                         # publish said so), or here after the reset above.
                         # Either way the deleted branch ends the stream, with
@@ -305,7 +299,7 @@ class JobsService:
         From position 0 the matching jobs are listed first, unless
         ``skip_listing``: then only the caught-up marker at the newest position."""
         with self.broker.changes() as wake:
-            head = await self.read(self.store.head_position)
+            head = await self.readers.run(self.store.changes.head_position)
             if after_position > head:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
@@ -325,8 +319,8 @@ class JobsService:
             while True:
                 self._check_open()
                 wake.clear()
-                changes = await self.read(
-                    self.store.read_changes, after_position=position, limit=CHANGE_PAGE
+                changes = await self.readers.run(
+                    self.store.changes.read, after_position=position, limit=CHANGE_PAGE
                 )
                 if not changes:
                     await wake.wait()
@@ -335,8 +329,8 @@ class JobsService:
                 # Owner first: another principal's change, a deletion
                 # included, is never even looked at for this watcher.
                 changes = [c for c in changes if flt.owner is None or c.owner == flt.owner]
-                current = await self.read(
-                    self.store.get_jobs, {c.job_id for c in changes if not c.deleted}
+                current = await self.readers.run(
+                    self.store.reads.get_jobs, {c.job_id for c in changes if not c.deleted}
                 )
                 newest = {c.job_id: c.position for c in changes}
                 for change in changes:
@@ -385,7 +379,7 @@ class JobsService:
         job as RUNNING with nobody holding its lease."""
         attempt = asyncio.ensure_future(
             self.writer.run(
-                lambda c: self.store.acquire(
+                lambda c: self.store.jobs.acquire(
                     c,
                     worker_id=worker_id,
                     kinds=kinds,
@@ -401,16 +395,18 @@ class JobsService:
             lease = await attempt
             if lease is not None:
                 job_id, lease_id = lease.job.id, lease.lease_id
-                await self.writer.run(lambda c: self.store.release(c, job_id, lease_id, now_us()))
+                await self.writer.run(
+                    lambda c: self.store.jobs.release(c, job_id, lease_id, now_us())
+                )
             raise
 
     async def report(self, job_id: str, lease_id: str, report: Report) -> ReportAck:
         """Stores a worker's batch and renews its lease. A recorded file the
         job does not own refuses the whole batch before anything is stored."""
         if report.files:
-            await self.read(self._check_files, job_id, report.files)
+            await asyncio.to_thread(self._check_files, job_id, report.files)
         return await self.writer.run(
-            lambda c: self.store.report(c, job_id, lease_id, report, now=now_us())
+            lambda c: self.store.reports.report(c, job_id, lease_id, report, now=now_us())
         )
 
     def _check_files(self, job_id: str, files: Sequence[str]) -> None:
@@ -423,13 +419,13 @@ class JobsService:
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""
         return await self.writer.run(
-            lambda c: self.store.finish(c, job_id, lease_id, finish, now_us())
+            lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
         )
 
     async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
-        """Rescues jobs from dead workers; see Store.expire_leases."""
+        """Rescues jobs from dead workers; see Lifecycle.expire_leases."""
         return await self.writer.run(
-            lambda c: self.store.expire_leases(
+            lambda c: self.store.jobs.expire_leases(
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )

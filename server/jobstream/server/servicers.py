@@ -1,32 +1,38 @@
 """The gRPC layer: validate the request, call the service, convert the answer.
-Domain errors become status codes here, in one place."""
+Errors become statuses through :mod:`jobstream.server.status`."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-import grpc
-import peewee as pw
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from jobstream.server import convert, limits, validation
+from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
-from jobstream.server.auth import Auth, Principal
-from jobstream.server.domain import EventKind, Job
-from jobstream.server.errors import InvalidArgument, NotFound, ServiceError, not_found
-from jobstream.server.purge import purge
+from jobstream.server.auth import current_principal
+from jobstream.server.domain import EventKind
+from jobstream.server.errors import InvalidArgument
+from jobstream.server.limits import (
+    DEFAULT_EVENT_PAGE,
+    DEFAULT_JOB_PAGE,
+    EVENT_MESSAGE_CACHE_BYTES,
+    MAX_ARTIFACT_CHUNK_BYTES,
+    MAX_EVENT_PAGE,
+    MAX_JOB_PAGE,
+    MAX_RESPONSE_BYTES,
+    WATCH_BATCH_BYTES,
+    Limits,
+)
+from jobstream.server.purge import Purges
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     WatcherQuota,
 )
-from jobstream.server.service import JobsService
+from jobstream.server.service import JobService
+from jobstream.server.status import Context, streaming, unary
 from jobstream.v1 import (
     job_service_pb2 as js,
 )
@@ -38,72 +44,7 @@ from jobstream.v1 import (
     worker_service_pb2 as ws,
 )
 
-log = logging.getLogger(__name__)
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Servicer = TypeVar("Servicer")
 M = TypeVar("M", bound=Message)
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from an exception to what the caller is told."""
-    if isinstance(exc, ServiceError):
-        return exc.code, exc.details()
-    if isinstance(exc, pw.IntegrityError):
-        return grpc.StatusCode.ALREADY_EXISTS, "conflicts with a concurrent change; retry"
-    if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
-        return grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}"
-    log.error("unexpected error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
-
-
-async def abort(context: Context, exc: Exception) -> None:
-    """Ends the call with ``_status(exc)``; INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field, for clients that read details."""
-    code, message = _status(exc)
-    trailers: Any = ()
-    if code is grpc.StatusCode.INVALID_ARGUMENT and isinstance(exc, ServiceError) and exc.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.message
-        )
-        status = status_pb2.Status(code=code.value[0], message=message)
-        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        trailers = rpc_status.to_status(status).trailing_metadata
-    await context.abort(code, message, trailers)
-
-
-def unary(
-    fn: Callable[[Servicer, Req, Context], Awaitable[Resp]],
-) -> Callable[[Servicer, Req, Context], Awaitable[Resp]]:
-    """Maps errors of a unary method to status codes."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            await abort(context, exc)
-            raise  # unreachable: abort raises
-
-    return wrapper
-
-
-def streaming(
-    fn: Callable[[Servicer, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Servicer, Req, Context], AsyncIterator[Resp]]:
-    """Maps errors of a server-streaming method to status codes."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Servicer, request: Req, context: Context) -> AsyncIterator[Resp]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await abort(context, exc)
-
-    return wrapper
 
 
 REPEATED_OVERHEAD_BYTES = 6
@@ -112,10 +53,10 @@ length) beyond the item itself, counted generously."""
 
 
 def _fit(messages: list[M]) -> list[M]:
-    """The first of ``messages`` that fit in limits.MAX_RESPONSE_BYTES, and
+    """The first of ``messages`` that fit in MAX_RESPONSE_BYTES, and
     always at least one: a page cut here hands out a token for the rest, so
     it never outgrows what a client can receive."""
-    room = limits.MAX_RESPONSE_BYTES
+    room = MAX_RESPONSE_BYTES
     for i, message in enumerate(messages):
         room -= message.ByteSize() + REPEATED_OVERHEAD_BYTES
         if room < 0 and i > 0:
@@ -123,35 +64,33 @@ def _fit(messages: list[M]) -> list[M]:
     return messages
 
 
-class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     """JobService over gRPC."""
 
     def __init__(
         self,
-        service: JobsService,
+        service: JobService,
         *,
-        auth: Auth | None = None,
+        artifacts: Artifacts,
+        purges: Purges,
+        limits: Limits,
         quota: WatcherQuota | None = None,
     ) -> None:
         self.service = service
-        self.auth = auth or Auth(None)
+        self.limits = limits
+        self.artifacts = artifacts
+        self.purges = purges
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
-        self.event_messages = convert.EventMessages(limits.EVENT_MESSAGE_CACHE_BYTES)
-
-    async def _own(self, job_id: str, principal: Principal) -> Job:
-        """The job, if ``principal`` may see it; another principal's job is
-        NotFound with exactly the wording of a missing one."""
-        job = await self.service.get(job_id)
-        if not principal.sees(job.owner):
-            raise not_found(job_id)
-        return job
+        self.event_messages = convert.EventMessages(EVENT_MESSAGE_CACHE_BYTES)
 
     @unary
     async def SubmitJob(
         self, request: js.SubmitJobRequest, context: Context
     ) -> js.SubmitJobResponse:
-        principal = self.auth.principal(context)
-        spec = validation.new_job(request, owner=principal.name, id_prefix=principal.id_prefix)
+        principal = current_principal()
+        spec = validation.new_job(
+            request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
+        )
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
@@ -159,8 +98,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJobs(
         self, request: js.SubmitJobsRequest, context: Context
     ) -> js.SubmitJobsResponse:
-        principal = self.auth.principal(context)
-        specs = validation.new_jobs(request, owner=principal.name, id_prefix=principal.id_prefix)
+        principal = current_principal()
+        specs = validation.new_jobs(
+            request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
+        )
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
@@ -168,18 +109,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @unary
     async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
-        job = await self._own(validation.job_id(request.job_id), self.auth.principal(context))
+        job = await self.service.get(
+            fields.job_id(request.job_id), owner=current_principal().owner_filter
+        )
         return js.GetJobResponse(job=convert.job(job))
 
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
         flt = dataclasses.replace(
-            validation.job_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            validation.job_filter(request.filter, self.limits),
+            owner=current_principal().owner_filter,
         )
-        size = validation.page_size(request.page_size, limits.DEFAULT_JOB_PAGE, limits.MAX_JOB_PAGE)
+        size = fields.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
         jobs, cursor = await self.service.list_jobs(
-            flt, size, validation.job_cursor(request.page_token)
+            flt, size, tokens.job_cursor(request.page_token)
         )
         messages = _fit([convert.job(j) for j in jobs])
         if len(messages) < len(jobs):
@@ -187,23 +130,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             cursor = (last.create_time, last.id)
         return js.ListJobsResponse(
             jobs=messages,
-            next_page_token=validation.encode_token(list(cursor)) if cursor else "",
+            next_page_token=tokens.encode_token(list(cursor)) if cursor else "",
         )
 
     @streaming
     async def WatchJob(
         self, request: js.WatchJobRequest, context: Context
     ) -> AsyncIterator[js.WatchJobResponse]:
-        job_id = validation.job_id(request.job_id)
-        after = validation.seq(request.after_seq, "after_seq")
-        principal = self.auth.principal(context)
+        job_id = fields.job_id(request.job_id)
+        after = fields.seq(request.after_seq, "after_seq")
+        principal = current_principal()
         with self.quota.hold(principal.name):
-            await self._own(job_id, principal)
-            async for item in self.service.watch(job_id, after):
+            async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
                 elif request.batch_events:
-                    for batch in self.event_messages.batches(item.events, limits.WATCH_BATCH_BYTES):
+                    for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
                         yield js.WatchJobResponse(events=batch)
                 else:
                     for event in item.events:
@@ -213,11 +155,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJobs(
         self, request: js.WatchJobsRequest, context: Context
     ) -> AsyncIterator[js.WatchJobsResponse]:
-        principal = self.auth.principal(context)
+        principal = current_principal()
         flt = dataclasses.replace(
-            validation.job_filter(request.filter), owner=principal.owner_filter
+            validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
-        after = validation.seq(request.after_position, "after_position")
+        after = fields.seq(request.after_position, "after_position")
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(
                 flt, after, skip_listing=request.skip_listing
@@ -237,28 +179,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: js.CancelJobRequest, context: Context
     ) -> js.CancelJobResponse:
-        job_id = validation.job_id(request.job_id)
-        reason = validation.text(request.reason, "reason")
-        await self._own(job_id, self.auth.principal(context))
-        job = await self.service.cancel(job_id, reason)
+        job_id = fields.job_id(request.job_id)
+        reason = fields.text(request.reason, "reason")
+        job = await self.service.cancel(job_id, reason, owner=current_principal().owner_filter)
         return js.CancelJobResponse(job=convert.job(job))
 
     @unary
     async def DeleteJob(
         self, request: js.DeleteJobRequest, context: Context
     ) -> js.DeleteJobResponse:
-        job_id = validation.job_id(request.job_id)
-        try:
-            await self._own(job_id, self.auth.principal(context))
-        except NotFound:
-            if not request.allow_missing:
-                raise
-            # Missing, or not the caller's: the same "nothing deleted" answer.
-            return js.DeleteJobResponse(deleted=False)
+        # Another principal's job is missing as far as the caller is
+        # concerned: NotFound, or with allow_missing "nothing deleted".
         outcome = await self.service.delete(
-            job_id,
+            fields.job_id(request.job_id),
             force=request.force,
             allow_missing=request.allow_missing,
+            owner=current_principal().owner_filter,
         )
         return js.DeleteJobResponse(
             deleted=outcome.deleted,
@@ -270,43 +206,40 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJobLogs(
         self, request: js.GetJobLogsRequest, context: Context
     ) -> js.GetJobLogsResponse:
-        events, token = await self._events(request, EventKind.LOG, context)
+        events, token = await self._events(request, EventKind.LOG)
         return js.GetJobLogsResponse(events=events, next_page_token=token)
 
     @unary
     async def ListJobResults(
         self, request: js.ListJobResultsRequest, context: Context
     ) -> js.ListJobResultsResponse:
-        events, token = await self._events(request, EventKind.RESULT, context)
+        events, token = await self._events(request, EventKind.RESULT_ITEM)
         return js.ListJobResultsResponse(events=events, next_page_token=token)
 
     async def _events(
         self,
         request: js.GetJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
-        context: Context,
     ) -> tuple[list[Any], str]:
-        job_id = validation.job_id(request.job_id)
-        await self._own(job_id, self.auth.principal(context))
-        size = validation.page_size(
-            request.page_size, limits.DEFAULT_EVENT_PAGE, limits.MAX_EVENT_PAGE
+        job_id = fields.job_id(request.job_id)
+        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
+        after = tokens.seq_token(request.page_token)
+        events = await self.service.events_page(
+            job_id, kind, after, size, owner=current_principal().owner_filter
         )
-        after = validation.seq_token(request.page_token)
-        events = await self.service.events_page(job_id, kind, after, size)
         messages = _fit([convert.event(e) for e in events])
         more = len(events) == size or len(messages) < len(events)
-        token = validation.encode_token(events[len(messages) - 1].seq) if more else ""
+        token = tokens.encode_token(events[len(messages) - 1].seq) if more else ""
         return messages, token
-
-    # -- retry, purge, stats, artifacts (issue 6)
 
     @unary
     async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
-        job_id = validation.job_id(request.job_id)
-        reason = validation.text(request.reason, "reason")
+        job_id = fields.job_id(request.job_id)
+        reason = fields.text(request.reason, "reason")
         attempts = validation.retry_attempts(request.additional_attempts)
-        await self._own(job_id, self.auth.principal(context))
-        job = await self.service.retry(job_id, reason, attempts)
+        job = await self.service.retry(
+            job_id, reason, attempts, owner=current_principal().owner_filter
+        )
         return js.RetryJobResponse(job=convert.job(job))
 
     @unary
@@ -314,11 +247,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: js.PurgeJobsRequest, context: Context
     ) -> js.PurgeJobsResponse:
         flt = dataclasses.replace(
-            validation.purge_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            validation.purge_filter(request.filter, self.limits),
+            owner=current_principal().owner_filter,
         )
-        outcome = await purge(
-            self.service,
+        outcome = await self.purges.purge(
             flt,
             older_than_us=validation.purge_age_us(request),
             dry_run=request.dry_run,
@@ -333,8 +265,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     @unary
     async def GetStats(self, request: js.GetStatsRequest, context: Context) -> js.GetStatsResponse:
         flt = dataclasses.replace(
-            validation.job_filter(request.filter),
-            owner=self.auth.principal(context).owner_filter,
+            validation.job_filter(request.filter, self.limits),
+            owner=current_principal().owner_filter,
         )
         stats = await self.service.stats(flt, validation.stats_window_us(request))
         return convert.stats(stats)
@@ -343,20 +275,21 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListArtifacts(
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
-        job_id = validation.job_id(request.job_id)
-        await self._own(job_id, self.auth.principal(context))
-        found = await Artifacts(self.service).list(job_id)
+        found = await self.artifacts.list(
+            fields.job_id(request.job_id), owner=current_principal().owner_filter
+        )
         return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
 
     @streaming
     async def DownloadArtifact(
         self, request: js.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[js.DownloadArtifactResponse]:
-        job_id = validation.job_id(request.job_id)
-        name = validation.artifact_name(request.name)
-        offset = validation.download_offset(request.offset)
-        await self._own(job_id, self.auth.principal(context))
-        items = Artifacts(self.service).download(job_id, name, offset)
+        job_id = fields.job_id(request.job_id)
+        name = fields.artifact_name(request.name)
+        offset = validation.download_offset(request.offset, self.limits)
+        items = self.artifacts.download(
+            job_id, name, offset, owner=current_principal().owner_filter
+        )
         async for item in items:
             if isinstance(item, bytes):
                 yield js.DownloadArtifactResponse(chunk=item)
@@ -364,11 +297,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 yield js.DownloadArtifactResponse(artifact=convert.artifact(item))
 
 
-class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
+class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobsService) -> None:
+    def __init__(self, service: JobService, *, artifacts: Artifacts, limits: Limits) -> None:
         self.service = service
+        self.artifacts = artifacts
+        self.limits = limits
 
     @unary
     async def AcquireJob(
@@ -391,9 +326,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: ws.ReportJobRequest, context: Context
     ) -> ws.ReportJobResponse:
         ack = await self.service.report(
-            validation.job_id(request.job_id),
-            validation.lease_id(request.lease_id),
-            validation.report(request),
+            fields.job_id(request.job_id),
+            fields.lease_id(request.lease_id),
+            validation.report(request, self.limits),
         )
         return ws.ReportJobResponse(
             cancel_requested=ack.cancel_requested,
@@ -406,9 +341,9 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: ws.FinishJobRequest, context: Context
     ) -> ws.FinishJobResponse:
         job = await self.service.finish(
-            validation.job_id(request.job_id),
-            validation.lease_id(request.lease_id),
-            validation.finish(request),
+            fields.job_id(request.job_id),
+            fields.lease_id(request.lease_id),
+            validation.finish(request, self.limits),
         )
         return ws.FinishJobResponse(job=convert.job(job))
 
@@ -420,19 +355,18 @@ class WorkerServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         first = await anext(messages, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidArgument("the first message must carry the header", field="header")
-        spec = validation.artifact_header(first.header)
+        spec = validation.artifact_header(first.header, self.limits)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in messages:
                 if message.WhichOneof("item") != "chunk":
                     raise InvalidArgument("only the first message may carry it", field="header")
-                if len(message.chunk) > limits.MAX_ARTIFACT_CHUNK_BYTES:
+                if len(message.chunk) > MAX_ARTIFACT_CHUNK_BYTES:
                     raise InvalidArgument(
-                        f"is {len(message.chunk)} bytes; the limit is "
-                        f"{limits.MAX_ARTIFACT_CHUNK_BYTES}",
+                        f"is {len(message.chunk)} bytes; the limit is {MAX_ARTIFACT_CHUNK_BYTES}",
                         field="chunk",
                     )
                 yield message.chunk
 
-        artifact, seq = await Artifacts(self.service).upload(spec, chunks())
+        artifact, seq = await self.artifacts.upload(spec, chunks())
         return ws.UploadArtifactResponse(artifact=convert.artifact(artifact), seq=seq)

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from jobstream.server import limits
-
 MAX_WALK_FIELDS = 200_000
 """Fields the walk reads before it stops looking: a 16 MiB message of tiny
 fields takes about 0.2 s to walk in Python, on the event loop."""
@@ -49,17 +47,18 @@ class _Frame:
     depth: int
 
 
-def diagnose(data: bytes, descriptor: Descriptor) -> str:
+def diagnose(data: bytes, descriptor: Descriptor, max_json_depth: int) -> str:
     """The status message for ``data``, which did not parse as
     ``descriptor``: ``<field>: <what is wrong>``, or ``request: ...`` when
-    no field can be blamed."""
+    no field can be blamed; JSON values nested beyond ``max_json_depth``
+    levels are named as such."""
     try:
-        return _walk(data, descriptor)
+        return _walk(data, descriptor, max_json_depth)
     except _Corrupt as exc:
         return f"{exc.args[0] or 'request'}: cannot be parsed (not protobuf wire format)"
 
 
-def _walk(data: bytes, descriptor: Descriptor) -> str:
+def _walk(data: bytes, descriptor: Descriptor, max_json_depth: int) -> str:
     stack = [_Frame(data, 0, len(data), descriptor, "", 0, 1)]
     deepest: _Frame | None = None
     seen = 0
@@ -106,8 +105,8 @@ def _walk(data: bytes, descriptor: Descriptor) -> str:
                 # Groups are not used by any proto3 message; 6 and 7 do not exist.
                 raise _Corrupt(name)
     if deepest is not None and deepest.json_depth > 0:
-        if deepest.json_depth > limits.MAX_JSON_DEPTH:
-            return f"{deepest.path}: nests deeper than the limit of {limits.MAX_JSON_DEPTH} levels"
+        if deepest.json_depth > max_json_depth:
+            return f"{deepest.path}: nests deeper than the limit of {max_json_depth} levels"
         return (
             f"{deepest.path}: nests {deepest.json_depth} levels deep, "
             "deeper than protobuf's decoder accepts"

@@ -4,9 +4,13 @@ commits concurrent operations in groups.
 Many RPCs arriving together share one transaction (and one fsync), which is
 what makes ``synchronous=FULL`` nearly free. Each operation runs in its own
 savepoint, so one rejected call rolls back alone. An RPC's future resolves
-only after the group commits: what was acknowledged is on disk. The broker
-hears of the group's events only after the commit, so nothing uncommitted is
-ever published.
+only after the group commits: what was acknowledged is on disk.
+
+Operations record what they did in an :class:`Effects`; the group's merged
+``Effects`` goes to the commit steps inside the transaction (the change log,
+the NOTIFY other servers receive at commit), then, once committed, to the
+commit listeners on the event loop (the broker, metrics), so nothing
+uncommitted is ever published.
 """
 
 from __future__ import annotations
@@ -17,16 +21,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import peewee as pw
 
-from jobstream.server.db import prepare_writer_connection
-from jobstream.server.domain import Changes, now_us
+from jobstream.server.db import bind_thread, prepare_writer_connection
+from jobstream.server.domain import Effects
 from jobstream.server.errors import ServiceError, Unavailable
-from jobstream.server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +38,20 @@ T = TypeVar("T")
 MAX_GROUP = 512
 """Most operations committed in one transaction; bounds a group's latency."""
 
+CommitStep = Callable[[Effects], None]
+"""Runs on the writer thread inside a group's transaction, after its
+operations, with what they did together; an error fails the whole group."""
+
+CommitListener = Callable[[Effects], None]
+"""Runs on the event loop after a group committed, with what it did; must
+be quick (every caller of the group waits for it)."""
+
 
 @dataclass(slots=True)
 class _Op:
-    fn: Callable[[Changes], Any]
+    fn: Callable[[Effects], Any]
     future: asyncio.Future[Any]
-    changes: Changes = field(default_factory=Changes)
+    effects: Effects = field(default_factory=Effects)
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     """The caller's context (made on the caller's side): the operation runs
     in it, so its log lines carry the caller's request and job ids."""
@@ -52,14 +63,15 @@ class Writer:
     def __init__(
         self,
         db: pw.Database,
-        store: Store,
         loop: asyncio.AbstractEventLoop,
-        on_commit: Callable[[Changes], None],
+        *,
+        at_commit: Sequence[CommitStep] = (),
+        on_commit: Sequence[CommitListener] = (),
     ) -> None:
         self._db = db
-        self._store = store
         self._loop = loop
-        self._on_commit = on_commit
+        self._at_commit = tuple(at_commit)
+        self._on_commit = tuple(on_commit)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
@@ -77,13 +89,14 @@ class Writer:
         self._queue.put(None)
         self._thread.join()
 
-    async def run(self, fn: Callable[[Changes], T]) -> T:
+    async def run(self, fn: Callable[[Effects], T]) -> T:
         """Runs ``fn`` in the next group; returns its result after the commit."""
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Op(fn, future))
         return await future
 
     def _run(self) -> None:
+        bind_thread(self._db)
         prepare_writer_connection(self._db)
         stopping = False
         while not stopping:
@@ -106,30 +119,30 @@ class Writer:
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()
         done: list[tuple[_Op, Any, BaseException | None]] = []
-        committed = Changes()
+        committed = Effects()
         try:
             with self._db.atomic():
                 for op in group:
                     try:
                         with self._db.atomic():  # a savepoint: a failed op rolls back alone
-                            result = op.context.run(op.fn, op.changes)
+                            result = op.context.run(op.fn, op.effects)
                     except ServiceError as exc:
                         done.append((op, None, exc))
                     except Exception as exc:
                         op.context.run(log.exception, "write operation failed")
                         done.append((op, None, exc))
                     else:
-                        committed.merge(op.changes)
+                        committed.merge(op.effects)
                         done.append((op, result, None))
-                self._store.record_changes(committed, now_us())
-                self._store.notify(committed)
+                for step in self._at_commit:
+                    step(committed)
         except Exception as exc:
             # The commit itself failed (disk full, database gone): nothing of
             # this group is stored, so every caller hears so.
             log.exception("commit of %d operations failed", len(group))
             error = Unavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
             done = [(op, None, error) for op in group]
-            committed = Changes()
+            committed = Effects()
         self.groups += 1
         self.ops += len(group)
         if self.on_group is not None:
@@ -137,9 +150,10 @@ class Writer:
         self._loop.call_soon_threadsafe(self._deliver, done, committed)
 
     def _deliver(
-        self, done: list[tuple[_Op, Any, BaseException | None]], committed: Changes
+        self, done: list[tuple[_Op, Any, BaseException | None]], committed: Effects
     ) -> None:
-        self._on_commit(committed)
+        for listener in self._on_commit:
+            listener(committed)
         for op, result, exc in done:
             if op.future.done():  # the caller went away; the work is committed anyway
                 continue

@@ -12,19 +12,9 @@ steps it started are pending again.
 
 from __future__ import annotations
 
-import json
-
 from jobstream.server.db import StepRow, dumps
-from jobstream.server.domain import Step
-
-RUNNING = "running"
-"""The one step state that is not at rest: it ends when the attempt does."""
-
-PENDING = "pending"
-"""A step declared (or given back by a released attempt) and not started."""
-
-TERMINAL_STEP_STATES = frozenset({"succeeded", "failed", "skipped", "cancelled", "interrupted"})
-"""Step states that set a step's end time."""
+from jobstream.server.domain import Step, StepState
+from jobstream.server.store.rows import step_of
 
 
 def upsert(job_id: str, attempt: int, step: Step, count: int, now: int) -> tuple[Step, int]:
@@ -33,9 +23,9 @@ def upsert(job_id: str, attempt: int, step: Step, count: int, now: int) -> tuple
     row = StepRow.get_or_none((StepRow.job == job_id) & (StepRow.name == step.name))
     created = row is None
     if row is None:
-        row = StepRow(job=job_id, name=step.name, position=count, state=PENDING)
+        row = StepRow(job=job_id, name=step.name, position=count, state=StepState.PENDING)
         count += 1
-    if step.state == RUNNING and row.state != RUNNING:
+    if step.state == StepState.RUNNING and row.state != StepState.RUNNING:
         row.attempts += 1
         if row.attempt == attempt:
             row.attempt_starts += 1
@@ -43,7 +33,7 @@ def upsert(job_id: str, attempt: int, step: Step, count: int, now: int) -> tuple
             row.attempt, row.attempt_starts = attempt, 1
         row.start_time = row.start_time or now
         row.end_time = None
-    if step.state in TERMINAL_STEP_STATES:
+    if step.state.ended:
         row.start_time = row.start_time or now
         row.end_time = now
     row.state = step.state
@@ -51,15 +41,15 @@ def upsert(job_id: str, attempt: int, step: Step, count: int, now: int) -> tuple
     if step.data is not None:
         row.data = dumps(step.data)
     row.save(force_insert=created)
-    return to_step(row), count
+    return step_of(row), count
 
 
-def end_running(job_id: str, state: str, now: int, error: str = "") -> list[Step]:
+def end_running(job_id: str, state: StepState, now: int, error: str = "") -> list[Step]:
     """Ends every running step of the job in ``state`` (with ``error``, when
     given, as its error text); returns them in step order."""
     rows = list(
         StepRow.select()
-        .where((StepRow.job == job_id) & (StepRow.state == RUNNING))
+        .where((StepRow.job == job_id) & (StepRow.state == StepState.RUNNING))
         .order_by(StepRow.position)
     )
     if not rows:
@@ -67,12 +57,14 @@ def end_running(job_id: str, state: str, now: int, error: str = "") -> list[Step
     update = {StepRow.state: state, StepRow.end_time: now}
     if error:
         update[StepRow.error] = error
-    StepRow.update(update).where((StepRow.job == job_id) & (StepRow.state == RUNNING)).execute()
+    StepRow.update(update).where(
+        (StepRow.job == job_id) & (StepRow.state == StepState.RUNNING)
+    ).execute()
     for row in rows:
         row.state, row.end_time = state, now
         if error:
             row.error = error
-    return [to_step(r) for r in rows]
+    return [step_of(r) for r in rows]
 
 
 def take_back(job_id: str, attempt: int) -> list[Step]:
@@ -90,22 +82,9 @@ def take_back(job_id: str, attempt: int) -> list[Step]:
         row.attempts = max(0, row.attempts - row.attempt_starts)
         if row.attempts == 0:
             row.start_time = None  # its first start was in this attempt
-        row.state, row.end_time, row.error = PENDING, None, ""
+        row.state, row.end_time, row.error = StepState.PENDING, None, ""
         # The attempt number comes round again on the next acquire: a later
         # release must not take these starts twice.
         row.attempt = row.attempt_starts = 0
         row.save()
-    return [to_step(r) for r in rows]
-
-
-def to_step(row: StepRow) -> Step:
-    """A stored step as the domain value."""
-    return Step(
-        name=row.name,
-        state=row.state,
-        attempts=row.attempts,
-        error=row.error,
-        data=json.loads(row.data) if row.data else None,
-        start_time=row.start_time,
-        end_time=row.end_time,
-    )
+    return [step_of(r) for r in rows]

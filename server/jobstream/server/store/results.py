@@ -20,14 +20,12 @@ from typing import Any
 
 import peewee as pw
 
-from jobstream.server.db import JobRow, dumps, execute, is_sqlite
-from jobstream.server.domain import JSON, Event, EventKind, ResultItem
+from jobstream.server.db import JobRow, dumps, execute
+from jobstream.server.domain import JSON, Event, EventKind, ResultItem, ResultStatus
+from jobstream.server.store.dialect import Dialect
 
 RESULT_COLUMNS = ("job_id", "key", "status", "data", "error", "attempt", "seq", "time")
 """Columns of job_result in the order an upsert fills them."""
-
-STATUS_COUNTERS = ("succeeded", "failed", "skipped")
-"""Result statuses; each is also the name of the job column counting it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,9 +45,9 @@ class ResultBatch:
 class Results:
     """The SQL of job_result for one database, built once."""
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, dialect: Dialect) -> None:
         self.db = db
-        p = db.param
+        p = dialect.param
         names = ", ".join(f'"{c}"' for c in RESULT_COLUMNS)
         marks = ", ".join([p] * len(RESULT_COLUMNS))
         newer = ", ".join(f'"{c}" = excluded."{c}"' for c in RESULT_COLUMNS[2:])
@@ -64,22 +62,11 @@ class Results:
             f' WHERE "job_id" = {p} AND "seq" > {p} ORDER BY "seq" LIMIT {p}'
         )
         # One JSON text in one row per page, like a page of events (see
-        # Store.read_events on why).
-        if is_sqlite(db):
-            item = (
-                "json_object('key', \"key\", 'status', \"status\","
-                " 'data', json(\"data\"), 'error', \"error\")"
-            )
-            self._page = f'SELECT json_group_array(json_array("seq", "time", {item})) FROM ({page})'
-        else:
-            item = (
-                "json_build_object('key', \"key\", 'status', \"status\","
-                " 'data', \"data\"::json, 'error', \"error\")"
-            )
-            self._page = (
-                f'SELECT json_agg(json_build_array("seq", "time", {item}) ORDER BY "seq")::text'
-                f" FROM ({page}) AS p"
-            )
+        # Reads.read_events on why).
+        item = dialect.json_object(
+            key='"key"', status='"status"', data=dialect.json_of('"data"'), error='"error"'
+        )
+        self._page = dialect.json_rows(dialect.json_array('"seq"', '"time"', item), page, '"seq"')
 
     def prepare(self, row: JobRow, items: Sequence[ResultItem]) -> ResultBatch:
         """The event bodies of ``items`` for job ``row``, each naming the
@@ -88,7 +75,7 @@ class Results:
         # a job's first run skips the lookup.
         stored = row.succeeded or row.failed or row.skipped
         current = self._statuses(row.id, {i.key for i in items}) if stored else {}
-        moves = dict.fromkeys(STATUS_COUNTERS, 0)
+        moves = dict.fromkeys(ResultStatus, 0)
         bodies: list[JSON] = []
         latest: dict[str, tuple[int, str, str | None, str]] = {}
         for index, item in enumerate(items):
@@ -133,11 +120,11 @@ class Results:
         # SQLite's json_group_array does not promise its input's order.
         rows.sort(key=operator.itemgetter(0))
         return [
-            Event(job_id=job_id, seq=seq, time=t, kind=EventKind.RESULT, body=body)
+            Event(job_id=job_id, seq=seq, time=t, kind=EventKind.RESULT_ITEM, body=body)
             for seq, t, body in rows
         ]
 
-    def _statuses(self, job_id: str, keys: set[str]) -> dict[str, str]:
+    def _statuses(self, job_id: str, keys: set[str]) -> dict[str, ResultStatus]:
         """The stored status of each of ``keys`` that has a row (a report
         holds at most MAX_REPORT_ITEMS keys, within both backends' limits on
         parameters)."""
@@ -148,4 +135,4 @@ class Results:
             f'SELECT "key", "status" FROM "job_result" WHERE "job_id" = {p} AND "key" IN ({marks})',
             (job_id, *keys),
         )
-        return dict(cursor.fetchall())
+        return {key: ResultStatus(status) for key, status in cursor.fetchall()}

@@ -1,0 +1,77 @@
+"""What differs between SQLite and PostgreSQL, decided once per database:
+the rest of the store reads these flags and fragments instead of asking
+which backend it runs on.
+
+SQLite has one writer at a time (ours), so a plain SELECT is enough;
+PostgreSQL servers race for the same rows and must skip locked ones
+(``SELECT ... FOR UPDATE SKIP LOCKED``), lock a job's row before deciding
+what its delete or an upload's completion does, and order their change-log
+writes (see changelog.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import peewee as pw
+
+from jobstream.server.db import is_sqlite
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Dialect:
+    """The backend's ways, for one database."""
+
+    sqlite: bool
+    """One server per database file: nobody else writes."""
+    param: str
+    """The driver's parameter mark (``?`` or ``%s``)."""
+
+    @classmethod
+    def of(cls, db: pw.Database) -> Dialect:
+        """The dialect of ``db``."""
+        return cls(sqlite=is_sqlite(db), param=db.param)
+
+    @property
+    def shared(self) -> bool:
+        """Several servers may write the database at once (PostgreSQL)."""
+        return not self.sqlite
+
+    @property
+    def skip_locked(self) -> bool:
+        """Row picks (acquire, sweeps, purge) skip rows another server holds."""
+        return self.shared
+
+    @property
+    def row_locks(self) -> bool:
+        """A job's row is locked (FOR UPDATE) before a delete or an upload's
+        completion decides what to do with it."""
+        return self.shared
+
+    @property
+    def ordered_changes(self) -> bool:
+        """Change-log writers take a lock so positions commit in order."""
+        return self.shared
+
+    def json_array(self, *items: str) -> str:
+        """A JSON array of SQL expressions."""
+        name = "json_array" if self.sqlite else "json_build_array"
+        return f"{name}({', '.join(items)})"
+
+    def json_object(self, **members: str) -> str:
+        """A JSON object of SQL expressions, by member name."""
+        name = "json_object" if self.sqlite else "json_build_object"
+        pairs = ", ".join(f"'{key}', {value}" for key, value in members.items())
+        return f"{name}({pairs})"
+
+    def json_of(self, column: str) -> str:
+        """A text column holding JSON, as a JSON value (not a string)."""
+        return f"json({column})" if self.sqlite else f"{column}::json"
+
+    def json_rows(self, row: str, page: str, order: str) -> str:
+        """One JSON text holding ``row`` for each row of the query ``page``
+        (NULL when there are none). SQLite's json_group_array does not
+        promise its input's order: callers sort by ``order`` themselves."""
+        if self.sqlite:
+            return f"SELECT json_group_array({row}) FROM ({page})"
+        return f"SELECT json_agg({row} ORDER BY {order})::text FROM ({page}) AS p"

@@ -1,0 +1,160 @@
+"""A job's row and its events, written together: what every write that
+changes a job does. Events get the seqs after the row's last one in the
+same transaction, so a job's seqs are gap-free; a state transition stores
+its event and ends the lease in one step; worker calls are fenced by the
+lease. Lifecycle, reports and artifact storage share these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import peewee as pw
+
+from jobstream.server.db import EventRow, JobRow, dumps
+from jobstream.server.domain import (
+    JSON,
+    Effects,
+    ErrorInfo,
+    Event,
+    EventKind,
+    JobState,
+    Step,
+    StepState,
+)
+from jobstream.server.errors import FailedPrecondition, not_found
+from jobstream.server.store import steps
+from jobstream.server.store.dialect import Dialect
+from jobstream.server.store.rows import error_body, step_body
+from jobstream.server.store.sql import RawInsert, Statements
+
+
+def owned(row: JobRow, owner: str | None) -> bool:
+    """Whether the job exists for a caller restricted to ``owner``'s jobs
+    (None: an admin, for whom every job does)."""
+    return owner is None or row.owner == owner
+
+
+class Ledger:
+    """Reads a job's row for a write, appends its events, moves its state."""
+
+    def __init__(self, db: pw.Database, dialect: Dialect, sql: Statements) -> None:
+        self.db = db
+        self.dialect = dialect
+        self.sql = sql
+        self._insert_event = RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
+
+    def row(self, job_id: str, owner: str | None = None) -> JobRow:
+        """The job's row, or NotFound; with ``owner``, also NotFound (in the
+        same words) when another principal owns the job."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None or not owned(row, owner):
+            raise not_found(job_id)
+        return row
+
+    def locked_row(self, job_id: str) -> JobRow | None:
+        """The job's row, on PostgreSQL locked (FOR UPDATE) until the
+        transaction ends; None when there is none, also when a transaction
+        that held the lock meanwhile deleted it."""
+        query = JobRow.select().where(JobRow.id == job_id)
+        if self.dialect.row_locks:
+            query = query.for_update()
+        row: JobRow | None = query.get_or_none()
+        return row
+
+    def leased(self, job_id: str, lease_id: str, now: int, *, lock: bool = False) -> JobRow:
+        """The job, if ``lease_id`` is its live lease; fencing for workers.
+        With ``lock``, its row is locked as by locked_row."""
+        row = self.locked_row(job_id) if lock else JobRow.get_or_none(JobRow.id == job_id)
+        if row is None:
+            raise not_found(job_id)
+        if row.state != JobState.RUNNING.value or row.lease_id != lease_id:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} is not the current lease of job {job_id!r} "
+                f"(job is {row.state}, attempt {row.attempt})",
+                field="lease_id",
+            )
+        if (row.lease_expire or 0) < now:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} of job {job_id!r} expired", field="lease_id"
+            )
+        return row
+
+    def release(self, effects: Effects, row: JobRow, reason: str, now: int, **fields: Any) -> None:
+        """Returns a running job to the queue without counting its attempt,
+        for the job or for the steps the attempt started."""
+        given_back = steps.take_back(row.id, row.attempt)
+        # A step still running now was not started by this attempt (it was
+        # stored before starts were tracked per attempt): nothing to take
+        # back, but it must not stay running.
+        left = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
+        self.transition(
+            effects,
+            row,
+            JobState.QUEUED,
+            reason,
+            now,
+            step_changes=[*given_back, *left],
+            attempt=row.attempt - 1,
+            **fields,
+        )
+
+    def transition(
+        self,
+        effects: Effects,
+        row: JobRow,
+        state: JobState,
+        reason: str,
+        now: int,
+        *,
+        error: ErrorInfo | None = None,
+        step_changes: Sequence[Step] = (),
+        **fields: Any,
+    ) -> None:
+        """Moves a job to ``state`` with an event saying why; ends the lease.
+        ``step_changes`` (steps the attempt's end changed) get their events
+        first: a watch ends at a terminal state event."""
+        body: JSON = {"state": state.value, "reason": reason, "attempt": row.attempt}
+        if error is not None:
+            body["error"] = error_body(error)
+            fields["error"] = dumps(body["error"])
+        items = [(EventKind.STEP, step_body(s)) for s in step_changes]
+        seq = self.append(effects, row, now, [*items, (EventKind.STATE_CHANGE, body)])
+        if state.terminal:
+            fields["end_time"] = now
+        else:
+            effects.acquirable.add((row.queue, row.kind))
+        self.sql.update(
+            row.id,
+            {
+                "state": state.value,
+                "lease_id": None,
+                "lease_expire": None,
+                "update_time": now,
+                "last_seq": seq,
+                **fields,
+            },
+        )
+
+    def append(
+        self, effects: Effects, row: JobRow, now: int, items: Sequence[tuple[EventKind, JSON]]
+    ) -> int:
+        """Stores events for ``row`` after its last seq; returns the new last seq."""
+        first = row.last_seq + 1
+        events = [
+            Event(job_id=row.id, seq=first + i, time=now, kind=kind, body=body)
+            for i, (kind, body) in enumerate(items)
+        ]
+        self.insert_events(effects, events)
+        row.last_seq = first + len(items) - 1
+        return int(row.last_seq)
+
+    def insert_events(self, effects: Effects, events: list[Event]) -> None:
+        """Stores events whose seqs are already assigned, and records them
+        (and their jobs as changed) in ``effects``."""
+        self._insert_event.run(
+            [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
+        )
+        effects.events.extend(events)
+        effects.changed_jobs.update(e.job_id for e in events)

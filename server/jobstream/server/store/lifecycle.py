@@ -1,0 +1,423 @@
+"""A job's life, as state transitions: submit, acquire, release, finish,
+cancel, retry and lease expiry. Each runs inside the writer's transaction
+and records what it did in the commit's ``Effects``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import peewee as pw
+
+from jobstream.server.db import JobRow, LabelRow, dumps
+from jobstream.server.domain import (
+    Effects,
+    ErrorInfo,
+    Event,
+    EventKind,
+    Finish,
+    Job,
+    JobState,
+    Lease,
+    NewJob,
+    Outcome,
+    StepState,
+)
+from jobstream.server.errors import AlreadyExists, FailedPrecondition
+from jobstream.server.ids import new_job_id
+from jobstream.server.store import steps
+from jobstream.server.store.dialect import Dialect
+from jobstream.server.store.ledger import Ledger, owned
+from jobstream.server.store.reads import Reads
+from jobstream.server.store.rows import job_from_new, job_of
+from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
+
+RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
+"""States RetryJob accepts: a succeeded job is done, a live one is not over."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """How attempts are spaced: ``base * 2**(attempt-1)``, capped."""
+
+    default_max_attempts: int = 3
+    backoff_base_us: int = 1_000_000
+    backoff_max_us: int = 300_000_000
+
+    def backoff_us(self, attempt: int) -> int:
+        """The delay before attempt ``attempt + 1``."""
+        return int(min(self.backoff_max_us, self.backoff_base_us * 2 ** max(0, attempt - 1)))
+
+
+class Lifecycle:
+    """The state transitions of jobs."""
+
+    def __init__(
+        self,
+        db: pw.Database,
+        *,
+        dialect: Dialect,
+        sql: Statements,
+        ledger: Ledger,
+        reads: Reads,
+        policy: RetryPolicy,
+    ) -> None:
+        self.dialect = dialect
+        self.sql = sql
+        self.ledger = ledger
+        self.reads = reads
+        self.policy = policy
+        self._insert_job = RawInsert(db, JobRow, JOB_COLUMNS)
+        self._insert_label = RawInsert(db, LabelRow, ("job_id", "key", "value"))
+
+    def submit(
+        self, effects: Effects, specs: Sequence[NewJob], now: int, *, batch: bool = False
+    ) -> list[tuple[Job, bool]]:
+        """Stores new jobs (all or none); a repeated request_id with the same
+        payload returns the earlier job with ``created`` False, whether the
+        earlier submit is stored or sits earlier in the same batch. With
+        ``batch``, errors name the field as ``requests[i].<field>``."""
+        out: list[tuple[Job, bool]] = []
+        rows: list[dict[str, Any]] = []
+        labels: list[tuple[str, str, str]] = []
+        seen_ids: set[str] = set()
+        # (owner, request_id) -> (payload digest, index in ``out``)
+        seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
+        for i, spec in enumerate(specs):
+            where = f"requests[{i}]." if batch else ""
+            digest = _spec_digest(spec) if spec.request_id else None
+            if spec.request_id:
+                key = (spec.owner, spec.request_id)
+                if key in seen_requests:
+                    first_digest, first = seen_requests[key]
+                    if first_digest != digest:
+                        raise AlreadyExists(
+                            f"request_id {spec.request_id!r} is used by requests[{first}] "
+                            "of this batch for a different job",
+                            field=f"{where}request_id",
+                        )
+                    out.append((out[first][0], False))
+                    continue
+                seen_requests[key] = (digest, len(out))
+                earlier = JobRow.get_or_none(
+                    (JobRow.owner == spec.owner) & (JobRow.request_id == spec.request_id)
+                )
+                if earlier is not None:
+                    if earlier.request_hash != digest:
+                        raise AlreadyExists(
+                            f"request_id {spec.request_id!r} was used for a different job "
+                            f"({earlier.id})",
+                            field=f"{where}request_id",
+                        )
+                    out.append((job_of(earlier), False))
+                    continue
+            job_id = spec.job_id or new_job_id()
+            if job_id in seen_ids or (
+                spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
+            ):
+                raise AlreadyExists(f"job {job_id!r} already exists", field=f"{where}job_id")
+            seen_ids.add(job_id)
+            row = {
+                "id": job_id,
+                "kind": spec.kind,
+                "queue": spec.queue,
+                "priority": spec.priority,
+                "params": dumps(spec.params),
+                "labels": dumps(spec.labels),
+                "state": JobState.QUEUED.value,
+                "max_attempts": spec.max_attempts or self.policy.default_max_attempts,
+                "not_before": spec.not_before or now,
+                "owner": spec.owner,
+                "request_id": spec.request_id,
+                "request_hash": digest,
+                "create_time": now,
+                "update_time": now,
+                "last_seq": 1,
+            }
+            rows.append(row)
+            labels.extend((job_id, k, v) for k, v in spec.labels.items())
+            out.append((job_from_new(row, spec), True))
+        if rows:
+            self._insert_job.run(
+                [tuple(r.get(c, JOB_DEFAULTS[c]) for c in JOB_COLUMNS) for r in rows]
+            )
+            self._insert_label.run(labels)
+            events = [
+                Event(
+                    job_id=r["id"],
+                    seq=1,
+                    time=now,
+                    kind=EventKind.STATE_CHANGE,
+                    body={"state": "queued", "reason": "submitted", "attempt": 0},
+                )
+                for r in rows
+            ]
+            self.ledger.insert_events(effects, events)
+            effects.owners.update((r["id"], r["owner"]) for r in rows)
+            effects.acquirable.update((r["queue"], r["kind"]) for r in rows)
+        return out
+
+    def acquire(
+        self,
+        effects: Effects,
+        *,
+        worker_id: str,
+        kinds: Sequence[str],
+        queues: Sequence[str],
+        lease_us: int,
+        now: int,
+    ) -> Lease | None:
+        """Leases the best runnable job, or returns None."""
+        sql = self.sql.acquire(len(queues), len(kinds))
+        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, 1))
+        if not rows:
+            return None
+        row = rows[0]
+        lease_id = secrets.token_hex(16)
+        attempt = row.attempt + 1
+        expire = now + lease_us
+        seq = self.ledger.append(
+            effects,
+            row,
+            now,
+            [
+                (
+                    EventKind.STATE_CHANGE,
+                    {"state": "running", "reason": f"acquired by {worker_id}", "attempt": attempt},
+                )
+            ],
+        )
+        self.sql.update(
+            row.id,
+            {
+                "state": JobState.RUNNING.value,
+                "attempt": attempt,
+                "start_time": now,
+                "end_time": None,
+                "worker_id": worker_id,
+                "lease_id": lease_id,
+                "lease_expire": expire,
+                "lease_us": lease_us,
+                "report_seq": 0,
+                "update_time": now,
+                "last_seq": seq,
+            },
+        )
+        # Built from the row just read rather than read again: acquire sits
+        # on the submit-to-start latency path.
+        job = replace(
+            job_of(row),
+            state=JobState.RUNNING,
+            attempt=attempt,
+            start_time=now,
+            end_time=None,
+            worker_id=worker_id,
+            update_time=now,
+            last_seq=seq,
+        )
+        return Lease(job=job, lease_id=lease_id, expire_time=expire)
+
+    def release(self, effects: Effects, job_id: str, lease_id: str, now: int) -> None:
+        """Returns a job whose lease never reached its worker (the AcquireJob
+        call was cancelled as it completed) to the queue; the attempt does
+        not count."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None or row.state != JobState.RUNNING.value or row.lease_id != lease_id:
+            return
+        reason = "lease released: the worker went away before receiving it"
+        self.ledger.release(effects, row, reason, now)
+
+    def finish(self, effects: Effects, job_id: str, lease_id: str, finish: Finish, now: int) -> Job:
+        """Ends the leased attempt: terminal, or QUEUED again for a retry."""
+        row = self.ledger.leased(job_id, lease_id, now)
+        if finish.outcome is Outcome.RELEASED and not row.cancel_requested:
+            # The worker stopped (graceful shutdown) before the handler ended:
+            # back to the queue now, and the attempt does not count.
+            reason = f"released by worker {row.worker_id}: it stopped before the job finished"
+            self.ledger.release(effects, row, reason, now, not_before=now)
+            return self.reads.get_job(job_id)
+        fields: dict[str, Any] = {}
+        if finish.outcome is Outcome.SUCCEEDED:
+            state, reason, step_end = JobState.SUCCEEDED, "handler succeeded", StepState.SUCCEEDED
+            fields["result"] = dumps(finish.result) if finish.result is not None else None
+        elif finish.outcome in (Outcome.CANCELLED, Outcome.RELEASED):
+            state, step_end = JobState.CANCELLED, StepState.CANCELLED
+            reason = "handler stopped after cancel"
+        elif finish.retryable and not row.cancel_requested and row.attempt < row.max_attempts:
+            state, step_end = JobState.QUEUED, StepState.FAILED
+            delay = self.policy.backoff_us(row.attempt)
+            fields["not_before"] = now + delay
+            reason = (
+                f"attempt {row.attempt}/{row.max_attempts} failed; retrying in {delay / 1e6:g}s"
+            )
+        else:
+            state, reason, step_end = JobState.FAILED, "handler failed", StepState.FAILED
+        error = finish.error
+        if state is JobState.CANCELLED and error is None:
+            error = ErrorInfo(code="cancelled", message="cancelled while running")
+        why = "" if state is JobState.SUCCEEDED else (error.message if error else reason)
+        ended = steps.end_running(row.id, step_end, now, why)
+        self.ledger.transition(
+            effects, row, state, reason, now, error=error, step_changes=ended, **fields
+        )
+        return self.reads.get_job(job_id)
+
+    def cancel(
+        self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None
+    ) -> Job:
+        """Cancels a queued job at once; asks a running one to stop. With
+        ``owner``, another principal's job is NotFound."""
+        row = self.ledger.row(job_id, owner)
+        state = JobState(row.state)
+        why = reason or "cancelled by client"
+        if state is JobState.QUEUED:
+            self._cancelled(effects, row, why, now)
+        elif state is JobState.RUNNING:
+            if not row.cancel_requested:
+                seq = self.ledger.append(
+                    effects, row, now, [(EventKind.CANCEL_REQUESTED, {"reason": why})]
+                )
+                JobRow.update(cancel_requested=True, last_seq=seq, update_time=now).where(
+                    JobRow.id == row.id
+                ).execute()
+        elif state is not JobState.CANCELLED:
+            raise FailedPrecondition(f"job {job_id!r} already ended {state.value}", field="job_id")
+        return self.reads.get_job(job_id)
+
+    def cancel_running(
+        self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None
+    ) -> bool:
+        """Ends a RUNNING job as CANCELLED at once, without waiting for its
+        worker (whose lease ends with it); False if it was not running."""
+        row = JobRow.get_or_none(JobRow.id == job_id)
+        if row is None or not owned(row, owner) or row.state != JobState.RUNNING.value:
+            return False
+        error = ErrorInfo(code="cancelled", message=reason)
+        self.ledger.transition(effects, row, JobState.CANCELLED, reason, now, error=error)
+        return True
+
+    def _cancelled(self, effects: Effects, row: JobRow, reason: str, now: int) -> None:
+        """Ends a job (queued, or running with a cancel pending) as
+        CANCELLED, its running steps with it."""
+        self.ledger.transition(
+            effects,
+            row,
+            JobState.CANCELLED,
+            reason,
+            now,
+            error=ErrorInfo(code="cancelled", message=reason),
+            step_changes=steps.end_running(row.id, StepState.CANCELLED, now, reason),
+        )
+
+    def expire_leases(
+        self, effects: Effects, now: int, *, limit: int, worker_prefix: str | None = None
+    ) -> int:
+        """Returns jobs whose lease ran out (or, with ``worker_prefix``, that
+        dead in-process workers held) to the queue, or ends them."""
+        cond = JobRow.state == JobState.RUNNING.value
+        if worker_prefix is None:
+            cond &= JobRow.lease_expire < now
+            why = "lease expired: worker {w} stopped reporting"
+        else:
+            cond &= JobRow.worker_id.startswith(worker_prefix)
+            why = "server restarted while its worker {w} ran the job"
+        query = JobRow.select().where(cond).limit(limit)
+        if self.dialect.skip_locked:
+            query = query.for_update(skip_locked=True)
+        rows = list(query)
+        for row in rows:
+            reason = why.format(w=row.worker_id)
+            if row.cancel_requested:
+                self._cancelled(effects, row, reason, now)
+                continue
+            # Nobody will end the steps the vanished worker was running.
+            cut = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
+            if row.attempt < row.max_attempts:
+                delay = self.policy.backoff_us(row.attempt)
+                self.ledger.transition(
+                    effects,
+                    row,
+                    JobState.QUEUED,
+                    f"{reason}; retrying in {delay / 1e6:g}s",
+                    now,
+                    step_changes=cut,
+                    not_before=now + delay,
+                )
+            else:
+                self.ledger.transition(
+                    effects,
+                    row,
+                    JobState.INTERRUPTED,
+                    reason,
+                    now,
+                    error=ErrorInfo(code="lease_expired", message=reason),
+                    step_changes=cut,
+                )
+        return len(rows)
+
+    def retry(
+        self,
+        effects: Effects,
+        job_id: str,
+        reason: str,
+        additional_attempts: int,
+        now: int,
+        *,
+        owner: str | None = None,
+    ) -> Job:
+        """Queues an ended (not succeeded) job again as a new attempt.
+
+        The history stays: the QUEUED event follows the job's last seq, the
+        attempt counter keeps counting (the next acquire makes attempt + 1)
+        and max_attempts becomes the current attempt plus
+        ``additional_attempts``, so the lease sweeper and FinishJob's retry
+        logic work on the new attempt exactly as on the first. Results (and
+        so counters), steps and artifacts are kept: the new attempt's items
+        replace those of the same key. The error, result, end time, cancel
+        flag and progress of the ended attempt are cleared. With ``owner``,
+        another principal's job is NotFound.
+        """
+        row = self.ledger.row(job_id, owner)
+        state = JobState(row.state)
+        if state not in RETRYABLE_STATES:
+            raise FailedPrecondition(
+                f"job {job_id!r} is {state.value}; only failed, interrupted or cancelled "
+                "jobs can be retried",
+                field="job_id",
+            )
+        why = f"retried: {reason}" if reason else "retried by client"
+        self.ledger.transition(effects, row, JobState.QUEUED, why, now)
+        JobRow.update(
+            max_attempts=row.attempt + additional_attempts,
+            not_before=now,
+            error=None,
+            result=None,
+            end_time=None,
+            cancel_requested=False,
+            fraction=0.0,
+            done=0,
+            total=0,
+            phase="",
+            message="",
+        ).where(JobRow.id == row.id).execute()
+        return self.reads.get_job(job_id)
+
+
+def _spec_digest(spec: NewJob) -> str:
+    """A fingerprint of what a submit asked for, to tell a retry from a
+    different request reusing its request_id."""
+    payload = [
+        spec.job_id,
+        spec.kind,
+        spec.queue,
+        spec.priority,
+        spec.params,
+        sorted(spec.labels.items()),
+        spec.max_attempts,
+        spec.not_before,
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

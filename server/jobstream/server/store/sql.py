@@ -1,0 +1,101 @@
+"""SQL built once: fixed INSERTs run with ``executemany``, and the hot-path
+queries compiled once per shape. Peewee builds the SQL of every query and
+every row it inserts, which profiles showed dominating the write hot paths
+(submit, report, a one-row acquire)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import peewee as pw
+
+from jobstream.server.db import JobRow, execute
+from jobstream.server.store.dialect import Dialect
+
+JOB_COLUMNS = tuple(f.column_name for f in JobRow._meta.sorted_fields)
+"""Every column of the job table, in the order a raw insert fills them."""
+
+JOB_DEFAULTS = {f.column_name: f.default for f in JobRow._meta.sorted_fields}
+"""Column values a new job row takes unless submit sets them (peewee keeps
+defaults in Python, not in the schema, so a raw insert must supply them)."""
+
+
+class RawInsert:
+    """A fixed INSERT run with ``executemany``; the statement is built once."""
+
+    def __init__(self, db: pw.Database, model: type[pw.Model], columns: Sequence[str]) -> None:
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join([db.param] * len(columns))
+        self.sql = f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})'
+        self.db = db
+
+    def run(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Inserts ``rows`` (tuples in the column order) on the current
+        transaction's connection."""
+        if rows:
+            # Raw cursors raise the driver's own errors; peewee's wrapper turns
+            # them into peewee's, which status.py maps to statuses.
+            with pw.__exception_wrapper__:  # type: ignore[attr-defined]
+                self.db.cursor().executemany(self.sql, rows)  # type: ignore[no-untyped-call]
+
+
+class Statements:
+    """SQL of hot-path queries, built once per shape: for a one-row acquire,
+    peewee building the SELECT and UPDATE cost more than SQLite running them."""
+
+    def __init__(self, db: pw.Database, dialect: Dialect) -> None:
+        self.db = db
+        self.dialect = dialect
+        self._cache: dict[tuple[Any, ...], str] = {}
+
+    def acquire(self, queues: int, kinds: int) -> str:
+        """The acquire SELECT; parameters: state, *queues, *kinds, now, limit."""
+        key = ("acquire", queues, kinds)
+        if key not in self._cache:
+            query = (
+                JobRow.select()
+                .where(
+                    (JobRow.state == "")
+                    & JobRow.queue.in_([""] * queues)
+                    & JobRow.kind.in_([""] * kinds)
+                    & (JobRow.not_before <= 0)
+                )
+                .order_by(JobRow.priority.desc(), JobRow.create_time, JobRow.id)
+                .limit(1)
+            )
+            if self.dialect.skip_locked:
+                query = query.for_update(skip_locked=True)
+            sql, params = query.sql()
+            assert len(params) == 3 + queues + kinds, "acquire parameters out of order"
+            self._cache[key] = sql
+        return self._cache[key]
+
+    def update_job(self, columns: Sequence[str]) -> str:
+        """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
+        key = ("update", *columns)
+        if key not in self._cache:
+            sets = ", ".join(f'"{c}" = {self.dialect.param}' for c in columns)
+            self._cache[key] = f'UPDATE "job" SET {sets} WHERE "id" = {self.dialect.param}'
+        return self._cache[key]
+
+    def events_page(self, by_kind: bool) -> str:
+        """A page of a job's events as one JSON text, ``[[seq, time, kind,
+        body], ...]`` (NULL when there are none); parameters: job id, after
+        seq, [kind,] limit."""
+        key = ("events", by_kind)
+        if key not in self._cache:
+            d = self.dialect
+            p = d.param
+            kind = f' AND "kind" = {p}' if by_kind else ""
+            page = (
+                'SELECT "seq", "time", "kind", "body" FROM "job_event"'
+                f' WHERE "job_id" = {p} AND "seq" > {p}{kind} ORDER BY "seq" LIMIT {p}'
+            )
+            row = d.json_array('"seq"', '"time"', '"kind"', d.json_of('"body"'))
+            self._cache[key] = d.json_rows(row, page, '"seq"')
+        return self._cache[key]
+
+    def update(self, job_id: str, values: dict[str, Any]) -> None:
+        """Sets plain column values of one job."""
+        execute(self.db, self.update_job(tuple(values)), (*values.values(), job_id))
