@@ -67,7 +67,7 @@ typecheck: $(STAMP) ## mypy --strict
 check: lint typecheck proto-check ## every static check
 
 test: $(STAMP) test-tools check ## static checks, then the whole test suite (browser tests included; its ten slowest listed)
-	$(BIN)/pytest --durations=10
+	$(BIN)/pytest -n 2 --dist loadfile --durations=10
 
 faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)
 	JOBSTREAM_FAULTS=full $(BIN)/pytest -p no:cacheprovider -o timeout=900 tests/faults
