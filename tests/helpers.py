@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
@@ -188,3 +189,28 @@ class Raw:
         """A method streaming both ways."""
         call: grpc.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
         return call
+
+
+FILES_HANDLERS_MODULE = """
+from jobstream.client import Handlers
+
+handlers = Handlers()
+
+
+@handlers.handler("files.write")
+def write(ctx):
+    out = ctx.job_dir / "out.csv"
+    out.write_text("a,b\\n")
+    ctx.add_file(out)
+    return {"path": str(out)}
+"""
+"""A handler that writes into ``ctx.job_dir`` and records the file."""
+
+
+def files_handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes ``files_handlers`` importable here and in the processes started."""
+    module = tmp_path / "modules" / "files_handlers.py"
+    module.parent.mkdir()
+    module.write_text(FILES_HANDLERS_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(module.parent))
+    monkeypatch.syspath_prepend(module.parent)

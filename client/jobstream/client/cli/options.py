@@ -158,7 +158,7 @@ def _add_process_commands(commands: _Commands) -> None:
     # entry catches `jobstream --json db check`.
     commands.passthrough(
         "db",
-        "database maintenance: migrate, check, backup FILE, vacuum "
+        "database maintenance: migrate, check, backup FILE, restore FILE, vacuum "
         "(needs the [server] extra; `jobstream db --help`)",
         "db_argv",
     )
