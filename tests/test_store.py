@@ -259,13 +259,15 @@ def test_expired_lease_requeues_then_interrupts(store: Store) -> None:
     job_id = submit(store)
     acquire(store, lease_us=SECOND)
     later = now_us() + 5 * SECOND
-    count, _ = write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
+    rescues, _ = write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
     job = store.reads.get_job(job_id)
-    assert count == 1 and job.state is JobState.QUEUED
+    assert job.state is JobState.QUEUED
+    assert [(r.job_id, r.state) for r in rescues] == [(job_id, JobState.QUEUED)]
     last = store.reads.read_events(job_id, after_seq=job.last_seq - 1, limit=1)[0]
     assert "lease expired" in last.body["reason"]
     acquire(store, now=later + 10 * SECOND, lease_us=SECOND)
-    write(store, lambda c: store.jobs.expire_leases(c, later + 20 * SECOND, limit=10))
+    rescues, _ = write(store, lambda c: store.jobs.expire_leases(c, later + 20 * SECOND, limit=10))
+    assert [r.state for r in rescues] == [JobState.INTERRUPTED]
     job = store.reads.get_job(job_id)
     assert job.state is JobState.INTERRUPTED and job.error is not None
     assert job.error.code == "lease_expired"

@@ -27,11 +27,11 @@ from jobstream.server.broker import Broker
 from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import bind_thread, is_sqlite, open_database, unbind_thread
-from jobstream.server.domain import now_us
+from jobstream.server.domain import JobState, Rescue, now_us
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
 from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
-from jobstream.server.logs import LogContextInterceptor
+from jobstream.server.logs import LogContextInterceptor, job_context
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
@@ -204,8 +204,8 @@ async def serve(
     if access.socket_path is not None:
         server.add_insecure_port(f"unix:{access.socket_path}")
     if is_sqlite(db):
-        while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
-            pass
+        while rescued := await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
+            _log_rescues(rescued)
     outcome = await import_legacy_artifacts(
         store.artifacts, writer, readers, config.data_dir, sole_server=is_sqlite(db)
     )
@@ -351,10 +351,26 @@ async def _sweep(
         wanted.clear()
         try:
             while expired := await service.expire_leases():
-                metrics.lease_expiries.inc(expired)
+                _log_rescues(expired)
+                metrics.lease_expiries.inc(len(expired))
             await artifacts.discard_dead_uploads()
         except Exception:
             log.exception("lease sweep failed; will retry")
+
+
+RESCUE_VERBS = {
+    JobState.QUEUED: "rescued",
+    JobState.INTERRUPTED: "interrupted",
+    JobState.CANCELLED: "cancelled",
+}
+"""How a rescue's log line names what became of the job."""
+
+
+def _log_rescues(rescues: Sequence[Rescue]) -> None:
+    """One INFO line per job taken from a dead worker, naming the job."""
+    for rescue in rescues:
+        with job_context(rescue.job_id):
+            log.info("%s job %s: %s", RESCUE_VERBS[rescue.state], rescue.job_id, rescue.reason)
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:

@@ -312,6 +312,18 @@ class JobChange:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Rescue:
+    """A job taken from a worker that stopped reporting (or died with its
+    server): queued again, or ended interrupted (no attempts left) or
+    cancelled (a cancel was pending)."""
+
+    job_id: str
+    worker_id: str
+    state: JobState
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Deletion:
     """What deleting a job removed from the database, and the files to remove."""
 

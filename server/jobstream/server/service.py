@@ -21,8 +21,10 @@ from jobstream.server.domain import (
     JobFilter,
     Lease,
     NewJob,
+    Outcome,
     Report,
     ReportAck,
+    Rescue,
     Stats,
     now_us,
 )
@@ -135,15 +137,23 @@ class JobService:
         )
 
     async def delete(
-        self, job_id: str, *, force: bool, allow_missing: bool, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        force: bool,
+        allow_missing: bool,
+        owner: str | None = None,
+        actor: str = "",
     ) -> DeleteOutcome:
         """Deletes the rows, then (after the commit) the files; the chunks of
         its artifacts are left to the sweep, woken at once. With ``force`` a
         running job is first cancelled in a commit of its own, so its
         watchers receive the terminal event (and their streams end) before
-        the job is gone. With ``owner``, another principal's job is missing."""
+        the job is gone. With ``owner``, another principal's job is missing.
+        ``actor`` (the caller's name) goes into the log line."""
+        stopped = False
         if force:
-            await self.writer.run(
+            stopped = await self.writer.run(
                 lambda c: self.store.jobs.cancel_running(
                     c, job_id, FORCE_DELETE_REASON, now_us(), owner=owner
                 )
@@ -158,6 +168,14 @@ class JobService:
         if deletion.garbage:
             self.sweep_wanted.set()
         removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
+        log.info(
+            "deleted job %s (by %s%s; %d paths removed, %d refused)",
+            job_id,
+            who(actor),
+            ", with force: it was running and was cancelled" if stopped else "",
+            len(removal.removed),
+            len(removal.refused),
+        )
         return DeleteOutcome(deleted=True, removal=removal)
 
     async def retry(
@@ -418,17 +436,29 @@ class JobService:
 
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""
-        return await self.writer.run(
+        job = await self.writer.run(
             lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
         )
+        if finish.outcome is Outcome.RELEASED and not job.state.terminal:
+            log.info(
+                "released job %s: its worker %s stopped before it finished", job_id, job.worker_id
+            )
+        return job
 
-    async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
+    async def expire_leases(
+        self, *, limit: int = 500, worker_prefix: str | None = None
+    ) -> list[Rescue]:
         """Rescues jobs from dead workers; see Lifecycle.expire_leases."""
         return await self.writer.run(
             lambda c: self.store.jobs.expire_leases(
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def who(actor: str) -> str:
+    """A caller as log lines name it (the anonymous single user has no name)."""
+    return actor or "anonymous"
 
 
 def _queued_run(sub: JobSubscription, last: int) -> list[Event]:

@@ -195,6 +195,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             force=request.force,
             allow_missing=request.allow_missing,
             owner=current_principal().owner_filter,
+            actor=current_principal().name,
         )
         return js.DeleteJobResponse(
             deleted=outcome.deleted,
@@ -254,6 +255,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             flt,
             older_than_us=validation.purge_age_us(request),
             dry_run=request.dry_run,
+            actor=current_principal().name,
         )
         return js.PurgeJobsResponse(
             purged_count=outcome.count,
