@@ -27,7 +27,7 @@ from jobstream.client.errors import (
     UnimplementedError,
     UnknownError,
 )
-from jobstream.client.handlers import FatalJobError, Handlers, JobCancelled
+from jobstream.client.handlers import FatalJobError, Handlers, JobCancelled, JobReleased
 from jobstream.client.models import (
     Artifact,
     Counters,
@@ -77,6 +77,7 @@ __all__ = [
     "JobError",
     "JobEvent",
     "JobOutcome",
+    "JobReleased",
     "JobSpec",
     "JobState",
     "JobstreamError",

@@ -49,6 +49,9 @@ class Cancellation:
     def __init__(self) -> None:
         self.reason: StopReason | None = None
         """Why the handler should stop; None while it may go on."""
+        self.stopping = False
+        """The worker is stopping: the handler may go on (until the grace
+        period ends), or checkpoint and give the job back early."""
 
     def request(self, reason: StopReason) -> None:
         """Ask the handler to stop for ``reason`` (unless already asked)."""
@@ -106,6 +109,14 @@ class JobContext:
         """True once the job was asked to stop (or the worker stops, or the
         lease was lost): wind down, then return or raise JobCancelled."""
         return self._cancellation.requested
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker is stopping (a graceful shutdown): the job
+        may run on until the grace period ends, but a handler that can
+        resume should ``checkpoint`` and raise JobReleased, so the job is
+        queued again at once and the shutdown need not wait."""
+        return self._cancellation.stopping or self._cancellation.reason == "shutdown"
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was asked to stop."""

@@ -265,13 +265,17 @@ async def serve(
     finally:
         log.info("shutting down (grace %.0fs)", config.grace_s)
         await health.enter_graceful_shutdown()
+        broker.drain()
+        if worker is not None:
+            # Before the streams end: the handlers' last events (up to their
+            # checkpoint and release) reach the watchers live, and shutdown
+            # takes as long as the handlers need, at most the grace period.
+            await worker.stop(grace=config.grace_s)
         if gateway is not None:
-            # First: its event streams end now, and their browsers resume
-            # (Last-Event-ID) once a server is back.
+            # Before the broker closes: its event streams end now, and their
+            # browsers resume (Last-Event-ID) once a server is back.
             await gateway.stop()
         broker.close()
-        if worker is not None:
-            await worker.stop(grace=config.grace_s)
         await server.stop(config.grace_s)
         for task in tasks:
             task.cancel()

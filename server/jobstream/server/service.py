@@ -376,18 +376,20 @@ class JobService:
         wait_s: float,
         lease_us: int | None,
     ) -> Lease | None:
-        """Leases a job, waiting up to ``wait_s`` for one."""
+        """Leases a job, waiting up to ``wait_s`` for one; none once the
+        server is shutting down."""
         lease = min(lease_us or self.lease_us, self.max_lease_us)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while True:
+        while not self.broker.draining:
             with self.broker.acquirable(queues, kinds) as wake:
                 got = await self._acquire_once(worker_id, kinds, queues, lease)
                 remaining = deadline - loop.time()
-                if got is not None or remaining <= 0 or self.broker.closed:
+                if got is not None or remaining <= 0 or self.broker.draining:
                     return got
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(remaining, ACQUIRE_RECHECK_S))
+        return None
 
     async def _acquire_once(
         self, worker_id: str, kinds: Sequence[str], queues: Sequence[str], lease_us: int
