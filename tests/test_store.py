@@ -36,6 +36,7 @@ from jobstream.server.domain import (
     ResultStatus,
     Step,
     StepState,
+    WorkerSeen,
     now_us,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -596,3 +597,63 @@ def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
         assert rows == [(job.id, False, "alice"), ("gone-1", False, ""), ("gone-1", True, "")]
     finally:
         db.close()
+
+
+def test_checkpoint_rides_with_its_report_and_outlives_a_rescue(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store, lease_us=SECOND)
+    assert lease.job.checkpoint is None
+    report = Report(
+        logs=(LogLine(level=LogLevel.INFO, text="item 7"),),
+        checkpoint={"done": 7},
+        report_seq=1,
+    )
+    write(store, lambda c: store.reports.report(c, job_id, lease.lease_id, report, now=now_us()))
+    # A report without a checkpoint leaves the stored one alone.
+    write(
+        store,
+        lambda c: store.reports.report(
+            c, job_id, lease.lease_id, Report(report_seq=2), now=now_us()
+        ),
+    )
+    assert store.reads.get_job(job_id).checkpoint == {"done": 7}
+    later = now_us() + 5 * SECOND
+    write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
+    again = acquire(store, now=later + 10 * SECOND)
+    assert again.job.attempt == 2 and again.job.checkpoint == {"done": 7}
+
+
+def test_workers_are_upserted_listed_with_their_leases_and_forgotten(store: Store) -> None:
+    now = now_us()
+
+    def seen(worker_id: str, at: int, kinds: tuple[str, ...]) -> WorkerSeen:
+        return WorkerSeen(
+            id=worker_id,
+            host="h1",
+            kinds=kinds,
+            queues=("default",),
+            concurrency=4,
+            last_seen=at,
+        )
+
+    write(
+        store,
+        lambda c: store.workers.record([seen("w1", now - 60 * SECOND, ("a",))], forget_before=0),
+    )
+    write(
+        store,
+        lambda c: store.workers.record([seen("w1", now, ("a", "demo.count"))], forget_before=0),
+    )
+    write(
+        store,
+        lambda c: store.workers.record([seen("w2", now - 600 * SECOND, ("b",))], forget_before=0),
+    )
+    submit(store)
+    acquire(store, lease_us=60 * SECOND)  # leased to "w1" by the helper
+    listed = store.workers.list(now=now, live_after=now - 15 * SECOND, seen_after=0)
+    assert [(w.id, w.live, w.running) for w in listed] == [("w1", True, 1), ("w2", False, 0)]
+    w1 = listed[0]
+    assert w1.kinds == ("a", "demo.count") and w1.first_seen == now - 60 * SECOND
+    assert w1.serves("demo.count", "default") and not w1.serves("demo.count", "other")
+    write(store, lambda c: store.workers.record([], forget_before=now - 300 * SECOND))
+    assert [w.id for w in store.workers.list(now=now, live_after=now, seen_after=0)] == ["w1"]

@@ -170,6 +170,10 @@ class Job:
     last_seq: int
     worker_id: str
     steps: tuple[Step, ...] = ()
+    files: tuple[str, ...] = ()
+    """Paths the job's workers recorded (``ctx.add_file``), removed with it."""
+    checkpoint: JSON | None = None
+    """The last checkpoint a handler stored; a rerun starts from it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -248,6 +252,9 @@ class Report:
     results: tuple[ResultItem, ...] = ()
     files: tuple[str, ...] = ()
     report_seq: int = 0
+    checkpoint: JSON | None = None
+    """A handler's resumable state, stored with the rest of the batch; None
+    leaves the stored one as it is."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -309,6 +316,33 @@ class JobChange:
     deleted: bool
     owner: str
     """The principal that owns (or owned) the job."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerSeen:
+    """What a server learnt of a worker from its polls."""
+
+    id: str
+    host: str
+    kinds: tuple[str, ...]
+    queues: tuple[str, ...]
+    concurrency: int
+    last_seen: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerInfo(WorkerSeen):
+    """A worker as ListWorkers shows it: its last sighting, and more."""
+
+    first_seen: int
+    running: int
+    """Jobs it holds a live lease on."""
+    live: bool
+    """Seen polling lately, or holding a live lease."""
+
+    def serves(self, kind: str, queue: str) -> bool:
+        """Whether it takes jobs of ``kind`` on ``queue``."""
+        return kind in self.kinds and queue in self.queues
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

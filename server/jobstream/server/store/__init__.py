@@ -8,7 +8,8 @@ PostgreSQL, split by concept:
   attempts report; with :mod:`.steps` and :mod:`.results`) and
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
-  job-change log; :mod:`.reads` and :mod:`.stats` only read.
+  job-change log; :mod:`.workers` the workers seen polling; :mod:`.reads`
+  and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -33,6 +34,7 @@ from jobstream.server.store.reports import Reports
 from jobstream.server.store.results import Results
 from jobstream.server.store.sql import Statements
 from jobstream.server.store.stats import Statistics
+from jobstream.server.store.workers import WorkerRegistry
 
 __all__ = ["NO_LEASE", "RetryPolicy", "Store"]
 
@@ -70,3 +72,5 @@ class Store:
         """The job-change log."""
         self.stats = Statistics(db)
         """Counts and timings."""
+        self.workers = WorkerRegistry(db)
+        """The workers seen polling."""
