@@ -196,6 +196,12 @@ class Job:
     last_seq: int = 0
     """Seq of the job's newest event; pass it as after_seq to watch from now."""
     worker_id: str = ""
+    server_paths: tuple[str, ...] = ()
+    """Files its handlers recorded (``ctx.add_file``), as the server sees
+    them; removed with the job."""
+    checkpoint: JsonObject | None = None
+    """The last checkpoint a handler stored (``ctx.checkpoint``); a rerun
+    starts from it. None before any."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
