@@ -8,6 +8,7 @@ exact, cheap to compare and identical on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -295,6 +296,19 @@ class JobFilter:
     queues: tuple[str, ...] = ()
     owner: str | None = None
     """Only this principal's jobs (set by the server for non-admin callers)."""
+    created_after: int | None = None
+    """Created at or after this time (µs)."""
+    created_before: int | None = None
+    """Created before this time (µs)."""
+    ended_after: int | None = None
+    """Ended at or after this time (µs); jobs not ended do not match."""
+    ended_before: int | None = None
+    """Ended before this time (µs); jobs not ended do not match."""
+    text: str = ""
+    """A substring (any case) of the id, kind, a label key or value, or the
+    error message."""
+    params: tuple[tuple[tuple[str, ...], str], ...] = ()
+    """(path into params, the value as compact JSON) pairs that must be equal."""
 
     def matches(self, job: Job) -> bool:
         """Whether ``job`` passes this filter (used on live changes)."""
@@ -304,7 +318,55 @@ class JobFilter:
             and (not self.kinds or job.kind in self.kinds)
             and (not self.queues or job.queue in self.queues)
             and all(job.labels.get(k) == v for k, v in self.labels)
+            and _within(job.create_time, self.created_after, self.created_before)
+            and (
+                (self.ended_after is None and self.ended_before is None)
+                or _within(job.end_time, self.ended_after, self.ended_before)
+            )
+            and (not self.text or self.text.lower() in _searchable(job))
+            and all(_param_json(job.params, path) == value for path, value in self.params)
         )
+
+
+def _within(at: int | None, after: int | None, before: int | None) -> bool:
+    return at is not None and (after is None or at >= after) and (before is None or at < before)
+
+
+def _searchable(job: Job) -> str:
+    """What ``JobFilter.text`` searches, lowercased (the store searches the
+    same columns: id, kind, labels as JSON, error as JSON)."""
+    labels = json.dumps(job.labels, separators=(",", ":"), ensure_ascii=False)
+    error = job.error.message if job.error is not None else ""
+    return f"{job.id}\n{job.kind}\n{labels}\n{error}".lower()
+
+
+def _param_json(params: JSON, path: tuple[str, ...]) -> str | None:
+    """The value at ``path`` in ``params`` as compact JSON; None if absent."""
+    value: Any = params
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogSearch:
+    """Selects a job's log lines; empty fields match everything."""
+
+    levels: tuple[LogLevel, ...] = ()
+    """Only lines of these levels (``--level warn``: warning and error)."""
+    text: str = ""
+    """Only lines whose text holds this substring, in any case."""
+    since: int | None = None
+    """Only lines logged at or after this time (µs)."""
+    tail: int = 0
+    """Only the last this many of the lines selected (0: all)."""
+
+    @property
+    def empty(self) -> bool:
+        """Selects every line (the plain, faster read applies)."""
+        return not (self.levels or self.text or self.since is not None or self.tail)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
