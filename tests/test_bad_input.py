@@ -170,7 +170,7 @@ FOREIGN_TOKENS = {
 
 
 @pytest.mark.parametrize("bad", FOREIGN_TOKENS.values(), ids=list(FOREIGN_TOKENS))
-@pytest.mark.parametrize("rpc", ["ListJobs", "GetJobLogs", "ListJobResults"])
+@pytest.mark.parametrize("rpc", ["ListJobs", "ListJobLogs", "ListJobResults"])
 def test_page_tokens_are_checked_to_their_exact_shape(
     jobs: job_service_pb2_grpc.JobServiceStub, rpc: str, bad: str
 ) -> None:
@@ -179,8 +179,8 @@ def test_page_tokens_are_checked_to_their_exact_shape(
     ).job.id
     if rpc == "ListJobs":
         request: Any = job_service_pb2.ListJobsRequest(page_token=bad)
-    elif rpc == "GetJobLogs":
-        request = job_service_pb2.GetJobLogsRequest(job_id=job_id, page_token=bad)
+    elif rpc == "ListJobLogs":
+        request = job_service_pb2.ListJobLogsRequest(job_id=job_id, page_token=bad)
     else:
         request = job_service_pb2.ListJobResultsRequest(job_id=job_id, page_token=bad)
     details = invalid(lambda: getattr(jobs, rpc)(request, timeout=CALL_TIMEOUT_S), "page_token")

@@ -95,7 +95,7 @@ def test_retry_failed_job_keeps_history_and_counts_attempts(
     responses = list(
         stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=STREAM_DEADLINE_S)
     )
-    seqs = [r.event.seq for r in responses if r.HasField("event")]
+    seqs = [e.seq for r in responses if r.HasField("events") for e in r.events.events]
     assert seqs == list(range(1, done.last_seq + 1))
     changes = [
         (e.state_change.state, e.state_change.reason)

@@ -73,7 +73,7 @@ DEFAULT_PAGE_SIZE = 50
 """Jobs per ListJobs page."""
 
 DEFAULT_EVENT_PAGE_SIZE = 500
-"""Events per GetJobLogs / ListJobResults page."""
+"""Events per ListJobLogs / ListJobResults page."""
 
 
 def submit(
@@ -86,13 +86,13 @@ def submit(
     priority: int = 0,
     labels: Mapping[str, str] | None = None,
     max_attempts: int = 0,
-    not_before: datetime | None = None,
+    schedule_time: datetime | None = None,
     request_id: str | None = None,
 ) -> Program[Job]:
     """Submit one job and return it as stored.
 
     ``queue`` "" means "default", ``max_attempts`` 0 the server's
-    default; ``not_before`` must be timezone-aware. A repeat with the
+    default; ``schedule_time`` must be timezone-aware. A repeat with the
     same ``request_id`` returns the first job.
     """
     spec = JobSpec(
@@ -103,7 +103,7 @@ def submit(
         priority=priority,
         labels=labels,
         max_attempts=max_attempts,
-        not_before=not_before,
+        schedule_time=schedule_time,
         request_id=request_id,
     )
     return unary(
@@ -200,8 +200,8 @@ def logs(
     """The job's log-line events, oldest first; fetches pages lazily."""
     return pages(
         session,
-        lambda s: s.GetJobLogs,
-        lambda token: pb.GetJobLogsRequest(job_id=job_id, page_size=page_size, page_token=token),
+        lambda s: s.ListJobLogs,
+        lambda token: pb.ListJobLogsRequest(job_id=job_id, page_size=page_size, page_token=token),
         lambda r: ([event_from_pb(e) for e in r.events], r.next_page_token),
     )
 

@@ -414,7 +414,7 @@ class JobService:
         for i, raw in enumerate(files):
             checked = check_recorded(self.roots, job_id, raw)
             if checked.target is None:
-                raise InvalidArgument(checked.refusal, field=f"files[{i}]")
+                raise InvalidArgument(checked.refusal, field=f"server_paths[{i}]")
 
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""

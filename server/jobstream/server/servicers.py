@@ -144,12 +144,9 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
-                elif request.batch_events:
+                else:
                     for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
                         yield js.WatchJobResponse(events=batch)
-                else:
-                    for event in item.events:
-                        yield js.WatchJobResponse(event=self.event_messages.get(event)[0])
 
     @streaming
     async def WatchJobs(
@@ -203,11 +200,11 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         )
 
     @unary
-    async def GetJobLogs(
-        self, request: js.GetJobLogsRequest, context: Context
-    ) -> js.GetJobLogsResponse:
+    async def ListJobLogs(
+        self, request: js.ListJobLogsRequest, context: Context
+    ) -> js.ListJobLogsResponse:
         events, token = await self._events(request, EventKind.LOG)
-        return js.GetJobLogsResponse(events=events, next_page_token=token)
+        return js.ListJobLogsResponse(events=events, next_page_token=token)
 
     @unary
     async def ListJobResults(
@@ -218,7 +215,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def _events(
         self,
-        request: js.GetJobLogsRequest | js.ListJobResultsRequest,
+        request: js.ListJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)

@@ -103,8 +103,8 @@ def new_job(
         labels=fields.labels(req.labels, f"{field}labels", limits),
         max_attempts=req.max_attempts,
         not_before=(
-            fields.timestamp_us(req.not_before, f"{field}not_before")
-            if req.HasField("not_before")
+            fields.timestamp_us(req.schedule_time, f"{field}schedule_time")
+            if req.HasField("schedule_time")
             else None
         ),
         request_id=req.request_id or None,
@@ -157,12 +157,12 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         "logs": len(req.logs),
         "steps": len(req.steps),
         "results": len(req.results),
-        "files": len(req.files),
+        "server_paths": len(req.server_paths),
     }
     count = sum(counts.values())
     if count > MAX_REPORT_ITEMS:
         raise InvalidArgument(
-            f"the report carries {count} logs, steps, results and files together; "
+            f"the report carries {count} logs, steps, results and server paths together; "
             f"the limit is {MAX_REPORT_ITEMS}",
             field=max(counts, key=lambda k: counts[k]),
         )
@@ -227,8 +227,8 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         for i, r in enumerate(req.results)
     )
     files = tuple(
-        fields.required(fields.text(f, f"files[{i}]", MAX_PATH_BYTES), f"files[{i}]")
-        for i, f in enumerate(req.files)
+        fields.required(fields.text(f, f"server_paths[{i}]", MAX_PATH_BYTES), f"server_paths[{i}]")
+        for i, f in enumerate(req.server_paths)
     )
     return Report(
         progress=progress,
