@@ -222,15 +222,25 @@ def results(
 
 
 def retry(
-    session: Session, job_id: str, reason: str = "", *, additional_attempts: int = 0
+    session: Session,
+    job_id: str,
+    reason: str = "",
+    *,
+    additional_attempts: int = 0,
+    request_id: str | None = None,
 ) -> Program[Job]:
     """Queue a failed, interrupted or cancelled job again as a new attempt.
 
     Its history stays (events continue, the attempt counter keeps
-    counting); it gets ``additional_attempts`` more attempts (0: one).
+    counting); it gets ``additional_attempts`` more attempts (0: one). A
+    repeat with the same ``request_id`` returns the first answer and
+    retries nothing.
     """
     request = pb.RetryJobRequest(
-        job_id=job_id, reason=reason, additional_attempts=additional_attempts
+        job_id=job_id,
+        reason=reason,
+        additional_attempts=additional_attempts,
+        request_id=request_id or "",
     )
     return unary(session, lambda s: s.RetryJob, request, lambda r: job_from_pb(r.job), read=False)
 
@@ -244,12 +254,15 @@ def purge(
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
     dry_run: bool = False,
+    request_id: str | None = None,
 ) -> Program[PurgeResult]:
     """Delete ended jobs (with their files) that ended at least
     ``older_than`` ago; ``dry_run`` only reports what would go.
-    ``states`` may name terminal states only (default: all four)."""
+    ``states`` may name terminal states only (default: all four). A repeat
+    of a completed purge with the same ``request_id`` returns its answer and
+    purges nothing."""
     flt = filter_to_pb(states=states, kinds=kinds, labels=labels, queues=queues)
-    request = pb.PurgeJobsRequest(filter=flt, dry_run=dry_run)
+    request = pb.PurgeJobsRequest(filter=flt, dry_run=dry_run, request_id=request_id or "")
     request.older_than.FromTimedelta(older_than)
     return unary(session, lambda s: s.PurgeJobs, request, purge_result_from_pb, read=False)
 

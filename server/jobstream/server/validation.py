@@ -4,6 +4,7 @@ unchecked. The single fields are checked by fields.py."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -19,6 +20,7 @@ from jobstream.server.domain import (
     NewJob,
     Progress,
     Report,
+    RequestKey,
     ResultItem,
     Step,
 )
@@ -346,3 +348,24 @@ def download_offset(value: int, limits: Limits) -> int:
     if not 0 <= value <= limits.max_artifact_bytes:
         raise InvalidArgument(f"{value} is outside 0..{limits.max_artifact_bytes}", field="offset")
     return value
+
+
+def request_key(
+    request: job_service_pb2.RetryJobRequest | job_service_pb2.PurgeJobsRequest,
+    method: str,
+    owner: str,
+) -> RequestKey | None:
+    """The call's idempotency key (AIP-155), or None without a request_id.
+    Its fingerprint is the request without the request_id, serialized
+    deterministically: equal requests, equal fingerprints."""
+    if not request.request_id:
+        return None
+    request_id = fields.text(request.request_id, "request_id", MAX_REQUEST_ID_BYTES)
+    bare = type(request).FromString(request.SerializeToString())
+    bare.ClearField("request_id")
+    return RequestKey(
+        method=method,
+        owner=owner,
+        request_id=request_id,
+        fingerprint=hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest(),
+    )
