@@ -50,6 +50,8 @@ from jobstream.client.models import (
     Stats,
     Step,
     StepState,
+    WorkerInfo,
+    unserved_note,
 )
 from jobstream.client.worker import Worker
 
@@ -100,4 +102,6 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "Worker",
+    "WorkerInfo",
+    "unserved_note",
 ]

@@ -361,6 +361,8 @@ class Attempt:
         )
         if batch.progress is not None:
             request.progress.CopyFrom(batch.progress)
+        if batch.checkpoint is not None:
+            request.checkpoint.CopyFrom(batch.checkpoint)
         try:
             response = await self._call(self.stub.ReportJob, request)
         except JobstreamError as exc:

@@ -336,6 +336,8 @@ class Worker:
             queues=self.queues,
             wait=_duration(self.poll_wait),
             lease_duration=_duration(self.lease_duration),
+            host=socket.gethostname()[:255],
+            concurrency=self.concurrency,
         )
         while not self._stopping:
             await slots.acquire()

@@ -103,6 +103,12 @@ class JobServiceStub:
     """Returns counts by state and kind, success rate, run-time percentiles and
     throughput over a recent window.
     """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListWorkersRequest, _job_service_pb2.ListWorkersResponse]
+    """Lists the workers seen polling within the last hour, by id: what each
+    serves, how many jobs it holds, when it was last seen, and whether it
+    is live (seen within 15 s, or holding a live lease). With several
+    servers on one PostgreSQL, every server lists every worker.
+    """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]
     """Lists a job's artifacts, by name."""
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_job_service_pb2.DownloadArtifactRequest, _job_service_pb2.DownloadArtifactResponse]
@@ -185,6 +191,12 @@ class JobServiceAsyncStub(JobServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetStatsRequest, _job_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Returns counts by state and kind, success rate, run-time percentiles and
     throughput over a recent window.
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListWorkersRequest, _job_service_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Lists the workers seen polling within the last hour, by id: what each
+    serves, how many jobs it holds, when it was last seen, and whether it
+    is live (seen within 15 s, or holding a live lease). With several
+    servers on one PostgreSQL, every server lists every worker.
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists a job's artifacts, by name."""
@@ -343,6 +355,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.GetStatsResponse, _abc.Awaitable[_job_service_pb2.GetStatsResponse]]:
         """Returns counts by state and kind, success rate, run-time percentiles and
         throughput over a recent window.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _job_service_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListWorkersResponse, _abc.Awaitable[_job_service_pb2.ListWorkersResponse]]:
+        """Lists the workers seen polling within the last hour, by id: what each
+        serves, how many jobs it holds, when it was last seen, and whether it
+        is live (seen within 15 s, or holding a live lease). With several
+        servers on one PostgreSQL, every server lists every worker.
         """
 
     @_abc_1.abstractmethod

@@ -33,6 +33,7 @@ from jobstream.server.guard import RequestGuard
 from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
 from jobstream.server.logs import LogContextInterceptor, job_context
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
+from jobstream.server.presence import Presence
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
 from jobstream.server.readers import Readers
@@ -177,12 +178,22 @@ async def serve(
         options=_server_options(config.max_message_bytes), interceptors=interceptors
     )
     quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
+    presence = Presence(store.workers, writer, readers)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServiceServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota),
+        JobServiceServicer(
+            service,
+            artifacts=artifacts,
+            purges=purges,
+            limits=limits,
+            presence=presence,
+            quota=quota,
+            refuse_unserved=config.refuse_unserved,
+        ),
         server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServiceServicer(service, artifacts=artifacts, limits=limits), server
+        WorkerServiceServicer(service, artifacts=artifacts, limits=limits, presence=presence),
+        server,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -223,7 +234,8 @@ async def serve(
     tasks = [
         asyncio.create_task(
             _sweep(service, artifacts, sweep_wanted, config.sweep_s, metrics), name="sweeper"
-        )
+        ),
+        asyncio.create_task(presence.run(), name="presence"),
     ]
     if config.retention_s > 0:
         tasks.append(

@@ -217,6 +217,8 @@ class Acquire:
     kinds: tuple[str, ...]
     queues: tuple[str, ...]
     wait_s: float
+    host: str = ""
+    concurrency: int = 0
     """How long to wait for a job."""
     lease_us: int | None = None
     """The lease length asked for; None takes the server's default."""

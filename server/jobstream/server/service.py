@@ -21,6 +21,7 @@ from jobstream.server.domain import (
     Job,
     JobFilter,
     Lease,
+    LogSearch,
     NewJob,
     Outcome,
     Report,
@@ -231,16 +232,19 @@ class JobService:
         page_size: int,
         *,
         owner: str | None = None,
+        search: LogSearch | None = None,
     ) -> list[Event]:
         """A page of one kind of event (log lines, results); NotFound for an
         unknown job (or, with ``owner``, another principal's) rather than an
-        empty page."""
+        empty page. Log lines may be narrowed by ``search``."""
         reads = self.store.reads
 
         def page() -> list[Event]:
             if owner is not None and not reads.job_exists(job_id, owner):
                 raise not_found(job_id)
-            if kind is EventKind.RESULT_ITEM:
+            if search is not None and not search.empty:
+                events = reads.search_logs(job_id, search, after_seq=after_seq, limit=page_size)
+            elif kind is EventKind.RESULT_ITEM:
                 # Results are read from their keyed table: each key once, at
                 # its latest version (see store/results.py).
                 events = self.store.reads.read_results(job_id, after_seq=after_seq, limit=page_size)

@@ -4,7 +4,7 @@ Errors become statuses through :mod:`jobstream.server.status`."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -12,19 +12,22 @@ from google.protobuf.message import Message
 from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
-from jobstream.server.domain import EventKind
+from jobstream.server.domain import EventKind, LogSearch, NewJob
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
     DEFAULT_EVENT_PAGE,
     DEFAULT_JOB_PAGE,
+    DEFAULT_WORKER_PAGE,
     EVENT_MESSAGE_CACHE_BYTES,
     MAX_ARTIFACT_CHUNK_BYTES,
     MAX_EVENT_PAGE,
     MAX_JOB_PAGE,
     MAX_RESPONSE_BYTES,
+    MAX_WORKER_PAGE,
     WATCH_BATCH_BYTES,
     Limits,
 )
+from jobstream.server.presence import Presence
 from jobstream.server.purge import Purges
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
@@ -74,10 +77,15 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         artifacts: Artifacts,
         purges: Purges,
         limits: Limits,
+        presence: Presence,
         quota: WatcherQuota | None = None,
+        refuse_unserved: bool = False,
     ) -> None:
         self.service = service
         self.limits = limits
+        self.presence = presence
+        self.refuse_unserved = refuse_unserved
+        """Submits of a kind no live worker serves are FAILED_PRECONDITION."""
         self.artifacts = artifacts
         self.purges = purges
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
@@ -91,6 +99,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         spec = validation.new_job(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
+        await self._check_served([spec])
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
@@ -102,9 +111,30 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         specs = validation.new_jobs(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
+        await self._check_served(specs)
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
+        )
+
+    async def _check_served(self, specs: Sequence[NewJob]) -> None:
+        """With --refuse-unserved, FAILED_PRECONDITION naming the first kind
+        no live worker serves on its queue."""
+        if self.refuse_unserved:
+            for spec in specs:
+                await self.presence.require_served(spec.kind, spec.queue)
+
+    @unary
+    async def ListWorkers(
+        self, request: js.ListWorkersRequest, context: Context
+    ) -> js.ListWorkersResponse:
+        size = fields.page_size(request.page_size, DEFAULT_WORKER_PAGE, MAX_WORKER_PAGE)
+        after = tokens.worker_cursor(request.page_token)
+        workers = [w for w in await self.presence.workers() if w.id > after]
+        page = workers[:size]
+        token = tokens.encode_token(page[-1].id) if len(workers) > size else ""
+        return js.ListWorkersResponse(
+            workers=[convert.worker(w) for w in page], next_page_token=token
         )
 
     @unary
@@ -204,7 +234,11 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobLogs(
         self, request: js.ListJobLogsRequest, context: Context
     ) -> js.ListJobLogsResponse:
-        events, token = await self._events(request, EventKind.LOG)
+        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
+        search = validation.log_search(request, size)
+        events, token = await self._events(request, EventKind.LOG, search)
+        if search.tail:
+            token = ""  # the last lines are one page
         return js.ListJobLogsResponse(events=events, next_page_token=token)
 
     @unary
@@ -218,12 +252,13 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         self,
         request: js.ListJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
+        search: LogSearch | None = None,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)
         size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
         after = tokens.seq_token(request.page_token)
         events = await self.service.events_page(
-            job_id, kind, after, size, owner=current_principal().owner_filter
+            job_id, kind, after, size, owner=current_principal().owner_filter, search=search
         )
         messages = _fit([convert.event(e) for e in events])
         more = len(events) == size or len(messages) < len(events)
@@ -314,23 +349,33 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
 class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobService, *, artifacts: Artifacts, limits: Limits) -> None:
+    def __init__(
+        self, service: JobService, *, artifacts: Artifacts, limits: Limits, presence: Presence
+    ) -> None:
         self.service = service
         self.artifacts = artifacts
         self.limits = limits
+        self.presence = presence
 
     @unary
     async def AcquireJob(
         self, request: ws.AcquireJobRequest, context: Context
     ) -> ws.AcquireJobResponse:
         spec = validation.acquire(request)
-        lease = await self.service.acquire(
-            worker_id=spec.worker_id,
+        with self.presence.polling(
+            spec.worker_id,
+            host=spec.host,
             kinds=spec.kinds,
             queues=spec.queues,
-            wait_s=spec.wait_s,
-            lease_us=spec.lease_us,
-        )
+            concurrency=spec.concurrency,
+        ):
+            lease = await self.service.acquire(
+                worker_id=spec.worker_id,
+                kinds=spec.kinds,
+                queues=spec.queues,
+                wait_s=spec.wait_s,
+                lease_us=spec.lease_us,
+            )
         if lease is None:
             return ws.AcquireJobResponse()
         return ws.AcquireJobResponse(**convert.lease_fields(lease))

@@ -16,6 +16,7 @@ from jobstream.server.limits import (
     MAX_SEQ,
     MAX_TIME_US,
     SERVER_JOB_ID,
+    WORKER_ID,
 )
 
 
@@ -58,6 +59,16 @@ def seq_token(token: str) -> int:
     if not _int_in(value, 0, MAX_SEQ):
         raise _foreign_token()
     return int(value)
+
+
+def worker_cursor(token: str) -> str:
+    """The worker id a ListWorkers page token resumes after ("" at first)."""
+    if not token:
+        return ""
+    value = decode_token(token)
+    if isinstance(value, str) and WORKER_ID.fullmatch(value):
+        return value
+    raise _foreign_token()
 
 
 def job_cursor(token: str) -> tuple[int, str] | None:
