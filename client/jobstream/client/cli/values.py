@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobstream.client.models import JobState, ResultStatus
+from jobstream.client.models import JobState, LogLevel, ResultStatus
 from jobstream.client.settings import parse_timedelta
 
 __all__ = [
@@ -145,3 +145,30 @@ def duration(text: str) -> timedelta:
 def delay(text: str) -> datetime:
     """A time ``text`` (a duration, see :func:`duration`) from now."""
     return datetime.now(UTC) + duration(text)
+
+
+def since(text: str) -> datetime:
+    """A point in the past: a duration ago (``10m``, ``1d``) or an ISO 8601
+    time (UTC unless it says otherwise)."""
+    try:
+        return datetime.now(UTC) - parse_timedelta(text)
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration ago (10m, 1d) or an ISO 8601 time, got {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def log_level(text: str) -> LogLevel:
+    """A log level: debug, info, warning (or warn), error."""
+    name = text.strip().lower()
+    name = {"warn": "warning", "err": "error"}.get(name, name)
+    try:
+        return LogLevel(name)
+    except ValueError:
+        valid = ", ".join(level.value for level in LogLevel)
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (one of: {valid})") from None
