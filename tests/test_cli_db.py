@@ -215,6 +215,12 @@ def test_backup_and_restore_bring_back_rows_artifacts_and_job_files(
         assert written.state is reported.state is JobState.SUCCEEDED
         out = server.data_dir / "jobs" / written.id / "out.csv"
         assert out.read_text() == "a,b\n"
+        # The recorded path is part of the job, in get and its --json.
+        assert client.get(written.id).server_paths == (str(out.absolute()),)
+        shown = run_cli(["--target", server.target, "get", written.id], env={"COLUMNS": "300"})
+        assert "files" in shown.out and str(out.absolute()) in shown.out
+        as_json = json.loads(run_cli(["--target", server.target, "get", written.id, "--json"]).out)
+        assert as_json["server_paths"] == [str(out.absolute())]
         result = db_cmd("backup", str(copy), "--data-dir", data, "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)

@@ -125,12 +125,16 @@ def timestamp(text: str) -> datetime:
     duration (``+10m``) from now."""
     if text.strip().startswith("+"):
         return delay(text.strip()[1:])
+    return _iso_time(text, "an ISO 8601 time or +DURATION (e.g. +10m)")
+
+
+def _iso_time(text: str, expected: str) -> datetime:
+    """An ISO 8601 time, UTC unless it says otherwise; ``expected`` words
+    the refusal."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time or +DURATION (e.g. +10m), got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -153,14 +157,7 @@ def since(text: str) -> datetime:
     try:
         return datetime.now(UTC) - parse_timedelta(text)
     except ValueError:
-        pass
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration ago (10m, 1d) or an ISO 8601 time, got {text!r}"
-        ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return _iso_time(text, "a duration ago (10m, 1d) or an ISO 8601 time")
 
 
 def log_level(text: str) -> LogLevel:
