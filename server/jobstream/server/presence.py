@@ -10,6 +10,7 @@ whose slots are all busy does not poll)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,10 @@ RECENT_S = 3_600.0
 """ListWorkers shows workers seen within this long (the gone ones with
 live false); older rows are removed."""
 
+MAX_REMEMBERED = 10_000
+"""Worker ids a server remembers having written (each new worker id is
+written at once); past this it forgets them all, bounding its memory."""
+
 SERVED_CACHE_S = 2.0
 """How long ``--refuse-unserved`` trusts its last read of the workers."""
 
@@ -53,6 +58,12 @@ class Presence:
         self._latest: dict[str, WorkerSeen] = {}
         """The last sighting of each worker polling now."""
         self._served: tuple[float, list[WorkerInfo]] | None = None
+        self._written: set[str] = set()
+        """Workers this server has written a row for."""
+        self._newcomer = asyncio.Event()
+        """Set by a worker not written yet: it is written at once, so a new
+        worker is listed (and its kinds count as served) without waiting
+        for the next interval."""
 
     @contextmanager
     def polling(
@@ -76,6 +87,8 @@ class Presence:
         )
         self._seen[worker_id] = seen
         self._latest[worker_id] = seen
+        if worker_id not in self._written:
+            self._newcomer.set()
         self._polling[worker_id] += 1
         try:
             yield
@@ -98,12 +111,19 @@ class Presence:
         if not rows:
             return 0
         await self.writer.run(lambda _: self.registry.record(rows, forget_before=forget_before))
+        if len(self._written) > MAX_REMEMBERED:
+            self._written.clear()  # costs each worker one early write, no more
+        self._written.update(due)
+        self._served = None  # the next --refuse-unserved check reads them anew
         return len(rows)
 
     async def run(self, every_s: float = PRESENCE_WRITE_S) -> None:
-        """Flushes every ``every_s`` seconds, forever."""
+        """Flushes every ``every_s`` seconds, and at once when a new worker
+        polls, forever."""
         while True:
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._newcomer.wait(), every_s)
+            self._newcomer.clear()
             try:
                 await self.flush()
             except Exception:
