@@ -178,8 +178,8 @@ TARGETS: tuple[Target, ...] = (
         service="ListJobs, params i=N and text, 1 job found",
         baseline="ListJobs, first page of 50, no filter",
         unit="calls/s",
-        floor=0.05,
-        goal=0.20,
+        floor=0.30,
+        goal=0.70,
     ),
     Target(
         id="T20",
