@@ -8,7 +8,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -214,3 +214,22 @@ def files_handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     module.write_text(FILES_HANDLERS_MODULE)
     monkeypatch.setenv("PYTHONPATH", str(module.parent))
     monkeypatch.syspath_prepend(module.parent)
+
+
+def insert_old_job(db: Any, job_id: str, *, kind: str = "k", owner: str = "") -> None:
+    """Inserts a queued job into a database left at an older schema, with
+    only the columns every version has: submit fills the newer ones too."""
+    from jobstream.server.db import JobRow
+
+    now = time.time_ns() // 1000
+    with db.bind_ctx([JobRow]):
+        JobRow.insert(
+            id=job_id,
+            kind=kind,
+            queue="default",
+            state="queued",
+            not_before=now,
+            owner=owner,
+            create_time=now,
+            update_time=now,
+        ).execute()

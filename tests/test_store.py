@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 import pytest
+from helpers import insert_old_job
 from playhouse.migrations import Runner
 
 from jobstream.server.db import (
@@ -585,18 +586,7 @@ def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
     try:
         Runner(db, str(MIGRATIONS_DIR)).up(target="0005_drop_redundant_indexes")
         store = Store(db)
-        # Only the columns of that schema (submit would fill later ones too).
-        with db.bind_ctx([JobRow]):
-            JobRow.insert(
-                id="kept",
-                kind="k",
-                queue="default",
-                state="queued",
-                not_before=0,
-                owner="alice",
-                create_time=0,
-                update_time=0,
-            ).execute()
+        insert_old_job(db, "kept", owner="alice")
         p = db.param
         insert = f'INSERT INTO "job_change" ("job_id", "deleted", "time") VALUES ({p}, {p}, 0)'
         for job_id, deleted in (("kept", False), ("gone-1", False), ("gone-1", True)):
