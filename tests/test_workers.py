@@ -8,6 +8,7 @@ one server is listed by another."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,11 @@ pytestmark = pytest.mark.both_backends
 
 PRESENCE_TIMEOUT_S = 30.0
 """Long enough for a few of the servers' 5 s presence writes."""
+
+WATCH_THEN_CANCEL_S = 5.0
+"""The watch test cancels its job this long after starting the watch: far
+more than the watch needs to show its snapshot (a cancel before it would
+leave no queued job to note)."""
 
 
 def _embedded(client: JobClient) -> WorkerInfo | None:
@@ -65,8 +71,13 @@ def test_unserved_kinds_are_noted_warned_of_and_may_be_refused(
 
     shown = run_cli(["--target", target, "get", job_id], env={"COLUMNS": "200"})
     assert "no live worker serves kind demo.typo on queue default" in shown.out
-    with JobClient(target) as client:
-        client.cancel(job_id)
+    # watch says so first, then follows the job (here to its cancel).
+    canceller = threading.Timer(WATCH_THEN_CANCEL_S, _cancel, (target, job_id))
+    canceller.start()
+    watched = run_cli(["--target", target, "watch", job_id], env={"COLUMNS": "200"})
+    canceller.join()
+    assert watched.returncode == 3, watched.err
+    assert "note: no live worker serves kind demo.typo on queue default" in watched.out
 
     strict = start_inprocess_server(
         handlers=("jobstream.client.demo",), extra_args=("--refuse-unserved",), name="strict"
@@ -78,6 +89,11 @@ def test_unserved_kinds_are_noted_warned_of_and_may_be_refused(
         # Once its worker has been recorded, the served kinds go through.
         job = eventually(lambda: _try_submit(client), timeout=PRESENCE_TIMEOUT_S)
         assert client.get(job).state in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
+
+
+def _cancel(target: str, job_id: str) -> None:
+    with JobClient(target) as client:
+        client.cancel(job_id)
 
 
 def _try_submit(client: JobClient) -> str | None:
