@@ -97,6 +97,8 @@ def _bound(target: Target, value: float) -> str:
         return f"{value:.2f}"
     if target.judge is Judge.RATIO_AT_MOST:
         return f"<= {value:.2f}"
+    if target.judge is Judge.REPORTED:
+        return "-"
     return f"<= {_number(value)} {target.unit}"
 
 
@@ -123,6 +125,8 @@ def markdown(result: RunResult) -> str:
         t = row.target
         if not row.rounds:
             verdict = "no data"
+        elif t.judge is Judge.REPORTED:
+            verdict = "reported"
         elif row.passes:
             verdict = "pass (goal)" if row.meets_goal else "pass"
         else:

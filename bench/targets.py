@@ -14,6 +14,8 @@ class Judge(StrEnum):
     AT_MOST = "at_most"
     """The median service value must be at most the floor (a latency or a
     time); the baseline and ratio are shown for scale only."""
+    REPORTED = "reported"
+    """No floor: the row is shown for what it tells (the issue set none)."""
     RATIO_AT_MOST = "ratio_at_most"
     """The median per-round ratio service/baseline must be at most the floor
     (a latency against a peer's: 1.0 is "as fast")."""
@@ -38,6 +40,8 @@ class Target:
             return ratio >= self.floor
         if self.judge is Judge.RATIO_AT_MOST:
             return ratio <= self.floor
+        if self.judge is Judge.REPORTED:
+            return True
         return service <= self.floor
 
     def meets_goal(self, ratio: float, service: float) -> bool:
@@ -46,6 +50,8 @@ class Target:
             return ratio >= self.goal
         if self.judge is Judge.RATIO_AT_MOST:
             return ratio <= self.goal
+        if self.judge is Judge.REPORTED:
+            return False
         return service <= self.goal
 
 
@@ -240,14 +246,14 @@ TARGETS: tuple[Target, ...] = (
     *(
         Target(
             id=f"T16.full.{q}",
-            measure=f"written -> seen latency of a log line at full rate, {q} "
-            "(no floor in the issue: at most the old 0.2 s flush interval)",
+            measure=f"written -> seen latency of a log line at full rate, {q} (no floor: "
+            "lines queue in the worker's buffer as fast as the handler writes them)",
             service="ctx.log() as fast as it goes -> WatchJob in another process",
             baseline="bare unary echo round trip",
             unit="ms",
-            floor=200.0,
-            goal=50.0,
-            judge=Judge.AT_MOST,
+            floor=0.0,
+            goal=0.0,
+            judge=Judge.REPORTED,
         )
         for q in ("p50", "p99")
     ),

@@ -471,7 +471,37 @@ def test_a_worker_runs_a_queue_of_jobs_one_slot_after_another(
     ids = [f"queued-{i}" for i in range(12)]
     for job_id in ids:
         client.submit("queue-of-jobs", {}, job_id=job_id)
-    with running_worker(bare_server.target, handlers, concurrency=1):
+    acquires = AcquireCalls()
+    with running_worker(
+        bare_server.target, handlers, concurrency=1, security=Observed(acquires=acquires)
+    ):
         for job_id in ids:
             assert client.wait(job_id, timeout=WAIT_S).state is JobState.SUCCEEDED
     assert ran == ids
+    # The first job came from AcquireJob, the others with FinishJob answers;
+    # the last AcquireJob is the long poll left waiting (or a restart's retry).
+    assert len(acquires.calls) <= 3, len(acquires.calls)
+
+
+def test_an_update_is_sent_without_waiting_for_the_flush_interval(
+    bare_server: Server, client: JobClient
+) -> None:
+    """Nothing in flight: a log line and a progress update go out at once,
+    not at the next flush interval (30 s here), and without flush()."""
+    handlers = Handlers()
+
+    @handlers.handler("e2e.prompt")
+    def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.log("sent at once")
+        ctx.progress(1, 2, message="half")
+        with JobClient(bare_server.target, timeout=10) as reader:
+            seen = eventually(lambda: [e.log.text for e in reader.logs(ctx.id) if e.log] or None)
+            message = eventually(lambda: reader.get(ctx.id).progress.message or None)
+        return {"seen": seen, "progress": message}
+
+    with running_worker(bare_server.target, handlers, flush_interval=30):
+        job = client.submit("e2e.prompt")
+        final = client.wait(job.id, timeout=WAIT_S)
+    # One attempt: a retry would find the first attempt's line stored.
+    assert final.attempt == 1, final.error
+    assert final.result == {"seen": ["sent at once"], "progress": "half"}

@@ -67,7 +67,9 @@ DEFAULT_LEASE_DURATION = 30.0
 """Seconds a lease lasts unless renewed; a dead worker's job is rescued after this."""
 
 DEFAULT_FLUSH_INTERVAL = 0.2
-"""Seconds between batches of buffered updates."""
+"""Seconds a job's flusher sleeps between checks whether its lease is due
+for renewal; updates never wait for it (they are sent as soon as no report
+of the job is in flight)."""
 
 DEFAULT_POLL_WAIT = 20.0
 """Seconds one AcquireJob long-poll waits for a job (the server allows 0..60)."""
@@ -108,7 +110,9 @@ class Worker:
 
     ``concurrency`` jobs run at once (a job is only acquired when a slot is
     free); ``lease_duration`` is asked of the server for each lease;
-    updates are sent every ``flush_interval`` seconds; each AcquireJob
+    updates are sent as soon as no report of the job is in flight (those
+    written meanwhile go together in the next), and the lease is checked
+    for renewal every ``flush_interval`` seconds; each AcquireJob
     waits up to ``poll_wait`` seconds for a job. A worker survives server
     restarts: it backs off and tries again.
 
