@@ -51,17 +51,17 @@ async def stamped(target: str, what: str, count: int, interval_s: float) -> list
         call = stub.WatchJob(js.WatchJobRequest(job_id=job_id))
         try:
             async for response in call:
-                if response.WhichOneof("item") != "event":
+                if response.WhichOneof("item") != "events":
                     continue
-                event = response.event
                 seen = time.time_ns()
-                payload = event.WhichOneof("payload")
-                if payload == "log":
-                    latencies.append((seen - int(event.log.text.split()[1])) / 1e9)
-                elif payload == "progress" and event.progress.message:
-                    latencies.append((seen - int(event.progress.message)) / 1e9)
-                elif payload == "state_change" and event.state_change.state in TERMINAL_STATES:
-                    break
+                for event in response.events.events:
+                    payload = event.WhichOneof("payload")
+                    if payload == "log":
+                        latencies.append((seen - int(event.log.text.split()[1])) / 1e9)
+                    elif payload == "progress" and event.progress.message:
+                        latencies.append((seen - int(event.progress.message)) / 1e9)
+                    elif payload == "state_change" and event.state_change.state in TERMINAL_STATES:
+                        return latencies
         finally:
             call.cancel()
     return latencies
