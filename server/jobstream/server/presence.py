@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from jobstream.server.domain import WorkerInfo, WorkerSeen, now_us
+from jobstream.server.domain import Acquire, WorkerInfo, WorkerSeen, now_us
 from jobstream.server.errors import FailedPrecondition
 from jobstream.server.readers import Readers
 from jobstream.server.store.workers import WorkerRegistry
@@ -65,30 +65,28 @@ class Presence:
         worker is listed (and its kinds count as served) without waiting
         for the next interval."""
 
-    @contextmanager
-    def polling(
-        self,
-        worker_id: str,
-        *,
-        host: str,
-        kinds: Sequence[str],
-        queues: Sequence[str],
-        concurrency: int,
-    ) -> Iterator[None]:
-        """Marks ``worker_id`` as seen, and as seen at every flush while the
-        block (its long poll) lasts. Memory only."""
+    def seen(self, spec: Acquire) -> WorkerSeen:
+        """Marks the worker of an AcquireJob (or of a FinishJob's
+        ``acquire_next``) as seen now. Memory only."""
         seen = WorkerSeen(
-            id=worker_id,
-            host=host,
-            kinds=tuple(kinds),
-            queues=tuple(queues),
-            concurrency=concurrency,
+            id=spec.worker_id,
+            host=spec.host,
+            kinds=spec.kinds,
+            queues=spec.queues,
+            concurrency=spec.concurrency,
             last_seen=now_us(),
         )
-        self._seen[worker_id] = seen
-        self._latest[worker_id] = seen
-        if worker_id not in self._written:
+        self._seen[spec.worker_id] = seen
+        if spec.worker_id not in self._written:
             self._newcomer.set()
+        return seen
+
+    @contextmanager
+    def polling(self, spec: Acquire) -> Iterator[None]:
+        """Marks the worker as seen, and as seen at every flush while the
+        block (its long poll) lasts. Memory only."""
+        worker_id = spec.worker_id
+        self._latest[worker_id] = self.seen(spec)
         self._polling[worker_id] += 1
         try:
             yield

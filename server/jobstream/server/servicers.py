@@ -362,13 +362,7 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: ws.AcquireJobRequest, context: Context
     ) -> ws.AcquireJobResponse:
         spec = validation.acquire(request)
-        with self.presence.polling(
-            spec.worker_id,
-            host=spec.host,
-            kinds=spec.kinds,
-            queues=spec.queues,
-            concurrency=spec.concurrency,
-        ):
+        with self.presence.polling(spec):
             lease = await self.service.acquire(
                 worker_id=spec.worker_id,
                 kinds=spec.kinds,
@@ -399,12 +393,21 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def FinishJob(
         self, request: ws.FinishJobRequest, context: Context
     ) -> ws.FinishJobResponse:
-        job = await self.service.finish(
+        acquire_next = validation.acquire_next(request)
+        if acquire_next is not None:
+            self.presence.seen(acquire_next)
+        job, lease = await self.service.finish(
             fields.job_id(request.job_id),
             fields.lease_id(request.lease_id),
             validation.finish(request, self.limits),
+            acquire_next=acquire_next,
         )
-        return ws.FinishJobResponse(job=convert.job(job))
+        response = ws.FinishJobResponse(job=convert.job(job))
+        if request.HasField("acquire_next"):
+            response.next.SetInParent()
+            if lease is not None:
+                response.next.CopyFrom(ws.AcquireJobResponse(**convert.lease_fields(lease)))
+        return response
 
     @unary
     async def UploadArtifact(
