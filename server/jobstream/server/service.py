@@ -24,6 +24,7 @@ from jobstream.server.domain import (
     Report,
     ReportAck,
     Stats,
+    event_bytes,
     now_us,
 )
 from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
@@ -38,7 +39,17 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 EVENT_PAGE = 1_000
-"""Events read from the database per query while a watcher catches up."""
+"""Most events read from the database per query while a watcher catches up."""
+
+WATCH_PAGE_BYTES = 64 * 1024
+"""About how many bytes of events (domain.event_bytes) one catch-up read
+brings in. A watcher whose client stalls holds its last page until the
+client reads again, so this, not EVENT_PAGE, bounds that memory: a page of
+1,000 log lines of 1 KiB was 1.5 MiB per stalled watcher. The page's count
+follows the size of the events just read."""
+
+FIRST_EVENT_PAGE = 32
+"""Events in a watcher's first catch-up read, before it knows their size."""
 
 CHANGE_PAGE = 500
 """Change-log rows read per query by a job-list watcher."""
@@ -235,6 +246,7 @@ class JobService:
             if job.state.terminal and last >= job.last_seq:
                 return
             from_db = True
+            page = FIRST_EVENT_PAGE
             while True:
                 self._check_open()
                 if sub.deleted:
@@ -252,15 +264,16 @@ class JobService:
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
                     events = await self.readers.run(
-                        self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                        self.store.reads.read_events, job_id, after_seq=last, limit=page
                     )
+                    from_db = len(events) == page
+                    page = _next_page(events, page)
                     run, ended = _until_end(events, job.last_seq)
                     if run:
                         yield WatchItem(events=run)
                         last = run[-1].seq
                     if ended:
                         return
-                    from_db = len(events) == EVENT_PAGE
                     if not events and not await self.readers.run(
                         self.store.reads.job_exists, job_id
                     ):
@@ -273,7 +286,7 @@ class JobService:
                     continue
                 ready: list[Event] = []
                 while sub.events and not sub.overflowed:
-                    event = sub.events.popleft()
+                    event = sub.take()
                     if event.seq <= last:
                         continue
                     if event.seq != last + 1:
@@ -429,6 +442,15 @@ class JobService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _next_page(events: Sequence[Event], page: int) -> int:
+    """How many events the next catch-up read asks for: as many as fit in
+    WATCH_PAGE_BYTES at the size of ``events`` (``page`` when none came)."""
+    if not events:
+        return page
+    average = max(1, sum(event_bytes(e) for e in events) // len(events))
+    return max(1, min(EVENT_PAGE, WATCH_PAGE_BYTES // average))
 
 
 def _queued_run(sub: JobSubscription, last: int) -> list[Event]:
