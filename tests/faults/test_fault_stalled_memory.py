@@ -64,12 +64,15 @@ HOLDER = textwrap.dedent(
     """
     import json, sys, time, grpc
     from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
-    target, job_id, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    target, job_id, after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    n, per = int(sys.argv[4]), int(sys.argv[5])
     streams, refused, message = [], 0, ""
     for i in range(n):
         if i % per == 0:
             stub = job_service_pb2_grpc.JobServiceStub(grpc.insecure_channel(target))
-        request = job_service_pb2.WatchJobRequest(job_id=job_id, batch_events=True)
+        request = job_service_pb2.WatchJobRequest(
+            job_id=job_id, after_seq=after, batch_events=True
+        )
         stream = stub.WatchJob(request)
         try:
             next(stream)
@@ -118,9 +121,21 @@ def test_stalled_watchers_stay_within_the_memory_budget(
         # The normal watcher's stream is open (it holds one watch) before
         # the stalled ones come.
         eventually(lambda: normal.events, timeout=60)
+        with JobClient(server.target) as client:
+            # The stalled watchers follow live from here, as dashboards do.
+            after_seq = client.get(job_id).last_seq
         baseline = rss_bytes(pid)
         holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, server.target, job_id, str(n), str(STREAMS_PER_CHANNEL)],
+            [
+                sys.executable,
+                "-c",
+                HOLDER,
+                server.target,
+                job_id,
+                str(after_seq),
+                str(n),
+                str(STREAMS_PER_CHANNEL),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

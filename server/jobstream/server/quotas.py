@@ -100,5 +100,7 @@ class WatcherQuota:
 
 
 def _size(n: int) -> str:
-    """``n`` bytes as the budget flag would be written: MiB when whole."""
-    return f"{n // MIB} MiB" if n % MIB == 0 else f"{n} bytes"
+    """``n`` bytes in the largest binary unit that divides it (MiB, KiB)."""
+    if n % MIB == 0:
+        return f"{n // MIB} MiB"
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
