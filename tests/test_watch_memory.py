@@ -27,7 +27,7 @@ CALL_TIMEOUT_S = 30.0
 
 def _open(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> Any:
     """A watch holding its reservation, or None when the server refused it."""
-    request = job_service_pb2.WatchJobRequest(job_id=job_id, batch_events=True)
+    request = job_service_pb2.WatchJobRequest(job_id=job_id)
     return open_watch(stub, request, CALL_TIMEOUT_S)
 
 

@@ -1,14 +1,14 @@
 """Scenario 12: stalled watchers and the server's memory.
 
-A separate process opens watches on a job that logs 1 KiB lines (batched,
-as the Python client asks) and is then SIGSTOPped, so it never reads again;
-the job keeps logging. The server admits watches up to its watch memory
-budget and refuses the rest with RESOURCE_EXHAUSTED naming
-``--watch-memory-budget``; its resident memory (the real server process,
-read from /proc) grows by less than the budget; once the process is killed
-the memory comes back; a normal watcher meanwhile receives every event in
-order. Quick: 200 watchers against a 64 MiB budget; full (``make faults``):
-1,000 watchers against the default budget.
+A separate process opens watches on a job that logs 1 KiB lines and is
+then SIGSTOPped, so it never reads again; the job keeps logging. The
+server admits watches up to its watch memory budget and refuses the rest
+with RESOURCE_EXHAUSTED naming ``--watch-memory-budget``; its resident
+memory (the real server process, read from /proc) grows by less than the
+budget; once the process is killed the memory comes back; a normal watcher
+meanwhile receives every event in order. Quick: 200 watchers against a
+64 MiB budget; full (``make faults``): 1,000 watchers against the default
+budget.
 """
 
 from __future__ import annotations
@@ -70,9 +70,7 @@ HOLDER = textwrap.dedent(
     for i in range(n):
         if i % per == 0:
             stub = job_service_pb2_grpc.JobServiceStub(grpc.insecure_channel(target))
-        request = job_service_pb2.WatchJobRequest(
-            job_id=job_id, after_seq=after, batch_events=True
-        )
+        request = job_service_pb2.WatchJobRequest(job_id=job_id, after_seq=after)
         stream = stub.WatchJob(request)
         try:
             next(stream)

@@ -28,6 +28,16 @@ if _version_not_supported:
 class JobServiceStub:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel):
@@ -76,10 +86,10 @@ class JobServiceStub:
                 request_serializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
-        self.GetJobLogs = channel.unary_unary(
-                '/jobstream.v1.JobService/GetJobLogs',
-                request_serializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.SerializeToString,
-                response_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.FromString,
+        self.ListJobLogs = channel.unary_unary(
+                '/jobstream.v1.JobService/ListJobLogs',
+                request_serializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.SerializeToString,
+                response_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.FromString,
                 _registered_method=True)
         self.ListJobResults = channel.unary_unary(
                 '/jobstream.v1.JobService/ListJobResults',
@@ -116,6 +126,16 @@ class JobServiceStub:
 class JobServiceServicer:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     def SubmitJob(self, request, context):
@@ -152,6 +172,8 @@ class JobServiceServicer:
     def WatchJob(self, request, context):
         """Streams one job: a snapshot, then every event after after_seq in order,
         then live events; ends after the event that makes the job terminal.
+        after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
+        while it is watched ends the stream with NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,7 +181,8 @@ class JobServiceServicer:
 
     def WatchJobs(self, request, context):
         """Streams job-level changes (state, progress, deletes) of the jobs that
-        match a filter, for dashboards; resumable from a position.
+        match a filter, for dashboards; resumable from a position. An
+        after_position beyond the newest position is OUT_OF_RANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,8 +203,9 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetJobLogs(self, request, context):
-        """Returns a page of a job's log lines, oldest first.
+    def ListJobLogs(self, request, context):
+        """Lists a job's log lines, oldest first, one page at a time (a paged list,
+        hence List*, AIP-132).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,7 +226,8 @@ class JobServiceServicer:
     def RetryJob(self, request, context):
         """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
         Its history stays: events continue after the last seq, and the attempt
-        counter keeps counting. Any other state is FAILED_PRECONDITION.
+        counter keeps counting. Any other state is FAILED_PRECONDITION. With a
+        request_id, a repeat returns the first answer without retrying again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +236,8 @@ class JobServiceServicer:
     def PurgeJobs(self, request, context):
         """Deletes terminal jobs that ended before a cutoff, with their events,
         artifacts and files, in bounded batches that let other writes through.
+        With a request_id, a repeat of a purge that completed returns its
+        answer without purging again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,10 +310,10 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobRequest.FromString,
                     response_serializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobResponse.SerializeToString,
             ),
-            'GetJobLogs': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetJobLogs,
-                    request_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.FromString,
-                    response_serializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.SerializeToString,
+            'ListJobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobLogs,
+                    request_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.FromString,
+                    response_serializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.SerializeToString,
             ),
             'ListJobResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobResults,
@@ -329,6 +356,16 @@ def add_JobServiceServicer_to_server(servicer, server):
 class JobService:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     @staticmethod
@@ -548,7 +585,7 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
-    def GetJobLogs(request,
+    def ListJobLogs(request,
             target,
             options=(),
             channel_credentials=None,
@@ -561,9 +598,9 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobstream.v1.JobService/GetJobLogs',
-            jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.SerializeToString,
-            jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.FromString,
+            '/jobstream.v1.JobService/ListJobLogs',
+            jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.SerializeToString,
+            jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,16 @@ GRPC_VERSION: str
 class JobServiceStub:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     @_typing.overload
@@ -51,10 +61,13 @@ class JobServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """Streams one job: a snapshot, then every event after after_seq in order,
     then live events; ends after the event that makes the job terminal.
+    after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
+    while it is watched ends the stream with NOT_FOUND.
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
     """Streams job-level changes (state, progress, deletes) of the jobs that
-    match a filter, for dashboards; resumable from a position.
+    match a filter, for dashboards; resumable from a position. An
+    after_position beyond the newest position is OUT_OF_RANGE.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """Cancels a job: a queued job at once; a running one is asked to stop and
@@ -62,8 +75,10 @@ class JobServiceStub:
     """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]
     """Deletes a job, its events, steps, results, artifacts and files."""
-    GetJobLogs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]
-    """Returns a page of a job's log lines, oldest first."""
+    ListJobLogs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobLogsRequest, _job_service_pb2.ListJobLogsResponse]
+    """Lists a job's log lines, oldest first, one page at a time (a paged list,
+    hence List*, AIP-132).
+    """
     ListJobResults: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]
     """Returns a page of a job's per-item results: each key once, in its latest
     version (a key reported again, by a retry, a rescued or released run, or
@@ -75,11 +90,14 @@ class JobServiceStub:
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
-    counter keeps counting. Any other state is FAILED_PRECONDITION.
+    counter keeps counting. Any other state is FAILED_PRECONDITION. With a
+    request_id, a repeat returns the first answer without retrying again.
     """
     PurgeJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _job_service_pb2.PurgeJobsResponse]
     """Deletes terminal jobs that ended before a cutoff, with their events,
     artifacts and files, in bounded batches that let other writes through.
+    With a request_id, a repeat of a purge that completed returns its
+    answer without purging again.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetStatsRequest, _job_service_pb2.GetStatsResponse]
     """Returns counts by state and kind, success rate, run-time percentiles and
@@ -97,6 +115,16 @@ class JobServiceStub:
 class JobServiceAsyncStub(JobServiceStub):
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,10 +144,13 @@ class JobServiceAsyncStub(JobServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams one job: a snapshot, then every event after after_seq in order,
     then live events; ends after the event that makes the job terminal.
+    after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
+    while it is watched ends the stream with NOT_FOUND.
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """Streams job-level changes (state, progress, deletes) of the jobs that
-    match a filter, for dashboards; resumable from a position.
+    match a filter, for dashboards; resumable from a position. An
+    after_position beyond the newest position is OUT_OF_RANGE.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Cancels a job: a queued job at once; a running one is asked to stop and
@@ -127,8 +158,10 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]  # type: ignore[assignment]
     """Deletes a job, its events, steps, results, artifacts and files."""
-    GetJobLogs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobLogsRequest, _job_service_pb2.GetJobLogsResponse]  # type: ignore[assignment]
-    """Returns a page of a job's log lines, oldest first."""
+    ListJobLogs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobLogsRequest, _job_service_pb2.ListJobLogsResponse]  # type: ignore[assignment]
+    """Lists a job's log lines, oldest first, one page at a time (a paged list,
+    hence List*, AIP-132).
+    """
     ListJobResults: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]  # type: ignore[assignment]
     """Returns a page of a job's per-item results: each key once, in its latest
     version (a key reported again, by a retry, a rescued or released run, or
@@ -140,11 +173,14 @@ class JobServiceAsyncStub(JobServiceStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
-    counter keeps counting. Any other state is FAILED_PRECONDITION.
+    counter keeps counting. Any other state is FAILED_PRECONDITION. With a
+    request_id, a repeat returns the first answer without retrying again.
     """
     PurgeJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _job_service_pb2.PurgeJobsResponse]  # type: ignore[assignment]
     """Deletes terminal jobs that ended before a cutoff, with their events,
     artifacts and files, in bounded batches that let other writes through.
+    With a request_id, a repeat of a purge that completed returns its
+    answer without purging again.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetStatsRequest, _job_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Returns counts by state and kind, success rate, run-time percentiles and
@@ -161,6 +197,16 @@ class JobServiceAsyncStub(JobServiceStub):
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field.
     """
 
     @_abc_1.abstractmethod
@@ -208,6 +254,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobResponse]]:
         """Streams one job: a snapshot, then every event after after_seq in order,
         then live events; ends after the event that makes the job terminal.
+        after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
+        while it is watched ends the stream with NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -217,7 +265,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobsResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobsResponse]]:
         """Streams job-level changes (state, progress, deletes) of the jobs that
-        match a filter, for dashboards; resumable from a position.
+        match a filter, for dashboards; resumable from a position. An
+        after_position beyond the newest position is OUT_OF_RANGE.
         """
 
     @_abc_1.abstractmethod
@@ -239,12 +288,14 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a job, its events, steps, results, artifacts and files."""
 
     @_abc_1.abstractmethod
-    def GetJobLogs(
+    def ListJobLogs(
         self,
-        request: _job_service_pb2.GetJobLogsRequest,
+        request: _job_service_pb2.ListJobLogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_job_service_pb2.GetJobLogsResponse, _abc.Awaitable[_job_service_pb2.GetJobLogsResponse]]:
-        """Returns a page of a job's log lines, oldest first."""
+    ) -> _typing.Union[_job_service_pb2.ListJobLogsResponse, _abc.Awaitable[_job_service_pb2.ListJobLogsResponse]]:
+        """Lists a job's log lines, oldest first, one page at a time (a paged list,
+        hence List*, AIP-132).
+        """
 
     @_abc_1.abstractmethod
     def ListJobResults(
@@ -268,7 +319,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.RetryJobResponse, _abc.Awaitable[_job_service_pb2.RetryJobResponse]]:
         """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
         Its history stays: events continue after the last seq, and the attempt
-        counter keeps counting. Any other state is FAILED_PRECONDITION.
+        counter keeps counting. Any other state is FAILED_PRECONDITION. With a
+        request_id, a repeat returns the first answer without retrying again.
         """
 
     @_abc_1.abstractmethod
@@ -279,6 +331,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.PurgeJobsResponse, _abc.Awaitable[_job_service_pb2.PurgeJobsResponse]]:
         """Deletes terminal jobs that ended before a cutoff, with their events,
         artifacts and files, in bounded batches that let other writes through.
+        With a request_id, a repeat of a purge that completed returns its
+        answer without purging again.
         """
 
     @_abc_1.abstractmethod

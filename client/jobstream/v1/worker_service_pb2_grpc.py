@@ -71,9 +71,10 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportJob(self, request, context):
-        """Reports progress, log lines, steps, results and files in one batch and
-        renews the lease. Refused with FAILED_PRECONDITION when the lease is no
-        longer the job's current one.
+        """Reports progress, log lines, steps, results and server paths in one
+        batch and renews the lease. Refused with FAILED_PRECONDITION when the
+        lease is no longer the job's current one. The report's events are stored
+        in one transaction, in the order progress, logs, steps, results.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

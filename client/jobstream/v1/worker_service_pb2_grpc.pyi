@@ -39,9 +39,10 @@ class WorkerServiceStub:
     error: the response has no job.
     """
     ReportJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ReportJobRequest, _worker_service_pb2.ReportJobResponse]
-    """Reports progress, log lines, steps, results and files in one batch and
-    renews the lease. Refused with FAILED_PRECONDITION when the lease is no
-    longer the job's current one.
+    """Reports progress, log lines, steps, results and server paths in one
+    batch and renews the lease. Refused with FAILED_PRECONDITION when the
+    lease is no longer the job's current one. The report's events are stored
+    in one transaction, in the order progress, logs, steps, results.
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]
     """Ends the leased attempt: succeeded, failed (retried while attempts
@@ -67,9 +68,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     error: the response has no job.
     """
     ReportJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ReportJobRequest, _worker_service_pb2.ReportJobResponse]  # type: ignore[assignment]
-    """Reports progress, log lines, steps, results and files in one batch and
-    renews the lease. Refused with FAILED_PRECONDITION when the lease is no
-    longer the job's current one.
+    """Reports progress, log lines, steps, results and server paths in one
+    batch and renews the lease. Refused with FAILED_PRECONDITION when the
+    lease is no longer the job's current one. The report's events are stored
+    in one transaction, in the order progress, logs, steps, results.
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends the leased attempt: succeeded, failed (retried while attempts
@@ -104,9 +106,10 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _worker_service_pb2.ReportJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.ReportJobResponse, _abc.Awaitable[_worker_service_pb2.ReportJobResponse]]:
-        """Reports progress, log lines, steps, results and files in one batch and
-        renews the lease. Refused with FAILED_PRECONDITION when the lease is no
-        longer the job's current one.
+        """Reports progress, log lines, steps, results and server paths in one
+        batch and renews the lease. Refused with FAILED_PRECONDITION when the
+        lease is no longer the job's current one. The report's events are stored
+        in one transaction, in the order progress, logs, steps, results.
         """
 
     @_abc_1.abstractmethod

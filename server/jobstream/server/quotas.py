@@ -40,8 +40,8 @@ each however they read."""
 WATCH_RESERVE_BYTES = 512 * 1024
 """What each open watch reserves from the budget: what one watch whose
 client stopped reading was measured to cost the server (about 400 KiB of
-resident memory per watcher with 1,000 of them on a job logging 1 KiB lines,
-batched as the Python client asks; fault scenario 12), with a margin. An
+resident memory per watcher with 1,000 of them on a job logging 1 KiB
+lines; fault scenario 12), with a margin. An
 idle watch costs about 36 KiB."""
 
 

@@ -51,7 +51,7 @@ def _int_in(value: Any, lo: int, hi: int) -> bool:
 
 
 def seq_token(token: str) -> int:
-    """The seq a GetJobLogs / ListJobResults page token resumes after."""
+    """The seq a ListJobLogs / ListJobResults page token resumes after."""
     if not token:
         return 0
     value = decode_token(token)

@@ -8,7 +8,8 @@ PostgreSQL, split by concept:
   attempts report; with :mod:`.steps` and :mod:`.results`) and
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
-  job-change log; :mod:`.reads` and :mod:`.stats` only read.
+  job-change log; :mod:`.answers` keeps idempotent calls' first answers;
+  :mod:`.reads` and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -22,6 +23,7 @@ from __future__ import annotations
 import peewee as pw
 
 from jobstream.server.limits import Limits
+from jobstream.server.store.answers import Answers
 from jobstream.server.store.artifacts import NO_LEASE, ArtifactStore
 from jobstream.server.store.changelog import ChangeLog
 from jobstream.server.store.deletion import Deletions
@@ -70,3 +72,5 @@ class Store:
         """The job-change log."""
         self.stats = Statistics(db)
         """Counts and timings."""
+        self.answers = Answers(db)
+        """First answers of RetryJob and PurgeJobs calls with a request_id."""
