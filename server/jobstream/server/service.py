@@ -53,8 +53,12 @@ follows the size of the events just read."""
 FIRST_EVENT_PAGE = 32
 """Events in a watcher's first catch-up read, before it knows their size."""
 
-CHANGE_PAGE = 500
-"""Change-log rows read per query by a job-list watcher."""
+CHANGE_PAGE = 100
+"""Change-log rows (and so changed jobs) read per query by a job-list
+watcher, and jobs per page of its initial listing. A list watcher whose
+client stalls holds its last page: 100 jobs of a few KiB each fit inside
+its reservation of the watch memory budget (quotas.py); the 500 of earlier
+versions need not."""
 
 FORCE_DELETE_REASON = "deleted with force"
 """Why a running job deleted with force was cancelled (its state event and
