@@ -47,7 +47,9 @@ class WorkerServiceStub:
     FinishJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]
     """Ends the leased attempt: succeeded, failed (retried while attempts
     remain, if retryable) or cancelled. Steps still running end with it:
-    succeeded, failed or cancelled like the job.
+    succeeded, failed or cancelled like the job. With `acquire_next` it also
+    leases the worker's next job in the same transaction, so a worker that
+    runs job after job makes one call per job instead of two.
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]
     """Uploads an output file of a leased job: a header message, then the
@@ -76,7 +78,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     FinishJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends the leased attempt: succeeded, failed (retried while attempts
     remain, if retryable) or cancelled. Steps still running end with it:
-    succeeded, failed or cancelled like the job.
+    succeeded, failed or cancelled like the job. With `acquire_next` it also
+    leases the worker's next job in the same transaction, so a worker that
+    runs job after job makes one call per job instead of two.
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads an output file of a leased job: a header message, then the
@@ -120,7 +124,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_worker_service_pb2.FinishJobResponse, _abc.Awaitable[_worker_service_pb2.FinishJobResponse]]:
         """Ends the leased attempt: succeeded, failed (retried while attempts
         remain, if retryable) or cancelled. Steps still running end with it:
-        succeeded, failed or cancelled like the job.
+        succeeded, failed or cancelled like the job. With `acquire_next` it also
+        leases the worker's next job in the same transaction, so a worker that
+        runs job after job makes one call per job instead of two.
         """
 
     @_abc_1.abstractmethod
