@@ -8,7 +8,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -30,6 +30,20 @@ def eventually(probe: Callable[[], T | None], timeout: float = 15.0, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
         time.sleep(every)
+
+
+def open_watch(stub: Any, request: Any, timeout: float = 120.0) -> Any:
+    """A WatchJob stream whose snapshot arrived (so it holds its place in
+    the server's watch caps), or None when the server refused it with
+    RESOURCE_EXHAUSTED; any other error is raised."""
+    stream = stub.WatchJob(request, timeout=timeout)
+    try:
+        next(stream)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        raise
+    return stream
 
 
 def rss_bytes(pid: int) -> int:

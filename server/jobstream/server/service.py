@@ -27,6 +27,7 @@ from jobstream.server.domain import (
     ReportAck,
     RequestKey,
     Stats,
+    event_bytes,
     now_us,
 )
 from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
@@ -41,10 +42,24 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 EVENT_PAGE = 1_000
-"""Events read from the database per query while a watcher catches up."""
+"""Most events read from the database per query while a watcher catches up."""
 
-CHANGE_PAGE = 500
-"""Change-log rows read per query by a job-list watcher."""
+WATCH_PAGE_BYTES = 64 * 1024
+"""About how many bytes of events (domain.event_bytes) one catch-up read
+brings in. A watcher whose client stalls holds its last page until the
+client reads again, so this, not EVENT_PAGE, bounds that memory: a page of
+1,000 log lines of 1 KiB was 1.5 MiB per stalled watcher. The page's count
+follows the size of the events just read."""
+
+FIRST_EVENT_PAGE = 32
+"""Events in a watcher's first catch-up read, before it knows their size."""
+
+CHANGE_PAGE = 100
+"""Change-log rows (and so changed jobs) read per query by a job-list
+watcher, and jobs per page of its initial listing. A list watcher whose
+client stalls holds its last page: 100 jobs of a few KiB each fit inside
+its reservation of the watch memory budget (quotas.py); the 500 of earlier
+versions need not."""
 
 FORCE_DELETE_REASON = "deleted with force"
 """Why a running job deleted with force was cancelled (its state event and
@@ -265,6 +280,7 @@ class JobService:
             if job.state.terminal and last >= job.last_seq:
                 return
             from_db = True
+            page = FIRST_EVENT_PAGE
             while True:
                 self._check_open()
                 if sub.deleted:
@@ -282,15 +298,16 @@ class JobService:
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
                     events = await self.readers.run(
-                        self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                        self.store.reads.read_events, job_id, after_seq=last, limit=page
                     )
+                    from_db = len(events) == page
+                    page = _next_page(events, page)
                     run, ended = _until_end(events, job.last_seq)
                     if run:
                         yield WatchItem(events=run)
                         last = run[-1].seq
                     if ended:
                         return
-                    from_db = len(events) == EVENT_PAGE
                     if not events and not await self.readers.run(
                         self.store.reads.job_exists, job_id
                     ):
@@ -303,7 +320,7 @@ class JobService:
                     continue
                 ready: list[Event] = []
                 while sub.events and not sub.overflowed:
-                    event = sub.events.popleft()
+                    event = sub.take()
                     if event.seq <= last:
                         continue
                     if event.seq != last + 1:
@@ -487,6 +504,15 @@ class JobService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _next_page(events: Sequence[Event], page: int) -> int:
+    """How many events the next catch-up read asks for: as many as fit in
+    WATCH_PAGE_BYTES at the size of ``events`` (``page`` when none came)."""
+    if not events:
+        return page
+    average = max(1, sum(event_bytes(e) for e in events) // len(events))
+    return max(1, min(EVENT_PAGE, WATCH_PAGE_BYTES // average))
 
 
 def _queued_run(sub: JobSubscription, last: int) -> list[Event]:
