@@ -91,9 +91,11 @@ class RawWorker:
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-        messages = [
-            worker_service_pb2.UploadArtifactRequest(header=header),
-            worker_service_pb2.UploadArtifactRequest(chunk=data),
+        # Chunks of at most 1 MiB (an empty artifact still sends one).
+        step = 1024 * 1024
+        messages = [worker_service_pb2.UploadArtifactRequest(header=header)] + [
+            worker_service_pb2.UploadArtifactRequest(chunk=data[i : i + step])
+            for i in range(0, max(len(data), 1), step)
         ]
         response: worker_service_pb2.UploadArtifactResponse = self.stub.UploadArtifact(
             iter(messages), timeout=30

@@ -277,10 +277,17 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
                     "description": "'Not A Kind' must match [a-z0-9][a-z0-9._-]{0,127}",
                 }
             ],
-        }
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "INVALID_FIELD",
+            "domain": "jobstream",
+            "metadata": {"field": "kind"},
+        },
     ]
     missing = call("GET", f"{base}/v1/jobs/no-such-job")
     assert (missing.status, _status(missing)["code"]) == (404, 5)
+    assert _status(missing)["details"][-1]["reason"] == "JOB_NOT_FOUND"  # type: ignore[index]
     done = submit(base, "demo.count", params={"n": 1, "delay": 0})
     wait_state(base, str(done["id"]), "JOB_STATE_SUCCEEDED")
     precondition = call("POST", f"{base}/v1/jobs/{done['id']}:retry", {})

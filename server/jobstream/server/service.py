@@ -31,6 +31,7 @@ from jobstream.server.files import FileRoots, Removal, check_recorded, remove_jo
 from jobstream.server.readers import Readers
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class JobService:
                 raise OutOfRange(
                     f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",
                     field="after_seq",
+                    metadata={"jobId": job_id, "value": str(after_seq), "last": str(job.last_seq)},
                 )
             yield WatchItem(snapshot=job)
             last = after_seq
@@ -245,7 +247,12 @@ class JobService:
                         yield WatchItem(events=run)
                     if ended:
                         return
-                    raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                    raise NotFound(
+                        f"job {job_id!r} was deleted",
+                        field="job_id",
+                        reason=errors_pb2.JOB_DELETED,
+                        metadata={"jobId": job_id},
+                    )
                 if from_db or sub.overflowed:
                     # Kept in case the read finds the job deleted: then the
                     # queue is the only place its last events still exist.
@@ -304,6 +311,7 @@ class JobService:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
                     field="after_position",
+                    metadata={"value": str(after_position), "last": str(head)},
                 )
             position = after_position
             if after_position == 0:
@@ -345,7 +353,10 @@ class JobService:
     def _check_open(self) -> None:
         """Ends streams when the server shuts down; clients resume elsewhere."""
         if self.broker.closed:
-            raise Unavailable("server is shutting down; resume from your last position")
+            raise Unavailable(
+                "server is shutting down; resume from your last position",
+                reason=errors_pb2.SHUTTING_DOWN,
+            )
 
     # ---------------------------------------------------------------- workers
 

@@ -17,6 +17,7 @@ from jobstream.server.limits import (
     MAX_TIME_US,
     SERVER_JOB_ID,
 )
+from jobstream.v1 import errors_pb2
 
 
 def encode_token(value: Any) -> str:
@@ -42,7 +43,11 @@ def decode_token(token: str) -> Any:
 
 
 def _foreign_token() -> InvalidArgument:
-    return InvalidArgument("is not a token this server issued", field="page_token")
+    return InvalidArgument(
+        "is not a token this server issued",
+        field="page_token",
+        reason=errors_pb2.PAGE_TOKEN_INVALID,
+    )
 
 
 def _int_in(value: Any, lo: int, hi: int) -> bool:

@@ -25,6 +25,7 @@ from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger
 from jobstream.server.store.rows import artifact_body, artifact_of
 from jobstream.server.store.sql import RawInsert
+from jobstream.v1 import errors_pb2
 
 NO_LEASE = ""
 """The lease of a job_artifact_upload row whose chunks are to be removed (a
@@ -175,6 +176,11 @@ class ArtifactStore:
             raise ResourceExhausted(
                 f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
                 field="name",
+                metadata={
+                    "jobId": job_id,
+                    "limit": str(max_per_job),
+                    "setting": "--max-artifacts-per-job",
+                },
             )
         if staged:
             if not self._upload_open(upload_id, lease_id, chunks=staged):
@@ -290,7 +296,12 @@ class ArtifactStore:
             self.ledger.row(job_id, owner)
             row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
         if row is None:
-            raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")
+            raise NotFound(
+                f"job {job_id!r} has no artifact {name!r}",
+                field="name",
+                reason=errors_pb2.ARTIFACT_NOT_FOUND,
+                metadata={"jobId": job_id, "name": name},
+            )
         return artifact_of(row), row.upload_id
 
     def read_chunk(self, job_id: str, upload_id: str, index: int) -> bytes | None:
@@ -358,6 +369,8 @@ class ArtifactStore:
             raise FailedPrecondition(
                 f"artifact {name!r} of job {job_id!r} changed while its file was imported",
                 field="name",
+                reason=errors_pb2.ARTIFACT_NOT_READY,
+                metadata={"jobId": job_id, "name": name},
             )
 
     def drop_legacy_artifact(self, effects: Effects, job_id: str, name: str) -> None:
@@ -387,4 +400,6 @@ def _discarded(job_id: str, lease_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"lease {lease_id!r} of job {job_id!r} ended during the upload; its bytes were discarded",
         field="lease_id",
+        reason=errors_pb2.LEASE_UNKNOWN,
+        metadata={"jobId": job_id, "leaseId": lease_id},
     )
