@@ -44,7 +44,15 @@ from jobstream.client.models import (
     PurgeResult,
     Stats,
 )
-from jobstream.client.program import Items, Program, blocking, drain, open_stream, receive
+from jobstream.client.program import (
+    Items,
+    Program,
+    blocking,
+    collect,
+    drain,
+    open_stream,
+    receive,
+)
 from jobstream.client.watches import JobsWatch, JobWatch, follow
 from jobstream.v1 import job_service_pb2 as pb
 
@@ -273,13 +281,14 @@ def stats(
 
 
 def artifacts(session: Session, job_id: str) -> Program[builtins.list[Artifact]]:
-    """The job's artifacts, by name."""
-    return unary(
-        session,
-        lambda s: s.ListArtifacts,
-        pb.ListArtifactsRequest(job_id=job_id),
-        lambda r: [artifact_from_pb(a) for a in r.artifacts],
-        read=True,
+    """The job's artifacts, by name (every page)."""
+    return collect(
+        pages(
+            session,
+            lambda s: s.ListArtifacts,
+            lambda token: pb.ListArtifactsRequest(job_id=job_id, page_token=token),
+            lambda r: ([artifact_from_pb(a) for a in r.artifacts], r.next_page_token),
+        )
     )
 
 

@@ -1005,21 +1005,31 @@ Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
 
 @_typing.final
 class ListArtifactsRequest(_message.Message):
-    """ListArtifactsRequest names the job whose artifacts to list."""
+    """ListArtifactsRequest selects a page of a job's artifacts."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
+    page_size: _builtins.int
+    """Artifacts per page; 0 means 1000, more than 1000 is lowered to 1000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same job_id is accepted.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1027,11 +1037,14 @@ Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
 
 @_typing.final
 class ListArtifactsResponse(_message.Message):
-    """ListArtifactsResponse lists a job's artifacts."""
+    """ListArtifactsResponse is one page of a job's artifacts."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when no artifact is left."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]:
         """The artifacts, by name."""
@@ -1040,10 +1053,11 @@ class ListArtifactsResponse(_message.Message):
         self,
         *,
         artifacts: _abc.Iterable[_job_pb2.Artifact] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

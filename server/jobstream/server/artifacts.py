@@ -149,10 +149,14 @@ class Artifacts:
         ):
             pass
 
-    async def list(self, job_id: str, owner: str | None = None) -> list[Artifact]:
-        """The job's artifacts, by name; with ``owner``, another principal's
-        job is NotFound."""
-        return await self.readers.run(self.store.list_artifacts, job_id, owner)
+    async def list(
+        self, job_id: str, owner: str | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[Artifact]:
+        """The job's artifacts by name, after ``after``, up to ``limit``;
+        with ``owner``, another principal's job is NotFound."""
+        return await self.readers.run(
+            lambda: self.store.list_artifacts(job_id, owner, after=after, limit=limit)
+        )
 
     async def download(
         self, job_id: str, name: str, offset: int, owner: str | None = None

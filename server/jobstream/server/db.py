@@ -340,6 +340,18 @@ class ChunkRow(BaseModel):
         primary_key = pw.CompositeKey("job_id", "upload_id", "chunk_index")
 
 
+class SecretRow(BaseModel):
+    """A secret the servers of one database share (migration 0014): the
+    key that authenticates page tokens, made by the first server to start,
+    so any server of the database accepts the tokens of any other."""
+
+    name = pw.TextField(primary_key=True)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "server_secret"
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     JobRow,
     LabelRow,
@@ -350,6 +362,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ResultRow,
     UploadRow,
     ChunkRow,
+    SecretRow,
 )
 
 

@@ -122,12 +122,10 @@ class JobService:
         return await self.readers.run(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
-        self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
-    ) -> tuple[list[Job], tuple[int, str] | None]:
-        """A page of jobs, newest first."""
-        return await self.readers.run(
-            self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor
-        )
+        self, flt: JobFilter, limit: int, cursor: tuple[int, str] | None
+    ) -> list[Job]:
+        """Up to ``limit`` jobs after ``cursor``, newest first."""
+        return await self.readers.run(self.store.reads.list_jobs, flt, limit=limit, cursor=cursor)
 
     async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
         """Cancels or asks to stop; see Lifecycle.cancel."""
@@ -317,11 +315,12 @@ class JobService:
             if after_position == 0:
                 cursor: tuple[int, str] | None = None
                 while not skip_listing:
-                    jobs, cursor = await self.list_jobs(flt, CHANGE_PAGE, cursor)
+                    jobs = await self.list_jobs(flt, CHANGE_PAGE, cursor)
                     for job in jobs:
                         yield ListChange(position=head, job=job)
-                    if cursor is None:
+                    if len(jobs) < CHANGE_PAGE:
                         break
+                    cursor = (jobs[-1].create_time, jobs[-1].id)
                 yield ListChange(position=head, caught_up=True)
                 position = head
             while True:

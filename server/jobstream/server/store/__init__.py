@@ -8,7 +8,8 @@ PostgreSQL, split by concept:
   attempts report; with :mod:`.steps` and :mod:`.results`) and
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
-  job-change log; :mod:`.reads` and :mod:`.stats` only read.
+  job-change log; :mod:`.reads` and :mod:`.stats` only read;
+  :mod:`.secrets` holds what the servers of one database share.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -31,6 +32,7 @@ from jobstream.server.store.lifecycle import Lifecycle, RetryPolicy
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.reports import Reports
 from jobstream.server.store.results import Results
+from jobstream.server.store.secrets import Secrets
 from jobstream.server.store.sql import Statements
 from jobstream.server.store.stats import Statistics
 
@@ -70,3 +72,5 @@ class Store:
         """The job-change log."""
         self.stats = Statistics(db)
         """Counts and timings."""
+        self.secrets = Secrets(db)
+        """The secrets the servers of the database share."""

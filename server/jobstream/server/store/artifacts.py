@@ -276,14 +276,17 @@ class ArtifactStore:
             )
         return list(cast(Iterable[tuple[str, str]], query.limit(limit).tuples()))
 
-    def list_artifacts(self, job_id: str, owner: str | None = None) -> list[Artifact]:
-        """A job's artifacts by name; NotFound for an unknown job (or, with
-        ``owner``, another principal's)."""
+    def list_artifacts(
+        self, job_id: str, owner: str | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[Artifact]:
+        """A job's artifacts by name, those after ``after``, up to ``limit``;
+        NotFound for an unknown job (or, with ``owner``, another principal's)."""
         with self.db.atomic():
             self.ledger.row(job_id, owner)
-            rows = list(
-                ArtifactRow.select().where(ArtifactRow.job == job_id).order_by(ArtifactRow.name)
+            query = ArtifactRow.select().where(
+                (ArtifactRow.job == job_id) & (ArtifactRow.name > after)
             )
+            rows = list(query.order_by(ArtifactRow.name).limit(limit))
         return [artifact_of(r) for r in rows]
 
     def get_artifact(
