@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import InProcessServer, Server
-from helpers import RawWorker
+from helpers import RawWorker, submit_batches
 
 from jobstream.client import JobClient
 from jobstream.client.errors import from_rpc_error
@@ -32,21 +32,6 @@ StartServer = Callable[..., InProcessServer]
 def jobs(bare_server: Server) -> Iterator[job_service_pb2_grpc.JobServiceStub]:
     with grpc.insecure_channel(bare_server.target) as channel:
         yield job_service_pb2_grpc.JobServiceStub(channel)
-
-
-def submit_many(jobs: job_service_pb2_grpc.JobServiceStub, n: int, suite: str) -> list[str]:
-    """``n`` jobs labelled ``suite``, in batches of SubmitJobs."""
-    made: list[str] = []
-    for start in range(0, n, 1000):
-        batch = [
-            job_service_pb2.SubmitJobRequest(kind="paging.job", labels={"suite": suite})
-            for _ in range(min(1000, n - start))
-        ]
-        answer = jobs.SubmitJobs(
-            job_service_pb2.SubmitJobsRequest(requests=batch), timeout=DEADLINE_S
-        )
-        made += [r.job.id for r in answer.responses]
-    return made
 
 
 def running_job_with(server: Server, *, logs: int, results: int, artifacts: int) -> str:
@@ -108,7 +93,7 @@ def test_no_empty_last_page_and_no_token_on_it(
 ) -> None:
     suite = uuid.uuid4().hex
     if name == "ListJobs":
-        submit_many(jobs, 6, suite)
+        submit_batches(jobs, 6, suite)
         fields: dict[str, Any] = {"filter": job_pb2.JobFilter(labels={"suite": suite})}
     else:
         fields = {"job_id": running_job_with(bare_server, logs=6, results=6, artifacts=6)}
@@ -124,7 +109,7 @@ def test_a_page_size_above_the_maximum_is_the_maximum(
     jobs: job_service_pb2_grpc.JobServiceStub,
 ) -> None:
     suite = uuid.uuid4().hex
-    submit_many(jobs, 1001, suite)
+    submit_batches(jobs, 1001, suite)
     flt = job_pb2.JobFilter(labels={"suite": suite})
     assert walk_pages(jobs, "ListJobs", 5000, filter=flt) == [1000, 1]
 
@@ -152,7 +137,7 @@ def test_a_token_is_bound_to_its_request(
     jobs: job_service_pb2_grpc.JobServiceStub, bare_server: Server
 ) -> None:
     suite = uuid.uuid4().hex
-    submit_many(jobs, 3, suite)
+    submit_batches(jobs, 3, suite)
     flt = job_pb2.JobFilter(labels={"suite": suite})
     first = jobs.ListJobs(job_service_pb2.ListJobsRequest(filter=flt, page_size=1))
     token = first.next_page_token
@@ -193,7 +178,7 @@ def test_a_token_is_bound_to_its_request(
 
 def test_a_token_is_opaque(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
     suite = uuid.uuid4().hex
-    made = submit_many(jobs, 2, suite)
+    made = submit_batches(jobs, 2, suite)
     flt = job_pb2.JobFilter(labels={"suite": suite})
     token = jobs.ListJobs(job_service_pb2.ListJobsRequest(filter=flt, page_size=1)).next_page_token
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -205,7 +190,7 @@ def test_tokens_hold_across_a_restart(start_inprocess_server: StartServer) -> No
     server = start_inprocess_server()
     with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
-        submit_many(stub, 3, "restart")
+        submit_batches(stub, 3, "restart")
         token = stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=2)).next_page_token
     server.stop()
     server.restart()
@@ -227,7 +212,7 @@ def test_servers_of_one_database_accept_each_others_tokens(
     ):
         a = job_service_pb2_grpc.JobServiceStub(on_a)
         b = job_service_pb2_grpc.JobServiceStub(on_b)
-        made = submit_many(a, 5, "cluster")
+        made = submit_batches(a, 5, "cluster")
         seen: list[str] = []
         token = ""
         for stub in (a, b, a, b, a):
@@ -239,7 +224,7 @@ def test_servers_of_one_database_accept_each_others_tokens(
     other = start_inprocess_server(name="elsewhere")
     with grpc.insecure_channel(other.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
-        submit_many(stub, 3, "elsewhere")
+        submit_batches(stub, 3, "elsewhere")
         foreign = stub.ListJobs(job_service_pb2.ListJobsRequest(page_size=1)).next_page_token
         with grpc.insecure_channel(servers[0].target) as on_a:
             a = job_service_pb2_grpc.JobServiceStub(on_a)

@@ -398,6 +398,7 @@ class WatchJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     SKIP_LISTING_FIELD_NUMBER: _builtins.int
+    LISTING_TOKEN_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     """Resume after this position (0: send every matching job as it is now,
     then a caught_up marker, then changes).
@@ -407,6 +408,15 @@ class WatchJobsRequest(_message.Message):
     only the caught_up marker (carrying the newest position), then changes.
     For a dashboard that pages through a large list with ListJobs and only
     wants to hear what changes from now on.
+    """
+    listing_token: _builtins.str
+    """Resumes an initial listing cut off part-way: the listing_token of the
+    last listing message received (with after_position 0). The stream lists
+    the matching jobs after that one, as they are now, then the caught_up
+    marker at the listing's position, then the changes after it: nothing is
+    missed and no job is listed twice. A token issued for another filter
+    or caller, or by another database, is INVALID_ARGUMENT naming
+    listing_token (reason PAGE_TOKEN_INVALID).
     """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
@@ -420,10 +430,11 @@ class WatchJobsRequest(_message.Message):
         filter: _job_pb2.JobFilter | None = ...,
         after_position: _builtins.int = ...,
         skip_listing: _builtins.bool = ...,
+        listing_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter", "skip_listing", b"skip_listing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter", "listing_token", b"listing_token", "skip_listing", b"skip_listing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,12 +450,19 @@ class WatchJobsResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     DELETED_JOB_ID_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    LISTING_TOKEN_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Position of this change; pass it as after_position to resume."""
     deleted_job_id: _builtins.str
     """The id of a job that was deleted."""
     caught_up: _builtins.bool
     """Marks the end of the initial listing: what follows are live changes."""
+    listing_token: _builtins.str
+    """Set on each message of the initial listing (whose position is the
+    listing's, the same for all of them): pass it as
+    WatchJobsRequest.listing_token to resume the listing after this job.
+    Empty on every other message.
+    """
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """The job as it is after the change."""
@@ -456,10 +474,11 @@ class WatchJobsResponse(_message.Message):
         job: _job_pb2.Job | None = ...,
         deleted_job_id: _builtins.str = ...,
         caught_up: _builtins.bool = ...,
+        listing_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job", "listing_token", b"listing_token", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["job", "deleted_job_id", "caught_up"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015

@@ -70,6 +70,17 @@ class ListChange:
     job: Job | None = None
     deleted_job_id: str | None = None
     caught_up: bool = False
+    listed: bool = False
+    """A job of the initial listing (resumable after it, see ListingResume)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingResume:
+    """Where an initial listing that was cut off resumes: its position,
+    and the (create_time, id) of the last job it sent."""
+
+    position: int
+    after: tuple[int, str]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -297,12 +308,22 @@ class JobService:
                 await sub.wake.wait()
 
     async def watch_list(
-        self, flt: JobFilter, after_position: int, *, skip_listing: bool = False
+        self,
+        flt: JobFilter,
+        after_position: int,
+        *,
+        skip_listing: bool = False,
+        resume: ListingResume | None = None,
     ) -> AsyncIterator[ListChange]:
         """Job-level changes of matching jobs, from the change log, and the
         deletions of jobs of the filter's owner (of every job for admins).
-        From position 0 the matching jobs are listed first, unless
-        ``skip_listing``: then only the caught-up marker at the newest position."""
+        From position 0 the matching jobs are listed first, newest first,
+        each as it is when read, at the position read before the listing;
+        unless ``skip_listing``: then only the caught-up marker at the
+        newest position. With ``resume``, a listing cut off part-way goes on
+        after the last job it sent, at its own position: the jobs made
+        since come from the change log after that position, which is
+        replayed next, so none is missed and none is listed twice."""
         with self.broker.changes() as wake:
             head = await self.readers.run(self.store.changes.head_position)
             if after_position > head:
@@ -314,10 +335,12 @@ class JobService:
             position = after_position
             if after_position == 0:
                 cursor: tuple[int, str] | None = None
+                if resume is not None:
+                    head, cursor = min(resume.position, head), resume.after
                 while not skip_listing:
                     jobs = await self.list_jobs(flt, CHANGE_PAGE, cursor)
                     for job in jobs:
-                        yield ListChange(position=head, job=job)
+                        yield ListChange(position=head, job=job, listed=True)
                     if len(jobs) < CHANGE_PAGE:
                         break
                     cursor = (jobs[-1].create_time, jobs[-1].id)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from jobstream.server import convert, fields, validation
+from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
 from jobstream.server.domain import EventKind
@@ -32,7 +32,7 @@ from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     WatcherQuota,
 )
-from jobstream.server.service import JobService
+from jobstream.server.service import JobService, ListingResume
 from jobstream.server.status import Context, streaming, unary
 from jobstream.server.tokens import PageTokens
 from jobstream.v1 import (
@@ -141,7 +141,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         shown = _fit([message(item) for item in items[: page.size]])
         if len(shown) == len(items):
             return shown, ""
-        return shown, self.page_tokens.seal(page, cursor(items[len(shown) - 1]))
+        return shown, self.page_tokens.seal(page.binding, cursor(items[len(shown) - 1]))
 
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
@@ -188,11 +188,28 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
         after = fields.seq(request.after_position, "after_position")
+        # A listing token is sealed like a page token, bound to the filter
+        # and the caller: [position, create_time, id] of a listed job.
+        binding = tokens.bind(request, principal.name, ("after_position", "listing_token"))
+        resume: ListingResume | None = None
+        if request.listing_token:
+            position, ctime, job_id = self.page_tokens.open(
+                request.listing_token, binding, "listing_token"
+            )
+            resume = ListingResume(position, (ctime, job_id))
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(
-                flt, after, skip_listing=request.skip_listing
+                flt, after, skip_listing=request.skip_listing, resume=resume
             ):
-                if change.job is not None:
+                if change.job is not None and change.listed:
+                    job = change.job
+                    token = self.page_tokens.seal(
+                        binding, [change.position, job.create_time, job.id]
+                    )
+                    yield js.WatchJobsResponse(
+                        position=change.position, job=convert.job(job), listing_token=token
+                    )
+                elif change.job is not None:
                     yield js.WatchJobsResponse(
                         position=change.position, job=convert.job(change.job)
                     )

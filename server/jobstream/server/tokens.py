@@ -1,5 +1,6 @@
-"""Page tokens (AIP-158): opaque to clients, bound to their request, and
-valid on every server of one database.
+"""Page tokens (AIP-158), and WatchJobs' listing tokens made the same way:
+opaque to clients, bound to their request, and valid on every server of
+one database.
 
 A token carries the cursor of the next page (a seq, a (create_time, id), a
 name) as compact JSON, sealed with the key the servers of the database
@@ -44,11 +45,11 @@ VERSION = b"\x01"
 TAG_BYTES = 16
 
 
-def _refused() -> InvalidArgument:
+def _refused(field: str) -> InvalidArgument:
     return InvalidArgument(
         "is not a page token issued for this request (another filter, job or method, "
         "another database, or altered); list again without it",
-        field="page_token",
+        field=field,
         reason=errors_pb2.PAGE_TOKEN_INVALID,
     )
 
@@ -77,32 +78,34 @@ class PageTokens:
         ``default``, one above ``maximum`` is lowered to it (AIP-158);
         its ``page_token`` must be one sealed for this same request."""
         size = page_size(getattr(request, "page_size"), default, maximum)  # noqa: B009
-        binding = _binding(request, principal)
+        binding = bind(request, principal, ("page_size", "page_token"))
         token: str = getattr(request, "page_token")  # noqa: B009
-        return Page(size, self._open(token, binding) if token else None, binding)
+        return Page(size, self.open(token, binding, "page_token") if token else None, binding)
 
-    def seal(self, page: Page, cursor: Any) -> str:
-        """The token of the page after ``cursor`` for the request of ``page``."""
+    def seal(self, binding: bytes, cursor: Any) -> str:
+        """A token of ``cursor`` (JSON) for requests of ``binding``."""
         payload = json.dumps(cursor, separators=(",", ":")).encode()
-        tag = self._tag(page.binding, payload)
+        tag = self._tag(binding, payload)
         sealed = VERSION + tag + _xor(payload, self._stream(tag, len(payload)))
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
-    def _open(self, token: str, binding: bytes) -> Any:
+    def open(self, token: str, binding: bytes, field: str) -> Any:
+        """The cursor in ``token``; INVALID_ARGUMENT naming ``field`` unless
+        it was sealed for ``binding``."""
         # A long token is refused before any decoding: nothing a client
         # makes up reaches the JSON parser unless it carries a valid tag.
         if len(token) > MAX_PAGE_TOKEN_BYTES:
-            raise _refused()
+            raise _refused(field)
         try:
             sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError) as exc:
-            raise _refused() from exc
+            raise _refused(field) from exc
         if len(sealed) < 1 + TAG_BYTES or sealed[:1] != VERSION:
-            raise _refused()
+            raise _refused(field)
         tag, hidden = sealed[1 : 1 + TAG_BYTES], sealed[1 + TAG_BYTES :]
         payload = _xor(hidden, self._stream(tag, len(hidden)))
         if not hmac.compare_digest(tag, self._tag(binding, payload)):
-            raise _refused()
+            raise _refused(field)
         return json.loads(payload)
 
     def _tag(self, binding: bytes, payload: bytes) -> bytes:
@@ -116,13 +119,14 @@ class PageTokens:
         return b"".join(blocks)[:size]
 
 
-def _binding(request: Message, principal: str) -> bytes:
+def bind(request: Message, principal: str, ignored: tuple[str, ...]) -> bytes:
     """The digest of what a token is bound to: the method's request type,
-    the caller, and every field of the request but the paging ones."""
+    the caller, and every field of the request but the ``ignored`` ones
+    (those that move from call to call: page_size, page_token …)."""
     rest = type(request)()
     rest.CopyFrom(request)
-    rest.ClearField("page_size")
-    rest.ClearField("page_token")
+    for name in ignored:
+        rest.ClearField(name)
     digest = hashlib.sha256()
     for part in (request.DESCRIPTOR.full_name.encode(), principal.encode()):
         digest.update(len(part).to_bytes(4, "big") + part)
