@@ -12,8 +12,9 @@ PORT ?= 50051
 HTTP_PORT ?= 8080
 DATA ?= ./data
 CHROMIUM := /usr/bin/chromium
+ZSH := /usr/bin/zsh
 
-.PHONY: help install run test check lint typecheck proto proto-check bench clean faults browser
+.PHONY: help install run test check lint typecheck proto proto-check bench clean faults test-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,9 +39,10 @@ run: $(RUNTIME) ## serve gRPC, the HTTP API and the dashboard, demo handlers, SQ
 	@echo "gRPC on $(HOST):$(PORT); dashboard and HTTP API on http://$(HOST):$(HTTP_PORT)/"
 	$(BIN)/jobstream serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --data-dir $(DATA) --handlers jobstream.client.demo
 
-# The dashboard tests drive Debian's chromium (never a browser download).
-browser: ## install Debian's chromium for the browser tests when it is missing (needs root)
-	@test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq chromium; }
+# The dashboard tests drive Debian's chromium (never a browser download);
+# the completion tests type TAB into a real zsh.
+test-tools: ## install Debian's chromium and zsh for the browser and completion tests when missing (needs root)
+	@test -x $(CHROMIUM) -a -x $(ZSH) || { apt-get update -qq && apt-get install -y -qq chromium zsh; }
 
 proto: $(STAMP) ## regenerate client/jobstream/v1 from protos/
 	rm -f $(GEN_DIR)/*_pb2*.py $(GEN_DIR)/*_pb2*.pyi
@@ -64,8 +66,8 @@ typecheck: $(STAMP) ## mypy --strict
 
 check: lint typecheck proto-check ## every static check
 
-test: $(STAMP) browser check ## static checks, then the whole test suite (browser tests included; its ten slowest listed)
-	$(BIN)/pytest --durations=10
+test: $(STAMP) test-tools check ## static checks, then the whole test suite (browser tests included; its ten slowest listed)
+	$(BIN)/pytest -n 2 --dist loadfile --durations=10
 
 faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)
 	JOBSTREAM_FAULTS=full $(BIN)/pytest -p no:cacheprovider -o timeout=900 tests/faults

@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -530,11 +531,19 @@ def migrated_url(
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Registers the suite's own mark."""
+    """Registers the suite's own mark; the process that runs the session (not
+    a worker process of a parallel run) makes the directory the fault
+    scenarios leave their figures in, which the workers inherit."""
+    from faults.record import FIGURES_DIR
+
     config.addinivalue_line(
         "markers",
         f"{BOTH_BACKENDS_MARK}: storage behaviour under test: run on SQLite and on PostgreSQL",
     )
+    if not hasattr(config, "workerinput"):
+        folder = tempfile.mkdtemp(prefix="jobstream-figures-")
+        os.environ[FIGURES_DIR] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 FIGURE = "figure"

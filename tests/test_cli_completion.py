@@ -131,7 +131,7 @@ def zsh() -> Iterator[pexpect.spawn]:
     """An interactive zsh (no user rc files) with compinit done and the
     script loaded the way the README says."""
     if shutil.which("zsh") is None:
-        pytest.skip("zsh is not installed")
+        pytest.fail("zsh is not installed: `make test-tools` installs it (make test does)")
     shell = pexpect.spawn(
         "zsh",
         ["-f", "-i"],

@@ -230,10 +230,13 @@ def test_retention_removes_only_what_each_job_owns(
         scene.worker.finish(scene.job, scene.lease)
 
         def purged() -> bool:
+            # The sweep deletes the row first and the files after it: wait
+            # for both rather than assume the second follows at once.
             try:
                 scene.alice.get(scene.job)
             except NotFoundError:
-                return True
+                own = scene.data / "jobs" / scene.job
+                return not own.exists() and not own.is_symlink()
             return False
 
         eventually(purged, timeout=20)

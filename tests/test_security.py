@@ -34,8 +34,16 @@ def _tls_args(pki: Path, mutual: bool = False) -> tuple[str, ...]:
     return (*args, "--tls-client-ca", str(pki / "ca.pem")) if mutual else args
 
 
-def test_tls_server_with_embedded_worker(start_inprocess_server: StartServer, pki: Path) -> None:
-    server = start_inprocess_server(extra_args=_tls_args(pki), handlers=("jobstream.client.demo",))
+@pytest.mark.parametrize("depth", ["shallow", "deep"])
+def test_tls_server_with_embedded_worker(
+    start_inprocess_server: StartServer, pki: Path, depth: str
+) -> None:
+    # "deep": a data directory whose socket path would pass the 107
+    # characters a Unix socket path may have.
+    name = "tls" if depth == "shallow" else "d" * 110
+    server = start_inprocess_server(
+        extra_args=_tls_args(pki), handlers=("jobstream.client.demo",), name=name
+    )
     with JobClient(server.target, security=Security(ca=pki / "ca.pem")) as client:
         job = client.submit("demo.count", {"n": 3})
         # The in-process worker reaches a TLS server through its private socket.

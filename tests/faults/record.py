@@ -7,8 +7,10 @@ did not run is listed as such, never as passing.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 FULL = os.environ.get("JOBSTREAM_FAULTS", "") == "full"
@@ -45,27 +47,41 @@ class Figure:
     """The machine could not run the scenario (the figure says why)."""
 
 
-_figures: dict[int, Figure] = {}
+FIGURES_DIR = "FAULT_SUITE_FIGURES_DIR"
+"""Environment variable naming the directory that holds the run's figures, a
+file per scenario: the suite runs in several worker processes, and the
+table is printed by the one that started them (the conftest sets it; not
+a ``JOBSTREAM_*`` name, which the session clears)."""
+
+
+def _store(scenario: int, got: Figure) -> None:
+    path = Path(os.environ[FIGURES_DIR]) / f"{scenario}.json"
+    path.write_text(json.dumps(asdict(got)))
+
+
+def _figures() -> dict[int, Figure]:
+    folder = Path(os.environ[FIGURES_DIR])
+    return {int(p.stem): Figure(**json.loads(p.read_text())) for p in folder.glob("*.json")}
 
 
 def record(scenario: int, figure: str, passed: bool) -> None:
     """Notes a scenario's figure (call before asserting)."""
-    _figures[scenario] = Figure(figure, passed)
+    _store(scenario, Figure(figure, passed))
 
 
 def record_skip(scenario: int, reason: str) -> None:
     """Notes that a scenario could not run here, and why (only where the
     issue allows it: scenario 11 without a mountable tmpfs)."""
-    _figures[scenario] = Figure(f"skipped: {reason}", passed=False, skipped=True)
+    _store(scenario, Figure(f"skipped: {reason}", passed=False, skipped=True))
 
 
-def table() -> list[tuple[str, str, str]]:
+def table(figures: dict[int, Figure]) -> list[tuple[str, str, str]]:
     """Rows (scenario, figure, result) for every scenario."""
     rows = []
     for number, name in SCENARIOS.items():
         label = f"{number:>2}. {name}"
-        if number in _figures:
-            got = _figures[number]
+        if number in figures:
+            got = figures[number]
             result = "skipped" if got.skipped else "pass" if got.passed else "FAIL"
             rows.append((label, got.figure, result))
         else:
@@ -75,9 +91,10 @@ def table() -> list[tuple[str, str, str]]:
 
 def print_table(reporter: Any) -> None:
     """Prints the table at the end of a pytest run that ran any scenario."""
-    if not _figures:
+    figures = _figures()
+    if not figures:
         return
-    rows = table()
+    rows = table(figures)
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     reporter.section(f"fault suite ({'full' if FULL else 'reduced'} size)")
     header = ("scenario", "figure", "result")

@@ -293,6 +293,7 @@ async def serve(
         readers.close()
         db.close()
         unbind_thread()
+        tls.remove_socket(access)
         log.info("stopped")
 
 

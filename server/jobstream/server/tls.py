@@ -4,9 +4,11 @@ worker reaches a protected server."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,14 @@ EMBEDDED_PRINCIPAL = Principal(name="embedded-worker", roles=frozenset({Role.WOR
 EMBEDDED_SOCKET_DIR = ".run"
 """Directory (mode 0700) under the data dir holding the Unix socket the
 in-process worker uses when the TCP port speaks TLS."""
+
+UNIX_SOCKET_PATH_MAX = 107
+"""Longest Unix socket path Linux binds (sun_path holds 108 bytes with the
+terminating NUL)."""
+
+TEMP_SOCKET_PREFIX = "jobstream-embedded-"
+"""Prefix of the private temporary folder used when the data directory is
+too deep for a socket path."""
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 """Host names that always mean loopback."""
@@ -86,12 +96,28 @@ def embedded_access(config: ServerConfig, auth_enabled: bool) -> EmbeddedAccess:
     socket_path = None
     if config.tls_cert is not None:
         run_dir = config.data_dir / EMBEDDED_SOCKET_DIR
+        socket_path = (run_dir / f"embedded-{os.getpid()}.sock").resolve()
+        if len(os.fsencode(socket_path)) > UNIX_SOCKET_PATH_MAX:
+            # A deep data directory: bind in a private directory of the
+            # system's temporary folder instead (mkdtemp makes it 0700).
+            run_dir = Path(tempfile.mkdtemp(prefix=TEMP_SOCKET_PREFIX))
+            socket_path = run_dir / "embedded.sock"
         run_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
-        socket_path = (run_dir / f"embedded-{os.getpid()}.sock").resolve()
         socket_path.unlink(missing_ok=True)
     token = secrets.token_urlsafe(32) if auth_enabled else None
     return EmbeddedAccess(socket_path=socket_path, token=token)
+
+
+def remove_socket(access: EmbeddedAccess) -> None:
+    """Removes the private socket at shutdown (and its folder when it was a
+    temporary one), so restarts do not leave one behind per process."""
+    if access.socket_path is None:
+        return
+    access.socket_path.unlink(missing_ok=True)
+    if access.socket_path.parent.name.startswith(TEMP_SOCKET_PREFIX):
+        with contextlib.suppress(OSError):
+            access.socket_path.parent.rmdir()
 
 
 def prepare(config: ServerConfig) -> tuple[Auth, EmbeddedAccess]:
