@@ -290,10 +290,11 @@ FAULTS: dict[str, tuple[grpc.StatusCode, Exception]] = {
 }
 """Reasons a healthy server never gives on demand (a write race the store
 already orders, a broken database, a bug): checked through the one mapping
-every servicer error goes through. ARTIFACT_NOT_READY needs a file left by
-an earlier server version (tests/test_legacy_artifacts.py)."""
+every servicer error goes through."""
 
 ELSEWHERE = {"ARTIFACT_NOT_READY"}
+"""Reasons that need a database an earlier version left, walked where one is
+made: tests/test_legacy_artifacts.py (test_postgres_each_server_imports_the_files_it_holds)."""
 
 REASONS = [
     errors_pb2.ErrorReason.Name(value)
