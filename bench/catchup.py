@@ -1,11 +1,10 @@
 """Catch-up figure: events/s that watchers in processes of their own read
-from a job's stored history, one event per message vs ``batch_events``.
+from a job's stored history (WatchJob sends events in batches, its only
+shape).
 
 ``python -m bench.catchup [--lines N] [--watchers N]``. Not part of ``make
-bench`` (whose T5-T7 follow a live job one event per message, against a bare
-gRPC fan-out of the same messages); it prints one line per way of watching,
-the server's CPU time per event, and the ratio. Both ways read the same job
-from the same server, so the ratio is the batching alone.
+bench`` (whose T5-T7 follow a live job); it prints the events/s and the
+server's CPU time per event.
 """
 
 from __future__ import annotations
@@ -36,17 +35,15 @@ REPORT_LINES = 1_000
 """Log lines per ReportJob while writing the history."""
 
 
-def _read(target: str, job_id: str, batch: bool) -> int:
+def _read(target: str, job_id: str) -> int:
     """One watcher process: reads the whole job, returns the events it got
     (checked to run 1, 2, 3 … without a gap or a repeat)."""
     expected = 1
     with grpc.insecure_channel(target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
-        request = job_service_pb2.WatchJobRequest(job_id=job_id, batch_events=batch)
+        request = job_service_pb2.WatchJobRequest(job_id=job_id)
         for response in stub.WatchJob(request, timeout=600):
-            kind = response.WhichOneof("item")
-            events = response.events.events if kind == "events" else [response.event]
-            for event in events if kind != "snapshot" else ():
+            for event in response.events.events:
                 if event.seq != expected:
                     raise RuntimeError(f"watcher got seq {event.seq}, expected {expected}")
                 expected += 1
@@ -94,7 +91,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    """Prints events/s and server CPU per event for both ways, and the ratio."""
+    """Prints events/s and server CPU per event."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--watchers", type=int, default=10)
@@ -103,24 +100,19 @@ def main() -> None:
         server = jobstream_server(Path(tmp), "catchup").start()
         try:
             job_id = _history(server.target, args.lines)
-            rates = {}
-            for batch in (False, True):
-                cpu = _cpu_s(server.pid)
-                started = time.monotonic()
-                with multiprocessing.Pool(args.watchers) as pool:
-                    counts = pool.starmap(_read, [(server.target, job_id, batch)] * args.watchers)
-                elapsed = time.monotonic() - started
-                events = sum(counts)
-                rates[batch] = events / elapsed
-                per_event_us = (_cpu_s(server.pid) - cpu) / events * 1e6
-                print(
-                    f"{'batch_events' if batch else 'one per message':15}: "
-                    f"{rates[batch]:8.0f} events/s, server CPU {per_event_us:5.1f} µs/event "
-                    f"({args.watchers} watchers x {counts[0]:,} events)"
-                )
+            cpu = _cpu_s(server.pid)
+            started = time.monotonic()
+            with multiprocessing.Pool(args.watchers) as pool:
+                counts = pool.starmap(_read, [(server.target, job_id)] * args.watchers)
+            elapsed = time.monotonic() - started
+            events = sum(counts)
+            per_event_us = (_cpu_s(server.pid) - cpu) / events * 1e6
+            print(
+                f"{events / elapsed:8.0f} events/s, server CPU {per_event_us:5.1f} µs/event "
+                f"({args.watchers} watchers x {counts[0]:,} events)"
+            )
         finally:
             server.stop()
-    print(f"ratio batched/one per message: {rates[True] / rates[False]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ run`` has it, so each HTTP call is also a gRPC call over loopback plus the
 JSON conversion; the floor (0.5) says that costs at most half. Clients read
 what a real one must: T17 parses each page's JSON for its next token; T18's
 subscribers read every event's id and line number and check them as the
-gRPC watchers of T5 do. Both sides of T18 ask the server for batched
-events (``batch_events``), as the Python client and the gateway do.
+gRPC watchers of T5 do. Both sides of T18 get the server's batched events
+(WatchJob's only shape), as the Python client and the gateway do.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import grpc
 
 from bench.baselines import WARMUP_CALLS, WATCHER_CHANNEL_OPTIONS
 from bench.env import Env, pair
-from bench.handlers import LINE_NUMBER_DIGITS, LOG_KIND, WORKER_QUEUE, line_number
+from bench.handlers import LINE_NUMBER_DIGITS, LOG_KIND, WORKER_QUEUE
 from bench.harness import LIST_PAGE, WATCHERS, Sample, Throughput, drive
 from bench.service import ALTERNATIONS, _rate_sample
-from bench.streams import TERMINAL_STATES, WatchTally, check_watchers
+from bench.streams import WatchTally, check_watchers, watch
 from jobstream.client import AsyncJobClient
 from jobstream.v1 import job_service_pb2 as js
 from jobstream.v1 import job_service_pb2_grpc
@@ -111,33 +111,6 @@ async def _subscribe(http: aiohttp.ClientSession, url: str, lines: int, tally: W
                     return
 
 
-async def _watch_batched(
-    channel: grpc.aio.Channel, job_id: str, lines: int, tally: WatchTally
-) -> None:
-    """Follows the job over gRPC as the Python client does (batch_events):
-    the fair baseline for a gateway that asks for batches upstream too."""
-    stub = job_service_pb2_grpc.JobServiceStub(channel)
-    call = stub.WatchJob(js.WatchJobRequest(job_id=job_id, batch_events=True))
-    try:
-        async for response in call:
-            kind = response.WhichOneof("item")
-            if kind == "snapshot":
-                tally.ready.set()
-                continue
-            for event in response.events.events if kind == "events" else [response.event]:
-                tally.events.see(event.seq)
-                payload = event.WhichOneof("payload")
-                if payload == "log":
-                    tally.lines.see(line_number(event.log.text))
-                    if tally.lines.expected == lines:
-                        tally.last_line_at = time.perf_counter()
-                elif payload == "state_change" and event.state_change.state in TERMINAL_STATES:
-                    tally.lines_before_terminal = tally.lines.received
-                    return
-    finally:
-        call.cancel()
-
-
 Follow = Callable[[str, WatchTally], Coroutine[Any, Any, None]]
 """Follows one job to its end as one subscriber, tallying what it got."""
 
@@ -204,7 +177,9 @@ async def grpc_job(env: Env, watchers: int, lines: int) -> Throughput:
 def _watch_batched_for(
     channel: grpc.aio.Channel, lines: int, job_id: str, tally: WatchTally
 ) -> Coroutine[Any, Any, None]:
-    return _watch_batched(channel, job_id, lines, tally)
+    """Follows the job over gRPC as the Python client does (WatchJob's
+    batches): the fair baseline for a gateway that reads batches upstream."""
+    return watch(channel, job_id, lines, tally)
 
 
 async def t18(env: Env) -> dict[str, Sample]:

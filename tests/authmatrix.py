@@ -47,7 +47,7 @@ CALLERS = ("admin", "alice", "alice-reader", "worker", "anonymous", "forged")
 JOB_RPCS = (
     "GetJob",
     "WatchJob",
-    "GetJobLogs",
+    "ListJobLogs",
     "ListJobResults",
     "ListArtifacts",
     "DownloadArtifact",
@@ -82,7 +82,7 @@ READS = frozenset(
     {
         "GetJob",
         "WatchJob",
-        "GetJobLogs",
+        "ListJobLogs",
         "ListJobResults",
         "ListJobs",
         "WatchJobs",
@@ -194,8 +194,8 @@ class Matrix:
                     job_service_pb2.WatchJobRequest(job_id=job_id), metadata=md, timeout=t
                 )
             ),
-            "GetJobLogs": lambda: self.jobs.GetJobLogs(
-                job_service_pb2.GetJobLogsRequest(job_id=job_id), metadata=md, timeout=t
+            "ListJobLogs": lambda: self.jobs.ListJobLogs(
+                job_service_pb2.ListJobLogsRequest(job_id=job_id), metadata=md, timeout=t
             ),
             "ListJobResults": lambda: self.jobs.ListJobResults(
                 job_service_pb2.ListJobResultsRequest(job_id=job_id), metadata=md, timeout=t

@@ -81,7 +81,7 @@ class RawWorker:
                 job_id=job_id,
                 lease_id=lease_id,
                 logs=[job_pb2.LogLine(text=t) for t in lines],
-                files=files or [],
+                server_paths=files or [],
             ),
             timeout=30,
         )

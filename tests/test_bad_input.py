@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import Server
+from google.api import field_behavior_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from helpers import Raw, RawWorker
@@ -32,6 +33,8 @@ from jobstream.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from jobstream.v1 import job_service_pb2 as js
+from jobstream.v1 import worker_service_pb2 as ws
 
 CALL_TIMEOUT_S = 15.0
 """Deadline of every call (and of every stream read)."""
@@ -170,7 +173,7 @@ FOREIGN_TOKENS = {
 
 
 @pytest.mark.parametrize("bad", FOREIGN_TOKENS.values(), ids=list(FOREIGN_TOKENS))
-@pytest.mark.parametrize("rpc", ["ListJobs", "GetJobLogs", "ListJobResults"])
+@pytest.mark.parametrize("rpc", ["ListJobs", "ListJobLogs", "ListJobResults"])
 def test_page_tokens_are_checked_to_their_exact_shape(
     jobs: job_service_pb2_grpc.JobServiceStub, rpc: str, bad: str
 ) -> None:
@@ -179,8 +182,8 @@ def test_page_tokens_are_checked_to_their_exact_shape(
     ).job.id
     if rpc == "ListJobs":
         request: Any = job_service_pb2.ListJobsRequest(page_token=bad)
-    elif rpc == "GetJobLogs":
-        request = job_service_pb2.GetJobLogsRequest(job_id=job_id, page_token=bad)
+    elif rpc == "ListJobLogs":
+        request = job_service_pb2.ListJobLogsRequest(job_id=job_id, page_token=bad)
     else:
         request = job_service_pb2.ListJobResultsRequest(job_id=job_id, page_token=bad)
     details = invalid(lambda: getattr(jobs, rpc)(request, timeout=CALL_TIMEOUT_S), "page_token")
@@ -480,3 +483,199 @@ def test_pages_fit_a_clients_receive_limit(bare_server: Server) -> None:
             worker.close()
         keys = [e.result_item.key for e in client.results(job.id) if e.result_item is not None]
         assert len(keys) == 2 * (count // 2) and len(set(keys)) == len(keys)
+
+
+# ------------------------------------------ REQUIRED fields (field_behavior)
+
+LEASE = "0" * 32
+"""A lease id of the server's shape that no job holds."""
+
+HEADER = worker_service_pb2.ArtifactHeader(
+    job_id="no-such-job", lease_id=LEASE, name="a.txt", size_bytes=0, sha256="0" * 64
+)
+"""An upload header with every required field set."""
+
+
+def _report(**item: Any) -> worker_service_pb2.ReportJobRequest:
+    return worker_service_pb2.ReportJobRequest(job_id="no-such-job", lease_id=LEASE, **item)
+
+
+def _upload(header: worker_service_pb2.ArtifactHeader) -> Callable[[Any, Any], Any]:
+    request = worker_service_pb2.UploadArtifactRequest(header=header)
+    return lambda _, w: w.UploadArtifact(iter([request]), timeout=CALL_TIMEOUT_S)
+
+
+def _without(message: Any, field: str) -> Any:
+    """A copy of ``message`` with ``field`` cleared."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.ClearField(field)
+    return copy
+
+
+STEP = job_pb2.Step(name="s", state=job_pb2.STEP_STATE_RUNNING)
+ITEM = job_pb2.ResultItem(key="k", status=job_pb2.RESULT_STATUS_SUCCEEDED)
+Call = Callable[
+    [job_service_pb2_grpc.JobServiceStub, worker_service_pb2_grpc.WorkerServiceStub], Any
+]
+T = CALL_TIMEOUT_S
+
+REQUIRED: dict[tuple[str, str], tuple[Call, str]] = {
+    ("SubmitJobRequest", "kind"): (
+        lambda j, _: j.SubmitJob(js.SubmitJobRequest(), timeout=T),
+        "kind",
+    ),
+    ("SubmitJobsRequest", "requests"): (
+        lambda j, _: j.SubmitJobs(js.SubmitJobsRequest(), timeout=T),
+        "requests",
+    ),
+    ("GetJobRequest", "job_id"): (lambda j, _: j.GetJob(js.GetJobRequest(), timeout=T), "job_id"),
+    ("WatchJobRequest", "job_id"): (
+        lambda j, _: list(j.WatchJob(js.WatchJobRequest(), timeout=T)),
+        "job_id",
+    ),
+    ("CancelJobRequest", "job_id"): (
+        lambda j, _: j.CancelJob(js.CancelJobRequest(), timeout=T),
+        "job_id",
+    ),
+    ("DeleteJobRequest", "job_id"): (
+        lambda j, _: j.DeleteJob(js.DeleteJobRequest(), timeout=T),
+        "job_id",
+    ),
+    ("ListJobLogsRequest", "job_id"): (
+        lambda j, _: j.ListJobLogs(js.ListJobLogsRequest(), timeout=T),
+        "job_id",
+    ),
+    ("ListJobResultsRequest", "job_id"): (
+        lambda j, _: j.ListJobResults(js.ListJobResultsRequest(), timeout=T),
+        "job_id",
+    ),
+    ("RetryJobRequest", "job_id"): (
+        lambda j, _: j.RetryJob(js.RetryJobRequest(), timeout=T),
+        "job_id",
+    ),
+    ("PurgeJobsRequest", "older_than"): (
+        lambda j, _: j.PurgeJobs(js.PurgeJobsRequest(dry_run=True), timeout=T),
+        "older_than",
+    ),
+    ("ListArtifactsRequest", "job_id"): (
+        lambda j, _: j.ListArtifacts(js.ListArtifactsRequest(), timeout=T),
+        "job_id",
+    ),
+    ("DownloadArtifactRequest", "job_id"): (
+        lambda j, _: list(j.DownloadArtifact(js.DownloadArtifactRequest(name="a"), timeout=T)),
+        "job_id",
+    ),
+    ("DownloadArtifactRequest", "name"): (
+        lambda j, _: list(
+            j.DownloadArtifact(js.DownloadArtifactRequest(job_id="no-such-job"), timeout=T)
+        ),
+        "name",
+    ),
+    ("AcquireJobRequest", "worker_id"): (
+        lambda _, w: w.AcquireJob(ws.AcquireJobRequest(kinds=["k"]), timeout=T),
+        "worker_id",
+    ),
+    ("AcquireJobRequest", "kinds"): (
+        lambda _, w: w.AcquireJob(ws.AcquireJobRequest(worker_id="w"), timeout=T),
+        "kinds",
+    ),
+    ("ReportJobRequest", "job_id"): (
+        lambda _, w: w.ReportJob(_without(_report(), "job_id"), timeout=T),
+        "job_id",
+    ),
+    ("ReportJobRequest", "lease_id"): (
+        lambda _, w: w.ReportJob(_without(_report(), "lease_id"), timeout=T),
+        "lease_id",
+    ),
+    ("Step", "name"): (
+        lambda _, w: w.ReportJob(_report(steps=[_without(STEP, "name")]), timeout=T),
+        "steps[0].name",
+    ),
+    ("Step", "state"): (
+        lambda _, w: w.ReportJob(_report(steps=[_without(STEP, "state")]), timeout=T),
+        "steps[0].state",
+    ),
+    ("ResultItem", "key"): (
+        lambda _, w: w.ReportJob(_report(results=[_without(ITEM, "key")]), timeout=T),
+        "results[0].key",
+    ),
+    ("ResultItem", "status"): (
+        lambda _, w: w.ReportJob(_report(results=[_without(ITEM, "status")]), timeout=T),
+        "results[0].status",
+    ),
+    ("FinishJobRequest", "job_id"): (
+        lambda _, w: w.FinishJob(
+            ws.FinishJobRequest(lease_id=LEASE, outcome=ws.JOB_OUTCOME_SUCCEEDED), timeout=T
+        ),
+        "job_id",
+    ),
+    ("FinishJobRequest", "lease_id"): (
+        lambda _, w: w.FinishJob(
+            ws.FinishJobRequest(job_id="no-such-job", outcome=ws.JOB_OUTCOME_SUCCEEDED), timeout=T
+        ),
+        "lease_id",
+    ),
+    ("FinishJobRequest", "outcome"): (
+        lambda _, w: w.FinishJob(
+            ws.FinishJobRequest(job_id="no-such-job", lease_id=LEASE), timeout=T
+        ),
+        "outcome",
+    ),
+    ("ArtifactHeader", "job_id"): (
+        _upload(_without(HEADER, "job_id")),
+        "header.job_id",
+    ),
+    ("ArtifactHeader", "lease_id"): (
+        _upload(_without(HEADER, "lease_id")),
+        "header.lease_id",
+    ),
+    ("ArtifactHeader", "name"): (
+        _upload(_without(HEADER, "name")),
+        "header.name",
+    ),
+    ("ArtifactHeader", "sha256"): (
+        _upload(_without(HEADER, "sha256")),
+        "header.sha256",
+    ),
+}
+"""Every field the protos mark REQUIRED: a call that leaves it out, and the
+field its INVALID_ARGUMENT must name."""
+
+
+def _annotated(behavior: int) -> set[tuple[str, str]]:
+    """(message, field) of every field of jobstream.v1 marked ``behavior``."""
+    found = set()
+    for module in (job_pb2, job_service_pb2, worker_service_pb2):
+        for message in module.DESCRIPTOR.message_types_by_name.values():
+            for f in message.fields:
+                if behavior in f.GetOptions().Extensions[field_behavior_pb2.field_behavior]:
+                    found.add((message.name, f.name))
+    return found
+
+
+def test_every_required_field_has_a_case() -> None:
+    assert _annotated(field_behavior_pb2.REQUIRED) == set(REQUIRED)
+
+
+@pytest.mark.parametrize("case", list(REQUIRED), ids=[".".join(c) for c in REQUIRED])
+def test_a_required_field_left_out_is_invalid_argument_naming_it(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    workers: worker_service_pb2_grpc.WorkerServiceStub,
+    case: tuple[str, str],
+) -> None:
+    call, field = REQUIRED[case]
+    invalid(lambda: call(jobs, workers), field)
+
+
+def test_the_shortest_lease_is_one_second(
+    workers: worker_service_pb2_grpc.WorkerServiceStub,
+) -> None:
+    """lease_duration below 1 s is refused; 1 s is a lease (no job is
+    waiting, so the answer is empty)."""
+    request = ws.AcquireJobRequest(worker_id="w", kinds=["lease.none"], wait=Duration())
+    request.lease_duration.CopyFrom(Duration(nanos=999_000_000))
+    details = invalid(lambda: workers.AcquireJob(request, timeout=T), "lease_duration")
+    assert "1" in details
+    request.lease_duration.CopyFrom(Duration(seconds=1))
+    assert not workers.AcquireJob(request, timeout=T).HasField("job")

@@ -46,12 +46,12 @@ def usage_error(result: CliRun) -> str:
     return result.err
 
 
-def test_submit_in_sets_not_before(server: Server, client: JobClient) -> None:
+def test_submit_in_sets_schedule_time(server: Server, client: JobClient) -> None:
     before = datetime.now(UTC)
     job = json.loads(ok(run(server, "submit", "demo.sleep", "--in", "10m", "--json")))
     stored = client.get(job["id"])
-    assert stored.state is JobState.QUEUED and stored.not_before is not None
-    assert before + timedelta(minutes=9) < stored.not_before < before + timedelta(minutes=11)
+    assert stored.state is JobState.QUEUED and stored.schedule_time is not None
+    assert before + timedelta(minutes=9) < stored.schedule_time < before + timedelta(minutes=11)
     client.cancel(job["id"])
     assert "not both" in usage_error(
         run(server, "submit", "demo.sleep", "--in", "1m", "--not-before", "+1m")

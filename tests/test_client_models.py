@@ -132,7 +132,7 @@ def full_job() -> Job:
         error=JobError(code="RuntimeError", message="boom", details={"traceback": "..."}),
         attempt=2,
         max_attempts=3,
-        not_before=T0,
+        schedule_time=T0,
         owner="alice",
         request_id="req-1",
         create_time=T0,
@@ -155,7 +155,7 @@ def test_unset_fields_read_as_none() -> None:
     job = convert.job_from_pb(job_pb2.Job(id="j", kind="k", state=job_pb2.JOB_STATE_QUEUED))
     assert job.result is None
     assert job.error is None
-    assert job.create_time is None and job.not_before is None and job.end_time is None
+    assert job.create_time is None and job.schedule_time is None and job.end_time is None
     assert job.params == {}
     assert job.steps == ()
 
@@ -176,13 +176,13 @@ def test_times_are_utc_aware() -> None:
 
 def test_aware_datetimes_in_other_zones_convert() -> None:
     plus_two = T0.astimezone(timezone(timedelta(hours=2)))
-    request = convert.spec_to_pb(JobSpec(kind="k", not_before=plus_two))
-    assert request.not_before.ToDatetime(tzinfo=UTC) == T0
+    request = convert.spec_to_pb(JobSpec(kind="k", schedule_time=plus_two))
+    assert request.schedule_time.ToDatetime(tzinfo=UTC) == T0
 
 
 def test_naive_datetimes_are_refused() -> None:
-    with pytest.raises(ValueError, match="not_before: give a timezone-aware datetime"):
-        convert.spec_to_pb(JobSpec(kind="k", not_before=datetime(2026, 1, 1)))
+    with pytest.raises(ValueError, match="schedule_time: give a timezone-aware datetime"):
+        convert.spec_to_pb(JobSpec(kind="k", schedule_time=datetime(2026, 1, 1)))
 
 
 def test_struct_keeps_ints_and_floats() -> None:
@@ -224,7 +224,7 @@ def test_spec_to_pb() -> None:
     )
     assert convert.struct_to_dict(request.params) == {"n": 1}
     bare = convert.spec_to_pb(JobSpec(kind="k"))
-    assert not bare.HasField("params") and not bare.HasField("not_before")
+    assert not bare.HasField("params") and not bare.HasField("schedule_time")
     assert bare.job_id == "" and bare.request_id == ""
 
 
@@ -244,7 +244,7 @@ EVENTS = [
         job_id="j",
         seq=1,
         kind=EventKind.STATE_CHANGE,
-        time=T0,
+        event_time=T0,
         state_change=StateChange(
             state=JobState.FAILED,
             reason="handler failed",
@@ -404,7 +404,7 @@ def job_to_pb(value: Job) -> job_pb2.Job:
     if value.error is not None:
         msg.error.CopyFrom(job_error_to_pb(value.error))
     times = {
-        "not_before": (msg.not_before, value.not_before),
+        "schedule_time": (msg.schedule_time, value.schedule_time),
         "create_time": (msg.create_time, value.create_time),
         "start_time": (msg.start_time, value.start_time),
         "end_time": (msg.end_time, value.end_time),
@@ -419,8 +419,8 @@ def job_to_pb(value: Job) -> job_pb2.Job:
 def event_to_pb(value: JobEvent) -> job_pb2.JobEvent:
     """JobEvent to pb: the inverse of event_from_pb."""
     msg = job_pb2.JobEvent(job_id=value.job_id, seq=value.seq)
-    if value.time is not None:
-        fill_time(msg.time, value.time, what="time")
+    if value.event_time is not None:
+        fill_time(msg.event_time, value.event_time, what="event_time")
     match value.kind:
         case EventKind.STATE_CHANGE if value.state_change is not None:
             sc = value.state_change

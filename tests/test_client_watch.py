@@ -106,13 +106,13 @@ def event(seq: int, state: job_pb2.JobState.ValueType | None = None) -> Any:
         msg.log.text = f"line {seq}"
     else:
         msg.state_change.state = state
-    return job_service_pb2.WatchJobResponse(event=msg)
+    return job_service_pb2.WatchJobResponse(events=job_service_pb2.JobEventBatch(events=[msg]))
 
 
 def batch(*responses: Any) -> Any:
-    """The events of ``event(...)`` responses, as one batched message."""
+    """The events of ``event(...)`` responses, as one message."""
     return job_service_pb2.WatchJobResponse(
-        events=job_service_pb2.JobEventBatch(events=[r.event for r in responses])
+        events=job_service_pb2.JobEventBatch(events=[e for r in responses for e in r.events.events])
     )
 
 
@@ -168,7 +168,7 @@ def test_batched_events_are_unpacked_once_each_in_order() -> None:
     with sync_client(stub) as client:
         items = list(client.watch("j"))
     assert seqs(items) == ["snapshot", 1, 2, 3, 4, 5]
-    assert [(r.after_seq, r.batch_events) for r in stub.requests] == [(0, True), (3, True)]
+    assert [r.after_seq for r in stub.requests] == [0, 3]
 
 
 def test_a_terminal_event_inside_a_batch_ends_the_watch() -> None:

@@ -24,7 +24,7 @@ from jobstream.client import (
 )
 from jobstream.client.models import EventKind
 from jobstream.server.limits import DEFAULT_MAX_LOG_LINE_BYTES, WATCH_BATCH_BYTES
-from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
+from jobstream.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -217,7 +217,7 @@ def test_delete_removes_the_jobs_own_files_and_never_touches_outside(
             with pytest.raises(grpc.RpcError) as refused:
                 worker.log(job.id, lease.lease_id, ["x"], files=[str(inside)] * i + [bad])
             assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert str(refused.value.details()).startswith(f"files[{i}]: {bad!r} is outside")
+            assert str(refused.value.details()).startswith(f"server_paths[{i}]: {bad!r} is outside")
         worker.log(
             job.id,
             lease.lease_id,
@@ -249,9 +249,7 @@ def test_delete_running_with_force(client: JobClient) -> None:
         client.get(job.id)
 
 
-def test_batched_watch_sends_the_same_events_in_fewer_messages(
-    server: Server, client: JobClient
-) -> None:
+def test_watch_sends_every_event_in_size_bounded_batches(server: Server, client: JobClient) -> None:
     job = client.submit("batch.watch")
     worker = RawWorker(server.target)
     try:
@@ -264,22 +262,61 @@ def test_batched_watch_sends_the_same_events_in_fewer_messages(
         worker.close()
     with grpc.insecure_channel(server.target) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
-
-        def watch(batch: bool) -> list[job_service_pb2.WatchJobResponse]:
-            request = job_service_pb2.WatchJobRequest(job_id=job.id, batch_events=batch)
-            return list(stub.WatchJob(request, timeout=30))
-
-        single, batched = watch(False), watch(True)
-    assert [m.WhichOneof("item") for m in single[1:]] == ["event"] * (len(single) - 1)
-    one_by_one = [m.event for m in single[1:]]
-    assert [e.seq for e in one_by_one] == list(range(1, client.get(job.id).last_seq + 1))
-    batches = [m.events for m in batched[1:]]
-    assert [m.WhichOneof("item") for m in batched] == ["snapshot"] + ["events"] * len(batches)
-    assert [e for b in batches for e in b.events] == one_by_one
+        request = job_service_pb2.WatchJobRequest(job_id=job.id)
+        responses = list(stub.WatchJob(request, timeout=30))
+    batches = [m.events for m in responses[1:]]
+    assert [m.WhichOneof("item") for m in responses] == ["snapshot"] + ["events"] * len(batches)
+    seqs = [e.seq for b in batches for e in b.events]
+    assert seqs == list(range(1, client.get(job.id).last_seq + 1))
     assert 4 <= len(batches) < 10, [len(b.events) for b in batches]
     for b in batches:
         # cut after the event that reaches the size, so at most one line over
         assert b.ByteSize() < WATCH_BATCH_BYTES + DEFAULT_MAX_LOG_LINE_BYTES + 1024
+
+
+def test_one_report_is_stored_as_progress_logs_steps_results_and_ignores_output_only_fields(
+    server: Server, client: JobClient
+) -> None:
+    """The order the protos state for one report's events, whatever order
+    the request's fields were set in; and the fields marked OUTPUT_ONLY in
+    the messages a worker sends (Step.attempts, start_time, end_time;
+    LogLine.truncated; ResultItem.replaced_status) are the server's, not
+    the worker's."""
+    job = client.submit("report.order")
+    worker = RawWorker(server.target)
+    try:
+        lease = worker.acquire("report.order")
+        report = worker_service_pb2.ReportJobRequest(job_id=job.id, lease_id=lease.lease_id)
+        report.results.add(
+            key="k",
+            status=job_pb2.RESULT_STATUS_SUCCEEDED,
+            replaced_status=job_pb2.RESULT_STATUS_FAILED,
+        )
+        step = report.steps.add(name="s", state=job_pb2.STEP_STATE_SUCCEEDED, attempts=99)
+        step.start_time.FromSeconds(1)
+        step.end_time.FromSeconds(2)
+        report.logs.add(text="one", truncated=True)
+        report.logs.add(text="two")
+        report.progress.done = 1
+        worker.stub.ReportJob(report, timeout=30)
+    finally:
+        worker.close()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        watch = stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job.id), timeout=30)
+        events: list[job_pb2.JobEvent] = []
+        for response in watch:
+            events.extend(response.events.events)
+            if len(events) >= 7:
+                watch.cancel()
+                break
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds == ["state_change"] * 2 + ["progress", "log", "log", "step", "result_item"]
+    _, _, _, one, _, stored_step, item = events
+    assert one.log.text == "one" and not one.log.truncated
+    assert stored_step.step.attempts == 0  # counted by the server: it never ran RUNNING
+    assert stored_step.step.start_time.seconds > 2 and stored_step.step.end_time.seconds > 2
+    assert item.result_item.replaced_status == job_pb2.RESULT_STATUS_UNSPECIFIED
 
 
 def test_list_filters_and_pages(client: JobClient) -> None:

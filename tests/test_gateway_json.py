@@ -44,7 +44,13 @@ def full_job(seconds: int = 1_700_000_000, nanos: int = 123_456_000) -> job_pb2.
     job.result.update({"total": 3})
     job.error.CopyFrom(job_pb2.JobError(code="c", message="boom"))
     job.error.details.update({"traceback": "Traceback…\n  line"})
-    for stamp in (job.create_time, job.start_time, job.end_time, job.update_time, job.not_before):
+    for stamp in (
+        job.create_time,
+        job.start_time,
+        job.end_time,
+        job.update_time,
+        job.schedule_time,
+    ):
         stamp.FromNanoseconds(seconds * 10**9 + nanos)
     job.end_time.FromNanoseconds(seconds * 10**9)  # no fraction
     job.update_time.FromNanoseconds(seconds * 10**9 + 1)  # nanosecond precision
@@ -90,7 +96,7 @@ def events() -> list[job_pb2.JobEvent]:
         event(log=job_pb2.LogLine()),  # every field default
     ]
     for made_event in made:
-        made_event.time.FromNanoseconds(1_700_000_000_000_000_000)
+        made_event.event_time.FromNanoseconds(1_700_000_000_000_000_000)
     return made
 
 
@@ -109,7 +115,7 @@ def samples() -> list[Message]:
         job_service_pb2.ListJobsResponse(
             jobs=[full_job(), job_pb2.Job(id="x")], next_page_token="t"
         ),
-        job_service_pb2.GetJobLogsResponse(events=events()),
+        job_service_pb2.ListJobLogsResponse(events=events()),
         job_service_pb2.WatchJobResponse(snapshot=full_job()),
         job_service_pb2.WatchJobResponse(events=job_service_pb2.JobEventBatch(events=events())),
         job_service_pb2.WatchJobsResponse(position=9, caught_up=True),

@@ -36,7 +36,7 @@ JOB_SERVICE_METHODS = {
     "WatchJobs",
     "CancelJob",
     "DeleteJob",
-    "GetJobLogs",
+    "ListJobLogs",
     "ListJobResults",
 }
 """RPCs JobService has had since v1 (more may be added; none removed)."""

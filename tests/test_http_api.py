@@ -309,7 +309,7 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
     assert wrong_type.status == 400 and "pageSize" in str(_status(wrong_type)["message"])
     cases: list[tuple[dict[str, object], str]] = [
         ({"knd": "demo.count"}, "knd"),
-        ({"kind": "demo.count", "notBefore": "yesterday"}, "notBefore"),
+        ({"kind": "demo.count", "scheduleTime": "yesterday"}, "scheduleTime"),
         ({"kind": "demo.count", "labels": {"a": 1}}, "labels"),
         ({"kind": "demo.count", "params": [1]}, "params"),
     ]

@@ -3,7 +3,7 @@
 A worker (role ``worker``) tries to record the database and its side files,
 the data directory's folders, another principal's job directory and
 artifacts, ``..`` and paths outside: each ReportJob is refused with
-INVALID_ARGUMENT naming ``files[i]`` and stores nothing, while paths inside
+INVALID_ARGUMENT naming ``server_paths[i]`` and stores nothing, while paths inside
 the job's own directory are accepted and removed with the job. Every route
 that removes files is covered (DeleteJob, DeleteJob with force, PurgeJobs,
 retention), and rows holding bad paths written straight into the database
@@ -112,7 +112,7 @@ class Scene:
         return self.worker.log(self.job, self.lease, [line], files=files)
 
     def attack(self) -> int:
-        """Reports every hostile path (after a legit one, so it is files[1])
+        """Reports every hostile path (after a legit one, so it is server_paths[1])
         and checks each is refused whole; returns how many were refused."""
         legit = self.legit()
         before = self.alice.get(self.job).last_seq
@@ -122,7 +122,9 @@ class Scene:
                 self.report([legit[0], path], line=f"must not be stored: {path}")
             error = caught.value
             assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, error.details())
-            assert str(error.details()).startswith(f"files[1]: {path!r} {RULE}"), error.details()
+            assert str(error.details()).startswith(f"server_paths[1]: {path!r} {RULE}"), (
+                error.details()
+            )
             refused += 1
         assert self.alice.get(self.job).last_seq == before  # nothing stored
         assert self.report(legit).last_seq == before + 1
@@ -345,7 +347,7 @@ def test_output_root_files_are_accepted_and_removed_with_the_job(
             with pytest.raises(grpc.RpcError) as caught:
                 scene.report([path])
             assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert str(caught.value.details()).startswith(f"files[0]: {path!r} {RULE}")
+            assert str(caught.value.details()).startswith(f"server_paths[0]: {path!r} {RULE}")
         scene.report([str(mine / "report.pdf")])
         scene.worker.finish(scene.job, scene.lease)
         result = scene.alice.delete(scene.job)

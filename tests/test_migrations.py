@@ -199,7 +199,7 @@ def test_0009_stores_event_kinds_under_their_wire_names(database_url: str) -> No
         )
         with db.connection_context():
             applied = apply_migrations(db)
-        assert applied[0] == "0009_wire_event_kinds"  # then any later ones
+        assert applied[0] == "0009_wire_event_kinds"  # later ones follow
         kinds = [e.kind for e in Store(db).reads.read_events("renamed", after_seq=0, limit=10)]
         assert kinds == [
             EventKind.STATE_CHANGE,

@@ -58,7 +58,7 @@ def running_job_with(server: Server, *, logs: int, results: int, artifacts: int)
 LISTS: dict[str, tuple[str, Callable[..., Any], str]] = {
     # name: (rpc, request type, repeated field)
     "ListJobs": ("ListJobs", job_service_pb2.ListJobsRequest, "jobs"),
-    "GetJobLogs": ("GetJobLogs", job_service_pb2.GetJobLogsRequest, "events"),
+    "ListJobLogs": ("ListJobLogs", job_service_pb2.ListJobLogsRequest, "events"),
     "ListJobResults": ("ListJobResults", job_service_pb2.ListJobResultsRequest, "events"),
     "ListArtifacts": ("ListArtifacts", job_service_pb2.ListArtifactsRequest, "artifacts"),
 }
@@ -152,10 +152,10 @@ def test_a_token_is_bound_to_its_request(
     # Logs of one job: not for another job, nor for its results.
     a = running_job_with(bare_server, logs=3, results=0, artifacts=0)
     b = running_job_with(bare_server, logs=3, results=0, artifacts=0)
-    logs = jobs.GetJobLogs(job_service_pb2.GetJobLogsRequest(job_id=a, page_size=1))
+    logs = jobs.ListJobLogs(job_service_pb2.ListJobLogsRequest(job_id=a, page_size=1))
     refused_token(
-        lambda: jobs.GetJobLogs(
-            job_service_pb2.GetJobLogsRequest(job_id=b, page_token=logs.next_page_token)
+        lambda: jobs.ListJobLogs(
+            job_service_pb2.ListJobLogsRequest(job_id=b, page_token=logs.next_page_token)
         )
     )
     refused_token(

@@ -15,6 +15,7 @@ from conftest import Server, ServerProcess
 from helpers import RawWorker, eventually
 
 from jobstream.client import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     JobClient,
@@ -95,7 +96,7 @@ def test_retry_failed_job_keeps_history_and_counts_attempts(
     responses = list(
         stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=STREAM_DEADLINE_S)
     )
-    seqs = [r.event.seq for r in responses if r.HasField("event")]
+    seqs = [e.seq for r in responses if r.HasField("events") for e in r.events.events]
     assert seqs == list(range(1, done.last_seq + 1))
     changes = [
         (e.state_change.state, e.state_change.reason)
@@ -139,6 +140,44 @@ def test_retry_refuses_live_and_succeeded_jobs(client: JobClient, worker: RawWor
     with pytest.raises(FailedPreconditionError):
         client.retry(succeeded)
     assert client.get(succeeded) == before
+
+
+@pytest.mark.both_backends
+def test_retry_with_request_id_answers_a_repeat_with_the_first_answer(
+    client: JobClient, worker: RawWorker
+) -> None:
+    kind = unique("retry-once")
+    job_id = run_to(client, worker, kind, worker_service_pb2.JOB_OUTCOME_FAILED, max_attempts=1)
+    first = client.retry(job_id, "once", request_id=f"{job_id}-r1")
+    assert first.state is JobState.QUEUED
+    # The retried attempt fails too; a repeat of the first call (its answer
+    # lost, say) must not start a third attempt.
+    lease = worker.acquire(kind)
+    worker.finish(job_id, lease.lease_id, worker_service_pb2.JOB_OUTCOME_FAILED)
+    failed = client.get(job_id)
+    assert failed.state is JobState.FAILED and failed.attempt == 2
+
+    again = client.retry(job_id, "once", request_id=f"{job_id}-r1")
+    assert again == first  # the first answer, as it was
+    assert client.get(job_id) == failed  # and nothing retried
+
+    # The same key for a different request is refused, and changes nothing.
+    with pytest.raises(AlreadyExistsError) as refused:
+        client.retry(job_id, "another reason", request_id=f"{job_id}-r1")
+    assert refused.value.field == "request_id"
+    assert "different RetryJob request" in str(refused.value)
+    assert client.get(job_id) == failed
+    # A new key retries.
+    assert client.retry(job_id, "once", request_id=f"{job_id}-r2").state is JobState.QUEUED
+
+
+def test_retry_request_id_is_bounded(client: JobClient, worker: RawWorker) -> None:
+    kind = unique("retry-key")
+    job_id = run_to(client, worker, kind, worker_service_pb2.JOB_OUTCOME_FAILED, max_attempts=1)
+    with pytest.raises(InvalidArgumentError) as refused:
+        client.retry(job_id, request_id="k" * 129)
+    assert refused.value.field == "request_id" and "128" in str(refused.value)
+    assert client.get(job_id).state is JobState.FAILED
 
 
 def test_retry_bad_input(client: JobClient) -> None:
@@ -196,6 +235,29 @@ def test_purge_dry_run_then_purge_deletes_only_ended_matching_jobs(
     assert {j.id for j in client.list(labels=labels)} == {queued.id, running.id}
     assert client.get(other.id).state is JobState.CANCELLED
     worker.finish(lease.job.id, lease.lease_id)
+
+
+@pytest.mark.both_backends
+def test_purge_with_request_id_answers_a_repeat_with_the_first_answer(
+    client: JobClient, worker: RawWorker
+) -> None:
+    kind = unique("purge-once")
+    first_id = run_to(client, worker, kind, worker_service_pb2.JOB_OUTCOME_FAILED, max_attempts=1)
+    key = f"{kind}-p1"
+    first = client.purge(older_than=timedelta(0), kinds=[kind], request_id=key)
+    assert (first.purged_count, first.job_ids) == (1, (first_id,))
+
+    later_id = run_to(client, worker, kind, worker_service_pb2.JOB_OUTCOME_FAILED, max_attempts=1)
+    again = client.purge(older_than=timedelta(0), kinds=[kind], request_id=key)
+    assert again == first  # the first answer
+    assert client.get(later_id).state is JobState.FAILED  # and nothing purged
+
+    with pytest.raises(AlreadyExistsError) as refused:
+        client.purge(older_than=timedelta(0), kinds=[kind], dry_run=True, request_id=key)
+    assert refused.value.field == "request_id"
+    assert client.get(later_id).state is JobState.FAILED
+    gone = client.purge(older_than=timedelta(0), kinds=[kind], request_id=f"{kind}-p2")
+    assert gone.job_ids == (later_id,)
 
 
 def test_purge_by_state_and_in_many_batches(client: JobClient, worker: RawWorker) -> None:

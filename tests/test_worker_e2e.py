@@ -138,8 +138,8 @@ def test_cancel_stops_a_running_sync_handler(bare_server: Server, client: JobCli
     assert final.attempt == 1
     # From the request to the end, by the server's clock.
     events = events_of(client, job.id)
-    [requested] = [e.time for e in events if e.kind is EventKind.CANCEL_REQUESTED]
-    ended = events[-1].time
+    [requested] = [e.event_time for e in events if e.kind is EventKind.CANCEL_REQUESTED]
+    ended = events[-1].event_time
     assert requested is not None and ended is not None
     assert ended - requested < CANCEL_BOUND, ended - requested
 

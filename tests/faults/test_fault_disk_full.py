@@ -291,7 +291,7 @@ def _watch_problems(stub: job_service_pb2_grpc.JobServiceStub, job_id: str) -> l
             if response.HasField("snapshot"):
                 last = response.snapshot.last_seq
             else:
-                seqs.append(response.event.seq)
+                seqs.extend(e.seq for e in response.events.events)
             if last >= 0 and len(seqs) >= last:
                 break
     except grpc.RpcError as exc:

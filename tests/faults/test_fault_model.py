@@ -151,10 +151,11 @@ class JobLifecycle(RuleBasedStateMachine):
                     )
                     first = False
                     continue
-                event = event_from_pb(response.event)
-                state = event.state_change.state if event.state_change is not None else None
-                described.append(_describe(event.kind, state))
-                seqs.append(event.seq)
+                for message in response.events.events:
+                    event = event_from_pb(message)
+                    state = event.state_change.state if event.state_change is not None else None
+                    described.append(_describe(event.kind, state))
+                    seqs.append(event.seq)
                 if not expect_end and len(seqs) >= want:
                     break
                 if len(seqs) > want + 1:

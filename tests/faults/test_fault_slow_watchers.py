@@ -51,14 +51,13 @@ def _slow_reader(stream: Any, stop: threading.Event, seqs: list[int]) -> None:
         msg = next(stream, None)
         if msg is None:
             return
-        if msg.HasField("event"):
-            seqs.append(msg.event.seq)
+        seqs.extend(e.seq for e in msg.events.events)
 
 
 def _read_rest(stream: Any, seqs: list[int], errors: list[str]) -> None:
     """Reads a watch to its end, noting the event seqs (and why it stopped early)."""
     try:
-        seqs.extend(m.event.seq for m in stream if m.HasField("event"))
+        seqs.extend(e.seq for m in stream for e in m.events.events)
     except grpc.RpcError as exc:
         errors.append(f"{exc.code().name}: {exc.details()}")
 

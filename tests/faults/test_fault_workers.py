@@ -128,13 +128,13 @@ def test_killed_and_stopped_workers(start_server: Callable[..., ServerProcess]) 
                 expiry = next(
                     e
                     for e in events[job_id]
-                    if e.time is not None
+                    if e.event_time is not None
                     and e.state_change is not None
                     and e.state_change.reason.startswith("lease expired")
                 )
-                assert expiry.time is not None
+                assert expiry.event_time is not None
                 lease_end = EPOCH + timedelta(microseconds=lease_ends[job_id])
-                rescues.append((expiry.time - lease_end).total_seconds())
+                rescues.append((expiry.event_time - lease_end).total_seconds())
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -350,7 +350,7 @@ class Attempt:
             logs=batch.logs,
             steps=batch.steps,
             results=batch.results,
-            files=batch.files,
+            server_paths=batch.files,
         )
         if batch.progress is not None:
             request.progress.CopyFrom(batch.progress)

@@ -258,7 +258,7 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
         error=job_error_from_pb(msg.error) if msg.HasField("error") else None,
         attempt=msg.attempt,
         max_attempts=msg.max_attempts,
-        not_before=time_from_pb(msg, "not_before"),
+        schedule_time=time_from_pb(msg, "schedule_time"),
         owner=msg.owner,
         request_id=msg.request_id,
         create_time=time_from_pb(msg, "create_time"),
@@ -340,7 +340,7 @@ def event_from_pb(msg: job_pb2.JobEvent) -> JobEvent:
         job_id=msg.job_id,
         seq=msg.seq,
         kind=EventKind(which),
-        time=time_from_pb(msg, "time"),
+        event_time=time_from_pb(msg, "event_time"),
         **{which: payload},
     )
 
@@ -426,8 +426,8 @@ def spec_to_pb(spec: JobSpec) -> job_service_pb2.SubmitJobRequest:
     )
     if spec.params is not None:
         fill_struct(msg.params, spec.params, what="params")
-    if spec.not_before is not None:
-        fill_time(msg.not_before, spec.not_before, what="not_before")
+    if spec.schedule_time is not None:
+        fill_time(msg.schedule_time, spec.schedule_time, what="schedule_time")
     return msg
 
 

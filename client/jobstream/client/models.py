@@ -185,7 +185,7 @@ class Job:
     error: JobError | None = None
     attempt: int = 0
     max_attempts: int = 0
-    not_before: datetime | None = None
+    schedule_time: datetime | None = None
     owner: str = ""
     request_id: str = ""
     """Idempotency key given at submit ("" when none)."""
@@ -255,7 +255,7 @@ class JobEvent:
     seq: int
     """Position in the job's event sequence: 1, 2, 3 … with no gaps."""
     kind: EventKind
-    time: datetime | None = None
+    event_time: datetime | None = None
     state_change: StateChange | None = None
     progress: Progress | None = None
     log: LogLine | None = None
@@ -341,5 +341,5 @@ class JobSpec:
     priority: int = 0
     labels: Mapping[str, str] | None = None
     max_attempts: int = 0
-    not_before: datetime | None = None
+    schedule_time: datetime | None = None
     request_id: str | None = None

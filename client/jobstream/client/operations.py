@@ -81,7 +81,7 @@ DEFAULT_PAGE_SIZE = 50
 """Jobs per ListJobs page."""
 
 DEFAULT_EVENT_PAGE_SIZE = 500
-"""Events per GetJobLogs / ListJobResults page."""
+"""Events per ListJobLogs / ListJobResults page."""
 
 
 def submit(
@@ -94,13 +94,13 @@ def submit(
     priority: int = 0,
     labels: Mapping[str, str] | None = None,
     max_attempts: int = 0,
-    not_before: datetime | None = None,
+    schedule_time: datetime | None = None,
     request_id: str | None = None,
 ) -> Program[Job]:
     """Submit one job and return it as stored.
 
     ``queue`` "" means "default", ``max_attempts`` 0 the server's
-    default; ``not_before`` must be timezone-aware. A repeat with the
+    default; ``schedule_time`` must be timezone-aware. A repeat with the
     same ``request_id`` returns the first job.
     """
     spec = JobSpec(
@@ -111,7 +111,7 @@ def submit(
         priority=priority,
         labels=labels,
         max_attempts=max_attempts,
-        not_before=not_before,
+        schedule_time=schedule_time,
         request_id=request_id,
     )
     return unary(
@@ -208,8 +208,8 @@ def logs(
     """The job's log-line events, oldest first; fetches pages lazily."""
     return pages(
         session,
-        lambda s: s.GetJobLogs,
-        lambda token: pb.GetJobLogsRequest(job_id=job_id, page_size=page_size, page_token=token),
+        lambda s: s.ListJobLogs,
+        lambda token: pb.ListJobLogsRequest(job_id=job_id, page_size=page_size, page_token=token),
         lambda r: ([event_from_pb(e) for e in r.events], r.next_page_token),
     )
 
@@ -230,15 +230,25 @@ def results(
 
 
 def retry(
-    session: Session, job_id: str, reason: str = "", *, additional_attempts: int = 0
+    session: Session,
+    job_id: str,
+    reason: str = "",
+    *,
+    additional_attempts: int = 0,
+    request_id: str | None = None,
 ) -> Program[Job]:
     """Queue a failed, interrupted or cancelled job again as a new attempt.
 
     Its history stays (events continue, the attempt counter keeps
-    counting); it gets ``additional_attempts`` more attempts (0: one).
+    counting); it gets ``additional_attempts`` more attempts (0: one). A
+    repeat with the same ``request_id`` returns the first answer and
+    retries nothing.
     """
     request = pb.RetryJobRequest(
-        job_id=job_id, reason=reason, additional_attempts=additional_attempts
+        job_id=job_id,
+        reason=reason,
+        additional_attempts=additional_attempts,
+        request_id=request_id or "",
     )
     return unary(session, lambda s: s.RetryJob, request, lambda r: job_from_pb(r.job), read=False)
 
@@ -252,12 +262,15 @@ def purge(
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
     dry_run: bool = False,
+    request_id: str | None = None,
 ) -> Program[PurgeResult]:
     """Delete ended jobs (with their files) that ended at least
     ``older_than`` ago; ``dry_run`` only reports what would go.
-    ``states`` may name terminal states only (default: all four)."""
+    ``states`` may name terminal states only (default: all four). A repeat
+    of a completed purge with the same ``request_id`` returns its answer and
+    purges nothing."""
     flt = filter_to_pb(states=states, kinds=kinds, labels=labels, queues=queues)
-    request = pb.PurgeJobsRequest(filter=flt, dry_run=dry_run)
+    request = pb.PurgeJobsRequest(filter=flt, dry_run=dry_run, request_id=request_id or "")
     request.older_than.FromTimedelta(older_than)
     return unary(session, lambda s: s.PurgeJobs, request, purge_result_from_pb, read=False)
 

@@ -152,9 +152,7 @@ class JobWatch(
         return stub.WatchJob
 
     def request(self) -> job_service_pb2.WatchJobRequest:
-        return job_service_pb2.WatchJobRequest(
-            job_id=self.job_id, after_seq=self.last_seq, batch_events=True
-        )
+        return job_service_pb2.WatchJobRequest(job_id=self.job_id, after_seq=self.last_seq)
 
     def accept(self, response: job_service_pb2.WatchJobResponse) -> list[Job | JobEvent]:
         self.received()
@@ -168,13 +166,7 @@ class JobWatch(
                 return []
             self._snapshot_seen = True
             return [job]
-        messages: Sequence[job_pb2.JobEvent]
-        if kind == "events":
-            messages = response.events.events
-        elif kind == "event":
-            messages = [response.event]
-        else:
-            return []
+        messages: Sequence[job_pb2.JobEvent] = response.events.events
         events: list[Job | JobEvent] = []
         for message in messages:
             if self.done:

@@ -327,7 +327,6 @@ class Gateway:
         self._streams.add(task)
         try:
             if isinstance(message, js.WatchJobRequest):
-                message.batch_events = True
                 get_job = self._unary_by_name("GetJob", js.GetJobResponse)
                 return await self._hubs.serve(
                     request,

@@ -1,7 +1,7 @@
 """Plain HTTP downloads: an artifact with Content-Length, Range (RFC 9110:
 206 with Content-Range, resume) and its sha256 (RFC 9530 ``Repr-Digest``
 and a hex ``X-Content-SHA256``); and any paged list (``ListJobResults``,
-``GetJobLogs``, ``ListJobs``) as JSON lines, every page in one response."""
+``ListJobLogs``, ``ListJobs``) as JSON lines, every page in one response."""
 
 from __future__ import annotations
 

@@ -124,18 +124,14 @@ class Hub:
         try:
             while True:
                 call = self._start(
-                    js.WatchJobRequest(job_id=self.job_id, after_seq=self.last, batch_events=True),
+                    js.WatchJobRequest(job_id=self.job_id, after_seq=self.last),
                     self._metadata,
                 )
                 try:
                     async for message in call:
                         lost_at, delay = None, BACKOFF_INITIAL_S
-                        kind = message.WhichOneof("item")
-                        if kind == "events":
-                            for event in message.events.events:
-                                self._append(event)
-                        elif kind == "event":
-                            self._append(message.event)
+                        for event in message.events.events:
+                            self._append(event)
                         self._wake()
                     self.final = frame("end", b"{}")
                     return

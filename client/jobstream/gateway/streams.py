@@ -118,9 +118,7 @@ def _watch_job_frames(
         # The snapshot carries the resume point it was taken at, not the
         # job's last seq: events up to that may still be on their way.
         return [frame("snapshot", cache.message(message.snapshot), last)], last
-    events: Sequence[job_pb2.JobEvent] = (
-        message.events.events if kind == "events" else [message.event]
-    )
+    events: Sequence[job_pb2.JobEvent] = message.events.events
     out = []
     for event in events:
         if event.seq <= last:

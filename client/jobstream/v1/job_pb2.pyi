@@ -30,7 +30,7 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
     """Never stored; a request that leaves a state unset means "any state"."""
     JOB_STATE_QUEUED: _JobState.ValueType  # 1
-    """Waiting for a worker to acquire it (possibly until not_before)."""
+    """Waiting for a worker to acquire it (not before its schedule_time)."""
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
     """Leased by a worker that is running it."""
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
@@ -51,7 +51,7 @@ class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
 JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
 """Never stored; a request that leaves a state unset means "any state"."""
 JOB_STATE_QUEUED: JobState.ValueType  # 1
-"""Waiting for a worker to acquire it (possibly until not_before)."""
+"""Waiting for a worker to acquire it (not before its schedule_time)."""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
 """Leased by a worker that is running it."""
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
@@ -340,7 +340,11 @@ Global___JobError: _TypeAlias = JobError  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
-    """Job is a unit of background work and everything known about it."""
+    """Job is a unit of background work and everything known about it. It only
+    ever comes back from the server (SubmitJobRequest describes a new one);
+    the fields marked OUTPUT_ONLY are the ones the server decides rather than
+    copying them from the submit.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -379,7 +383,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
-    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
@@ -443,8 +447,12 @@ class Job(_message.Message):
         """Error of a failed, cancelled or interrupted job."""
 
     @_builtins.property
-    def not_before(self) -> _timestamp_pb2.Timestamp:
-        """The job is not acquired before this time."""
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
+        """The job is not acquired before this time (AIP-142 names a point in
+        time *_time; Cloud Tasks calls the same thing schedule_time). Set from
+        SubmitJobRequest.schedule_time, or to the submit time when that was
+        unset; a retry after a failure moves it to when the retry may run.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -480,7 +488,7 @@ class Job(_message.Message):
         error: Global___JobError | None = ...,
         attempt: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
-        not_before: _timestamp_pb2.Timestamp | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
         request_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
@@ -490,9 +498,9 @@ class Job(_message.Message):
         last_seq: _builtins.int = ...,
         worker_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "not_before", b"not_before", "params", b"params", "progress", b"progress", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "kind", b"kind", "labels", b"labels", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "not_before", b"not_before", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "queue", b"queue", "request_id", b"request_id", "result", b"result", "start_time", b"start_time", "state", b"state", "steps", b"steps", "update_time", b"update_time", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "kind", b"kind", "labels", b"labels", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "queue", b"queue", "request_id", b"request_id", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "state", b"state", "steps", b"steps", "update_time", b"update_time", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,14 +696,16 @@ Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 @_typing.final
 class JobEvent(_message.Message):
     """JobEvent is one change to a job. Every job's events are numbered 1, 2, 3 …
-    with no gaps, in the order they were stored.
+    with no gaps, in the order they were stored. The events one ReportJob
+    stores come in this order: its progress, then its log lines, then its
+    steps, then its results, each list in request order.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
-    TIME_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
     STATE_CHANGE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
@@ -708,8 +718,8 @@ class JobEvent(_message.Message):
     seq: _builtins.int
     """Position in the job's event sequence, starting at 1."""
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp:
-        """When the event was stored."""
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was stored (AIP-142: a point in time is named *_time)."""
 
     @_builtins.property
     def state_change(self) -> Global___StateChange:
@@ -744,7 +754,7 @@ class JobEvent(_message.Message):
         *,
         job_id: _builtins.str = ...,
         seq: _builtins.int = ...,
-        time: _timestamp_pb2.Timestamp | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
         state_change: Global___StateChange | None = ...,
         progress: Global___Progress | None = ...,
         log: Global___LogLine | None = ...,
@@ -753,9 +763,9 @@ class JobEvent(_message.Message):
         cancel_requested: Global___CancelRequested | None = ...,
         artifact_added: Global___Artifact | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_added", b"artifact_added", "cancel_requested", b"cancel_requested", "log", b"log", "payload", b"payload", "progress", b"progress", "result_item", b"result_item", "state_change", b"state_change", "step", b"step", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact_added", b"artifact_added", "cancel_requested", b"cancel_requested", "event_time", b"event_time", "log", b"log", "payload", b"payload", "progress", b"progress", "result_item", b"result_item", "state_change", b"state_change", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_added", b"artifact_added", "cancel_requested", b"cancel_requested", "job_id", b"job_id", "log", b"log", "payload", b"payload", "progress", b"progress", "result_item", b"result_item", "seq", b"seq", "state_change", b"state_change", "step", b"step", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_added", b"artifact_added", "cancel_requested", b"cancel_requested", "event_time", b"event_time", "job_id", b"job_id", "log", b"log", "payload", b"payload", "progress", b"progress", "result_item", b"result_item", "seq", b"seq", "state_change", b"state_change", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "progress", "log", "step", "result_item", "cancel_requested", "artifact_added"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

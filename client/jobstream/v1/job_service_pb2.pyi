@@ -55,7 +55,7 @@ class SubmitJobRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
-    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional client-chosen id ([a-z0-9][a-z0-9._-]{0,62}); empty lets the
@@ -71,9 +71,10 @@ class SubmitJobRequest(_message.Message):
     max_attempts: _builtins.int
     """Attempts allowed (1..100); 0 takes the server default."""
     request_id: _builtins.str
-    """Idempotency key: a repeat with the same key and payload returns the
-    same job (within one SubmitJobs batch too); the same key with another
-    payload is ALREADY_EXISTS.
+    """Idempotency key (AIP-155), unique per principal: a repeat with the same
+    key and payload returns the same job (within one SubmitJobs batch too);
+    the same key with another payload is ALREADY_EXISTS. At most 128
+    bytes; empty means no key.
     """
     @_builtins.property
     def params(self) -> _struct_pb2.Struct:
@@ -84,7 +85,7 @@ class SubmitJobRequest(_message.Message):
         """Free-form labels."""
 
     @_builtins.property
-    def not_before(self) -> _timestamp_pb2.Timestamp:
+    def schedule_time(self) -> _timestamp_pb2.Timestamp:
         """Do not run before this time (unset: as soon as possible)."""
 
     def __init__(
@@ -97,12 +98,12 @@ class SubmitJobRequest(_message.Message):
         params: _struct_pb2.Struct | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_attempts: _builtins.int = ...,
-        not_before: _timestamp_pb2.Timestamp | None = ...,
+        schedule_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["not_before", b"not_before", "params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "schedule_time", b"schedule_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "not_before", b"not_before", "params", b"params", "priority", b"priority", "queue", b"queue", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind", "labels", b"labels", "max_attempts", b"max_attempts", "params", b"params", "priority", b"priority", "queue", b"queue", "request_id", b"request_id", "schedule_time", b"schedule_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,9 +243,15 @@ class ListJobsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Jobs per page, 1..1000; 0 means 50."""
+    """Jobs per page; 0 means 50, more than 1000 is lowered to 1000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
         """Which jobs."""
@@ -273,7 +280,9 @@ class ListJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
         """The jobs (without steps); fewer than page_size when more would make
@@ -302,26 +311,21 @@ class WatchJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
-    BATCH_EVENTS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     after_seq: _builtins.int
-    """Send only events with a larger seq (0: from the first event)."""
-    batch_events: _builtins.bool
-    """Send events that are ready together as one `events` message instead of
-    one `event` message each: a watcher that is behind catches up with far
-    fewer messages. A client that sets it reads both forms.
+    """Send only events with a larger seq (0: from the first event); beyond
+    the job's newest event is OUT_OF_RANGE.
     """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
-        batch_events: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "batch_events", b"batch_events", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,37 +333,34 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobResponse(_message.Message):
-    """WatchJobResponse is one message of a job watch."""
+    """WatchJobResponse is one message of a job watch. Events always come in
+    batches: the events ready together go in one message, so a watcher that is
+    behind catches up with far fewer messages, and a client reads one shape.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SNAPSHOT_FIELD_NUMBER: _builtins.int
-    EVENT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> _job_pb2.Job:
         """The job as it was when the watch started."""
 
     @_builtins.property
-    def event(self) -> _job_pb2.JobEvent:
-        """The next event, in seq order."""
-
-    @_builtins.property
     def events(self) -> Global___JobEventBatch:
-        """The next events, consecutive and in seq order (only with batch_events)."""
+        """The next events, consecutive and in seq order (one or more)."""
 
     def __init__(
         self,
         *,
         snapshot: _job_pb2.Job | None = ...,
-        event: _job_pb2.JobEvent | None = ...,
         events: Global___JobEventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["snapshot", "event", "events"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["snapshot", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -401,7 +402,8 @@ class WatchJobsRequest(_message.Message):
     LISTING_TOKEN_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     """Resume after this position (0: send every matching job as it is now,
-    then a caught_up marker, then changes).
+    then a caught_up marker, then changes); beyond the newest position is
+    OUT_OF_RANGE.
     """
     skip_listing: _builtins.bool
     """With after_position 0: skip the listing of every matching job and send
@@ -611,8 +613,8 @@ class DeleteJobResponse(_message.Message):
 Global___DeleteJobResponse: _TypeAlias = DeleteJobResponse  # noqa: Y015
 
 @_typing.final
-class GetJobLogsRequest(_message.Message):
-    """GetJobLogsRequest selects a page of log lines."""
+class ListJobLogsRequest(_message.Message):
+    """ListJobLogsRequest selects a page of log lines."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -622,9 +624,15 @@ class GetJobLogsRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     page_size: _builtins.int
-    """Lines per page, 1..5000; 0 means 500."""
+    """Lines per page; 0 means 500, more than 5000 is lowered to 5000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     def __init__(
         self,
         *,
@@ -638,22 +646,25 @@ class GetJobLogsRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetJobLogsRequest: _TypeAlias = GetJobLogsRequest  # noqa: Y015
+Global___ListJobLogsRequest: _TypeAlias = ListJobLogsRequest  # noqa: Y015
 
 @_typing.final
-class GetJobLogsResponse(_message.Message):
-    """GetJobLogsResponse is one page of log lines."""
+class ListJobLogsResponse(_message.Message):
+    """ListJobLogsResponse is one page of log lines."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
         """Log events (payload log), oldest first; fewer than page_size when more
-        would make the answer larger than about 3 MiB.
+        would make the answer larger than about 3 MiB. They are JobEvents rather
+        than bare LogLines so that each line keeps its seq and event_time.
         """
 
     def __init__(
@@ -668,7 +679,7 @@ class GetJobLogsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetJobLogsResponse: _TypeAlias = GetJobLogsResponse  # noqa: Y015
+Global___ListJobLogsResponse: _TypeAlias = ListJobLogsResponse  # noqa: Y015
 
 @_typing.final
 class ListJobResultsRequest(_message.Message):
@@ -682,9 +693,15 @@ class ListJobResultsRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     page_size: _builtins.int
-    """Results per page, 1..5000; 0 means 500."""
+    """Results per page; 0 means 500, more than 5000 is lowered to 5000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     def __init__(
         self,
         *,
@@ -709,7 +726,9 @@ class ListJobResultsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
         """The latest version of each key, as the result event (payload
@@ -740,6 +759,7 @@ class RetryJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ADDITIONAL_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     reason: _builtins.str
@@ -748,16 +768,23 @@ class RetryJobRequest(_message.Message):
     """Further attempts allowed from now (1..100); 0 means 1. The job's
     max_attempts becomes its current attempt plus this.
     """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), unique per principal among RetryJob calls:
+    a repeat with the same key and request returns the first answer and
+    retries nothing; the same key with another request is ALREADY_EXISTS.
+    At most 128 bytes; empty means no key.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         additional_attempts: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_attempts", b"additional_attempts", "job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_attempts", b"additional_attempts", "job_id", b"job_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,7 +799,9 @@ class RetryJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> _job_pb2.Job:
-        """The job after the retry was stored."""
+        """The job after the retry was stored (for a repeated request_id: as the
+        first answer returned it).
+        """
 
     def __init__(
         self,
@@ -796,8 +825,17 @@ class PurgeJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     OLDER_THAN_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Count and list what would be deleted without deleting anything."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), unique per principal among PurgeJobs calls:
+    a repeat of a purge that completed, with the same key and request,
+    returns the first answer and purges nothing; the same key with another
+    request is ALREADY_EXISTS. A purge cut short (the server stopped) left
+    no answer, so its repeat runs again. At most 128 bytes; empty means
+    no key.
+    """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
         """Which jobs. States, if given, must be terminal; empty means all four
@@ -806,8 +844,8 @@ class PurgeJobsRequest(_message.Message):
 
     @_builtins.property
     def older_than(self) -> _duration_pb2.Duration:
-        """Only jobs that ended at least this long ago (required; 0 s means every
-        matching terminal job).
+        """Only jobs that ended at least this long ago (0 s means every matching
+        terminal job).
         """
 
     def __init__(
@@ -816,10 +854,11 @@ class PurgeJobsRequest(_message.Message):
         filter: _job_pb2.JobFilter | None = ...,
         older_than: _duration_pb2.Duration | None = ...,
         dry_run: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "older_than", b"older_than"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter", "older_than", b"older_than"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "filter", b"filter", "older_than", b"older_than", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1034,10 +1073,12 @@ class ListArtifactsRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     page_size: _builtins.int
-    """Artifacts per page; 0 means 1000, more than 1000 is lowered to 1000."""
+    """Artifacts per page; 0 means 1000, more than 1000 is lowered to 1000,
+    a negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page. Only
-    a token issued for the same job_id is accepted.
+    a token issued for the same job_id is accepted (PAGE_TOKEN_INVALID).
     """
     def __init__(
         self,

@@ -28,6 +28,25 @@ if _version_not_supported:
 class JobServiceStub:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def __init__(self, channel):
@@ -76,10 +95,10 @@ class JobServiceStub:
                 request_serializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
-        self.GetJobLogs = channel.unary_unary(
-                '/jobstream.v1.JobService/GetJobLogs',
-                request_serializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.SerializeToString,
-                response_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.FromString,
+        self.ListJobLogs = channel.unary_unary(
+                '/jobstream.v1.JobService/ListJobLogs',
+                request_serializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.SerializeToString,
+                response_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.FromString,
                 _registered_method=True)
         self.ListJobResults = channel.unary_unary(
                 '/jobstream.v1.JobService/ListJobResults',
@@ -116,12 +135,33 @@ class JobServiceStub:
 class JobServiceServicer:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def SubmitJob(self, request, context):
         """Submits one job. With a request_id, a repeat of the same request returns
         the job made the first time; the same request_id with a different
         payload is ALREADY_EXISTS.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +170,9 @@ class JobServiceServicer:
     def SubmitJobs(self, request, context):
         """Submits many jobs in one call and one transaction: all are stored, or
         none is.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+        (requests[i]) and stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +180,7 @@ class JobServiceServicer:
 
     def GetJob(self, request, context):
         """Returns one job, with its steps.
+        Errors: NOT_FOUND (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +188,7 @@ class JobServiceServicer:
 
     def ListJobs(self, request, context):
         """Lists jobs, newest first, one page at a time.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +197,12 @@ class JobServiceServicer:
     def WatchJob(self, request, context):
         """Streams one job: a snapshot, then every event after after_seq in order,
         then live events; ends after the event that makes the job terminal.
+        after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
+        while it is watched ends the stream with NOT_FOUND.
+        Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
+        while followed), OUT_OF_RANGE (BEYOND_END: after_seq past the job's last
+        seq), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,7 +210,12 @@ class JobServiceServicer:
 
     def WatchJobs(self, request, context):
         """Streams job-level changes (state, progress, deletes) of the jobs that
-        match a filter, for dashboards; resumable from a position.
+        match a filter, for dashboards; resumable from a position. An
+        after_position beyond the newest position is OUT_OF_RANGE.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID on
+        listing_token), OUT_OF_RANGE (BEYOND_END: after_position past the newest
+        position), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +224,7 @@ class JobServiceServicer:
     def CancelJob(self, request, context):
         """Cancels a job: a queued job at once; a running one is asked to stop and
         ends CANCELLED when its worker stops.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (JOB_ENDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,13 +232,18 @@ class JobServiceServicer:
 
     def DeleteJob(self, request, context):
         """Deletes a job, its events, steps, results, artifacts and files.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, unless allow_missing),
+        FAILED_PRECONDITION (JOB_RUNNING, unless force).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetJobLogs(self, request, context):
-        """Returns a page of a job's log lines, oldest first.
+    def ListJobLogs(self, request, context):
+        """Lists a job's log lines, oldest first, one page at a time (a paged list,
+        hence List*, AIP-132).
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +256,8 @@ class JobServiceServicer:
         event that stored that version. The job's counters count exactly these.
         While the job runs, a key replaced after a page was read comes again on
         a later page with its new seq.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,7 +266,11 @@ class JobServiceServicer:
     def RetryJob(self, request, context):
         """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
         Its history stays: events continue after the last seq, and the attempt
-        counter keeps counting. Any other state is FAILED_PRECONDITION.
+        counter keeps counting. Any other state is FAILED_PRECONDITION. With a
+        request_id, a repeat returns the first answer without retrying again.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+        (JOB_NOT_RETRYABLE), ALREADY_EXISTS (REQUEST_ID_REUSED: the request_id
+        was used for another request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +279,11 @@ class JobServiceServicer:
     def PurgeJobs(self, request, context):
         """Deletes terminal jobs that ended before a cutoff, with their events,
         artifacts and files, in bounded batches that let other writes through.
+        With a request_id, a repeat of a purge that completed returns its
+        answer without purging again.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS
+        (REQUEST_ID_REUSED); PERMISSION_DENIED (PERMISSION_DENIED) for any role
+        but admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +292,7 @@ class JobServiceServicer:
     def GetStats(self, request, context):
         """Returns counts by state and kind, success rate, run-time percentiles and
         throughput over a recent window.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +300,8 @@ class JobServiceServicer:
 
     def ListArtifacts(self, request, context):
         """Lists a job's artifacts, by name.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +311,9 @@ class JobServiceServicer:
         """Streams one artifact: its metadata first, then its bytes in chunks from
         the requested offset (to resume an interrupted download). ABORTED when
         the artifact is replaced or deleted while it is being sent.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, ARTIFACT_NOT_FOUND),
+        FAILED_PRECONDITION (ARTIFACT_NOT_READY), OUT_OF_RANGE (BEYOND_END:
+        offset past the size), ABORTED (ARTIFACT_REPLACED: download again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -283,10 +362,10 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobRequest.FromString,
                     response_serializer=jobstream_dot_v1_dot_job__service__pb2.DeleteJobResponse.SerializeToString,
             ),
-            'GetJobLogs': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetJobLogs,
-                    request_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.FromString,
-                    response_serializer=jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.SerializeToString,
+            'ListJobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobLogs,
+                    request_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.FromString,
+                    response_serializer=jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.SerializeToString,
             ),
             'ListJobResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobResults,
@@ -329,6 +408,25 @@ def add_JobServiceServicer_to_server(servicer, server):
 class JobService:
     """JobService is the API for producers, watchers and operators: submit jobs,
     read and follow them, cancel and delete them.
+
+    Conventions (https://google.aip.dev): list methods are List* and page with
+    page_size / page_token / next_page_token (AIP-132, AIP-158); points in time
+    are *_time Timestamps (AIP-142); every method that makes or changes
+    something and may be retried after a lost answer takes a request_id
+    (AIP-155). Jobs are named by job_id fields rather than AIP-122 resource
+    names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
+    still read /v1/jobs/{job_id}, and a name field would only add a prefix to
+    strip. Requests name fields marked REQUIRED; omitting one is
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @staticmethod
@@ -548,7 +646,7 @@ class JobService:
             _registered_method=True)
 
     @staticmethod
-    def GetJobLogs(request,
+    def ListJobLogs(request,
             target,
             options=(),
             channel_credentials=None,
@@ -561,9 +659,9 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobstream.v1.JobService/GetJobLogs',
-            jobstream_dot_v1_dot_job__service__pb2.GetJobLogsRequest.SerializeToString,
-            jobstream_dot_v1_dot_job__service__pb2.GetJobLogsResponse.FromString,
+            '/jobstream.v1.JobService/ListJobLogs',
+            jobstream_dot_v1_dot_job__service__pb2.ListJobLogsRequest.SerializeToString,
+            jobstream_dot_v1_dot_job__service__pb2.ListJobLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,8 +90,10 @@ class AcquireJobRequest(_message.Message):
 
     @_builtins.property
     def lease_duration(self) -> _duration_pb2.Duration:
-        """Lease length wanted (1 s .. 1 day; the server shortens it to its own
-        maximum); unset takes the server default.
+        """Lease length wanted: at least 1 s, the shortest lease (a shorter one
+        would expire before a first report could renew it), at most 1 day
+        (INVALID_ARGUMENT outside that; the server then shortens it to its own
+        maximum, an hour); unset takes the server default.
         """
 
     def __init__(
@@ -157,7 +159,7 @@ class ReportJobRequest(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
-    FILES_FIELD_NUMBER: _builtins.int
+    SERVER_PATHS_FIELD_NUMBER: _builtins.int
     REPORT_SEQ_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
@@ -188,16 +190,19 @@ class ReportJobRequest(_message.Message):
         """
 
     @_builtins.property
-    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Paths of files the job wrote, as the server sees them (absolute, or
-        relative to the server's data directory); removed with the job. Each
-        must lie inside one of the job's own directories: jobs/<job id>/ under
-        the data directory, or <root>/<job id>/ under one of the server's
-        --output-root directories. Any other path (the database, another job's
-        files, anything outside) refuses the whole report with INVALID_ARGUMENT
-        naming files[i]. A worker on another host uploads its outputs
-        (UploadArtifact) or writes them under an output root it shares with the
-        server.
+    def server_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of files the job wrote on the server's own file system (absolute,
+        or relative to the server's data directory), to be removed with the
+        job; hence the name: they mean nothing on another host. Each must lie
+        inside one of the job's own directories: jobs/<job id>/ under the data
+        directory, or <root>/<job id>/ under one of the server's --output-root
+        directories. Any other path (the database, another job's files,
+        anything outside) refuses the whole report with INVALID_ARGUMENT naming
+        server_paths[i]. A worker on another host uploads its outputs
+        (UploadArtifact) instead, or writes them under an output root it shares
+        with the server at the same path. They are not made relative to the
+        job's directory because a job has several (one per root), and a
+        relative path could not say which.
         """
 
     def __init__(
@@ -209,12 +214,12 @@ class ReportJobRequest(_message.Message):
         logs: _abc.Iterable[_job_pb2.LogLine] | None = ...,
         steps: _abc.Iterable[_job_pb2.Step] | None = ...,
         results: _abc.Iterable[_job_pb2.ResultItem] | None = ...,
-        files: _abc.Iterable[_builtins.str] | None = ...,
+        server_paths: _abc.Iterable[_builtins.str] | None = ...,
         report_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "job_id", b"job_id", "lease_id", b"lease_id", "logs", b"logs", "progress", b"progress", "report_seq", b"report_seq", "results", b"results", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_id", b"lease_id", "logs", b"logs", "progress", b"progress", "report_seq", b"report_seq", "results", b"results", "server_paths", b"server_paths", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,14 @@ if _version_not_supported:
 
 class WorkerServiceStub:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def __init__(self, channel):
@@ -59,21 +67,35 @@ class WorkerServiceStub:
 
 class WorkerServiceServicer:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def AcquireJob(self, request, context):
         """Leases the next runnable job of the given kinds and queues, waiting up to
         `wait` for one to appear (long poll). No job within the wait is not an
         error: the response has no job.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportJob(self, request, context):
-        """Reports progress, log lines, steps, results and files in one batch and
-        renews the lease. Refused with FAILED_PRECONDITION when the lease is no
-        longer the job's current one.
+        """Reports progress, log lines, steps, results and server paths in one
+        batch and renews the lease. Refused with FAILED_PRECONDITION when the
+        lease is no longer the job's current one. The report's events are stored
+        in one transaction, in the order progress, logs, steps, results.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN: stop working on the job; nothing of the report is stored),
+        INVALID_ARGUMENT (INVALID_FIELD, e.g. server_paths[i]), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: log lines per job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +105,8 @@ class WorkerServiceServicer:
         """Ends the leased attempt: succeeded, failed (retried while attempts
         remain, if retryable) or cancelled. Steps still running end with it:
         succeeded, failed or cancelled like the job.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +118,10 @@ class WorkerServiceServicer:
         the artifact (replacing one of the same name) and records an
         artifact_added event. Refused with FAILED_PRECONDITION when the lease is
         no longer current.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: header, size or sha256 not
+        matching; MALFORMED_REQUEST), NOT_FOUND (JOB_NOT_FOUND),
+        FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: artifacts per job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +160,14 @@ def add_WorkerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @staticmethod

@@ -99,7 +99,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     _JOBS + "WatchJobs": _READ,
     _JOBS + "CancelJob": _WRITE,
     _JOBS + "DeleteJob": _WRITE,
-    _JOBS + "GetJobLogs": _READ,
+    _JOBS + "ListJobLogs": _READ,
     _JOBS + "ListJobResults": _READ,
     _WORKERS + "AcquireJob": frozenset({Role.WORKER}),
     _WORKERS + "ReportJob": frozenset({Role.WORKER}),

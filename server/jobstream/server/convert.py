@@ -97,7 +97,7 @@ def job(value: Job) -> job_pb2.Job:
         error=error(value.error),
         attempt=value.attempt,
         max_attempts=value.max_attempts,
-        not_before=timestamp(value.not_before),
+        schedule_time=timestamp(value.not_before),
         owner=value.owner,
         request_id=value.request_id,
         create_time=timestamp(value.create_time),
@@ -191,7 +191,7 @@ def event(value: Event) -> job_pb2.JobEvent:
     return job_pb2.JobEvent(
         job_id=value.job_id,
         seq=value.seq,
-        time=timestamp(value.time),
+        event_time=timestamp(value.time),
         **_PAYLOADS[value.kind](value.body),
     )
 

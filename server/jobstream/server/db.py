@@ -340,6 +340,24 @@ class ChunkRow(BaseModel):
         primary_key = pw.CompositeKey("job_id", "upload_id", "chunk_index")
 
 
+class AnswerRow(BaseModel):
+    """The first answer to a RetryJob or PurgeJobs call that carried a
+    request_id (migration 0011), as the serialized response message: a
+    repeat of the call is answered with it. Not tied to a job: a purge's
+    answer names many, and a retried job may be deleted later."""
+
+    owner = pw.TextField()
+    method = pw.TextField()
+    request_id = pw.TextField()
+    fingerprint = pw.TextField()
+    answer = pw.BlobField()
+    create_time = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "request_answer"
+        primary_key = pw.CompositeKey("owner", "method", "request_id")
+
+
 class SecretRow(BaseModel):
     """A secret the servers of one database share (migration 0014): the
     key that authenticates page tokens, made by the first server to start,
@@ -362,6 +380,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ResultRow,
     UploadRow,
     ChunkRow,
+    AnswerRow,
     SecretRow,
 )
 

@@ -346,6 +346,18 @@ class ArtifactSpec:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RequestKey:
+    """A call's idempotency key (AIP-155) for the methods whose first answer
+    is stored (RetryJob, PurgeJobs): unique per principal and method; the
+    fingerprint tells a repeat from another request reusing the key."""
+
+    method: str
+    owner: str
+    request_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Stats:
     """Counts and timings of a set of jobs (see GetStats)."""
 

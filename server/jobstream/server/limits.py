@@ -82,10 +82,10 @@ MAX_JOB_PAGE = 1_000
 """Largest ListJobs page."""
 
 DEFAULT_EVENT_PAGE = 500
-"""GetJobLogs / ListJobResults page size when none is given."""
+"""ListJobLogs / ListJobResults page size when none is given."""
 
 MAX_EVENT_PAGE = 5_000
-"""Largest GetJobLogs / ListJobResults page."""
+"""Largest ListJobLogs / ListJobResults page."""
 
 MAX_ARTIFACT_PAGE = 1_000
 """Largest ListArtifacts page, and its size when none is given (the
@@ -133,7 +133,7 @@ MAX_TIME_US = 253_402_300_799_999_999
 """The last microsecond of year 9999, the largest time a Timestamp holds."""
 
 MAX_RESPONSE_BYTES = 3 * 1024 * 1024
-"""Paged answers (ListJobs, GetJobLogs, ListJobResults) stop adding items
+"""Paged answers (ListJobs, ListJobLogs, ListJobResults) stop adding items
 at about this size and hand out a page token for the rest, so every page
 fits a client's default 4 MiB receive limit (one item alone is far smaller:
 a log line, or a result of at most MAX_RESULT_BYTES)."""

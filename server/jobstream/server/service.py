@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from jobstream.server.broker import Broker, JobSubscription
 from jobstream.server.domain import (
+    Effects,
     Event,
     EventKind,
     Finish,
@@ -23,6 +24,7 @@ from jobstream.server.domain import (
     NewJob,
     Report,
     ReportAck,
+    RequestKey,
     Stats,
     now_us,
 )
@@ -171,14 +173,41 @@ class JobService:
         return DeleteOutcome(deleted=True, removal=removal)
 
     async def retry(
-        self, job_id: str, reason: str, additional_attempts: int, *, owner: str | None = None
-    ) -> Job:
-        """Queues an ended job again as a new attempt; see Lifecycle.retry."""
-        return await self.writer.run(
-            lambda c: self.store.jobs.retry(
-                c, job_id, reason, additional_attempts, now_us(), owner=owner
+        self,
+        job_id: str,
+        reason: str,
+        additional_attempts: int,
+        *,
+        answer: Callable[[Job], bytes],
+        key: RequestKey | None = None,
+        owner: str | None = None,
+    ) -> bytes:
+        """Queues an ended job again as a new attempt (see Lifecycle.retry)
+        and returns ``answer`` of the job. With ``key``, the answer is
+        recorded in the retry's own transaction, and a repeat of the key
+        returns it without retrying again."""
+
+        def run(effects: Effects) -> bytes:
+            first = self.store.answers.first(key) if key is not None else None
+            if first is not None:
+                return first
+            job = self.store.jobs.retry(
+                effects, job_id, reason, additional_attempts, now_us(), owner=owner
             )
-        )
+            if key is None:
+                return answer(job)
+            return self.store.answers.record(key, answer(job), now_us())
+
+        return await self.writer.run(run)
+
+    async def first_answer(self, key: RequestKey) -> bytes | None:
+        """The answer recorded for ``key`` (see Answers.first)."""
+        return await self.readers.run(self.store.answers.first, key)
+
+    async def record_answer(self, key: RequestKey, answer: bytes) -> bytes:
+        """Records the first answer of a call that has no single transaction
+        of its own (a purge runs in batches); returns the one that counts."""
+        return await self.writer.run(lambda c: self.store.answers.record(key, answer, now_us()))
 
     async def stats(self, flt: JobFilter, window_us: int) -> Stats:
         """Counts and timings of the selected jobs; see Statistics.summary."""
@@ -447,7 +476,7 @@ class JobService:
         for i, raw in enumerate(files):
             checked = check_recorded(self.roots, job_id, raw)
             if checked.target is None:
-                raise InvalidArgument(checked.refusal, field=f"files[{i}]")
+                raise InvalidArgument(checked.refusal, field=f"server_paths[{i}]")
 
     async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
         """Ends an attempt."""

@@ -172,12 +172,9 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
-                elif request.batch_events:
+                else:
                     for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
                         yield js.WatchJobResponse(events=batch)
-                else:
-                    for event in item.events:
-                        yield js.WatchJobResponse(event=self.event_messages.get(event)[0])
 
     @streaming
     async def WatchJobs(
@@ -248,11 +245,11 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         )
 
     @unary
-    async def GetJobLogs(
-        self, request: js.GetJobLogsRequest, context: Context
-    ) -> js.GetJobLogsResponse:
+    async def ListJobLogs(
+        self, request: js.ListJobLogsRequest, context: Context
+    ) -> js.ListJobLogsResponse:
         events, token = await self._events(request, EventKind.LOG)
-        return js.GetJobLogsResponse(events=events, next_page_token=token)
+        return js.ListJobLogsResponse(events=events, next_page_token=token)
 
     @unary
     async def ListJobResults(
@@ -263,7 +260,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def _events(
         self,
-        request: js.GetJobLogsRequest | js.ListJobResultsRequest,
+        request: js.ListJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)
@@ -284,29 +281,43 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         job_id = fields.job_id(request.job_id)
         reason = fields.text(request.reason, "reason")
         attempts = validation.retry_attempts(request.additional_attempts)
-        job = await self.service.retry(
-            job_id, reason, attempts, owner=current_principal().owner_filter
+        principal = current_principal()
+        answer = await self.service.retry(
+            job_id,
+            reason,
+            attempts,
+            answer=lambda job: js.RetryJobResponse(job=convert.job(job)).SerializeToString(),
+            key=validation.request_key(request, "RetryJob", principal.name),
+            owner=principal.owner_filter,
         )
-        return js.RetryJobResponse(job=convert.job(job))
+        return js.RetryJobResponse.FromString(answer)
 
     @unary
     async def PurgeJobs(
         self, request: js.PurgeJobsRequest, context: Context
     ) -> js.PurgeJobsResponse:
+        principal = current_principal()
         flt = dataclasses.replace(
-            validation.purge_filter(request.filter, self.limits),
-            owner=current_principal().owner_filter,
+            validation.purge_filter(request.filter, self.limits), owner=principal.owner_filter
         )
-        outcome = await self.purges.purge(
-            flt,
-            older_than_us=validation.purge_age_us(request),
-            dry_run=request.dry_run,
-        )
-        return js.PurgeJobsResponse(
+        older_than_us = validation.purge_age_us(request)
+        key = validation.request_key(request, "PurgeJobs", principal.name)
+        # A purge runs in many transactions, so its answer is recorded once
+        # it completed: a purge cut short has none, and its repeat runs again
+        # (deleting what is left is what the first would have done).
+        if key is not None and (first := await self.service.first_answer(key)) is not None:
+            return js.PurgeJobsResponse.FromString(first)
+        outcome = await self.purges.purge(flt, older_than_us=older_than_us, dry_run=request.dry_run)
+        response = js.PurgeJobsResponse(
             purged_count=outcome.count,
             job_ids=outcome.job_ids,
             removed_paths=outcome.removed,
             refused_paths=outcome.refused,
+        )
+        if key is None:
+            return response
+        return js.PurgeJobsResponse.FromString(
+            await self.service.record_answer(key, response.SerializeToString())
         )
 
     @unary

@@ -4,6 +4,7 @@ unchecked. The single fields are checked by fields.py."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -19,6 +20,7 @@ from jobstream.server.domain import (
     NewJob,
     Progress,
     Report,
+    RequestKey,
     ResultItem,
     Step,
 )
@@ -103,8 +105,8 @@ def new_job(
         labels=fields.labels(req.labels, f"{field}labels", limits),
         max_attempts=req.max_attempts,
         not_before=(
-            fields.timestamp_us(req.not_before, f"{field}not_before")
-            if req.HasField("not_before")
+            fields.timestamp_us(req.schedule_time, f"{field}schedule_time")
+            if req.HasField("schedule_time")
             else None
         ),
         request_id=req.request_id or None,
@@ -157,12 +159,12 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         "logs": len(req.logs),
         "steps": len(req.steps),
         "results": len(req.results),
-        "files": len(req.files),
+        "server_paths": len(req.server_paths),
     }
     count = sum(counts.values())
     if count > MAX_REPORT_ITEMS:
         raise InvalidArgument(
-            f"the report carries {count} logs, steps, results and files together; "
+            f"the report carries {count} logs, steps, results and server paths together; "
             f"the limit is {MAX_REPORT_ITEMS}",
             field=max(counts, key=lambda k: counts[k]),
         )
@@ -227,8 +229,8 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         for i, r in enumerate(req.results)
     )
     files = tuple(
-        fields.required(fields.text(f, f"files[{i}]", MAX_PATH_BYTES), f"files[{i}]")
-        for i, f in enumerate(req.files)
+        fields.required(fields.text(f, f"server_paths[{i}]", MAX_PATH_BYTES), f"server_paths[{i}]")
+        for i, f in enumerate(req.server_paths)
     )
     return Report(
         progress=progress,
@@ -346,3 +348,24 @@ def download_offset(value: int, limits: Limits) -> int:
     if not 0 <= value <= limits.max_artifact_bytes:
         raise InvalidArgument(f"{value} is outside 0..{limits.max_artifact_bytes}", field="offset")
     return value
+
+
+def request_key(
+    request: job_service_pb2.RetryJobRequest | job_service_pb2.PurgeJobsRequest,
+    method: str,
+    owner: str,
+) -> RequestKey | None:
+    """The call's idempotency key (AIP-155), or None without a request_id.
+    Its fingerprint is the request without the request_id, serialized
+    deterministically: equal requests, equal fingerprints."""
+    if not request.request_id:
+        return None
+    request_id = fields.text(request.request_id, "request_id", MAX_REQUEST_ID_BYTES)
+    bare = type(request).FromString(request.SerializeToString())
+    bare.ClearField("request_id")
+    return RequestKey(
+        method=method,
+        owner=owner,
+        request_id=request_id,
+        fingerprint=hashlib.sha256(bare.SerializeToString(deterministic=True)).hexdigest(),
+    )

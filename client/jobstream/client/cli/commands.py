@@ -97,7 +97,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             priority=args.priority,
             labels=labels,
             max_attempts=args.max_attempts,
-            not_before=args.not_before or getattr(args, "in"),
+            schedule_time=args.not_before or getattr(args, "in"),
             request_id=args.request_id or None,
         )
         if args.watch:
@@ -210,7 +210,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return EXIT_OK
         # A watch from seq 0 replays every stored event and then the live
         # ones, so each line shows exactly once with no stitching of a
-        # GetJobLogs listing onto a watch.
+        # ListJobLogs listing onto a watch.
         stream = client.watch(args.job_id)
         state: JobState | None = None
         try:

@@ -99,7 +99,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             if as_json:
                 # replaced_status belongs to watched events, never to a listed result.
                 fields = {k: v for k, v in vars_of(item).items() if k != "replaced_status"}
-                out.json_out({"seq": event.seq, "time": event.time, **fields}, indent=None)
+                out.json_out({"seq": event.seq, "time": event.event_time, **fields}, indent=None)
                 continue
             out.console.print(_result_line(item), no_wrap=True, overflow="ellipsis", crop=True)
     return EXIT_OK

@@ -256,7 +256,7 @@ def log_line(event: JobEvent, *, date: bool = False) -> Text:
     log = event.log
     if log is None:
         return Text()
-    text = styled(format_time(event.time, date=date), "dim")
+    text = styled(format_time(event.event_time, date=date), "dim")
     text.append(" ")
     text.append(f"{log.level.value:<7}", style=LEVEL_STYLES.get(log.level, ""))
     text.append(" ")
@@ -376,8 +376,10 @@ def job_detail(job: Job) -> Group:
     if job.worker_id:
         row("worker", safe_text(job.worker_id))
     row("created", format_time(job.create_time))
-    if job.not_before is not None and (job.create_time is None or job.not_before > job.create_time):
-        row("not before", format_time(job.not_before))
+    if job.schedule_time is not None and (
+        job.create_time is None or job.schedule_time > job.create_time
+    ):
+        row("not before", format_time(job.schedule_time))
     row("started", format_time(job.start_time))
     row("ended", format_time(job.end_time))
     row("updated", format_time(job.update_time))

@@ -393,7 +393,7 @@ function jobView(view, id) {
   }
 
   function addLine(event) {
-    const entry = {seq: num(event.seq), time: event.time, text: event.log.text || '',
+    const entry = {seq: num(event.seq), time: event.eventTime, text: event.log.text || '',
       level: (event.log.level || 'LOG_LEVEL_INFO').replace('LOG_LEVEL_', '')};
     if (entry.level === 'UNSPECIFIED') entry.level = 'INFO';
     lines.push(entry);
@@ -577,7 +577,7 @@ function jobView(view, id) {
       for (const event of data.events || []) {
         if (num(event.seq) >= firstTail) { met = true; break; }
         const level = (event.log.level || 'LOG_LEVEL_INFO').replace('LOG_LEVEL_', '');
-        head.push({seq: num(event.seq), time: event.time, text: event.log.text || '',
+        head.push({seq: num(event.seq), time: event.eventTime, text: event.log.text || '',
           level: level === 'UNSPECIFIED' ? 'INFO' : level});
       }
       const last = head.length ? head[head.length - 1].seq : 0;

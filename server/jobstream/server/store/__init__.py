@@ -8,8 +8,9 @@ PostgreSQL, split by concept:
   attempts report; with :mod:`.steps` and :mod:`.results`) and
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
-  job-change log; :mod:`.reads` and :mod:`.stats` only read;
-  :mod:`.secrets` holds what the servers of one database share.
+  job-change log; :mod:`.answers` keeps idempotent calls' first answers;
+  :mod:`.secrets` holds what the servers of one database share;
+  :mod:`.reads` and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -23,6 +24,7 @@ from __future__ import annotations
 import peewee as pw
 
 from jobstream.server.limits import Limits
+from jobstream.server.store.answers import Answers
 from jobstream.server.store.artifacts import NO_LEASE, ArtifactStore
 from jobstream.server.store.changelog import ChangeLog
 from jobstream.server.store.deletion import Deletions
@@ -72,5 +74,7 @@ class Store:
         """The job-change log."""
         self.stats = Statistics(db)
         """Counts and timings."""
+        self.answers = Answers(db)
+        """First answers of RetryJob and PurgeJobs calls with a request_id."""
         self.secrets = Secrets(db)
         """The secrets the servers of the database share."""
