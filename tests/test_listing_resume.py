@@ -14,7 +14,7 @@ import pytest
 from conftest import InProcessServer, Server
 from helpers import submit_batches
 
-from jobstream.client import JobClient
+from jobstream.client import JobChange, JobClient
 from jobstream.client.errors import from_rpc_error
 from jobstream.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -125,3 +125,26 @@ def test_the_client_resumes_a_listing_across_a_restart(
                 server.stop()
                 server.restart()
     assert sorted(seen) == sorted(made)  # each once, none missed
+
+
+def test_a_client_continues_a_listing_it_left(server: Server) -> None:
+    suite = uuid.uuid4().hex
+    with grpc.insecure_channel(server.target) as channel:
+        made = submit_batches(job_service_pb2_grpc.JobServiceStub(channel), 2_000, suite)
+    with JobClient(server.target) as client:
+        first: list[JobChange] = []
+        for change in client.watch_jobs(labels={"suite": suite}):
+            first.append(change)
+            if len(first) == 777:
+                break  # this watch is closed here
+        assert first[-1].listing_token
+        rest: list[str] = []
+        for change in client.watch_jobs(
+            labels={"suite": suite}, listing_token=first[-1].listing_token
+        ):
+            if change.caught_up:
+                break
+            assert change.job is not None
+            rest.append(change.job.id)
+    listed = [c.job.id for c in first if c.job is not None] + rest
+    assert len(listed) == len(set(listed)) and set(listed) == set(made)

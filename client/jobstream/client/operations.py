@@ -361,16 +361,26 @@ def watch_jobs(
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
     after_position: int = 0,
+    listing_token: str = "",
     resume: bool = True,
 ) -> Items[JobChange]:
     """Follow a job list: from position 0, every matching job as it is
     now, a ``caught_up`` marker, then live changes; never ends.
 
-    Resumes like ``watch`` from the last position seen.
+    Resumes like ``watch`` from the last position seen, and in the middle
+    of the listing after the last job received. ``listing_token`` (a
+    listed change's, with the same filter) continues a listing an earlier
+    watch left unfinished.
     """
     flt = filter_to_pb(states=states, kinds=kinds, labels=labels, queues=queues)
     return follow(
-        JobsWatch(flt, after_position, resume=resume, resume_timeout=session.resume_timeout)
+        JobsWatch(
+            flt,
+            after_position,
+            listing_token=listing_token,
+            resume=resume,
+            resume_timeout=session.resume_timeout,
+        )
     )
 
 

@@ -207,6 +207,7 @@ class JobsWatch(
         flt: job_pb2.JobFilter,
         after_position: int,
         *,
+        listing_token: str = "",
         resume: bool,
         resume_timeout: float,
     ) -> None:
@@ -216,7 +217,7 @@ class JobsWatch(
         self.filter = flt
         self.position = after_position
         self._listing = after_position == 0
-        self._listing_token = ""
+        self._listing_token = listing_token
         """Where the listing resumes: the token of the last job it sent."""
         self._caught_up_sent = False
 
