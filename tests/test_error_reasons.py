@@ -5,6 +5,7 @@ the enum: a reason added without a scenario here fails."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import time
@@ -411,3 +412,23 @@ def test_the_readme_lists_every_reason() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for reason in REASONS:
         assert f"`{reason}`" in readme, f"README's API section does not list {reason}"
+
+
+STATED = {"FailedPrecondition", "AlreadyExists"}
+"""Domain errors with several reasons and no default: every raise site
+names its reason."""
+
+
+def test_every_raise_of_an_error_with_several_reasons_states_one() -> None:
+    server = Path(__file__).resolve().parent.parent / "server" / "jobstream" / "server"
+    unstated: list[str] = []
+    for path in server.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in STATED
+                and not any(k.arg == "reason" for k in node.keywords)
+            ):
+                unstated.append(f"{path.name}:{node.lineno}")
+    assert unstated == []
