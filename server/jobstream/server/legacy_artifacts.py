@@ -166,6 +166,8 @@ def _read_checked(path: Path, size: int, sha256: str) -> Iterator[bytes]:
             f"the artifact is {size} bytes with sha256 {sha256}",
             field="name",
             reason=errors_pb2.ARTIFACT_NOT_READY,
+            # The file is <root>/<job id>/<name> (see _file_of).
+            metadata={"jobId": path.parent.name, "name": path.name},
         )
 
 
