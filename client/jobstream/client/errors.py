@@ -34,6 +34,7 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "from_rpc_error",
+    "sent_status",
     "unreachable_reason",
 ]
 
@@ -45,7 +46,8 @@ with the names as strings (``"LEASE_EXPIRED"``)."""
 DOMAIN = "jobstream"
 """The google.rpc.ErrorInfo domain of a jobstream server's refusals."""
 
-_DETAILS_TRAILER = "grpc-status-details-bin"
+DETAILS_TRAILER = "grpc-status-details-bin"
+"""The trailer holding the serialized google.rpc.Status of a failed call."""
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
@@ -200,25 +202,27 @@ def from_rpc_error(error: grpc.RpcError) -> JobstreamError:
     message = (details_fn() if callable(details_fn) else None) or ""
     if not isinstance(message, str):
         message = str(message)
-    reason, metadata, field = _read_details(_status_details(error, code))
+    status = sent_status(error, code)
+    reason, metadata, field = _read_details(status.details if status else ())
     return error_class(code)(code, message, field, reason=reason, metadata=metadata)
 
 
-def _status_details(error: grpc.RpcError, code: grpc.StatusCode) -> Sequence[any_pb2.Any]:
-    """The details of the google.rpc.Status in the call's trailer, when it
-    holds one for this very code."""
+def sent_status(error: grpc.RpcError, code: grpc.StatusCode) -> status_pb2.Status | None:
+    """The google.rpc.Status the server sent in the call's trailer (with its
+    details), when it sent one for this very ``code``; None otherwise (a
+    status gRPC made itself, or a broken trailer)."""
     trailers_fn = getattr(error, "trailing_metadata", None)
     trailers = trailers_fn() if callable(trailers_fn) else None
     for key, value in trailers or ():
-        if key != _DETAILS_TRAILER or not isinstance(value, bytes):
+        if key != DETAILS_TRAILER or not isinstance(value, bytes):
             continue
         status = status_pb2.Status()
         try:
             status.ParseFromString(value)
         except DecodeError:
-            return ()
-        return status.details if status.code == code.value[0] else ()
-    return ()
+            return None
+        return status if status.code == code.value[0] else None
+    return None
 
 
 def _read_details(

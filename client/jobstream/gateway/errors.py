@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 # ErrorInfo …) so that json_format can print an Any holding one.
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from jobstream.client.errors import DOMAIN
+from jobstream.client.errors import DOMAIN, sent_status
 from jobstream.v1 import errors_pb2
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -41,22 +41,13 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 """gRPC code -> HTTP status, grpc-gateway's table (runtime/errors.go)."""
 
-DETAILS_TRAILER = "grpc-status-details-bin"
-"""The trailer holding the serialized google.rpc.Status of a failed call."""
-
 
 def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The call's google.rpc.Status: the server's own (with its details) when
     it sent one, else made from the code and message."""
-    for key, value in error.trailing_metadata() or ():
-        if key == DETAILS_TRAILER and isinstance(value, bytes):
-            status = status_pb2.Status()
-            try:
-                status.ParseFromString(value)
-            except Exception:  # a broken trailer: keep code and message
-                break
-            if status.code == error.code().value[0]:
-                return status
+    sent = sent_status(error, error.code())
+    if sent is not None:
+        return sent
     return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
 
 
