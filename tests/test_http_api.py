@@ -20,6 +20,7 @@ import re
 import ssl
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import grpc
 import pytest
 from authmatrix import TOKENS, write_tokens
 from conftest import ServerProcess
-from helpers import RawWorker, eventually
+from helpers import RawWorker, eventually, submit_batches
 from httpclient import Answer, call, events
 from test_metrics import free_port
 
@@ -200,6 +201,29 @@ def test_watch_jobs_skip_listing_then_changes_with_positions(web: ServerProcess)
     with events(url, 30, Last_Event_ID=change.id) as stream:
         deleted = next(e for e in stream if e.event == "deleted")
     assert deleted.json() == {"jobId": job["id"]}
+
+
+def test_a_listing_resumes_from_its_last_event_id(web: ServerProcess) -> None:
+    suite = uuid.uuid4().hex
+    with grpc.insecure_channel(web.target) as channel:
+        made = submit_batches(job_service_pb2_grpc.JobServiceStub(channel), 300, suite)
+    url = f"{web.http_url}/v1/jobs:watch?filter.labels[suite]={suite}"
+    listed: list[str] = []
+    with events(url, 30) as stream:
+        for event in stream:
+            assert event.event == "job" and event.id  # a listing token
+            listed.append(event.json()["id"])
+            last_id = event.id
+            if len(listed) == 100:
+                break  # the browser goes away in the middle of the listing
+    with events(url, 30, Last_Event_ID=last_id) as stream:
+        for event in stream:
+            if event.event == "caught_up":
+                break
+            listed.append(event.json()["id"])
+    assert len(listed) == len(set(listed)) and set(listed) == set(made)
+    with events(url, 30, Last_Event_ID="not-a-token") as refused:
+        assert refused.status == 400 and b"PAGE_TOKEN_INVALID" in refused.body
 
 
 def test_skip_listing_over_grpc_sends_only_the_marker(web: ServerProcess) -> None:

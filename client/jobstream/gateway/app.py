@@ -319,7 +319,7 @@ class Gateway:
         spec = streams.RESUMABLE.get(route.method.full_name)
         if spec is None:
             raise BadRequest("", f"{route.method.name} is not served over HTTP")
-        streams.resume_point(request, message, spec.field)
+        streams.resume_point(request, message, spec)
         stream_call = self._stream(route)
         # Tracked so that stop() can end them: they never end by themselves.
         task = asyncio.current_task()
