@@ -81,7 +81,9 @@ test: $(STAMP) test-tools check ## static checks, then the whole test suite (bro
 faults: $(STAMP) ## the fault suite at full size; prints a table (scenario, figure, pass/fail)
 	JOBSTREAM_FAULTS=full $(BIN)/pytest -p no:cacheprovider -o timeout=900 tests/faults
 
-bench: $(STAMP) ## benchmarks against bare baselines
+# The peers (huey, Procrastinate) are the bench group: part of dev, never of make run.
+bench: $(STAMP) ## benchmarks against bare baselines and the peer job queues
+	$(PY) -m pip install -q --group bench
 	$(PY) -m bench
 
 clean: ## remove the venv and caches (not ./data)

@@ -69,6 +69,16 @@ class Settings:
     """Log lines stored for T8 (10^6 in a full run)."""
     restart_jobs: int
     """Jobs stored for T11 (10^6 in a full run)."""
+    run_jobs: int
+    """No-op jobs each system runs per sample of T12, T13 and T15."""
+    backlog_jobs: int
+    """Jobs queued before T15's backlog sample (10^5 in a full run)."""
+    done_latency_samples: int
+    """Jobs run one at a time per system in T14."""
+    live_updates: int
+    """Updates (one every 10 ms) timed per kind in T16."""
+    full_rate_updates: int
+    """Log lines written as fast as they go in T16's full-rate sample."""
 
 
 FULL = Settings(
@@ -82,6 +92,11 @@ FULL = Settings(
     latency_samples=200,
     list_log_lines=1_000_000,
     restart_jobs=1_000_000,
+    run_jobs=1_000,
+    backlog_jobs=100_000,
+    done_latency_samples=200,
+    live_updates=300,
+    full_rate_updates=20_000,
 )
 """``python -m bench``: three rounds, sized for a few minutes on 2 cores."""
 
@@ -96,6 +111,11 @@ SMOKE = Settings(
     latency_samples=20,
     list_log_lines=10_000,
     restart_jobs=10_000,
+    run_jobs=40,
+    backlog_jobs=1_000,
+    done_latency_samples=10,
+    live_updates=30,
+    full_rate_updates=1_000,
 )
 """``python -m bench --smoke``: one short round of everything, for ``make test``."""
 

@@ -95,6 +95,10 @@ def _number(value: float) -> str:
 def _bound(target: Target, value: float) -> str:
     if target.judge is Judge.RATIO:
         return f"{value:.2f}"
+    if target.judge is Judge.RATIO_AT_MOST:
+        return f"<= {value:.2f}"
+    if target.judge is Judge.REPORTED:
+        return "-"
     return f"<= {_number(value)} {target.unit}"
 
 
@@ -107,7 +111,10 @@ def markdown(result: RunResult) -> str:
         "",
         f"Sizes: T5/T7 {s.fanout_lines:,} lines, T6 {s.tail_lines:,} lines, T4 8 x "
         f"{s.log_lines_per_job:,} lines, T8 {s.list_log_lines:,} stored log lines, "
-        f"T11 {s.restart_jobs:,} stored jobs, T10 {s.latency_samples} submits; "
+        f"T11 {s.restart_jobs:,} stored jobs, T10 {s.latency_samples} submits, "
+        f"T12/T13/T15 {s.run_jobs:,} jobs (T15 behind {s.backlog_jobs:,} queued), "
+        f"T14 {s.done_latency_samples} jobs, T16 {s.live_updates} updates of each kind "
+        f"and {s.full_rate_updates:,} at full rate; "
         f"throughput samples {s.duration_s:g} s. Ratio = service / baseline, median "
         "of the per-round ratios; rows in ms or s pass on the service value itself.",
         "",
@@ -118,6 +125,8 @@ def markdown(result: RunResult) -> str:
         t = row.target
         if not row.rounds:
             verdict = "no data"
+        elif t.judge is Judge.REPORTED:
+            verdict = "reported"
         elif row.passes:
             verdict = "pass (goal)" if row.meets_goal else "pass"
         else:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import http, service, streams
+from bench import http, jobs, live, service, streams
 from bench.env import Env, open_env
 from bench.harness import Sample, Settings
 from bench.report import RunResult, now
@@ -40,6 +40,14 @@ MEASURES: tuple[Measure, ...] = (
     Measure(("T9",), service.t9),
     Measure(("T10.p50", "T10.p99"), service.t10),
     Measure(("T11",), service.t11),
+    Measure(("T12",), jobs.t12),
+    Measure(("T13",), jobs.t13),
+    Measure(("T14.p50", "T14.p99"), jobs.t14),
+    Measure(("T15.2", "T15.8", "T15.32", "T15.backlog"), jobs.t15),
+    Measure(
+        tuple(f"T16.{w}.{q}" for w in ("log", "progress", "full") for q in ("p50", "p99")),
+        live.t16,
+    ),
     Measure(("T17",), http.t17),
     Measure(("T18",), http.t18),
 )

@@ -167,3 +167,51 @@ def seed(db_path: Path, *, jobs: int, log_lines: int = 0) -> float:
     finally:
         conn.close()
     return time.perf_counter() - started
+
+
+QUEUED_OVERRIDES: dict[str, str] = {
+    "state": "'queued'",
+    "fraction": "0.0",
+    "result": "NULL",
+    "attempt": "0",
+    "start_time": "NULL",
+    "end_time": "NULL",
+    "last_seq": "1",
+    "worker_id": "''",
+}
+"""What makes a seeded job a queued one, as a submit leaves it."""
+
+
+def seed_queued(db_path: Path, *, jobs: int, kind: str, queue: str) -> float:
+    """Adds ``jobs`` queued jobs of ``kind`` in ``queue`` (a backlog, T15),
+    each with its queued event; returns the seconds it took."""
+    started = time.perf_counter()
+    params = {
+        "n": jobs,
+        "base": time.time_ns() // 1000 - jobs - 1_000_000,
+        "kind": EventKind.STATE_CHANGE.value,
+        "body": json.dumps(
+            {"state": "queued", "reason": "submitted", "attempt": 0}, separators=(",", ":")
+        ),
+    }
+    known = {**JOB_COLUMNS, **QUEUED_OVERRIDES, "kind": f"'{kind}'", "queue": f"'{queue}'"}
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA journal_mode=WAL")
+        cols = _columns(conn, "job", known)
+        conn.execute("BEGIN")
+        conn.execute(
+            f"{_COUNT}INSERT INTO job ({', '.join(cols)}) SELECT {', '.join(cols.values())} FROM c",
+            params,
+        )
+        conn.execute(
+            f"{_COUNT}INSERT INTO job_event (job_id, seq, time, kind, body) "
+            "SELECT printf('seed-%07d', i), 1, :base + i, :kind, :body FROM c",
+            params,
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return time.perf_counter() - started

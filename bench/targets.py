@@ -14,6 +14,11 @@ class Judge(StrEnum):
     AT_MOST = "at_most"
     """The median service value must be at most the floor (a latency or a
     time); the baseline and ratio are shown for scale only."""
+    REPORTED = "reported"
+    """No floor: the row is shown for what it tells (the issue set none)."""
+    RATIO_AT_MOST = "ratio_at_most"
+    """The median per-round ratio service/baseline must be at most the floor
+    (a latency against a peer's: 1.0 is "as fast")."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -33,12 +38,20 @@ class Target:
         """Whether the floor is met."""
         if self.judge is Judge.RATIO:
             return ratio >= self.floor
+        if self.judge is Judge.RATIO_AT_MOST:
+            return ratio <= self.floor
+        if self.judge is Judge.REPORTED:
+            return True
         return service <= self.floor
 
     def meets_goal(self, ratio: float, service: float) -> bool:
         """Whether the goal is met."""
         if self.judge is Judge.RATIO:
             return ratio >= self.goal
+        if self.judge is Judge.RATIO_AT_MOST:
+            return ratio <= self.goal
+        if self.judge is Judge.REPORTED:
+            return False
         return service <= self.goal
 
 
@@ -153,6 +166,96 @@ TARGETS: tuple[Target, ...] = (
         floor=2.0,
         goal=0.5,
         judge=Judge.AT_MOST,
+    ),
+    Target(
+        id="T12",
+        measure="no-op jobs/s end to end, 2 worker slots, SQLite synchronous=FULL",
+        service="SubmitJobs -> Worker (2 slots) -> done",
+        baseline="huey SqliteHuey fsync=True, 2-thread consumer",
+        unit="jobs/s",
+        floor=1.0,
+        goal=2.0,
+    ),
+    Target(
+        id="T13",
+        measure="no-op jobs/s end to end, 2 worker slots, PostgreSQL",
+        service="SubmitJobs -> Worker (2 slots) -> done, PostgreSQL",
+        baseline="Procrastinate, worker concurrency 2",
+        unit="jobs/s",
+        floor=1.0,
+        goal=2.0,
+    ),
+    Target(
+        id="T14.p50",
+        measure="submit -> done latency of one job at a time, p50 (goal: under 2 ms)",
+        service="submit, wait for done (SQLite)",
+        baseline="Procrastinate defer, poll for succeeded",
+        unit="ms",
+        floor=1.0,
+        goal=0.15,
+        judge=Judge.RATIO_AT_MOST,
+    ),
+    Target(
+        id="T14.p99",
+        measure="submit -> done latency of one job at a time, p99",
+        service="submit, wait for done (SQLite)",
+        baseline="Procrastinate defer, poll for succeeded",
+        unit="ms",
+        floor=1.0,
+        goal=0.5,
+        judge=Judge.RATIO_AT_MOST,
+    ),
+    *(
+        Target(
+            id=f"T15.{slots}",
+            measure=f"T12 with {slots} worker slots vs {fewer}",
+            service=f"no-op jobs/s, {slots} slots",
+            baseline=f"no-op jobs/s, {fewer} slot{'s' if fewer > 1 else ''}",
+            unit="jobs/s",
+            floor=0.90,
+            goal=1.0,
+        )
+        for fewer, slots in ((1, 2), (2, 8), (8, 32))
+    ),
+    Target(
+        id="T15.backlog",
+        measure="T12 with 10^5 jobs queued before it vs none",
+        service="no-op jobs/s, 2 slots, 10^5 queued",
+        baseline="no-op jobs/s, 2 slots, empty queue",
+        unit="jobs/s",
+        floor=0.90,
+        goal=1.0,
+    ),
+    *(
+        Target(
+            id=f"T16.{what}.{q}",
+            measure=f"written -> seen latency of a {noun}, one every 10 ms, {q}",
+            service=f"ctx.{call}() in a worker -> WatchJob in another process",
+            baseline="bare unary echo round trip",
+            unit="ms",
+            floor=floor,
+            goal=goal,
+            judge=Judge.AT_MOST,
+        )
+        for what, noun, call in (
+            ("log", "log line", "log"),
+            ("progress", "progress update", "progress"),
+        )
+        for q, floor, goal in (("p50", 5.0, 2.0), ("p99", 20.0, 10.0))
+    ),
+    *(
+        Target(
+            id=f"T16.full.{q}",
+            measure=f"written -> seen latency of a log line at full rate, {q} (no floor: "
+            "lines queue in the worker's buffer as fast as the handler writes them)",
+            service="ctx.log() as fast as it goes -> WatchJob in another process",
+            baseline="bare unary echo round trip",
+            unit="ms",
+            floor=0.0,
+            goal=0.0,
+            judge=Judge.REPORTED,
+        )
+        for q in ("p50", "p99")
     ),
     Target(
         id="T17",

@@ -137,13 +137,14 @@ class RawWorker:
         ),
         *,
         retryable: bool = False,
+        acquire_next: worker_service_pb2.AcquireJobRequest | None = None,
     ) -> worker_service_pb2.FinishJobResponse:
-        response: worker_service_pb2.FinishJobResponse = self.stub.FinishJob(
-            worker_service_pb2.FinishJobRequest(
-                job_id=job_id, lease_id=lease_id, outcome=outcome, retryable=retryable
-            ),
-            timeout=30,
+        request = worker_service_pb2.FinishJobRequest(
+            job_id=job_id, lease_id=lease_id, outcome=outcome, retryable=retryable
         )
+        if acquire_next is not None:
+            request.acquire_next.CopyFrom(acquire_next)
+        response: worker_service_pb2.FinishJobResponse = self.stub.FinishJob(request, timeout=30)
         return response
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import Server, ServerProcess
-from helpers import eventually
+from helpers import RawWorker, eventually
 
 from jobstream.client import (
     EventKind,
@@ -30,6 +30,7 @@ from jobstream.client import (
     Worker,
 )
 from jobstream.client.security import Security
+from jobstream.v1 import job_pb2, worker_service_pb2
 
 WAIT_S = 30.0
 """Deadline of every wait for a job in these tests."""
@@ -397,3 +398,110 @@ def test_worker_and_watch_survive_a_server_restart(
     assert not any(isinstance(item, Job) for item in seen[1:])
     seqs = [item.seq for item in seen[1:] if isinstance(item, JobEvent)]
     assert seqs == list(range(1, final.last_seq + 1))
+
+
+def _next_of(kind: str, worker_id: str = "raw-worker") -> worker_service_pb2.AcquireJobRequest:
+    return worker_service_pb2.AcquireJobRequest(worker_id=worker_id, kinds=[kind])
+
+
+def test_finish_leases_the_next_job_in_the_same_call(
+    bare_server: Server, client: JobClient
+) -> None:
+    """FinishJob with acquire_next ends the attempt and answers the next
+    runnable job, leased; with none left, ``next`` is there without a job."""
+    first = client.submit("chain", {}, job_id="chain-1")
+    client.submit("chain", {}, job_id="chain-2")
+    raw = RawWorker(bare_server.target)
+    try:
+        lease = raw.acquire("chain")
+        assert lease.job.id == first.id
+        done = raw.finish(first.id, lease.lease_id, acquire_next=_next_of("chain"))
+        assert done.job.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert done.next.job.id == "chain-2"
+        assert done.next.job.state == job_pb2.JOB_STATE_RUNNING
+        assert done.next.lease_id
+        assert client.get("chain-2").state is JobState.RUNNING
+        last = raw.finish("chain-2", done.next.lease_id, acquire_next=_next_of("chain"))
+        assert last.job.state == job_pb2.JOB_STATE_SUCCEEDED
+        assert last.HasField("next") and not last.next.HasField("job")
+        plain = client.submit("chain", {}, job_id="chain-3")
+        lease = raw.acquire("chain")
+        assert not raw.finish(plain.id, lease.lease_id).HasField("next")
+    finally:
+        raw.close()
+    for job_id in ("chain-1", "chain-2", "chain-3"):
+        seqs = [e.seq for e in events_of(client, job_id)]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+def test_a_refused_finish_leases_nothing(bare_server: Server, client: JobClient) -> None:
+    """A bad acquire_next (named in the error) or a stale lease refuses the
+    whole call: the attempt is not ended and the next job stays queued."""
+    client.submit("refused", {}, job_id="refused-1")
+    client.submit("refused", {}, job_id="refused-2")
+    raw = RawWorker(bare_server.target)
+    try:
+        lease = raw.acquire("refused")
+        with pytest.raises(grpc.RpcError) as bad:
+            raw.finish("refused-1", lease.lease_id, acquire_next=_next_of("refused", ""))
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (bad.value.details() or "").startswith("acquire_next.worker_id: ")
+        with pytest.raises(grpc.RpcError) as stale:
+            raw.finish("refused-1", "0" * 32, acquire_next=_next_of("refused"))
+        assert stale.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert client.get("refused-1").state is JobState.RUNNING
+        assert client.get("refused-2").state is JobState.QUEUED
+        assert raw.finish("refused-1", lease.lease_id).job.state == job_pb2.JOB_STATE_SUCCEEDED
+    finally:
+        raw.close()
+
+
+def test_a_worker_runs_a_queue_of_jobs_one_slot_after_another(
+    bare_server: Server, client: JobClient
+) -> None:
+    """With one slot, each job's FinishJob leases the next: all run, in
+    order, each exactly once."""
+    ran: list[str] = []
+    handlers = Handlers()
+
+    @handlers.handler("queue-of-jobs")
+    def record(ctx: JobContext) -> None:
+        ran.append(ctx.id)
+
+    ids = [f"queued-{i}" for i in range(12)]
+    for job_id in ids:
+        client.submit("queue-of-jobs", {}, job_id=job_id)
+    acquires = AcquireCalls()
+    with running_worker(
+        bare_server.target, handlers, concurrency=1, security=Observed(acquires=acquires)
+    ):
+        for job_id in ids:
+            assert client.wait(job_id, timeout=WAIT_S).state is JobState.SUCCEEDED
+    assert ran == ids
+    # The first job came from AcquireJob, the others with FinishJob answers;
+    # the last AcquireJob is the long poll left waiting (or a restart's retry).
+    assert len(acquires.calls) <= 3, len(acquires.calls)
+
+
+def test_an_update_is_sent_without_waiting_for_the_flush_interval(
+    bare_server: Server, client: JobClient
+) -> None:
+    """Nothing in flight: a log line and a progress update go out at once,
+    not at the next flush interval (30 s here), and without flush()."""
+    handlers = Handlers()
+
+    @handlers.handler("e2e.prompt")
+    def work(ctx: JobContext) -> dict[str, Any]:
+        ctx.log("sent at once")
+        ctx.progress(1, 2, message="half")
+        with JobClient(bare_server.target, timeout=10) as reader:
+            seen = eventually(lambda: [e.log.text for e in reader.logs(ctx.id) if e.log] or None)
+            message = eventually(lambda: reader.get(ctx.id).progress.message or None)
+        return {"seen": seen, "progress": message}
+
+    with running_worker(bare_server.target, handlers, flush_interval=30):
+        job = client.submit("e2e.prompt")
+        final = client.wait(job.id, timeout=WAIT_S)
+    # One attempt: a retry would find the first attempt's line stored.
+    assert final.attempt == 1, final.error
+    assert final.result == {"seen": ["sent at once"], "progress": "half"}

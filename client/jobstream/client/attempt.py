@@ -17,7 +17,7 @@ import inspect
 import logging
 import threading
 import traceback
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +174,16 @@ class Attempt:
         handler: Handler | None,
         flush_interval: float,
         files_root: Path | None = None,
+        acquire_next: Callable[[], worker_service_pb2.AcquireJobRequest | None] | None = None,
+        on_next: Callable[[worker_service_pb2.AcquireJobResponse], bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.acquire_next = acquire_next
+        """What to lease next in the FinishJob call (None: nothing)."""
+        self.on_next = on_next
+        """Runs the job that FinishJob leased; True when it took this slot."""
+        self.handed_over = False
+        """Whether this attempt's slot went to the job its FinishJob leased."""
         self.stub = stub
         self.job = job
         self.lease_id = lease_id
@@ -388,8 +396,17 @@ class Attempt:
                 return await self._finish(outcome)
         if outcome.error is not None:
             request.error.CopyFrom(job_error_to_pb(outcome.error))
+        retry = None
+        following = self.acquire_next() if self.acquire_next is not None else None
+        if following is not None and outcome.outcome is not JobOutcome.RELEASED:
+            # A retry (after an answer was lost) only finishes: the first
+            # call's lease, if it was taken, is released by the server when
+            # the call is cut, or expires like an AcquireJob's lost answer.
+            retry = worker_service_pb2.FinishJobRequest()
+            retry.CopyFrom(request)
+            request.acquire_next.CopyFrom(following)
         try:
-            response = await self._call(self.stub.FinishJob, request)
+            response = await self._call(self.stub.FinishJob, request, retry=retry)
         except JobstreamError as exc:
             if outcome.outcome is JobOutcome.SUCCEEDED:
                 # Typically a result over the server's size limit: the job
@@ -403,6 +420,8 @@ class Attempt:
             # A failure was logged at WARNING with its cause already.
             level = logging.DEBUG if outcome.outcome is JobOutcome.FAILED else logging.INFO
             log.log(level, "job %s (%s): %s", self.job.id, self.job.kind, outcome.outcome.value)
+            if response.next.HasField("job") and self.on_next is not None:
+                self.handed_over = self.on_next(response.next)
 
     async def _upload(self, path: Path, name: str, content_type: str) -> Artifact:
         """UploadArtifact: hash the file, then stream it in chunks. Not
@@ -438,11 +457,16 @@ class Attempt:
         return artifact_from_pb(response.artifact)
 
     async def _call(
-        self, rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        retry: Req | None = None,
     ) -> Resp | None:
-        """A lease-bound call: transient failures are retried while the
-        lease may still be alive. None when the lease is lost; raises
-        JobstreamError when the server refuses the request itself."""
+        """A lease-bound call: transient failures are retried (with
+        ``retry`` instead of ``request``, when given) while the lease may
+        still be alive. None when the lease is lost; raises JobstreamError
+        when the server refuses the request itself."""
         method = type(request).__name__.removesuffix("Request")
         backoff = Backoff()
         while True:
@@ -463,6 +487,7 @@ class Attempt:
                     "job %s: %s failed (%s); retrying in %.1fs", self.job.id, method, error, delay
                 )
                 await asyncio.sleep(delay)
+                request = retry or request
                 continue
             self._lease_deadline = self.loop.time() + self.lease_seconds
             return response

@@ -117,9 +117,13 @@ class ReportBuffer:
             self._progress = change(self._progress)
             if not self._progress_number:
                 self._progress_number = self._number
+            wake = not self._wake_sent
+            self._wake_sent = True
+        if wake:
+            self._wake_flusher()
 
     def add(self, section: Section, payload: Message | str) -> None:
-        """Buffer one update; the flusher is woken early once a batch is full."""
+        """Buffer one update, waking the flusher (see ``woken``)."""
         size = payload.ByteSize() if isinstance(payload, Message) else len(payload.encode())
         with self._cond:
             if not self.on_loop_thread():
@@ -130,10 +134,8 @@ class ReportBuffer:
             self._number += 1
             self._items.append(_Item(self._number, section, payload, size))
             self._bytes += size
-            full = len(self._items) >= MAX_BATCH_ITEMS or self._bytes >= MAX_BATCH_BYTES
-            wake = full and not self._wake_sent
-            if wake:
-                self._wake_sent = True
+            wake = not self._wake_sent
+            self._wake_sent = True
         if wake:
             self._wake_flusher()
 
@@ -174,8 +176,10 @@ class ReportBuffer:
     # -- the flusher's side (the event loop's thread)
 
     async def woken(self) -> None:
-        """Wait until a batch is due early: one is full, or someone waits
-        for an acknowledgement."""
+        """Wait until there is something to send: the first update since
+        the flusher last took batches wakes it. Updates added while a report
+        is in flight wait for its answer and go together in the next one,
+        so batching costs latency only when there is a batch to make."""
         await self._wake.wait()
 
     def wake(self) -> None:

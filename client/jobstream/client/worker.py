@@ -3,7 +3,9 @@ a time, until stopped.
 
 A worker takes jobs of the kinds its :class:`~jobstream.client.handlers.Handlers`
 know, one AcquireJob long-poll at a time and only while a slot is free; each
-leased job runs as an :class:`~jobstream.client.attempt.Attempt`. The worker
+leased job runs as an :class:`~jobstream.client.attempt.Attempt`. An attempt
+that ends asks for the next job in its FinishJob call, so while jobs are
+waiting a slot goes from one to the next with one call per job. The worker
 runs on ``grpc.aio``: an ``async def`` handler runs as a task on its event
 loop, a plain function in a thread of its own (see JobContext).
 
@@ -65,7 +67,9 @@ DEFAULT_LEASE_DURATION = 30.0
 """Seconds a lease lasts unless renewed; a dead worker's job is rescued after this."""
 
 DEFAULT_FLUSH_INTERVAL = 0.2
-"""Seconds between batches of buffered updates."""
+"""Seconds a job's flusher sleeps between checks whether its lease is due
+for renewal; updates never wait for it (they are sent as soon as no report
+of the job is in flight)."""
 
 DEFAULT_POLL_WAIT = 20.0
 """Seconds one AcquireJob long-poll waits for a job (the server allows 0..60)."""
@@ -106,7 +110,9 @@ class Worker:
 
     ``concurrency`` jobs run at once (a job is only acquired when a slot is
     free); ``lease_duration`` is asked of the server for each lease;
-    updates are sent every ``flush_interval`` seconds; each AcquireJob
+    updates are sent as soon as no report of the job is in flight (those
+    written meanwhile go together in the next), and the lease is checked
+    for renewal every ``flush_interval`` seconds; each AcquireJob
     waits up to ``poll_wait`` seconds for a job. A worker survives server
     restarts: it backs off and tries again.
 
@@ -237,7 +243,14 @@ class Worker:
             self.target,
             self.concurrency,
         )
-        acquirer = asyncio.create_task(self._acquire_loop(stub, kinds), name="jobstream-acquire")
+        self._acquire_request = worker_service_pb2.AcquireJobRequest(
+            worker_id=self.worker_id,
+            kinds=kinds,
+            queues=self.queues,
+            wait=_duration(self.poll_wait),
+            lease_duration=_duration(self.lease_duration),
+        )
+        acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
         self._acquirer = acquirer
         try:
             # asyncio.wait, not await: stop() cancels the acquirer, and that
@@ -314,19 +327,11 @@ class Worker:
 
     # -- acquiring
 
-    async def _acquire_loop(
-        self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub, kinds: tuple[str, ...]
-    ) -> None:
+    async def _acquire_loop(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub) -> None:
         slots = asyncio.Semaphore(self.concurrency)
         backoff = Backoff()
         outage = False
-        request = worker_service_pb2.AcquireJobRequest(
-            worker_id=self.worker_id,
-            kinds=kinds,
-            queues=self.queues,
-            wait=_duration(self.poll_wait),
-            lease_duration=_duration(self.lease_duration),
-        )
+        request = self._acquire_request
         while not self._stopping:
             await slots.acquire()
             started = False
@@ -392,15 +397,40 @@ class Worker:
             handler=self.handlers.get(job.kind),
             flush_interval=self.flush_interval,
             files_root=self.files_root,
+            acquire_next=self._next_request,
+            on_next=lambda next_lease: self._start_next(stub, next_lease, slots),
         )
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
         task = asyncio.create_task(run.run(), name=f"jobstream-job-{job.id}")
         self._jobs[job.id] = (run, task)
 
         def done(task: asyncio.Task[None]) -> None:
-            self._jobs.pop(job.id, None)
-            slots.release()
+            if self._jobs.get(job.id, (None,))[0] is run:
+                self._jobs.pop(job.id)
+            if not run.handed_over:
+                slots.release()
             if not task.cancelled() and task.exception() is not None:
                 log.error("job %s: worker error", job.id, exc_info=task.exception())
 
         task.add_done_callback(done)
+
+    def _next_request(self) -> worker_service_pb2.AcquireJobRequest | None:
+        """What a finishing attempt asks for to lease the next job in the
+        same FinishJob call; None once the worker is stopping."""
+        return None if self._stopping else self._acquire_request
+
+    def _start_next(
+        self,
+        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
+        response: worker_service_pb2.AcquireJobResponse,
+        slots: asyncio.Semaphore,
+    ) -> bool:
+        """Runs the job a FinishJob leased, in the slot of the attempt that
+        just ended; False when it could not start (the slot is then freed
+        by that attempt, and the lease expires on the server)."""
+        try:
+            self._start(stub, response, slots)
+        except Exception:
+            log.exception("worker %s: cannot start a leased job", self.worker_id)
+            return False
+        return True

@@ -269,6 +269,7 @@ class FinishJobRequest(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
+    ACQUIRE_NEXT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     lease_id: _builtins.str
@@ -285,6 +286,15 @@ class FinishJobRequest(_message.Message):
     def error(self) -> _job_pb2.JobError:
         """The error, when failed or cancelled."""
 
+    @_builtins.property
+    def acquire_next(self) -> Global___AcquireJobRequest:
+        """Optional: lease the next runnable job as AcquireJob would, in the same
+        transaction that ends this attempt, and answer it in `next`. Checked
+        like an AcquireJobRequest (errors name acquire_next.<field>); its
+        `wait` is ignored: the call never waits for a job. Unset: the call
+        only finishes, as it always did.
+        """
+
     def __init__(
         self,
         *,
@@ -294,10 +304,11 @@ class FinishJobRequest(_message.Message):
         result: _struct_pb2.Struct | None = ...,
         error: _job_pb2.JobError | None = ...,
         retryable: _builtins.bool = ...,
+        acquire_next: Global___AcquireJobRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire_next", b"acquire_next", "error", b"error", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job_id", b"job_id", "lease_id", b"lease_id", "outcome", b"outcome", "result", b"result", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_next", b"acquire_next", "error", b"error", "job_id", b"job_id", "lease_id", b"lease_id", "outcome", b"outcome", "result", b"result", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,18 +321,26 @@ class FinishJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """The job: terminal, or QUEUED again for a retry."""
+
+    @_builtins.property
+    def next(self) -> Global___AcquireJobResponse:
+        """The next leased job when `acquire_next` was set; its `job` is unset when
+        none was runnable. Unset when `acquire_next` was not set.
+        """
 
     def __init__(
         self,
         *,
         job: _job_pb2.Job | None = ...,
+        next: Global___AcquireJobResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "next", b"next"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "next", b"next"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

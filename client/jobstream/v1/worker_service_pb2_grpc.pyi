@@ -61,9 +61,12 @@ class WorkerServiceStub:
     FinishJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]
     """Ends the leased attempt: succeeded, failed (retried while attempts
     remain, if retryable) or cancelled. Steps still running end with it:
-    succeeded, failed or cancelled like the job.
+    succeeded, failed or cancelled like the job. With `acquire_next` it also
+    leases the worker's next job in the same transaction, so a worker that
+    runs job after job makes one call per job instead of two.
     Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
-    LEASE_UNKNOWN).
+    LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+    AcquireJob.
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]
     """Uploads an output file of a leased job: a header message, then the
@@ -110,9 +113,12 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     FinishJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends the leased attempt: succeeded, failed (retried while attempts
     remain, if retryable) or cancelled. Steps still running end with it:
-    succeeded, failed or cancelled like the job.
+    succeeded, failed or cancelled like the job. With `acquire_next` it also
+    leases the worker's next job in the same transaction, so a worker that
+    runs job after job makes one call per job instead of two.
     Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
-    LEASE_UNKNOWN).
+    LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+    AcquireJob.
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads an output file of a leased job: a header message, then the
@@ -174,9 +180,12 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_worker_service_pb2.FinishJobResponse, _abc.Awaitable[_worker_service_pb2.FinishJobResponse]]:
         """Ends the leased attempt: succeeded, failed (retried while attempts
         remain, if retryable) or cancelled. Steps still running end with it:
-        succeeded, failed or cancelled like the job.
+        succeeded, failed or cancelled like the job. With `acquire_next` it also
+        leases the worker's next job in the same transaction, so a worker that
+        runs job after job makes one call per job instead of two.
         Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
-        LEASE_UNKNOWN).
+        LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+        AcquireJob.
         """
 
     @_abc_1.abstractmethod

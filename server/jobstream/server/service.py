@@ -14,6 +14,7 @@ from typing import ParamSpec, TypeVar
 
 from jobstream.server.broker import Broker, JobSubscription
 from jobstream.server.domain import (
+    Acquire,
     Effects,
     Event,
     EventKind,
@@ -436,25 +437,30 @@ class JobService:
     async def _acquire_once(
         self, worker_id: str, kinds: Sequence[str], queues: Sequence[str], lease_us: int
     ) -> Lease | None:
-        """One acquire attempt. If the caller goes away while it commits, the
-        lease it took is released: a cancelled AcquireJob never strands a
-        job as RUNNING with nobody holding its lease."""
-        attempt = asyncio.ensure_future(
-            self.writer.run(
-                lambda c: self.store.jobs.acquire(
-                    c,
-                    worker_id=worker_id,
-                    kinds=kinds,
-                    queues=queues,
-                    lease_us=lease_us,
-                    now=now_us(),
-                )
-            )
+        """One acquire attempt."""
+        return await self._leasing(
+            lambda c: self.store.jobs.acquire(
+                c,
+                worker_id=worker_id,
+                kinds=kinds,
+                queues=queues,
+                lease_us=lease_us,
+                now=now_us(),
+            ),
+            lambda lease: lease,
         )
+
+    async def _leasing(
+        self, op: Callable[[Effects], T], lease_of: Callable[[T], Lease | None]
+    ) -> T:
+        """Runs a write that may lease a job. If the caller goes away while
+        it commits, the lease it took is released: a cancelled call never
+        strands a job as RUNNING with nobody holding its lease."""
+        attempt = asyncio.ensure_future(self.writer.run(op))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            lease = await attempt
+            lease = lease_of(await attempt)
             if lease is not None:
                 job_id, lease_id = lease.job.id, lease.lease_id
                 await self.writer.run(
@@ -478,11 +484,34 @@ class JobService:
             if checked.target is None:
                 raise InvalidArgument(checked.refusal, field=f"server_paths[{i}]")
 
-    async def finish(self, job_id: str, lease_id: str, finish: Finish) -> Job:
-        """Ends an attempt."""
-        return await self.writer.run(
-            lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
-        )
+    async def finish(
+        self, job_id: str, lease_id: str, finish: Finish, *, acquire_next: Acquire | None = None
+    ) -> tuple[Job, Lease | None]:
+        """Ends an attempt; with ``acquire_next``, also leases the worker's
+        next job in the same transaction (never waiting for one): one call
+        and one commit per job for a worker running job after job."""
+        if acquire_next is None:
+            job = await self.writer.run(
+                lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
+            )
+            return job, None
+        spec = acquire_next
+        lease_us = min(spec.lease_us or self.lease_us, self.max_lease_us)
+
+        def finish_then_acquire(effects: Effects) -> tuple[Job, Lease | None]:
+            now = now_us()
+            job = self.store.jobs.finish(effects, job_id, lease_id, finish, now)
+            lease = self.store.jobs.acquire(
+                effects,
+                worker_id=spec.worker_id,
+                kinds=spec.kinds,
+                queues=spec.queues,
+                lease_us=lease_us,
+                now=now,
+            )
+            return job, lease
+
+        return await self._leasing(finish_then_acquire, lambda done: done[1])
 
     async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
         """Rescues jobs from dead workers; see Lifecycle.expire_leases."""

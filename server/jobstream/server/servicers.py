@@ -407,12 +407,18 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def FinishJob(
         self, request: ws.FinishJobRequest, context: Context
     ) -> ws.FinishJobResponse:
-        job = await self.service.finish(
+        job, lease = await self.service.finish(
             fields.job_id(request.job_id),
             fields.lease_id(request.lease_id),
             validation.finish(request, self.limits),
+            acquire_next=validation.acquire_next(request),
         )
-        return ws.FinishJobResponse(job=convert.job(job))
+        response = ws.FinishJobResponse(job=convert.job(job))
+        if request.HasField("acquire_next"):
+            response.next.SetInParent()
+            if lease is not None:
+                response.next.CopyFrom(ws.AcquireJobResponse(**convert.lease_fields(lease)))
+        return response
 
     @unary
     async def UploadArtifact(

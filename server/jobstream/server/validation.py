@@ -297,6 +297,17 @@ def acquire(req: worker_service_pb2.AcquireJobRequest) -> Acquire:
     )
 
 
+def acquire_next(req: worker_service_pb2.FinishJobRequest) -> Acquire | None:
+    """FinishJob's optional ``acquire_next``, checked like an AcquireJob
+    (errors name ``acquire_next.<field>``); None when unset."""
+    if not req.HasField("acquire_next"):
+        return None
+    try:
+        return acquire(req.acquire_next)
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.message, field=f"acquire_next.{exc.field}") from exc
+
+
 def purge_filter(flt: job_pb2.JobFilter, limits: Limits) -> JobFilter:
     """A PurgeJobs filter: its states, if any, must all be terminal."""
     domain = job_filter(flt, limits)

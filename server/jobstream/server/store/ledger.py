@@ -49,25 +49,29 @@ class Ledger:
     def row(self, job_id: str, owner: str | None = None) -> JobRow:
         """The job's row, or NotFound; with ``owner``, also NotFound (in the
         same words) when another principal owns the job."""
-        row = JobRow.get_or_none(JobRow.id == job_id)
+        row = self.by_id(job_id)
         if row is None or not owned(row, owner):
             raise not_found(job_id)
         return row
+
+    def by_id(self, job_id: str, *, lock: bool = False) -> JobRow | None:
+        """The job's row or None, through SQL built once (peewee building a
+        SELECT per call cost more than SQLite running it)."""
+        row: JobRow | None
+        for row in JobRow.raw(self.sql.job_by_id(lock=lock), job_id):
+            return row
+        return None
 
     def locked_row(self, job_id: str) -> JobRow | None:
         """The job's row, on PostgreSQL locked (FOR UPDATE) until the
         transaction ends; None when there is none, also when a transaction
         that held the lock meanwhile deleted it."""
-        query = JobRow.select().where(JobRow.id == job_id)
-        if self.dialect.row_locks:
-            query = query.for_update()
-        row: JobRow | None = query.get_or_none()
-        return row
+        return self.by_id(job_id, lock=True)
 
     def leased(self, job_id: str, lease_id: str, now: int, *, lock: bool = False) -> JobRow:
         """The job, if ``lease_id`` is its live lease; fencing for workers.
         With ``lock``, its row is locked as by locked_row."""
-        row = self.locked_row(job_id) if lock else JobRow.get_or_none(JobRow.id == job_id)
+        row = self.by_id(job_id, lock=lock)
         if row is None:
             raise not_found(job_id)
         if row.state != JobState.RUNNING.value or row.lease_id != lease_id:
@@ -131,17 +135,18 @@ class Ledger:
             fields["end_time"] = now
         else:
             effects.acquirable.add((row.queue, row.kind))
-        self.sql.update(
-            row.id,
-            {
-                "state": state.value,
-                "lease_id": None,
-                "lease_expire": None,
-                "update_time": now,
-                "last_seq": seq,
-                **fields,
-            },
-        )
+        values = {
+            "state": state.value,
+            "lease_id": None,
+            "lease_expire": None,
+            "update_time": now,
+            "last_seq": seq,
+            **fields,
+        }
+        self.sql.update(row.id, values)
+        # The row now says what is stored, so callers can answer from it
+        # without reading it again.
+        row.__data__.update(values)
 
     def append(
         self, effects: Effects, row: JobRow, now: int, items: Sequence[tuple[EventKind, JSON]]
@@ -154,6 +159,8 @@ class Ledger:
         ]
         self.insert_events(effects, events)
         row.last_seq = first + len(items) - 1
+        # Known here, so the change log need not look the owner up.
+        effects.owners.setdefault(row.id, row.owner)
         return int(row.last_seq)
 
     def insert_events(self, effects: Effects, events: list[Event]) -> None:

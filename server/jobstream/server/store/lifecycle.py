@@ -270,11 +270,13 @@ class Lifecycle:
         if state is JobState.CANCELLED and error is None:
             error = ErrorInfo(code="cancelled", message="cancelled while running")
         why = "" if state is JobState.SUCCEEDED else (error.message if error else reason)
-        ended = steps.end_running(row.id, step_end, now, why)
+        # Steps exist only once reported (step_count counts them): most jobs
+        # have none, and finish is on every job's path.
+        ended = steps.end_running(row.id, step_end, now, why) if row.step_count else []
         self.ledger.transition(
             effects, row, state, reason, now, error=error, step_changes=ended, **fields
         )
-        return self.reads.get_job(job_id)
+        return self.reads.job_with_steps(row)
 
     def cancel(
         self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None

@@ -11,7 +11,7 @@ from typing import Any
 import peewee as pw
 
 from jobstream.server.db import JobRow, LabelRow, StepRow, execute
-from jobstream.server.domain import JSON, Event, EventKind, Job, JobFilter
+from jobstream.server.domain import JSON, Event, EventKind, Job, JobFilter, Step
 from jobstream.server.errors import not_found
 from jobstream.server.store.ledger import owned
 from jobstream.server.store.results import Results
@@ -38,6 +38,16 @@ class Reads:
                 step_of(s)
                 for s in StepRow.select().where(StepRow.job == job_id).order_by(StepRow.position)
             )
+        return job_of(row, stored)
+
+    def job_with_steps(self, row: JobRow) -> Job:
+        """The job of a row just read and written in this transaction, with
+        its steps (read only when it has any): what a write answers with,
+        without reading the row again."""
+        stored: tuple[Step, ...] = ()
+        if row.step_count:
+            query = StepRow.select().where(StepRow.job == row.id).order_by(StepRow.position)
+            stored = tuple(step_of(s) for s in query)
         return job_of(row, stored)
 
     def get_jobs(self, job_ids: Iterable[str]) -> dict[str, Job]:

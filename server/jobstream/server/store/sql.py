@@ -71,6 +71,18 @@ class Statements:
             self._cache[key] = sql
         return self._cache[key]
 
+    def job_by_id(self, *, lock: bool) -> str:
+        """``SELECT * FROM job WHERE id`` (``FOR UPDATE`` with ``lock``, on
+        backends with row locks); parameter: the id. Every worker call
+        reads its job's row through this."""
+        key = ("job", lock)
+        if key not in self._cache:
+            query = JobRow.select().where(JobRow.id == "")
+            if lock and self.dialect.row_locks:
+                query = query.for_update()
+            self._cache[key] = query.sql()[0]
+        return self._cache[key]
+
     def update_job(self, columns: Sequence[str]) -> str:
         """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
         key = ("update", *columns)
