@@ -15,7 +15,13 @@ from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
 from jobstream.client.security import Security
-from jobstream.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from jobstream.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 T = TypeVar("T")
 
@@ -105,9 +111,11 @@ class RawWorker:
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-        messages = [
-            worker_service_pb2.UploadArtifactRequest(header=header),
-            worker_service_pb2.UploadArtifactRequest(chunk=data),
+        # Chunks of at most 1 MiB (an empty artifact still sends one).
+        step = 1024 * 1024
+        messages = [worker_service_pb2.UploadArtifactRequest(header=header)] + [
+            worker_service_pb2.UploadArtifactRequest(chunk=data[i : i + step])
+            for i in range(0, max(len(data), 1), step)
         ]
         response: worker_service_pb2.UploadArtifactResponse = self.stub.UploadArtifact(
             iter(messages), timeout=30
@@ -203,3 +211,19 @@ class Raw:
         """A method streaming both ways."""
         call: grpc.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
         return call
+
+
+def submit_batches(
+    stub: job_service_pb2_grpc.JobServiceStub, n: int, suite: str, kind: str = "bulk.job"
+) -> list[str]:
+    """Submits ``n`` jobs labelled ``suite`` in SubmitJobs batches of 1,000
+    (quick bulk set-up); their ids, in submit order."""
+    made: list[str] = []
+    for start in range(0, n, 1000):
+        batch = [
+            job_service_pb2.SubmitJobRequest(kind=kind, labels={"suite": suite})
+            for _ in range(min(1000, n - start))
+        ]
+        answer = stub.SubmitJobs(job_service_pb2.SubmitJobsRequest(requests=batch), timeout=120)
+        made += [r.job.id for r in answer.responses]
+    return made

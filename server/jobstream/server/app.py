@@ -39,6 +39,8 @@ from jobstream.server.readers import Readers
 from jobstream.server.service import JobService
 from jobstream.server.servicers import JobServiceServicer, WorkerServiceServicer
 from jobstream.server.store import RetryPolicy, Store
+from jobstream.server.store.secrets import PAGE_TOKEN_KEY
+from jobstream.server.tokens import PageTokens
 from jobstream.server.writer import CommitStep, Writer
 from jobstream.v1 import (
     job_service_pb2,
@@ -182,7 +184,14 @@ async def serve(
         memory_budget=config.watch_memory_budget,
     )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServiceServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota),
+        JobServiceServicer(
+            service,
+            artifacts=artifacts,
+            purges=purges,
+            limits=limits,
+            page_tokens=PageTokens(store.secrets.get_or_make(PAGE_TOKEN_KEY)),
+            quota=quota,
+        ),
         server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(

@@ -87,6 +87,11 @@ DEFAULT_EVENT_PAGE = 500
 MAX_EVENT_PAGE = 5_000
 """Largest ListJobLogs / ListJobResults page."""
 
+MAX_ARTIFACT_PAGE = 1_000
+"""Largest ListArtifacts page, and its size when none is given (the
+default --max-artifacts-per-job, so a job's artifacts come in one page
+unless the operator allows more)."""
+
 WATCH_BATCH_BYTES = 32 * 1024
 """A batching watcher's events go in messages of about this size: large
 enough that per-message costs vanish (64 log lines of 1 KiB per message),

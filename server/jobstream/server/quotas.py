@@ -74,7 +74,8 @@ class WatcherQuota:
         if self.total >= self.max_total:
             raise ResourceExhausted(
                 f"{self.total} watch streams are open on this server; the limit is "
-                f"{self.max_total} (--max-watchers)"
+                f"{self.max_total} (--max-watchers)",
+                metadata={"limit": str(self.max_total), "setting": "--max-watchers"},
             )
         if self.total >= self.max_by_memory:
             raise ResourceExhausted(
@@ -85,7 +86,11 @@ class WatcherQuota:
         if self._by_principal[principal] >= self.max_per_principal:
             raise ResourceExhausted(
                 f"{self._by_principal[principal]} watch streams are open for this principal; "
-                f"the limit is {self.max_per_principal} (--max-watchers-per-principal)"
+                f"the limit is {self.max_per_principal} (--max-watchers-per-principal)",
+                metadata={
+                    "limit": str(self.max_per_principal),
+                    "setting": "--max-watchers-per-principal",
+                },
             )
         self.total += 1
         self._by_principal[principal] += 1

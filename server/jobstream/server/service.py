@@ -35,6 +35,7 @@ from jobstream.server.files import FileRoots, Removal, check_recorded, remove_jo
 from jobstream.server.readers import Readers
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,17 @@ class ListChange:
     job: Job | None = None
     deleted_job_id: str | None = None
     caught_up: bool = False
+    listed: bool = False
+    """A job of the initial listing (resumable after it, see ListingResume)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingResume:
+    """Where an initial listing that was cut off resumes: its position,
+    and the (create_time, id) of the last job it sent."""
+
+    position: int
+    after: tuple[int, str]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -139,12 +151,10 @@ class JobService:
         return await self.readers.run(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
-        self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
-    ) -> tuple[list[Job], tuple[int, str] | None]:
-        """A page of jobs, newest first."""
-        return await self.readers.run(
-            self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor
-        )
+        self, flt: JobFilter, limit: int, cursor: tuple[int, str] | None
+    ) -> list[Job]:
+        """Up to ``limit`` jobs after ``cursor``, newest first."""
+        return await self.readers.run(self.store.reads.list_jobs, flt, limit=limit, cursor=cursor)
 
     async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
         """Cancels or asks to stop; see Lifecycle.cancel."""
@@ -274,6 +284,7 @@ class JobService:
                 raise OutOfRange(
                     f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",
                     field="after_seq",
+                    metadata={"jobId": job_id, "value": str(after_seq), "last": str(job.last_seq)},
                 )
             yield WatchItem(snapshot=job)
             last = after_seq
@@ -291,7 +302,12 @@ class JobService:
                         yield WatchItem(events=run)
                     if ended:
                         return
-                    raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                    raise NotFound(
+                        f"job {job_id!r} was deleted",
+                        field="job_id",
+                        reason=errors_pb2.JOB_DELETED,
+                        metadata={"jobId": job_id},
+                    )
                 if from_db or sub.overflowed:
                     # Kept in case the read finds the job deleted: then the
                     # queue is the only place its last events still exist.
@@ -339,28 +355,42 @@ class JobService:
                 await sub.wake.wait()
 
     async def watch_list(
-        self, flt: JobFilter, after_position: int, *, skip_listing: bool = False
+        self,
+        flt: JobFilter,
+        after_position: int,
+        *,
+        skip_listing: bool = False,
+        resume: ListingResume | None = None,
     ) -> AsyncIterator[ListChange]:
         """Job-level changes of matching jobs, from the change log, and the
         deletions of jobs of the filter's owner (of every job for admins).
-        From position 0 the matching jobs are listed first, unless
-        ``skip_listing``: then only the caught-up marker at the newest position."""
+        From position 0 the matching jobs are listed first, newest first,
+        each as it is when read, at the position read before the listing;
+        unless ``skip_listing``: then only the caught-up marker at the
+        newest position. With ``resume``, a listing cut off part-way goes on
+        after the last job it sent, at its own position: the jobs made
+        since come from the change log after that position, which is
+        replayed next, so none is missed and none is listed twice."""
         with self.broker.changes() as wake:
             head = await self.readers.run(self.store.changes.head_position)
             if after_position > head:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
                     field="after_position",
+                    metadata={"value": str(after_position), "last": str(head)},
                 )
             position = after_position
             if after_position == 0:
                 cursor: tuple[int, str] | None = None
+                if resume is not None:
+                    head, cursor = min(resume.position, head), resume.after
                 while not skip_listing:
-                    jobs, cursor = await self.list_jobs(flt, CHANGE_PAGE, cursor)
+                    jobs = await self.list_jobs(flt, CHANGE_PAGE, cursor)
                     for job in jobs:
-                        yield ListChange(position=head, job=job)
-                    if cursor is None:
+                        yield ListChange(position=head, job=job, listed=True)
+                    if len(jobs) < CHANGE_PAGE:
                         break
+                    cursor = (jobs[-1].create_time, jobs[-1].id)
                 yield ListChange(position=head, caught_up=True)
                 position = head
             while True:
@@ -392,7 +422,10 @@ class JobService:
     def _check_open(self) -> None:
         """Ends streams when the server shuts down; clients resume elsewhere."""
         if self.broker.closed:
-            raise Unavailable("server is shutting down; resume from your last position")
+            raise Unavailable(
+                "server is shutting down; resume from your last position",
+                reason=errors_pb2.SHUTTING_DOWN,
+            )
 
     # ---------------------------------------------------------------- workers
 
