@@ -326,18 +326,17 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
 def test_list_pages_newest_first_with_filters(store: Store) -> None:
     ids = [submit(store, labels={"batch": "x" if i % 2 else "y"}) for i in range(7)]
     seen: list[str] = []
-    cursor = None
+    cursor: tuple[int, str] | None = None
     while True:
-        page, cursor = store.reads.list_jobs(JobFilter(), page_size=3, cursor=cursor)
+        page = store.reads.list_jobs(JobFilter(), limit=3, cursor=cursor)
         seen += [j.id for j in page]
-        if cursor is None:
+        if len(page) < 3:
             break
+        cursor = (page[-1].create_time, page[-1].id)
     assert seen == list(reversed(ids))
-    odd, _ = store.reads.list_jobs(JobFilter(labels=(("batch", "x"),)), page_size=50, cursor=None)
+    odd = store.reads.list_jobs(JobFilter(labels=(("batch", "x"),)), limit=50, cursor=None)
     assert [j.id for j in odd] == [i for n, i in enumerate(reversed(ids)) if (6 - n) % 2]
-    queued, _ = store.reads.list_jobs(
-        JobFilter(states=(JobState.RUNNING,)), page_size=50, cursor=None
-    )
+    queued = store.reads.list_jobs(JobFilter(states=(JobState.RUNNING,)), limit=50, cursor=None)
     assert queued == []
 
 
@@ -709,7 +708,7 @@ def test_job_filter_by_time_text_and_params(store: Store) -> None:
 
     def listed(**kw: Any) -> set[str]:
         flt = JobFilter(**kw)
-        jobs, _ = store.reads.list_jobs(flt, page_size=10, cursor=None)
+        jobs = store.reads.list_jobs(flt, limit=10, cursor=None)
         # The live filter (job-list watches) agrees with the query.
         assert {j.id for j in jobs} == {
             j.id for j in store.reads.get_jobs([eu, us]).values() if flt.matches(j)

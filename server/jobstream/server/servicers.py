@@ -4,7 +4,7 @@ Errors become statuses through :mod:`jobstream.server.status`."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
-from jobstream.server.domain import EventKind, LogSearch, NewJob
+from jobstream.server.domain import EventKind, LogSearch, NewJob, WorkerInfo
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
     DEFAULT_EVENT_PAGE,
@@ -20,6 +20,7 @@ from jobstream.server.limits import (
     DEFAULT_WORKER_PAGE,
     EVENT_MESSAGE_CACHE_BYTES,
     MAX_ARTIFACT_CHUNK_BYTES,
+    MAX_ARTIFACT_PAGE,
     MAX_EVENT_PAGE,
     MAX_JOB_PAGE,
     MAX_RESPONSE_BYTES,
@@ -34,8 +35,9 @@ from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     WatcherQuota,
 )
-from jobstream.server.service import JobService
+from jobstream.server.service import JobService, ListingResume
 from jobstream.server.status import Context, streaming, unary
+from jobstream.server.tokens import PageTokens
 from jobstream.v1 import (
     job_service_pb2 as js,
 )
@@ -48,6 +50,7 @@ from jobstream.v1 import (
 )
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 REPEATED_OVERHEAD_BYTES = 6
@@ -77,11 +80,13 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         artifacts: Artifacts,
         purges: Purges,
         limits: Limits,
+        page_tokens: PageTokens,
         presence: Presence,
         quota: WatcherQuota | None = None,
         refuse_unserved: bool = False,
     ) -> None:
         self.service = service
+        self.page_tokens = page_tokens
         self.limits = limits
         self.presence = presence
         self.refuse_unserved = refuse_unserved
@@ -128,14 +133,21 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListWorkers(
         self, request: js.ListWorkersRequest, context: Context
     ) -> js.ListWorkersResponse:
-        size = fields.page_size(request.page_size, DEFAULT_WORKER_PAGE, MAX_WORKER_PAGE)
-        after = tokens.worker_cursor(request.page_token)
-        workers = [w for w in await self.presence.workers() if w.id > after]
-        page = workers[:size]
-        token = tokens.encode_token(page[-1].id) if len(workers) > size else ""
-        return js.ListWorkersResponse(
-            workers=[convert.worker(w) for w in page], next_page_token=token
+        workers, token = await self._paged(
+            request,
+            default=DEFAULT_WORKER_PAGE,
+            maximum=MAX_WORKER_PAGE,
+            read=self._workers_after,
+            message=convert.worker,
+            cursor=lambda worker: worker.id,
         )
+        return js.ListWorkersResponse(workers=workers, next_page_token=token)
+
+    async def _workers_after(self, after: Any, limit: int) -> list[WorkerInfo]:
+        """Up to ``limit`` workers by id, after the id ``after`` (None: from
+        the first)."""
+        workers = await self.presence.workers()
+        return [w for w in workers if after is None or w.id > str(after)][:limit]
 
     @unary
     async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
@@ -144,24 +156,47 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return js.GetJobResponse(job=convert.job(job))
 
+    async def _paged(
+        self,
+        request: Message,
+        *,
+        default: int,
+        maximum: int,
+        read: Callable[[Any, int], Awaitable[Sequence[T]]],
+        message: Callable[[T], M],
+        cursor: Callable[[T], Any],
+    ) -> tuple[list[M], str]:
+        """The one paging rule of every list RPC (AIP-158): a page of
+        ``read(after, limit)``'s items as messages, and a next-page token
+        only when items remain. One item more than the page is read to know
+        that, so the last page never hands out a token to an empty one; a
+        page cut short to fit (see _fit) hands one out for the rest."""
+        page = self.page_tokens.page(
+            request, current_principal().name, default=default, maximum=maximum
+        )
+        items = await read(page.after, page.size + 1)
+        shown = _fit([message(item) for item in items[: page.size]])
+        if len(shown) == len(items):
+            return shown, ""
+        return shown, self.page_tokens.seal(page.binding, cursor(items[len(shown) - 1]))
+
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
         flt = dataclasses.replace(
             validation.job_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
-        size = fields.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
-        jobs, cursor = await self.service.list_jobs(
-            flt, size, tokens.job_cursor(request.page_token)
+        jobs, token = await self._paged(
+            request,
+            default=DEFAULT_JOB_PAGE,
+            maximum=MAX_JOB_PAGE,
+            read=lambda after, limit: self.service.list_jobs(
+                flt, limit, None if after is None else (after[0], after[1])
+            ),
+            message=convert.job,
+            cursor=lambda job: [job.create_time, job.id],
         )
-        messages = _fit([convert.job(j) for j in jobs])
-        if len(messages) < len(jobs):
-            last = jobs[len(messages) - 1]
-            cursor = (last.create_time, last.id)
-        return js.ListJobsResponse(
-            jobs=messages,
-            next_page_token=tokens.encode_token(list(cursor)) if cursor else "",
-        )
+        return js.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @streaming
     async def WatchJob(
@@ -187,11 +222,28 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
         after = fields.seq(request.after_position, "after_position")
+        # A listing token is sealed like a page token, bound to the filter
+        # and the caller: [position, create_time, id] of a listed job.
+        binding = tokens.bind(request, principal.name, ("after_position", "listing_token"))
+        resume: ListingResume | None = None
+        if request.listing_token:
+            position, ctime, job_id = self.page_tokens.open(
+                request.listing_token, binding, "listing_token"
+            )
+            resume = ListingResume(position, (ctime, job_id))
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(
-                flt, after, skip_listing=request.skip_listing
+                flt, after, skip_listing=request.skip_listing, resume=resume
             ):
-                if change.job is not None:
+                if change.job is not None and change.listed:
+                    job = change.job
+                    token = self.page_tokens.seal(
+                        binding, [change.position, job.create_time, job.id]
+                    )
+                    yield js.WatchJobsResponse(
+                        position=change.position, job=convert.job(job), listing_token=token
+                    )
+                elif change.job is not None:
                     yield js.WatchJobsResponse(
                         position=change.position, job=convert.job(change.job)
                     )
@@ -236,9 +288,8 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> js.ListJobLogsResponse:
         size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
         search = validation.log_search(request, size)
+        # With a tail the lines come in one page (tail <= page size).
         events, token = await self._events(request, EventKind.LOG, search)
-        if search.tail:
-            token = ""  # the last lines are one page
         return js.ListJobLogsResponse(events=events, next_page_token=token)
 
     @unary
@@ -255,15 +306,17 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         search: LogSearch | None = None,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)
-        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
-        after = tokens.seq_token(request.page_token)
-        events = await self.service.events_page(
-            job_id, kind, after, size, owner=current_principal().owner_filter, search=search
+        owner = current_principal().owner_filter
+        return await self._paged(
+            request,
+            default=DEFAULT_EVENT_PAGE,
+            maximum=MAX_EVENT_PAGE,
+            read=lambda after, limit: self.service.events_page(
+                job_id, kind, after or 0, limit, owner=owner, search=search
+            ),
+            message=convert.event,
+            cursor=lambda event: event.seq,
         )
-        messages = _fit([convert.event(e) for e in events])
-        more = len(events) == size or len(messages) < len(events)
-        token = tokens.encode_token(events[len(messages) - 1].seq) if more else ""
-        return messages, token
 
     @unary
     async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
@@ -324,10 +377,19 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListArtifacts(
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
-        found = await self.artifacts.list(
-            fields.job_id(request.job_id), owner=current_principal().owner_filter
+        job_id = fields.job_id(request.job_id)
+        owner = current_principal().owner_filter
+        found, token = await self._paged(
+            request,
+            default=MAX_ARTIFACT_PAGE,
+            maximum=MAX_ARTIFACT_PAGE,
+            read=lambda after, limit: self.artifacts.list(
+                job_id, owner, after=after or "", limit=limit
+            ),
+            message=convert.artifact,
+            cursor=lambda artifact: artifact.name,
         )
-        return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
+        return js.ListArtifactsResponse(artifacts=found, next_page_token=token)
 
     @streaming
     async def DownloadArtifact(
