@@ -240,6 +240,15 @@ def shutting_down(w: Walk) -> Seen:
         return refused(lambda: stream)
 
 
+def no_live_worker(w: Walk) -> Seen:
+    assert w.start_server is not None
+    other = w.start_server(name="refusing", extra_args=("--refuse-unserved",))
+    with grpc.insecure_channel(other.target) as channel:
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        request = job_service_pb2.SubmitJobRequest(kind="walk.nobody")
+        return refused(lambda: jobs.SubmitJob(request, timeout=DEADLINE_S))
+
+
 def unauthenticated(w: Walk) -> Seen:
     stub = job_service_pb2_grpc.JobServiceStub(w.anonymous)
     return refused(lambda: stub.GetJob(job_service_pb2.GetJobRequest(job_id="x")))
@@ -273,6 +282,7 @@ SCENARIOS: dict[str, tuple[grpc.StatusCode, Callable[[Walk], Seen]]] = {
     "JOB_ENDED": (grpc.StatusCode.FAILED_PRECONDITION, job_ended),
     "JOB_RUNNING": (grpc.StatusCode.FAILED_PRECONDITION, job_running),
     "JOB_NOT_RETRYABLE": (grpc.StatusCode.FAILED_PRECONDITION, job_not_retryable),
+    "NO_LIVE_WORKER": (grpc.StatusCode.FAILED_PRECONDITION, no_live_worker),
     "BEYOND_END": (grpc.StatusCode.OUT_OF_RANGE, beyond_end),
     "ARTIFACT_REPLACED": (grpc.StatusCode.ABORTED, artifact_replaced),
     "LIMIT_EXCEEDED": (grpc.StatusCode.RESOURCE_EXHAUSTED, limit_exceeded),

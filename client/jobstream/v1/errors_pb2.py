@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jobstream/v1/errors.proto\x12\x0cjobstream.v1*\xc7\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\x15\n\x11MALFORMED_REQUEST\x10\x02\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x03\x12\x11\n\rJOB_NOT_FOUND\x10\n\x12\x0f\n\x0bJOB_DELETED\x10\x0b\x12\x16\n\x12\x41RTIFACT_NOT_FOUND\x10\x0c\x12\x13\n\x0fROUTE_NOT_FOUND\x10\r\x12\x10\n\x0cJOB_ID_TAKEN\x10\x14\x12\x15\n\x11REQUEST_ID_REUSED\x10\x15\x12\x12\n\x0eWRITE_CONFLICT\x10\x16\x12\x11\n\rLEASE_EXPIRED\x10\x1e\x12\x11\n\rLEASE_UNKNOWN\x10\x1f\x12\r\n\tJOB_ENDED\x10 \x12\x0f\n\x0bJOB_RUNNING\x10!\x12\x15\n\x11JOB_NOT_RETRYABLE\x10\"\x12\x16\n\x12\x41RTIFACT_NOT_READY\x10#\x12\x0e\n\nBEYOND_END\x10(\x12\x15\n\x11\x41RTIFACT_REPLACED\x10\x32\x12\x12\n\x0eLIMIT_EXCEEDED\x10<\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x46\x12\x11\n\rSHUTTING_DOWN\x10G\x12\x13\n\x0fUNAUTHENTICATED\x10P\x12\x15\n\x11PERMISSION_DENIED\x10Q\x12\x16\n\x12\x43ROSS_SITE_REQUEST\x10R\x12\x12\n\x0eINTERNAL_ERROR\x10Z\x12\x16\n\x12METHOD_NOT_ALLOWED\x10\x64\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jobstream/v1/errors.proto\x12\x0cjobstream.v1*\xdb\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\x15\n\x11MALFORMED_REQUEST\x10\x02\x12\x16\n\x12PAGE_TOKEN_INVALID\x10\x03\x12\x11\n\rJOB_NOT_FOUND\x10\n\x12\x0f\n\x0bJOB_DELETED\x10\x0b\x12\x16\n\x12\x41RTIFACT_NOT_FOUND\x10\x0c\x12\x13\n\x0fROUTE_NOT_FOUND\x10\r\x12\x10\n\x0cJOB_ID_TAKEN\x10\x14\x12\x15\n\x11REQUEST_ID_REUSED\x10\x15\x12\x12\n\x0eWRITE_CONFLICT\x10\x16\x12\x11\n\rLEASE_EXPIRED\x10\x1e\x12\x11\n\rLEASE_UNKNOWN\x10\x1f\x12\r\n\tJOB_ENDED\x10 \x12\x0f\n\x0bJOB_RUNNING\x10!\x12\x15\n\x11JOB_NOT_RETRYABLE\x10\"\x12\x16\n\x12\x41RTIFACT_NOT_READY\x10#\x12\x12\n\x0eNO_LIVE_WORKER\x10$\x12\x0e\n\nBEYOND_END\x10(\x12\x15\n\x11\x41RTIFACT_REPLACED\x10\x32\x12\x12\n\x0eLIMIT_EXCEEDED\x10<\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x46\x12\x11\n\rSHUTTING_DOWN\x10G\x12\x13\n\x0fUNAUTHENTICATED\x10P\x12\x15\n\x11PERMISSION_DENIED\x10Q\x12\x16\n\x12\x43ROSS_SITE_REQUEST\x10R\x12\x12\n\x0eINTERNAL_ERROR\x10Z\x12\x16\n\x12METHOD_NOT_ALLOWED\x10\x64\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobstream.v1.errors_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=44
-  _globals['_ERRORREASON']._serialized_end=627
+  _globals['_ERRORREASON']._serialized_end=647
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     version, or that file no longer matches its recorded size and sha256,
     or it changed while it was imported. Metadata: jobId, name, field.
     """
+    NO_LIVE_WORKER: _ErrorReason.ValueType  # 36
+    """FAILED_PRECONDITION: no live worker serves the job's kind on its queue,
+    and this server refuses such submits (--refuse-unserved). Metadata:
+    field ("kind" or "requests[i].kind"), kind, queue.
+    """
     BEYOND_END: _ErrorReason.ValueType  # 40
     """OUT_OF_RANGE: a resume point (after_seq, after_position, offset) lies
     beyond the end of what exists. Metadata: field, value, last.
@@ -228,6 +233,11 @@ ARTIFACT_NOT_READY: ErrorReason.ValueType  # 35
 """FAILED_PRECONDITION: the artifact is still a file of an earlier server
 version, or that file no longer matches its recorded size and sha256,
 or it changed while it was imported. Metadata: jobId, name, field.
+"""
+NO_LIVE_WORKER: ErrorReason.ValueType  # 36
+"""FAILED_PRECONDITION: no live worker serves the job's kind on its queue,
+and this server refuses such submits (--refuse-unserved). Metadata:
+field ("kind" or "requests[i].kind"), kind, queue.
 """
 BEYOND_END: ErrorReason.ValueType  # 40
 """OUT_OF_RANGE: a resume point (after_seq, after_position, offset) lies

@@ -166,7 +166,8 @@ class JobServiceServicer:
         the job made the first time; the same request_id with a different
         payload is ALREADY_EXISTS.
         Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-        REQUEST_ID_REUSED, WRITE_CONFLICT).
+        REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+        only with --refuse-unserved).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +177,8 @@ class JobServiceServicer:
         """Submits many jobs in one call and one transaction: all are stored, or
         none is.
         Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-        REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+        REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+        only with --refuse-unserved); a refusal names the request at fault
         (requests[i]) and stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -59,13 +59,15 @@ class JobServiceStub:
     the job made the first time; the same request_id with a different
     payload is ALREADY_EXISTS.
     Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-    REQUEST_ID_REUSED, WRITE_CONFLICT).
+    REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+    only with --refuse-unserved).
     """
     SubmitJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobsRequest, _job_service_pb2.SubmitJobsResponse]
     """Submits many jobs in one call and one transaction: all are stored, or
     none is.
     Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-    REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+    REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+    only with --refuse-unserved); a refusal names the request at fault
     (requests[i]) and stores nothing.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
@@ -195,13 +197,15 @@ class JobServiceAsyncStub(JobServiceStub):
     the job made the first time; the same request_id with a different
     payload is ALREADY_EXISTS.
     Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-    REQUEST_ID_REUSED, WRITE_CONFLICT).
+    REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+    only with --refuse-unserved).
     """
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobsRequest, _job_service_pb2.SubmitJobsResponse]  # type: ignore[assignment]
     """Submits many jobs in one call and one transaction: all are stored, or
     none is.
     Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-    REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+    REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+    only with --refuse-unserved); a refusal names the request at fault
     (requests[i]) and stores nothing.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
@@ -334,7 +338,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         the job made the first time; the same request_id with a different
         payload is ALREADY_EXISTS.
         Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-        REQUEST_ID_REUSED, WRITE_CONFLICT).
+        REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+        only with --refuse-unserved).
         """
 
     @_abc_1.abstractmethod
@@ -346,7 +351,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits many jobs in one call and one transaction: all are stored, or
         none is.
         Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
-        REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+        REQUEST_ID_REUSED, WRITE_CONFLICT), FAILED_PRECONDITION (NO_LIVE_WORKER,
+        only with --refuse-unserved); a refusal names the request at fault
         (requests[i]) and stores nothing.
         """
 

@@ -22,6 +22,7 @@ from jobstream.server.errors import FailedPrecondition
 from jobstream.server.readers import Readers
 from jobstream.server.store.workers import WorkerRegistry
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Presence:
             seen_after=now - int(RECENT_S * 1e6),
         )
 
-    async def require_served(self, kind: str, queue: str) -> None:
+    async def require_served(self, kind: str, queue: str, field: str) -> None:
         """FAILED_PRECONDITION unless a live worker serves ``kind`` on
         ``queue`` (``--refuse-unserved``); the workers are read at most every
         SERVED_CACHE_S seconds."""
@@ -148,5 +149,7 @@ class Presence:
             raise FailedPrecondition(
                 f"no live worker serves kind {kind!r} on queue {queue!r}; this server "
                 "refuses such submits (--refuse-unserved)",
-                field="kind",
+                field=field,
+                reason=errors_pb2.NO_LIVE_WORKER,
+                metadata={"kind": kind, "queue": queue},
             )

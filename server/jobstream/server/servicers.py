@@ -104,7 +104,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         spec = validation.new_job(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
-        await self._check_served([spec])
+        await self._check_served([spec], batch=False)
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
@@ -116,18 +116,19 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         specs = validation.new_jobs(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
-        await self._check_served(specs)
+        await self._check_served(specs, batch=True)
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
         )
 
-    async def _check_served(self, specs: Sequence[NewJob]) -> None:
+    async def _check_served(self, specs: Sequence[NewJob], *, batch: bool) -> None:
         """With --refuse-unserved, FAILED_PRECONDITION naming the first kind
         no live worker serves on its queue."""
         if self.refuse_unserved:
-            for spec in specs:
-                await self.presence.require_served(spec.kind, spec.queue)
+            for i, spec in enumerate(specs):
+                field = f"requests[{i}].kind" if batch else "kind"
+                await self.presence.require_served(spec.kind, spec.queue, field)
 
     @unary
     async def ListWorkers(
