@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import InProcessServer, Server
-from helpers import RawWorker, submit_batches
+from helpers import RawWorker, eventually, submit_batches
 
 from jobstream.client import JobClient
 from jobstream.client.errors import from_rpc_error
@@ -61,8 +61,12 @@ LISTS: dict[str, tuple[str, Callable[..., Any], str]] = {
     "ListJobLogs": ("ListJobLogs", job_service_pb2.ListJobLogsRequest, "events"),
     "ListJobResults": ("ListJobResults", job_service_pb2.ListJobResultsRequest, "events"),
     "ListArtifacts": ("ListArtifacts", job_service_pb2.ListArtifactsRequest, "artifacts"),
+    "ListWorkers": ("ListWorkers", job_service_pb2.ListWorkersRequest, "workers"),
 }
 """Every list RPC of JobService."""
+
+OF_A_JOB = sorted(set(LISTS) - {"ListJobs", "ListWorkers"})
+"""The lists of one job's items."""
 
 
 def test_every_list_rpc_is_here() -> None:
@@ -87,7 +91,7 @@ def walk_pages(
             return sizes
 
 
-@pytest.mark.parametrize("name", sorted(LISTS))
+@pytest.mark.parametrize("name", ["ListJobs", *OF_A_JOB])
 def test_no_empty_last_page_and_no_token_on_it(
     name: str, jobs: job_service_pb2_grpc.JobServiceStub, bare_server: Server
 ) -> None:
@@ -103,6 +107,24 @@ def test_no_empty_last_page_and_no_token_on_it(
     assert walk_pages(jobs, name, 6, **fields) == [6]
     # Above the maximum is lowered to it, not refused.
     assert walk_pages(jobs, name, 2**31 - 1, **fields) == [6]
+
+
+def test_workers_page_alike(start_inprocess_server: StartServer) -> None:
+    """ListWorkers follows the same rule, on a server of its own (the
+    module's server sees the other tests' workers)."""
+    server = start_inprocess_server(name="workers")
+    for i in range(6):
+        worker = RawWorker(server.target, worker_id=f"pager-{i}")
+        try:
+            worker.acquire("paging.none", wait=0)
+        finally:
+            worker.close()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        eventually(lambda: walk_pages(stub, "ListWorkers", 100) == [6])
+        assert walk_pages(stub, "ListWorkers", 3) == [3, 3]
+        assert walk_pages(stub, "ListWorkers", 4) == [4, 2]
+        assert walk_pages(stub, "ListWorkers", 2**31 - 1) == [6]
 
 
 def test_a_page_size_above_the_maximum_is_the_maximum(

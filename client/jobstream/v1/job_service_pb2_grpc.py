@@ -310,6 +310,7 @@ class JobServiceServicer:
         serves, how many jobs it holds, when it was last seen, and whether it
         is live (seen within 15 s, or holding a live lease). With several
         servers on one PostgreSQL, every server lists every worker.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

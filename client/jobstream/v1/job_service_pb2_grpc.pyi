@@ -151,6 +151,7 @@ class JobServiceStub:
     serves, how many jobs it holds, when it was last seen, and whether it
     is live (seen within 15 s, or holding a live lease). With several
     servers on one PostgreSQL, every server lists every worker.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
     """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]
     """Lists a job's artifacts, by name.
@@ -289,6 +290,7 @@ class JobServiceAsyncStub(JobServiceStub):
     serves, how many jobs it holds, when it was last seen, and whether it
     is live (seen within 15 s, or holding a live lease). With several
     servers on one PostgreSQL, every server lists every worker.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists a job's artifacts, by name.
@@ -508,6 +510,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         serves, how many jobs it holds, when it was last seen, and whether it
         is live (seen within 15 s, or holding a live lease). With several
         servers on one PostgreSQL, every server lists every worker.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
         """
 
     @_abc_1.abstractmethod
