@@ -14,7 +14,7 @@ DATA ?= ./data
 CHROMIUM := /usr/bin/chromium
 ZSH := /usr/bin/zsh
 
-.PHONY: help install run test check lint typecheck proto proto-check bench clean faults test-tools
+.PHONY: help install run test check lint typecheck proto proto-check proto-release bench clean faults test-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,12 +54,21 @@ proto-check: proto ## fail when the generated code differs from protos/
 	@git diff --exit-code --stat -- $(GEN_DIR) || { echo "generated code is stale: run make proto and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GEN_DIR))" || { git status --porcelain -- $(GEN_DIR); echo "untracked generated files: commit them"; exit 1; }
 
-lint: $(STAMP) ## ruff, the import layering contracts (import-linter), and buf lint/format on the protos
+# The last released state of the contract: buf breaking compares protos/
+# with it in make lint, so an incompatible change fails the build until a
+# new state is released on purpose (make proto-release; see the README).
+RELEASED := protos/released.binpb
+
+lint: $(STAMP) ## ruff, the import layering contracts (import-linter), buf lint/format, and buf breaking against the released protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	$(BIN)/buf format --exit-code -d
+	$(BIN)/buf breaking --against $(RELEASED)
+
+proto-release: $(STAMP) ## record protos/ as the released contract that buf breaking checks against (commit the file)
+	$(BIN)/buf build --exclude-source-info -o $(RELEASED)
 
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy

@@ -8,14 +8,20 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
 from jobstream.client.security import Security
-from jobstream.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from jobstream.v1 import (
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
 
 T = TypeVar("T")
 
@@ -30,6 +36,20 @@ def eventually(probe: Callable[[], T | None], timeout: float = 15.0, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
         time.sleep(every)
+
+
+def open_watch(stub: Any, request: Any, timeout: float = 120.0) -> Any:
+    """A WatchJob stream whose snapshot arrived (so it holds its place in
+    the server's watch caps), or None when the server refused it with
+    RESOURCE_EXHAUSTED; any other error is raised."""
+    stream = stub.WatchJob(request, timeout=timeout)
+    try:
+        next(stream)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        raise
+    return stream
 
 
 def rss_bytes(pid: int) -> int:
@@ -91,9 +111,11 @@ class RawWorker:
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-        messages = [
-            worker_service_pb2.UploadArtifactRequest(header=header),
-            worker_service_pb2.UploadArtifactRequest(chunk=data),
+        # Chunks of at most 1 MiB (an empty artifact still sends one).
+        step = 1024 * 1024
+        messages = [worker_service_pb2.UploadArtifactRequest(header=header)] + [
+            worker_service_pb2.UploadArtifactRequest(chunk=data[i : i + step])
+            for i in range(0, max(len(data), 1), step)
         ]
         response: worker_service_pb2.UploadArtifactResponse = self.stub.UploadArtifact(
             iter(messages), timeout=30
@@ -189,3 +211,19 @@ class Raw:
         """A method streaming both ways."""
         call: grpc.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
         return call
+
+
+def submit_batches(
+    stub: job_service_pb2_grpc.JobServiceStub, n: int, suite: str, kind: str = "bulk.job"
+) -> list[str]:
+    """Submits ``n`` jobs labelled ``suite`` in SubmitJobs batches of 1,000
+    (quick bulk set-up); their ids, in submit order."""
+    made: list[str] = []
+    for start in range(0, n, 1000):
+        batch = [
+            job_service_pb2.SubmitJobRequest(kind=kind, labels={"suite": suite})
+            for _ in range(min(1000, n - start))
+        ]
+        answer = stub.SubmitJobs(job_service_pb2.SubmitJobsRequest(requests=batch), timeout=120)
+        made += [r.job.id for r in answer.responses]
+    return made

@@ -187,7 +187,7 @@ def test_page_tokens_are_checked_to_their_exact_shape(
     else:
         request = job_service_pb2.ListJobResultsRequest(job_id=job_id, page_token=bad)
     details = invalid(lambda: getattr(jobs, rpc)(request, timeout=CALL_TIMEOUT_S), "page_token")
-    assert "not a token this server issued" in details
+    assert "is not a page token issued for this request" in details
 
 
 def test_tokens_the_server_issued_still_page(jobs: job_service_pb2_grpc.JobServiceStub) -> None:

@@ -579,7 +579,8 @@ def test_server_errors_with_json_are_json_objects(server: Server) -> None:
     assert line["error"]["code"] == "NOT_FOUND"
     assert line["error"]["message"] == "job_id: no job 'no-such-job'"
     assert line["error"]["field"] == "job_id"
-    assert line["error"]["reason"] is None
+    assert line["error"]["reason"] == "JOB_NOT_FOUND"
+    assert line["error"]["metadata"] == {"jobId": "no-such-job", "field": "job_id"}
 
 
 def test_version_is_the_installed_packages() -> None:

@@ -116,11 +116,11 @@ def batch(*responses: Any) -> Any:
     )
 
 
-def change(position: int, job_id: str = "j", caught_up: bool = False) -> Any:
+def change(position: int, job_id: str = "j", caught_up: bool = False, token: str = "") -> Any:
     if caught_up:
         return job_service_pb2.WatchJobsResponse(position=position, caught_up=True)
     job = job_pb2.Job(id=job_id, kind="k", state=job_pb2.JOB_STATE_RUNNING)
-    return job_service_pb2.WatchJobsResponse(position=position, job=job)
+    return job_service_pb2.WatchJobsResponse(position=position, job=job, listing_token=token)
 
 
 def sync_client(stub: FakeStub, resume_timeout: float = 5.0) -> JobClient:
@@ -248,10 +248,10 @@ def test_gives_up_after_resume_timeout() -> None:
 def test_watch_jobs_resumes_by_position() -> None:
     stub = FakeStub(
         [
-            # The initial listing carries the head position on every job; a
-            # drop inside it restarts the listing.
-            [change(10, "a"), DROP],
-            [change(10, "a"), change(10, "b"), change(10, caught_up=True), change(11, "a"), DROP],
+            # The initial listing carries the head position on every job and
+            # a listing token: a drop inside it resumes after the last job.
+            [change(10, "a", token="after-a"), DROP],
+            [change(10, "b", token="after-b"), change(10, caught_up=True), change(11, "a"), DROP],
             [change(11, "a"), change(12, "b"), DROP],
             [change(10, caught_up=True), change(12, "b"), change(13, "c")],
             [],
@@ -268,7 +268,6 @@ def test_watch_jobs_resumes_by_position() -> None:
     ]
     assert described == [
         ("a", 10),
-        ("a", 10),
         ("b", 10),
         ("caught_up", 10),
         ("a", 11),
@@ -276,6 +275,7 @@ def test_watch_jobs_resumes_by_position() -> None:
         ("c", 13),
     ]
     assert [r.after_position for r in stub.requests] == [0, 0, 11, 12]
+    assert [r.listing_token for r in stub.requests] == ["", "after-a", "", ""]
 
 
 def test_async_watch_resumes_the_same_way() -> None:

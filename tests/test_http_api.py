@@ -20,6 +20,7 @@ import re
 import ssl
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import grpc
 import pytest
 from authmatrix import TOKENS, write_tokens
 from conftest import ServerProcess
-from helpers import RawWorker, eventually
+from helpers import RawWorker, eventually, submit_batches
 from httpclient import Answer, call, events
 from test_metrics import free_port
 
@@ -202,6 +203,29 @@ def test_watch_jobs_skip_listing_then_changes_with_positions(web: ServerProcess)
     assert deleted.json() == {"jobId": job["id"]}
 
 
+def test_a_listing_resumes_from_its_last_event_id(web: ServerProcess) -> None:
+    suite = uuid.uuid4().hex
+    with grpc.insecure_channel(web.target) as channel:
+        made = submit_batches(job_service_pb2_grpc.JobServiceStub(channel), 300, suite)
+    url = f"{web.http_url}/v1/jobs:watch?filter.labels[suite]={suite}"
+    listed: list[str] = []
+    with events(url, 30) as stream:
+        for event in stream:
+            assert event.event == "job" and event.id  # a listing token
+            listed.append(event.json()["id"])
+            last_id = event.id
+            if len(listed) == 100:
+                break  # the browser goes away in the middle of the listing
+    with events(url, 30, Last_Event_ID=last_id) as stream:
+        for event in stream:
+            if event.event == "caught_up":
+                break
+            listed.append(event.json()["id"])
+    assert len(listed) == len(set(listed)) and set(listed) == set(made)
+    with events(url, 30, Last_Event_ID="not-a-token") as refused:
+        assert refused.status == 400 and b"PAGE_TOKEN_INVALID" in refused.body
+
+
 def test_skip_listing_over_grpc_sends_only_the_marker(web: ServerProcess) -> None:
     submit(web.http_url, "nobody.runs", labels={"suite": "skip-grpc"})
     with grpc.insecure_channel(web.target) as channel:
@@ -277,10 +301,17 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
                     "description": "'Not A Kind' must match [a-z0-9][a-z0-9._-]{0,127}",
                 }
             ],
-        }
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "INVALID_FIELD",
+            "domain": "jobstream",
+            "metadata": {"field": "kind"},
+        },
     ]
     missing = call("GET", f"{base}/v1/jobs/no-such-job")
     assert (missing.status, _status(missing)["code"]) == (404, 5)
+    assert _status(missing)["details"][-1]["reason"] == "JOB_NOT_FOUND"  # type: ignore[index]
     done = submit(base, "demo.count", params={"n": 1, "delay": 0})
     wait_state(base, str(done["id"]), "JOB_STATE_SUCCEEDED")
     precondition = call("POST", f"{base}/v1/jobs/{done['id']}:retry", {})
@@ -313,8 +344,8 @@ def test_errors_are_http_statuses_with_google_rpc_status_bodies(web: ServerProce
         assert violation["field"] == field, (body, violation)
     not_json = call("POST", f"{base}/v1/jobs", raw=b"{kind:")
     assert (not_json.status, _status(not_json)["code"]) == (400, 3)
-    too_big = call("GET", f"{base}/v1/jobs?pageSize=100000")
-    assert too_big.status == 400 and "page_size" in str(_status(too_big)["message"])
+    negative = call("GET", f"{base}/v1/jobs?pageSize=-1")
+    assert negative.status == 400 and "page_size" in str(_status(negative)["message"])
     method = call("PUT", f"{base}/v1/jobs")
     assert method.status == 405 and "GET" in method.headers["Allow"]
     assert call("GET", f"{base}/v1/nothing/here").status == 404

@@ -117,6 +117,8 @@ def test_postgres_each_server_imports_the_files_it_holds(postgres_url: str, tmp_
         with pytest.raises(FailedPreconditionError) as waiting:
             client.download(job_id, "b.bin", tmp_path / "early.bin")
         assert waiting.value.field == "name"
+        assert waiting.value.reason == "ARTIFACT_NOT_READY"
+        assert waiting.value.metadata["jobId"] == job_id
         with serving(dirs["b"], "--db", postgres_url):
             assert fetch(client, job_id, "b.bin", tmp_path / "b.bin") == on_b
         with pytest.raises(FailedPreconditionError):

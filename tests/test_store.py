@@ -321,18 +321,17 @@ def test_delete_cascades_and_respects_running_and_allow_missing(store: Store) ->
 def test_list_pages_newest_first_with_filters(store: Store) -> None:
     ids = [submit(store, labels={"batch": "x" if i % 2 else "y"}) for i in range(7)]
     seen: list[str] = []
-    cursor = None
+    cursor: tuple[int, str] | None = None
     while True:
-        page, cursor = store.reads.list_jobs(JobFilter(), page_size=3, cursor=cursor)
+        page = store.reads.list_jobs(JobFilter(), limit=3, cursor=cursor)
         seen += [j.id for j in page]
-        if cursor is None:
+        if len(page) < 3:
             break
+        cursor = (page[-1].create_time, page[-1].id)
     assert seen == list(reversed(ids))
-    odd, _ = store.reads.list_jobs(JobFilter(labels=(("batch", "x"),)), page_size=50, cursor=None)
+    odd = store.reads.list_jobs(JobFilter(labels=(("batch", "x"),)), limit=50, cursor=None)
     assert [j.id for j in odd] == [i for n, i in enumerate(reversed(ids)) if (6 - n) % 2]
-    queued, _ = store.reads.list_jobs(
-        JobFilter(states=(JobState.RUNNING,)), page_size=50, cursor=None
-    )
+    queued = store.reads.list_jobs(JobFilter(states=(JobState.RUNNING,)), limit=50, cursor=None)
     assert queued == []
 
 

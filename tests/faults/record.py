@@ -28,6 +28,7 @@ SCENARIOS: dict[int, str] = {
     9: "hypothesis stateful model of the job lifecycle",
     10: "full auth matrix",
     11: "disk full",
+    12: "stalled watchers memory (SIGSTOPped client, watch memory budget)",
 }
 """Every scenario of the issue, by number."""
 

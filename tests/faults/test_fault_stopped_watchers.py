@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from conftest import ServerProcess
+from helpers import open_watch
 
 from faults.record import record, size
 from jobstream.v1 import job_service_pb2, job_service_pb2_grpc
@@ -43,14 +44,7 @@ HOLDER = textwrap.dedent(
 
 
 def _open(stub: Any, job_id: str) -> Any:
-    stream = stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), timeout=120)
-    try:
-        next(stream)
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return None
-        raise
-    return stream
+    return open_watch(stub, job_service_pb2.WatchJobRequest(job_id=job_id))
 
 
 def test_watches_of_a_stopped_process_are_reaped(

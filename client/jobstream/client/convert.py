@@ -379,6 +379,7 @@ def change_from_pb(msg: job_service_pb2.WatchJobsResponse) -> JobChange:
         job=job_from_pb(msg.job) if msg.HasField("job") else None,
         deleted_job_id=msg.deleted_job_id if msg.HasField("deleted_job_id") else None,
         caught_up=msg.caught_up,
+        listing_token=msg.listing_token,
     )
 
 

@@ -1,11 +1,18 @@
 """Typed errors for every gRPC status, and the one place a ``grpc.RpcError``
-becomes one of them."""
+becomes one of them, with the reason and particulars the server sent in its
+google.rpc.ErrorInfo (and the field its BadRequest names)."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+from jobstream.v1 import errors_pb2
 
 __all__ = [
     "AbortedError",
@@ -13,6 +20,7 @@ __all__ = [
     "CancelledError",
     "DataLossError",
     "DeadlineExceededError",
+    "ErrorReason",
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
@@ -26,33 +34,58 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "from_rpc_error",
+    "sent_status",
     "unreachable_reason",
 ]
 
-# The server words its status messages "field: what is wrong", e.g.
-# "job_id: no job 'x'" or "requests[2].kind: too long"; only the leading
-# token is taken, and only when it looks like a field path.
-_FIELD_PREFIX = re.compile(
-    r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?(?:\.[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)*): "
-)
+ErrorReason = errors_pb2.ErrorReason
+"""The reasons a jobstream server gives (the protos' ErrorReason):
+``error.reason == ErrorReason.Name(ErrorReason.LEASE_EXPIRED)``, or compare
+with the names as strings (``"LEASE_EXPIRED"``)."""
+
+DOMAIN = "jobstream"
+"""The google.rpc.ErrorInfo domain of a jobstream server's refusals."""
+
+DETAILS_TRAILER = "grpc-status-details-bin"
+"""The trailer holding the serialized google.rpc.Status of a failed call."""
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 class JobstreamError(Exception):
     """A call to the jobstream server failed.
 
-    ``code`` is the gRPC status code, ``message`` the server's status message
-    as sent (it starts with the offending field when there is one), and
-    ``field`` that field's name, or None.
+    ``code`` is the gRPC status code and ``message`` the server's status
+    message as sent, for people. Programs act on ``reason``: the name of one
+    of the protos' ErrorReason values (``"LEASE_EXPIRED"``, see
+    :data:`Reason`) from the google.rpc.ErrorInfo every refusal of a
+    jobstream server carries, or None when the status came from gRPC itself
+    (no connection, a deadline, a cancel). ``metadata`` holds its
+    particulars (``jobId``, ``limit``, ``setting`` …) and ``field`` the
+    request field at fault, or None.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        field: str | None = None,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.reason = reason
+        self.metadata: Mapping[str, str] = (
+            MappingProxyType(dict(metadata)) if metadata else _NO_METADATA
+        )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code.name}, message={self.message!r})"
+        reason = f", reason={self.reason}" if self.reason else ""
+        return f"{type(self).__name__}(code={self.code.name}{reason}, message={self.message!r})"
 
 
 class CancelledError(JobstreamError):
@@ -153,7 +186,8 @@ def error_class(code: grpc.StatusCode) -> type[JobstreamError]:
 
 
 def from_rpc_error(error: grpc.RpcError) -> JobstreamError:
-    """The typed exception for a failed call, keeping the server's message.
+    """The typed exception for a failed call, keeping the server's message
+    and reading the reason, metadata and field from the status details.
 
     Works for sync and ``grpc.aio`` errors alike. An RpcError that carries no
     status (it should not happen) becomes UNKNOWN.
@@ -168,44 +202,79 @@ def from_rpc_error(error: grpc.RpcError) -> JobstreamError:
     message = (details_fn() if callable(details_fn) else None) or ""
     if not isinstance(message, str):
         message = str(message)
-    match = _FIELD_PREFIX.match(message)
-    return error_class(code)(code, message, match.group(1) if match else None)
+    status = sent_status(error, code)
+    reason, metadata, field = _read_details(status.details if status else ())
+    return error_class(code)(code, message, field, reason=reason, metadata=metadata)
 
 
-_NO_CONNECTION = re.compile(
-    r"^(failed to connect to all addresses|errors resolving|DNS resolution failed"
-    r"|Socket closed|Connection reset|connections to all backends failing)",
-    re.IGNORECASE,
-)
-"""How gRPC's C core begins the message of a call that got no connection.
-A server's own UNAVAILABLE (shutting down, storage down) never starts so,
-even when it quotes a refused connection of its own (to its database)."""
+def sent_status(error: grpc.RpcError, code: grpc.StatusCode) -> status_pb2.Status | None:
+    """The google.rpc.Status the server sent in the call's trailer (with its
+    details), when it sent one for this very ``code``; None otherwise (a
+    status gRPC made itself, or a broken trailer)."""
+    trailers_fn = getattr(error, "trailing_metadata", None)
+    trailers = trailers_fn() if callable(trailers_fn) else None
+    for key, value in trailers or ():
+        if key != DETAILS_TRAILER or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except DecodeError:
+            return None
+        return status if status.code == code.value[0] else None
+    return None
 
-_UNREACHABLE_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"connection refused", re.IGNORECASE), "connection refused"),
+
+def _read_details(
+    details: Sequence[any_pb2.Any],
+) -> tuple[str | None, Mapping[str, str] | None, str | None]:
+    """(reason, metadata, field) from a Status's details: the ErrorInfo of
+    the jobstream domain, and the field its metadata or a BadRequest names."""
+    reason: str | None = None
+    metadata: Mapping[str, str] | None = None
+    field: str | None = None
+    for any_detail in details:
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        if any_detail.Unpack(info):
+            if info.domain == DOMAIN:
+                reason, metadata = info.reason, dict(info.metadata)
+                field = field or metadata.get("field") or None
+        elif any_detail.Unpack(bad) and bad.field_violations:
+            field = field or bad.field_violations[0].field or None
+    return reason, metadata, field
+
+
+_UNREACHABLE_REASONS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("connection refused",), "connection refused"),
     (
-        re.compile(
-            r"errors resolving|domain name not found|dns resolution|name or service not known",
-            re.IGNORECASE,
+        (
+            "errors resolving",
+            "domain name not found",
+            "dns resolution",
+            "name or service not known",
         ),
         "host name not found",
     ),
-    (re.compile(r"network is unreachable|no route to host", re.IGNORECASE), "network unreachable"),
-    (re.compile(r"handshake|ssl|tls", re.IGNORECASE), "TLS handshake failed"),
-    (re.compile(r"timed out|timeout", re.IGNORECASE), "connection timed out"),
+    (("network is unreachable", "no route to host"), "network unreachable"),
+    (("handshake", "ssl", "tls"), "TLS handshake failed"),
+    (("timed out", "timeout"), "connection timed out"),
 )
-"""What gRPC's wording of a failed connection (which differs by cause and
-version) means, in a few words; anything else is "connection failed"."""
+"""What gRPC's own wording of a failed connection (which differs by cause
+and version, and comes with no details to read instead) means, in a few
+words; anything else is "connection failed"."""
 
 
 def unreachable_reason(error: JobstreamError) -> str | None:
     """Why the server could not be reached, in a few words (``connection
     refused``, ``host name not found`` …), when ``error`` says the channel
-    got no connection; None for any other error, including a server that
-    answers UNAVAILABLE itself (shutting down, its storage down)."""
-    if error.code is not grpc.StatusCode.UNAVAILABLE or not _NO_CONNECTION.match(error.message):
+    got no connection: UNAVAILABLE with no reason, for every UNAVAILABLE a
+    jobstream server sends itself (shutting down, its storage down) carries
+    one. None for any other error."""
+    if error.code is not grpc.StatusCode.UNAVAILABLE or error.reason is not None:
         return None
-    for pattern, reason in _UNREACHABLE_REASONS:
-        if pattern.search(error.message):
+    text = error.message.lower()
+    for words, reason in _UNREACHABLE_REASONS:
+        if any(word in text for word in words):
             return reason
     return "connection failed"

@@ -276,6 +276,9 @@ class JobChange:
     job: Job | None = None
     deleted_job_id: str | None = None
     caught_up: bool = False
+    listing_token: str = ""
+    """On a job of the initial listing: pass as ``listing_token`` to resume
+    the listing after it (``watch_jobs`` does so itself after a drop)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -44,7 +44,15 @@ from jobstream.client.models import (
     PurgeResult,
     Stats,
 )
-from jobstream.client.program import Items, Program, blocking, drain, open_stream, receive
+from jobstream.client.program import (
+    Items,
+    Program,
+    blocking,
+    collect,
+    drain,
+    open_stream,
+    receive,
+)
 from jobstream.client.watches import JobsWatch, JobWatch, follow
 from jobstream.v1 import job_service_pb2 as pb
 
@@ -286,13 +294,14 @@ def stats(
 
 
 def artifacts(session: Session, job_id: str) -> Program[builtins.list[Artifact]]:
-    """The job's artifacts, by name."""
-    return unary(
-        session,
-        lambda s: s.ListArtifacts,
-        pb.ListArtifactsRequest(job_id=job_id),
-        lambda r: [artifact_from_pb(a) for a in r.artifacts],
-        read=True,
+    """The job's artifacts, by name (every page)."""
+    return collect(
+        pages(
+            session,
+            lambda s: s.ListArtifacts,
+            lambda token: pb.ListArtifactsRequest(job_id=job_id, page_token=token),
+            lambda r: ([artifact_from_pb(a) for a in r.artifacts], r.next_page_token),
+        )
     )
 
 
@@ -352,16 +361,26 @@ def watch_jobs(
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
     after_position: int = 0,
+    listing_token: str = "",
     resume: bool = True,
 ) -> Items[JobChange]:
     """Follow a job list: from position 0, every matching job as it is
     now, a ``caught_up`` marker, then live changes; never ends.
 
-    Resumes like ``watch`` from the last position seen.
+    Resumes like ``watch`` from the last position seen, and in the middle
+    of the listing after the last job received. ``listing_token`` (a
+    listed change's, with the same filter) continues a listing an earlier
+    watch left unfinished.
     """
     flt = filter_to_pb(states=states, kinds=kinds, labels=labels, queues=queues)
     return follow(
-        JobsWatch(flt, after_position, resume=resume, resume_timeout=session.resume_timeout)
+        JobsWatch(
+            flt,
+            after_position,
+            listing_token=listing_token,
+            resume=resume,
+            resume_timeout=session.resume_timeout,
+        )
     )
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "UnaryRpc",
     "blocking",
     "call",
+    "collect",
     "drain",
     "open_stream",
     "receive",
@@ -202,10 +203,24 @@ class Runner(Generic[T]):
 def drain(items: Items[Any]) -> Program[None]:
     """Run an item program for its effects alone, dropping its items
     (``wait`` follows a watch to its end this way)."""
+    yield from _run(items, None)
+
+
+def collect(items: Items[T]) -> Program[list[T]]:
+    """Run an item program to its end; its items, as a list (every page
+    of a listing a caller wants whole)."""
+    kept: list[T] = []
+    yield from _run(items, kept)
+    return kept
+
+
+def _run(items: Items[T], kept: list[T] | None) -> Program[None]:
     runner = Runner(items)
     try:
         while (effect := runner.next()) is not None:
             if isinstance(effect, Emit):
+                if kept is not None:
+                    kept.append(effect.item)
                 continue
             try:
                 runner.succeeded((yield effect))

@@ -195,9 +195,11 @@ class JobsWatch(
     """WatchJobs: each change once, resuming from the last position.
 
     The initial listing (after_position 0) carries one position for every
-    job, so it cannot be resumed part-way: a disconnect during it restarts
-    the listing. Once caught up, positions increase and a resume asks for
-    the changes after the last one seen.
+    job, and a listing token on each message: a disconnect during it
+    resumes the listing after the last job received (the server then lists
+    the rest and replays the changes since the listing began). Once caught
+    up, positions increase and a resume asks for the changes after the last
+    one seen.
     """
 
     def __init__(
@@ -205,6 +207,7 @@ class JobsWatch(
         flt: job_pb2.JobFilter,
         after_position: int,
         *,
+        listing_token: str = "",
         resume: bool,
         resume_timeout: float,
     ) -> None:
@@ -214,6 +217,8 @@ class JobsWatch(
         self.filter = flt
         self.position = after_position
         self._listing = after_position == 0
+        self._listing_token = listing_token
+        """Where the listing resumes: the token of the last job it sent."""
         self._caught_up_sent = False
 
     def rpc(
@@ -224,9 +229,11 @@ class JobsWatch(
         return stub.WatchJobs
 
     def request(self) -> job_service_pb2.WatchJobsRequest:
-        return job_service_pb2.WatchJobsRequest(
-            filter=self.filter, after_position=0 if self._listing else self.position
-        )
+        if self._listing:
+            return job_service_pb2.WatchJobsRequest(
+                filter=self.filter, listing_token=self._listing_token
+            )
+        return job_service_pb2.WatchJobsRequest(filter=self.filter, after_position=self.position)
 
     def accept(self, response: job_service_pb2.WatchJobsResponse) -> list[JobChange]:
         self.received()
@@ -239,6 +246,7 @@ class JobsWatch(
             self._caught_up_sent = True
             return [change]
         if self._listing:
+            self._listing_token = response.listing_token or self._listing_token
             return [change]
         if change.position <= self.position:
             return []

@@ -32,6 +32,7 @@ from jobstream.gateway.hub import Hubs
 from jobstream.gateway.jsonmap import JsonMapper
 from jobstream.gateway.routes import Route, Router, routes
 from jobstream.gateway.transcode import BadRequest, build_request, dumps, parse_body
+from jobstream.v1 import errors_pb2
 from jobstream.v1 import job_service_pb2 as js
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,9 @@ class Gateway:
         refusal = session.cross_site_refusal(request)
         if refusal is not None:
             response: web.StreamResponse = _status_response(
-                errors.simple(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                errors.refusal(
+                    grpc.StatusCode.PERMISSION_DENIED, refusal, errors_pb2.CROSS_SITE_REQUEST
+                )
             )
         else:
             try:
@@ -195,7 +198,11 @@ class Gateway:
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 response = _status_response(
-                    errors.simple(grpc.StatusCode.INTERNAL, "the gateway failed; see its log")
+                    errors.refusal(
+                        grpc.StatusCode.INTERNAL,
+                        "the gateway failed; see its log",
+                        errors_pb2.INTERNAL_ERROR,
+                    )
                 )
         if not response.prepared:
             for name, value in SECURITY_HEADERS.items():
@@ -282,15 +289,22 @@ class Gateway:
         allowed = self.router.allowed(request.path)
         if allowed:
             return _status_response(
-                errors.simple(
+                errors.refusal(
                     grpc.StatusCode.UNIMPLEMENTED,
                     f"{request.method} is not served at {request.path}; try {', '.join(allowed)}",
+                    errors_pb2.METHOD_NOT_ALLOWED,
+                    allowed=", ".join(allowed),
                 ),
                 http_status=405,
                 headers={"Allow": ", ".join(allowed)},
             )
         return _status_response(
-            errors.simple(grpc.StatusCode.NOT_FOUND, f"no route {request.path}")
+            errors.refusal(
+                grpc.StatusCode.NOT_FOUND,
+                f"no route {request.path}",
+                errors_pb2.ROUTE_NOT_FOUND,
+                path=request.path,
+            )
         )
 
     async def _event_stream(
@@ -305,7 +319,7 @@ class Gateway:
         spec = streams.RESUMABLE.get(route.method.full_name)
         if spec is None:
             raise BadRequest("", f"{route.method.name} is not served over HTTP")
-        streams.resume_point(request, message, spec.field)
+        streams.resume_point(request, message, spec)
         stream_call = self._stream(route)
         # Tracked so that stop() can end them: they never end by themselves.
         task = asyncio.current_task()

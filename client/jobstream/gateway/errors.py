@@ -9,10 +9,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
 
 # error_details_pb2 also registers the standard detail types (BadRequest,
 # ErrorInfo …) so that json_format can print an Any holding one.
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from jobstream.client.errors import DOMAIN, sent_status
+from jobstream.v1 import errors_pb2
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -37,22 +41,13 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 """gRPC code -> HTTP status, grpc-gateway's table (runtime/errors.go)."""
 
-DETAILS_TRAILER = "grpc-status-details-bin"
-"""The trailer holding the serialized google.rpc.Status of a failed call."""
-
 
 def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The call's google.rpc.Status: the server's own (with its details) when
     it sent one, else made from the code and message."""
-    for key, value in error.trailing_metadata() or ():
-        if key == DETAILS_TRAILER and isinstance(value, bytes):
-            status = status_pb2.Status()
-            try:
-                status.ParseFromString(value)
-            except Exception:  # a broken trailer: keep code and message
-                break
-            if status.code == error.code().value[0]:
-                return status
+    sent = sent_status(error, error.code())
+    if sent is not None:
+        return sent
     return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
 
 
@@ -83,21 +78,41 @@ def http_status(code: int) -> int:
     return 500
 
 
-def bad_request(field: str, description: str) -> status_pb2.Status:
-    """INVALID_ARGUMENT with a BadRequest detail naming the field, as the
-    server words its own refusals."""
+def _packed(message: Message) -> any_pb2.Any:
     detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
-            ]
+    detail.Pack(message)
+    return detail
+
+
+def _error_info(reason: errors_pb2.ErrorReason.ValueType, metadata: dict[str, str]) -> any_pb2.Any:
+    """The google.rpc.ErrorInfo the gateway's own refusals carry, as the
+    server's do: domain jobstream, a reason of the protos' ErrorReason."""
+    return _packed(
+        error_details_pb2.ErrorInfo(
+            reason=errors_pb2.ErrorReason.Name(reason), domain=DOMAIN, metadata=metadata
         )
     )
+
+
+def bad_request(field: str, description: str) -> status_pb2.Status:
+    """INVALID_ARGUMENT with an ErrorInfo (INVALID_FIELD) and a BadRequest
+    naming the field, as the server words its own refusals."""
+    violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+    details = [
+        _packed(error_details_pb2.BadRequest(field_violations=[violation])),
+        _error_info(errors_pb2.INVALID_FIELD, {"field": field} if field else {}),
+    ]
     message = f"{field}: {description}" if field else description
-    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=details)
 
 
-def simple(code: grpc.StatusCode, message: str) -> status_pb2.Status:
-    """A Status with a code and a message only."""
-    return status_pb2.Status(code=code.value[0], message=message)
+def refusal(
+    code: grpc.StatusCode,
+    message: str,
+    reason: errors_pb2.ErrorReason.ValueType,
+    **metadata: str,
+) -> status_pb2.Status:
+    """A Status of the gateway's own, with its ErrorInfo."""
+    return status_pb2.Status(
+        code=code.value[0], message=message, details=[_error_info(reason, metadata)]
+    )

@@ -64,7 +64,7 @@ SSE_HEADERS = {
 """Headers of every event stream."""
 
 
-def frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
+def frame(event: str, data: bytes, event_id: int | str | None = None) -> bytes:
     """One SSE event. JSON from :func:`dumps` never holds a raw newline, so
     it is always one ``data:`` line."""
     head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
@@ -108,6 +108,11 @@ class Resumable:
     """The request field a resume point goes into."""
     frames: Callable[[Any, EventJson, int], tuple[list[bytes], int]]
     """(message, cache, last id) -> (SSE frames, new last id)."""
+    token_field: str | None = None
+    """The request field a resume token goes into, for the part of a
+    stream that has no numbered resume point (WatchJobs' listing): a
+    Last-Event-ID that is not a number, and the token of the last message
+    sent when the gateway calls again itself."""
 
 
 def _watch_job_frames(
@@ -138,9 +143,9 @@ def _watch_jobs_frames(
         data = dumps({"jobId": message.deleted_job_id})
         return [frame("deleted", data, message.position)], message.position
     if last == 0:
-        # The initial listing: its items share the head position, so they
-        # carry no id; a reconnect before caught_up lists again.
-        return [frame("job", cache.message(message.job))], last
+        # The initial listing: its items share the head position, so their
+        # id is their listing token, from which a reconnect lists the rest.
+        return [frame("job", cache.message(message.job), message.listing_token or None)], last
     if message.position <= last:
         return [], last
     return [frame("job", cache.message(message.job), message.position)], message.position
@@ -149,19 +154,22 @@ def _watch_jobs_frames(
 RESUMABLE: dict[str, Resumable] = {
     "jobstream.v1.JobService.WatchJob": Resumable(field="after_seq", frames=_watch_job_frames),
     "jobstream.v1.JobService.WatchJobs": Resumable(
-        field="after_position", frames=_watch_jobs_frames
+        field="after_position", frames=_watch_jobs_frames, token_field="listing_token"
     ),
 }
 """The streaming RPCs served as event streams, by full method name."""
 
 
-def resume_point(request: web.Request, message: Message, field: str) -> int:
+def resume_point(request: web.Request, message: Message, spec: Resumable) -> int:
     """``Last-Event-ID`` when the client sent one (a reconnect), else the
-    request's own resume field."""
+    request's own resume field; an id that is not a number is a resume
+    token (the server checks it)."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if header.isdigit():
-        setattr(message, field, int(header))
-    value: int = getattr(message, field)
+        setattr(message, spec.field, int(header))
+    elif header and spec.token_field is not None:
+        setattr(message, spec.token_field, header)
+    value: int = getattr(message, spec.field)
     return value
 
 
@@ -279,6 +287,14 @@ class EventStream:
             delay = min(delay * 2, BACKOFF_MAX_S)
             stream = self._messages(getattr(self.message, self.spec.field))
 
+    def _carry_token(self, item: Any) -> None:
+        """Keeps the resume token of the last message sent, so that a call
+        of our own after a drop goes on from there."""
+        name = self.spec.token_field
+        token: str | None = getattr(item, name, None) if name is not None else None
+        if name is not None and token:
+            setattr(self.message, name, token)
+
     async def _pump(
         self, sse: SseResponse, first: Any, stream: AsyncIterator[Any], last: int
     ) -> None:
@@ -289,6 +305,7 @@ class EventStream:
                     frames, last = self.spec.frames(item, self.cache, last)
                     if frames:
                         await sse.write(b"".join(frames))
+                    self._carry_token(item)
                     item = await anext(stream, None)
                 await sse.write(frame("end", b"{}"))
                 return

@@ -243,9 +243,15 @@ class ListJobsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Jobs per page, 1..1000; 0 means 50."""
+    """Jobs per page; 0 means 50, more than 1000 is lowered to 1000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
         """Which jobs."""
@@ -274,7 +280,9 @@ class ListJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]:
         """The jobs (without steps); fewer than page_size when more would make
@@ -391,6 +399,7 @@ class WatchJobsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     AFTER_POSITION_FIELD_NUMBER: _builtins.int
     SKIP_LISTING_FIELD_NUMBER: _builtins.int
+    LISTING_TOKEN_FIELD_NUMBER: _builtins.int
     after_position: _builtins.int
     """Resume after this position (0: send every matching job as it is now,
     then a caught_up marker, then changes); beyond the newest position is
@@ -401,6 +410,15 @@ class WatchJobsRequest(_message.Message):
     only the caught_up marker (carrying the newest position), then changes.
     For a dashboard that pages through a large list with ListJobs and only
     wants to hear what changes from now on.
+    """
+    listing_token: _builtins.str
+    """Resumes an initial listing cut off part-way: the listing_token of the
+    last listing message received (with after_position 0). The stream lists
+    the matching jobs after that one, as they are now, then the caught_up
+    marker at the listing's position, then the changes after it: nothing is
+    missed and no job is listed twice. A token issued for another filter
+    or caller, or by another database, is INVALID_ARGUMENT naming
+    listing_token (reason PAGE_TOKEN_INVALID).
     """
     @_builtins.property
     def filter(self) -> _job_pb2.JobFilter:
@@ -414,10 +432,11 @@ class WatchJobsRequest(_message.Message):
         filter: _job_pb2.JobFilter | None = ...,
         after_position: _builtins.int = ...,
         skip_listing: _builtins.bool = ...,
+        listing_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter", "skip_listing", b"skip_listing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_position", b"after_position", "filter", b"filter", "listing_token", b"listing_token", "skip_listing", b"skip_listing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,12 +452,19 @@ class WatchJobsResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     DELETED_JOB_ID_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    LISTING_TOKEN_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Position of this change; pass it as after_position to resume."""
     deleted_job_id: _builtins.str
     """The id of a job that was deleted."""
     caught_up: _builtins.bool
     """Marks the end of the initial listing: what follows are live changes."""
+    listing_token: _builtins.str
+    """Set on each message of the initial listing (whose position is the
+    listing's, the same for all of them): pass it as
+    WatchJobsRequest.listing_token to resume the listing after this job.
+    Empty on every other message.
+    """
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """The job as it is after the change."""
@@ -450,10 +476,11 @@ class WatchJobsResponse(_message.Message):
         job: _job_pb2.Job | None = ...,
         deleted_job_id: _builtins.str = ...,
         caught_up: _builtins.bool = ...,
+        listing_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job", "position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "deleted_job_id", b"deleted_job_id", "job", b"job", "listing_token", b"listing_token", "position", b"position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["job", "deleted_job_id", "caught_up"]  # noqa: Y015
     _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
@@ -597,9 +624,15 @@ class ListJobLogsRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     page_size: _builtins.int
-    """Lines per page, 1..5000; 0 means 500."""
+    """Lines per page; 0 means 500, more than 5000 is lowered to 5000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     def __init__(
         self,
         *,
@@ -624,7 +657,9 @@ class ListJobLogsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
         """Log events (payload log), oldest first; fewer than page_size when more
@@ -658,9 +693,15 @@ class ListJobResultsRequest(_message.Message):
     job_id: _builtins.str
     """The job's id."""
     page_size: _builtins.int
-    """Results per page, 1..5000; 0 means 500."""
+    """Results per page; 0 means 500, more than 5000 is lowered to 5000, a
+    negative size is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same request (every field but page_size and
+    page_token) is accepted: another is INVALID_ARGUMENT naming page_token
+    (reason PAGE_TOKEN_INVALID).
+    """
     def __init__(
         self,
         *,
@@ -685,7 +726,9 @@ class ListJobResultsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page."""
+    """Token for the next page; empty on the last page (set only while items
+    remain, so no page after it is empty).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
         """The latest version of each key, as the result event (payload
@@ -1020,21 +1063,33 @@ Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
 
 @_typing.final
 class ListArtifactsRequest(_message.Message):
-    """ListArtifactsRequest names the job whose artifacts to list."""
+    """ListArtifactsRequest selects a page of a job's artifacts."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
+    page_size: _builtins.int
+    """Artifacts per page; 0 means 1000, more than 1000 is lowered to 1000,
+    a negative size is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page. Only
+    a token issued for the same job_id is accepted (PAGE_TOKEN_INVALID).
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1042,11 +1097,14 @@ Global___ListArtifactsRequest: _TypeAlias = ListArtifactsRequest  # noqa: Y015
 
 @_typing.final
 class ListArtifactsResponse(_message.Message):
-    """ListArtifactsResponse lists a job's artifacts."""
+    """ListArtifactsResponse is one page of a job's artifacts."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when no artifact is left."""
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]:
         """The artifacts, by name."""
@@ -1055,10 +1113,11 @@ class ListArtifactsResponse(_message.Message):
         self,
         *,
         artifacts: _abc.Iterable[_job_pb2.Artifact] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

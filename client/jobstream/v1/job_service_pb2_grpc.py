@@ -37,7 +37,16 @@ class JobServiceStub:
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def __init__(self, channel):
@@ -135,13 +144,24 @@ class JobServiceServicer:
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def SubmitJob(self, request, context):
         """Submits one job. With a request_id, a repeat of the same request returns
         the job made the first time; the same request_id with a different
         payload is ALREADY_EXISTS.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +170,9 @@ class JobServiceServicer:
     def SubmitJobs(self, request, context):
         """Submits many jobs in one call and one transaction: all are stored, or
         none is.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+        (requests[i]) and stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +180,7 @@ class JobServiceServicer:
 
     def GetJob(self, request, context):
         """Returns one job, with its steps.
+        Errors: NOT_FOUND (JOB_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +188,7 @@ class JobServiceServicer:
 
     def ListJobs(self, request, context):
         """Lists jobs, newest first, one page at a time.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +199,10 @@ class JobServiceServicer:
         then live events; ends after the event that makes the job terminal.
         after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
         while it is watched ends the stream with NOT_FOUND.
+        Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
+        while followed), OUT_OF_RANGE (BEYOND_END: after_seq past the job's last
+        seq), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +212,10 @@ class JobServiceServicer:
         """Streams job-level changes (state, progress, deletes) of the jobs that
         match a filter, for dashboards; resumable from a position. An
         after_position beyond the newest position is OUT_OF_RANGE.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID on
+        listing_token), OUT_OF_RANGE (BEYOND_END: after_position past the newest
+        position), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +224,7 @@ class JobServiceServicer:
     def CancelJob(self, request, context):
         """Cancels a job: a queued job at once; a running one is asked to stop and
         ends CANCELLED when its worker stops.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (JOB_ENDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +232,8 @@ class JobServiceServicer:
 
     def DeleteJob(self, request, context):
         """Deletes a job, its events, steps, results, artifacts and files.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, unless allow_missing),
+        FAILED_PRECONDITION (JOB_RUNNING, unless force).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +242,8 @@ class JobServiceServicer:
     def ListJobLogs(self, request, context):
         """Lists a job's log lines, oldest first, one page at a time (a paged list,
         hence List*, AIP-132).
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +256,8 @@ class JobServiceServicer:
         event that stored that version. The job's counters count exactly these.
         While the job runs, a key replaced after a page was read comes again on
         a later page with its new seq.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +268,9 @@ class JobServiceServicer:
         Its history stays: events continue after the last seq, and the attempt
         counter keeps counting. Any other state is FAILED_PRECONDITION. With a
         request_id, a repeat returns the first answer without retrying again.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+        (JOB_NOT_RETRYABLE), ALREADY_EXISTS (REQUEST_ID_REUSED: the request_id
+        was used for another request).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,6 +281,9 @@ class JobServiceServicer:
         artifacts and files, in bounded batches that let other writes through.
         With a request_id, a repeat of a purge that completed returns its
         answer without purging again.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS
+        (REQUEST_ID_REUSED); PERMISSION_DENIED (PERMISSION_DENIED) for any role
+        but admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +292,7 @@ class JobServiceServicer:
     def GetStats(self, request, context):
         """Returns counts by state and kind, success rate, run-time percentiles and
         throughput over a recent window.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +300,8 @@ class JobServiceServicer:
 
     def ListArtifacts(self, request, context):
         """Lists a job's artifacts, by name.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +311,9 @@ class JobServiceServicer:
         """Streams one artifact: its metadata first, then its bytes in chunks from
         the requested offset (to resume an interrupted download). ABORTED when
         the artifact is replaced or deleted while it is being sent.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, ARTIFACT_NOT_FOUND),
+        FAILED_PRECONDITION (ARTIFACT_NOT_READY), OUT_OF_RANGE (BEYOND_END:
+        offset past the size), ABORTED (ARTIFACT_REPLACED: download again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -365,7 +417,16 @@ class JobService:
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @staticmethod

@@ -38,7 +38,16 @@ class JobServiceStub:
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @_typing.overload
@@ -49,35 +58,58 @@ class JobServiceStub:
     """Submits one job. With a request_id, a repeat of the same request returns
     the job made the first time; the same request_id with a different
     payload is ALREADY_EXISTS.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+    REQUEST_ID_REUSED, WRITE_CONFLICT).
     """
     SubmitJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobsRequest, _job_service_pb2.SubmitJobsResponse]
     """Submits many jobs in one call and one transaction: all are stored, or
     none is.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+    REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+    (requests[i]) and stores nothing.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]
-    """Returns one job, with its steps."""
+    """Returns one job, with its steps.
+    Errors: NOT_FOUND (JOB_NOT_FOUND).
+    """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
-    """Lists jobs, newest first, one page at a time."""
+    """Lists jobs, newest first, one page at a time.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """Streams one job: a snapshot, then every event after after_seq in order,
     then live events; ends after the event that makes the job terminal.
     after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
     while it is watched ends the stream with NOT_FOUND.
+    Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
+    while followed), OUT_OF_RANGE (BEYOND_END: after_seq past the job's last
+    seq), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+    UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
     """Streams job-level changes (state, progress, deletes) of the jobs that
     match a filter, for dashboards; resumable from a position. An
     after_position beyond the newest position is OUT_OF_RANGE.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID on
+    listing_token), OUT_OF_RANGE (BEYOND_END: after_position past the newest
+    position), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+    UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """Cancels a job: a queued job at once; a running one is asked to stop and
     ends CANCELLED when its worker stops.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (JOB_ENDED).
     """
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]
-    """Deletes a job, its events, steps, results, artifacts and files."""
+    """Deletes a job, its events, steps, results, artifacts and files.
+    Errors: NOT_FOUND (JOB_NOT_FOUND, unless allow_missing),
+    FAILED_PRECONDITION (JOB_RUNNING, unless force).
+    """
     ListJobLogs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobLogsRequest, _job_service_pb2.ListJobLogsResponse]
     """Lists a job's log lines, oldest first, one page at a time (a paged list,
     hence List*, AIP-132).
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
     """
     ListJobResults: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]
     """Returns a page of a job's per-item results: each key once, in its latest
@@ -86,29 +118,44 @@ class JobServiceStub:
     event that stored that version. The job's counters count exactly these.
     While the job runs, a key replaced after a page was read comes again on
     a later page with its new seq.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
     counter keeps counting. Any other state is FAILED_PRECONDITION. With a
     request_id, a repeat returns the first answer without retrying again.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+    (JOB_NOT_RETRYABLE), ALREADY_EXISTS (REQUEST_ID_REUSED: the request_id
+    was used for another request).
     """
     PurgeJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _job_service_pb2.PurgeJobsResponse]
     """Deletes terminal jobs that ended before a cutoff, with their events,
     artifacts and files, in bounded batches that let other writes through.
     With a request_id, a repeat of a purge that completed returns its
     answer without purging again.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS
+    (REQUEST_ID_REUSED); PERMISSION_DENIED (PERMISSION_DENIED) for any role
+    but admin.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetStatsRequest, _job_service_pb2.GetStatsResponse]
     """Returns counts by state and kind, success rate, run-time percentiles and
     throughput over a recent window.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD).
     """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]
-    """Lists a job's artifacts, by name."""
+    """Lists a job's artifacts, by name.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
+    """
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_job_service_pb2.DownloadArtifactRequest, _job_service_pb2.DownloadArtifactResponse]
     """Streams one artifact: its metadata first, then its bytes in chunks from
     the requested offset (to resume an interrupted download). ABORTED when
     the artifact is replaced or deleted while it is being sent.
+    Errors: NOT_FOUND (JOB_NOT_FOUND, ARTIFACT_NOT_FOUND),
+    FAILED_PRECONDITION (ARTIFACT_NOT_READY), OUT_OF_RANGE (BEYOND_END:
+    offset past the size), ABORTED (ARTIFACT_REPLACED: download again).
     """
 
 @_typing.type_check_only
@@ -124,7 +171,16 @@ class JobServiceAsyncStub(JobServiceStub):
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -132,35 +188,58 @@ class JobServiceAsyncStub(JobServiceStub):
     """Submits one job. With a request_id, a repeat of the same request returns
     the job made the first time; the same request_id with a different
     payload is ALREADY_EXISTS.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+    REQUEST_ID_REUSED, WRITE_CONFLICT).
     """
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.SubmitJobsRequest, _job_service_pb2.SubmitJobsResponse]  # type: ignore[assignment]
     """Submits many jobs in one call and one transaction: all are stored, or
     none is.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+    REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+    (requests[i]) and stores nothing.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _job_service_pb2.GetJobResponse]  # type: ignore[assignment]
-    """Returns one job, with its steps."""
+    """Returns one job, with its steps.
+    Errors: NOT_FOUND (JOB_NOT_FOUND).
+    """
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """Lists jobs, newest first, one page at a time."""
+    """Lists jobs, newest first, one page at a time.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
+    """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams one job: a snapshot, then every event after after_seq in order,
     then live events; ends after the event that makes the job terminal.
     after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
     while it is watched ends the stream with NOT_FOUND.
+    Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
+    while followed), OUT_OF_RANGE (BEYOND_END: after_seq past the job's last
+    seq), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+    UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
     """Streams job-level changes (state, progress, deletes) of the jobs that
     match a filter, for dashboards; resumable from a position. An
     after_position beyond the newest position is OUT_OF_RANGE.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID on
+    listing_token), OUT_OF_RANGE (BEYOND_END: after_position past the newest
+    position), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+    UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Cancels a job: a queued job at once; a running one is asked to stop and
     ends CANCELLED when its worker stops.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (JOB_ENDED).
     """
     DeleteJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.DeleteJobRequest, _job_service_pb2.DeleteJobResponse]  # type: ignore[assignment]
-    """Deletes a job, its events, steps, results, artifacts and files."""
+    """Deletes a job, its events, steps, results, artifacts and files.
+    Errors: NOT_FOUND (JOB_NOT_FOUND, unless allow_missing),
+    FAILED_PRECONDITION (JOB_RUNNING, unless force).
+    """
     ListJobLogs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobLogsRequest, _job_service_pb2.ListJobLogsResponse]  # type: ignore[assignment]
     """Lists a job's log lines, oldest first, one page at a time (a paged list,
     hence List*, AIP-132).
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
     """
     ListJobResults: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobResultsRequest, _job_service_pb2.ListJobResultsResponse]  # type: ignore[assignment]
     """Returns a page of a job's per-item results: each key once, in its latest
@@ -169,29 +248,44 @@ class JobServiceAsyncStub(JobServiceStub):
     event that stored that version. The job's counters count exactly these.
     While the job runs, a key replaced after a page was read comes again on
     a later page with its new seq.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Queues a FAILED, INTERRUPTED or CANCELLED job again as a new attempt.
     Its history stays: events continue after the last seq, and the attempt
     counter keeps counting. Any other state is FAILED_PRECONDITION. With a
     request_id, a repeat returns the first answer without retrying again.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+    (JOB_NOT_RETRYABLE), ALREADY_EXISTS (REQUEST_ID_REUSED: the request_id
+    was used for another request).
     """
     PurgeJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.PurgeJobsRequest, _job_service_pb2.PurgeJobsResponse]  # type: ignore[assignment]
     """Deletes terminal jobs that ended before a cutoff, with their events,
     artifacts and files, in bounded batches that let other writes through.
     With a request_id, a repeat of a purge that completed returns its
     answer without purging again.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS
+    (REQUEST_ID_REUSED); PERMISSION_DENIED (PERMISSION_DENIED) for any role
+    but admin.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetStatsRequest, _job_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Returns counts by state and kind, success rate, run-time percentiles and
     throughput over a recent window.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD).
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
-    """Lists a job's artifacts, by name."""
+    """Lists a job's artifacts, by name.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+    PAGE_TOKEN_INVALID).
+    """
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_job_service_pb2.DownloadArtifactRequest, _job_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Streams one artifact: its metadata first, then its bytes in chunks from
     the requested offset (to resume an interrupted download). ABORTED when
     the artifact is replaced or deleted while it is being sent.
+    Errors: NOT_FOUND (JOB_NOT_FOUND, ARTIFACT_NOT_FOUND),
+    FAILED_PRECONDITION (ARTIFACT_NOT_READY), OUT_OF_RANGE (BEYOND_END:
+    offset past the size), ABORTED (ARTIFACT_REPLACED: download again).
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,7 +300,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     names ("jobs/{id}"): a job id is the only name a job has, the HTTP routes
     still read /v1/jobs/{job_id}, and a name field would only add a prefix to
     strip. Requests name fields marked REQUIRED; omitting one is
-    INVALID_ARGUMENT naming the field.
+    INVALID_ARGUMENT naming the field. Page tokens are opaque, bound to the
+    request they were issued for, and valid on every server of one database.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @_abc_1.abstractmethod
@@ -218,6 +321,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits one job. With a request_id, a repeat of the same request returns
         the job made the first time; the same request_id with a different
         payload is ALREADY_EXISTS.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT).
         """
 
     @_abc_1.abstractmethod
@@ -228,6 +333,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.SubmitJobsResponse, _abc.Awaitable[_job_service_pb2.SubmitJobsResponse]]:
         """Submits many jobs in one call and one transaction: all are stored, or
         none is.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS (JOB_ID_TAKEN,
+        REQUEST_ID_REUSED, WRITE_CONFLICT); a refusal names the request at fault
+        (requests[i]) and stores nothing.
         """
 
     @_abc_1.abstractmethod
@@ -236,7 +344,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.GetJobResponse, _abc.Awaitable[_job_service_pb2.GetJobResponse]]:
-        """Returns one job, with its steps."""
+        """Returns one job, with its steps.
+        Errors: NOT_FOUND (JOB_NOT_FOUND).
+        """
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -244,7 +354,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
-        """Lists jobs, newest first, one page at a time."""
+        """Lists jobs, newest first, one page at a time.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
+        """
 
     @_abc_1.abstractmethod
     def WatchJob(
@@ -256,6 +368,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         then live events; ends after the event that makes the job terminal.
         after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
         while it is watched ends the stream with NOT_FOUND.
+        Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
+        while followed), OUT_OF_RANGE (BEYOND_END: after_seq past the job's last
+        seq), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
 
     @_abc_1.abstractmethod
@@ -267,6 +383,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams job-level changes (state, progress, deletes) of the jobs that
         match a filter, for dashboards; resumable from a position. An
         after_position beyond the newest position is OUT_OF_RANGE.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID on
+        listing_token), OUT_OF_RANGE (BEYOND_END: after_position past the newest
+        position), RESOURCE_EXHAUSTED (LIMIT_EXCEEDED: open watch streams),
+        UNAVAILABLE (SHUTTING_DOWN: resume elsewhere).
         """
 
     @_abc_1.abstractmethod
@@ -277,6 +397,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """Cancels a job: a queued job at once; a running one is asked to stop and
         ends CANCELLED when its worker stops.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (JOB_ENDED).
         """
 
     @_abc_1.abstractmethod
@@ -285,7 +406,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.DeleteJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.DeleteJobResponse, _abc.Awaitable[_job_service_pb2.DeleteJobResponse]]:
-        """Deletes a job, its events, steps, results, artifacts and files."""
+        """Deletes a job, its events, steps, results, artifacts and files.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, unless allow_missing),
+        FAILED_PRECONDITION (JOB_RUNNING, unless force).
+        """
 
     @_abc_1.abstractmethod
     def ListJobLogs(
@@ -295,6 +419,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.ListJobLogsResponse, _abc.Awaitable[_job_service_pb2.ListJobLogsResponse]]:
         """Lists a job's log lines, oldest first, one page at a time (a paged list,
         hence List*, AIP-132).
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
 
     @_abc_1.abstractmethod
@@ -309,6 +435,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         event that stored that version. The job's counters count exactly these.
         While the job runs, a key replaced after a page was read comes again on
         a later page with its new seq.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
         """
 
     @_abc_1.abstractmethod
@@ -321,6 +449,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         Its history stays: events continue after the last seq, and the attempt
         counter keeps counting. Any other state is FAILED_PRECONDITION. With a
         request_id, a repeat returns the first answer without retrying again.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+        (JOB_NOT_RETRYABLE), ALREADY_EXISTS (REQUEST_ID_REUSED: the request_id
+        was used for another request).
         """
 
     @_abc_1.abstractmethod
@@ -333,6 +464,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         artifacts and files, in bounded batches that let other writes through.
         With a request_id, a repeat of a purge that completed returns its
         answer without purging again.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD), ALREADY_EXISTS
+        (REQUEST_ID_REUSED); PERMISSION_DENIED (PERMISSION_DENIED) for any role
+        but admin.
         """
 
     @_abc_1.abstractmethod
@@ -343,6 +477,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.GetStatsResponse, _abc.Awaitable[_job_service_pb2.GetStatsResponse]]:
         """Returns counts by state and kind, success rate, run-time percentiles and
         throughput over a recent window.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
 
     @_abc_1.abstractmethod
@@ -351,7 +486,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.ListArtifactsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListArtifactsResponse, _abc.Awaitable[_job_service_pb2.ListArtifactsResponse]]:
-        """Lists a job's artifacts, by name."""
+        """Lists a job's artifacts, by name.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
+        PAGE_TOKEN_INVALID).
+        """
 
     @_abc_1.abstractmethod
     def DownloadArtifact(
@@ -362,6 +500,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams one artifact: its metadata first, then its bytes in chunks from
         the requested offset (to resume an interrupted download). ABORTED when
         the artifact is replaced or deleted while it is being sent.
+        Errors: NOT_FOUND (JOB_NOT_FOUND, ARTIFACT_NOT_FOUND),
+        FAILED_PRECONDITION (ARTIFACT_NOT_READY), OUT_OF_RANGE (BEYOND_END:
+        offset past the size), ABORTED (ARTIFACT_REPLACED: download again).
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

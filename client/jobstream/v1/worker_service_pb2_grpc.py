@@ -27,6 +27,14 @@ if _version_not_supported:
 
 class WorkerServiceStub:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def __init__(self, channel):
@@ -59,12 +67,21 @@ class WorkerServiceStub:
 
 class WorkerServiceServicer:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     def AcquireJob(self, request, context):
         """Leases the next runnable job of the given kinds and queues, waiting up to
         `wait` for one to appear (long poll). No job within the wait is not an
         error: the response has no job.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +92,10 @@ class WorkerServiceServicer:
         batch and renews the lease. Refused with FAILED_PRECONDITION when the
         lease is no longer the job's current one. The report's events are stored
         in one transaction, in the order progress, logs, steps, results.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN: stop working on the job; nothing of the report is stored),
+        INVALID_ARGUMENT (INVALID_FIELD, e.g. server_paths[i]), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: log lines per job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +107,9 @@ class WorkerServiceServicer:
         succeeded, failed or cancelled like the job. With `acquire_next` it also
         leases the worker's next job in the same transaction, so a worker that
         runs job after job makes one call per job instead of two.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+        AcquireJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +121,10 @@ class WorkerServiceServicer:
         the artifact (replacing one of the same name) and records an
         artifact_added event. Refused with FAILED_PRECONDITION when the lease is
         no longer current.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: header, size or sha256 not
+        matching; MALFORMED_REQUEST), NOT_FOUND (JOB_NOT_FOUND),
+        FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: artifacts per job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +163,14 @@ def add_WorkerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
     """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
     """
 
     @staticmethod

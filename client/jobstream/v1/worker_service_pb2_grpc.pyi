@@ -27,7 +27,16 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class WorkerServiceStub:
-    """WorkerService is the API for workers: lease a job, report on it, finish it."""
+    """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,12 +46,17 @@ class WorkerServiceStub:
     """Leases the next runnable job of the given kinds and queues, waiting up to
     `wait` for one to appear (long poll). No job within the wait is not an
     error: the response has no job.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD).
     """
     ReportJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ReportJobRequest, _worker_service_pb2.ReportJobResponse]
     """Reports progress, log lines, steps, results and server paths in one
     batch and renews the lease. Refused with FAILED_PRECONDITION when the
     lease is no longer the job's current one. The report's events are stored
     in one transaction, in the order progress, logs, steps, results.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+    LEASE_UNKNOWN: stop working on the job; nothing of the report is stored),
+    INVALID_ARGUMENT (INVALID_FIELD, e.g. server_paths[i]), RESOURCE_EXHAUSTED
+    (LIMIT_EXCEEDED: log lines per job).
     """
     FinishJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]
     """Ends the leased attempt: succeeded, failed (retried while attempts
@@ -50,6 +64,9 @@ class WorkerServiceStub:
     succeeded, failed or cancelled like the job. With `acquire_next` it also
     leases the worker's next job in the same transaction, so a worker that
     runs job after job makes one call per job instead of two.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+    LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+    AcquireJob.
     """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]
     """Uploads an output file of a leased job: a header message, then the
@@ -57,23 +74,41 @@ class WorkerServiceStub:
     the artifact (replacing one of the same name) and records an
     artifact_added event. Refused with FAILED_PRECONDITION when the lease is
     no longer current.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD: header, size or sha256 not
+    matching; MALFORMED_REQUEST), NOT_FOUND (JOB_NOT_FOUND),
+    FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN), RESOURCE_EXHAUSTED
+    (LIMIT_EXCEEDED: artifacts per job).
     """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
-    """WorkerService is the API for workers: lease a job, report on it, finish it."""
+    """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AcquireJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.AcquireJobRequest, _worker_service_pb2.AcquireJobResponse]  # type: ignore[assignment]
     """Leases the next runnable job of the given kinds and queues, waiting up to
     `wait` for one to appear (long poll). No job within the wait is not an
     error: the response has no job.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD).
     """
     ReportJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ReportJobRequest, _worker_service_pb2.ReportJobResponse]  # type: ignore[assignment]
     """Reports progress, log lines, steps, results and server paths in one
     batch and renews the lease. Refused with FAILED_PRECONDITION when the
     lease is no longer the job's current one. The report's events are stored
     in one transaction, in the order progress, logs, steps, results.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+    LEASE_UNKNOWN: stop working on the job; nothing of the report is stored),
+    INVALID_ARGUMENT (INVALID_FIELD, e.g. server_paths[i]), RESOURCE_EXHAUSTED
+    (LIMIT_EXCEEDED: log lines per job).
     """
     FinishJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobRequest, _worker_service_pb2.FinishJobResponse]  # type: ignore[assignment]
     """Ends the leased attempt: succeeded, failed (retried while attempts
@@ -81,6 +116,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     succeeded, failed or cancelled like the job. With `acquire_next` it also
     leases the worker's next job in the same transaction, so a worker that
     runs job after job makes one call per job instead of two.
+    Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+    LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+    AcquireJob.
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads an output file of a leased job: a header message, then the
@@ -88,10 +126,23 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     the artifact (replacing one of the same name) and records an
     artifact_added event. Refused with FAILED_PRECONDITION when the lease is
     no longer current.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD: header, size or sha256 not
+    matching; MALFORMED_REQUEST), NOT_FOUND (JOB_NOT_FOUND),
+    FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN), RESOURCE_EXHAUSTED
+    (LIMIT_EXCEEDED: artifacts per job).
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """WorkerService is the API for workers: lease a job, report on it, finish it."""
+    """WorkerService is the API for workers: lease a job, report on it, finish it.
+
+    Errors: every refusal carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason (errors.proto); each RPC's comment lists its own codes and
+    (reasons). Any RPC may also return UNAUTHENTICATED (UNAUTHENTICATED) and
+    PERMISSION_DENIED (PERMISSION_DENIED) when tokens are on,
+    INVALID_ARGUMENT (MALFORMED_REQUEST) for bytes that do not parse,
+    UNAVAILABLE (STORAGE_UNAVAILABLE) while the database cannot take the call,
+    and INTERNAL (INTERNAL_ERROR).
+    """
 
     @_abc_1.abstractmethod
     def AcquireJob(
@@ -102,6 +153,7 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Leases the next runnable job of the given kinds and queues, waiting up to
         `wait` for one to appear (long poll). No job within the wait is not an
         error: the response has no job.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD).
         """
 
     @_abc_1.abstractmethod
@@ -114,6 +166,10 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         batch and renews the lease. Refused with FAILED_PRECONDITION when the
         lease is no longer the job's current one. The report's events are stored
         in one transaction, in the order progress, logs, steps, results.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN: stop working on the job; nothing of the report is stored),
+        INVALID_ARGUMENT (INVALID_FIELD, e.g. server_paths[i]), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: log lines per job).
         """
 
     @_abc_1.abstractmethod
@@ -127,6 +183,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         succeeded, failed or cancelled like the job. With `acquire_next` it also
         leases the worker's next job in the same transaction, so a worker that
         runs job after job makes one call per job instead of two.
+        Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
+        LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
+        AcquireJob.
         """
 
     @_abc_1.abstractmethod
@@ -140,6 +199,10 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         the artifact (replacing one of the same name) and records an
         artifact_added event. Refused with FAILED_PRECONDITION when the lease is
         no longer current.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: header, size or sha256 not
+        matching; MALFORMED_REQUEST), NOT_FOUND (JOB_NOT_FOUND),
+        FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN), RESOURCE_EXHAUSTED
+        (LIMIT_EXCEEDED: artifacts per job).
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

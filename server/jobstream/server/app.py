@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from jobstream.server import logs, tls
+from jobstream.server import heap, logs, tls
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
@@ -39,6 +39,8 @@ from jobstream.server.readers import Readers
 from jobstream.server.service import JobService
 from jobstream.server.servicers import JobServiceServicer, WorkerServiceServicer
 from jobstream.server.store import RetryPolicy, Store
+from jobstream.server.store.secrets import PAGE_TOKEN_KEY
+from jobstream.server.tokens import PageTokens
 from jobstream.server.writer import CommitStep, Writer
 from jobstream.v1 import (
     job_service_pb2,
@@ -176,9 +178,20 @@ async def serve(
     server = grpc.aio.server(
         options=_server_options(config.max_message_bytes), interceptors=interceptors
     )
-    quota = WatcherQuota(config.max_watchers, config.max_watchers_per_principal)
+    quota = WatcherQuota(
+        config.max_watchers,
+        config.max_watchers_per_principal,
+        memory_budget=config.watch_memory_budget,
+    )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServiceServicer(service, artifacts=artifacts, purges=purges, limits=limits, quota=quota),
+        JobServiceServicer(
+            service,
+            artifacts=artifacts,
+            purges=purges,
+            limits=limits,
+            page_tokens=PageTokens(store.secrets.get_or_make(PAGE_TOKEN_KEY)),
+            quota=quota,
+        ),
         server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -223,7 +236,9 @@ async def serve(
     tasks = [
         asyncio.create_task(
             _sweep(service, artifacts, sweep_wanted, config.sweep_s, metrics), name="sweeper"
-        )
+        ),
+        # Memory the ended watches freed goes back to the system (heap.py).
+        asyncio.create_task(heap.trim_loop(lambda: quota.released), name="heap-trim"),
     ]
     if config.retention_s > 0:
         tasks.append(

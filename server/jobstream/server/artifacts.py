@@ -29,6 +29,7 @@ from jobstream.server.errors import Aborted, FailedPrecondition, InvalidArgument
 from jobstream.server.readers import Readers
 from jobstream.server.store.artifacts import ArtifactStore
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 CHUNK_BYTES = 1024 * 1024
 """Bytes per stored chunk (an upload's last one is shorter). Fixed, so a
@@ -148,10 +149,14 @@ class Artifacts:
         ):
             pass
 
-    async def list(self, job_id: str, owner: str | None = None) -> list[Artifact]:
-        """The job's artifacts, by name; with ``owner``, another principal's
-        job is NotFound."""
-        return await self.readers.run(self.store.list_artifacts, job_id, owner)
+    async def list(
+        self, job_id: str, owner: str | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[Artifact]:
+        """The job's artifacts by name, after ``after``, up to ``limit``;
+        with ``owner``, another principal's job is NotFound."""
+        return await self.readers.run(
+            lambda: self.store.list_artifacts(job_id, owner, after=after, limit=limit)
+        )
 
     async def download(
         self, job_id: str, name: str, offset: int, owner: str | None = None
@@ -174,10 +179,19 @@ class Artifacts:
                 "the data directory of the server that received it; it can be downloaded once "
                 "that server has started with this version",
                 field="name",
+                reason=errors_pb2.ARTIFACT_NOT_READY,
+                metadata={"jobId": job_id, "name": name},
             )
         if offset > artifact.size_bytes:
             raise OutOfRange(
-                f"{offset} is beyond the artifact's size {artifact.size_bytes}", field="offset"
+                f"{offset} is beyond the artifact's size {artifact.size_bytes}",
+                field="offset",
+                metadata={
+                    "jobId": job_id,
+                    "name": name,
+                    "value": str(offset),
+                    "last": str(artifact.size_bytes),
+                },
             )
         yield artifact
         index, skip = divmod(offset, CHUNK_BYTES)
@@ -189,6 +203,8 @@ class Artifacts:
                     f"artifact {name!r} of job {job_id!r} was replaced or deleted during the "
                     "download; download it again",
                     field="name",
+                    reason=errors_pb2.ARTIFACT_REPLACED,
+                    metadata={"jobId": job_id, "name": name},
                 )
             view = memoryview(data)[skip:]
             for start in range(0, len(view), DOWNLOAD_MESSAGE_BYTES):

@@ -38,6 +38,8 @@ from typing import Any
 
 import grpc
 
+from jobstream.server.error_details import abort_with
+from jobstream.server.errors import PermissionDenied, ServiceError, Unauthenticated
 from jobstream.server.interception import (
     Behavior,
     Continuation,
@@ -267,15 +269,15 @@ class Auth:
 
 
 def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler[Any, Any], error: ServiceError
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that only refuses."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
+        await abort_with(context, error)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
+        await abort_with(context, error)
         yield  # pragma: no cover - makes this an async generator, as streams need
 
     des, ser = handler.request_deserializer, handler.response_serializer
@@ -319,15 +321,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if principal is None:
             return _refusal(
                 handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "send 'authorization: Bearer <token>' with a token from the server's tokens file",
+                Unauthenticated(
+                    "send 'authorization: Bearer <token>' with a token from the server's "
+                    "tokens file"
+                ),
             )
         if not principal.may_call(method):
             roles = ", ".join(sorted(r.value for r in principal.roles))
+            name = method.rsplit("/", 1)[-1]
             return _refusal(
                 handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method.rsplit('/', 1)[-1]} is not allowed for role(s) {roles}",
+                PermissionDenied(
+                    f"{name} is not allowed for role(s) {roles}",
+                    metadata={"method": name, "roles": roles},
+                ),
             )
         return rewrap(handler, lambda behavior, _kind: _called_by(principal, behavior))
 

@@ -1,10 +1,10 @@
 """Fan-out after commit. The broker is a wake-up, never the truth: watchers
 fall back to the database whenever the broker cannot give them every event.
 
-Each job watcher has a bounded queue of committed events. A watcher that
-falls behind (its client reads slowly) overflows: its queue is dropped and it
-re-reads from the database until it has caught up, so a slow reader costs
-the server a flag, not a backlog.
+Each job watcher has a queue of committed events, bounded in count and in
+bytes. A watcher that falls behind (its client reads slowly) overflows: its
+queue is dropped and it re-reads from the database until it has caught up,
+so a slow reader costs the server a flag, not a backlog.
 """
 
 from __future__ import annotations
@@ -14,51 +14,80 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from jobstream.server.domain import Effects, Event
+from jobstream.server.domain import Effects, Event, event_bytes
 
 WATCH_QUEUE_LIMIT = 2_000
 """Events a job watcher may have waiting before it falls back to the database."""
+
+WATCH_QUEUE_BYTES = 64 * 1024
+"""Bytes of events (domain.event_bytes) a job watcher may have waiting before
+it falls back to the database. The events are shared with the job's other
+watchers, but a stalled watcher of a job nobody else follows keeps them
+alive on its own: this bounds what it can hold (2,000 events of 32 KiB log
+lines would be 64 MiB). It is part of the per-watch memory the watch budget
+reserves (quotas.py)."""
 
 
 class JobSubscription:
     """One watcher's view of a job's live events."""
 
-    def __init__(self, job_id: str, limit: int) -> None:
+    def __init__(self, job_id: str, limit: int, max_bytes: int) -> None:
         self.job_id = job_id
         self.limit = limit
+        self.max_bytes = max_bytes
         self.events: deque[Event] = deque()
+        self.queued_bytes = 0
         self.overflowed = False
         self.deleted = False
         self.wake = asyncio.Event()
 
-    def offer(self, events: list[Event]) -> None:
-        """Queues committed events, or marks the watcher as behind."""
+    def offer(self, events: list[Event], size: int) -> None:
+        """Queues committed events (``size``: their event_bytes), or marks
+        the watcher as behind."""
         if not self.overflowed:
-            if len(self.events) + len(events) > self.limit:
-                self.overflowed = True
-                self.events.clear()
-            else:
-                self.events.extend(events)
+            if (
+                len(self.events) + len(events) > self.limit
+                or self.queued_bytes + size > self.max_bytes
+            ):
+                self.poke()
+                return
+            self.events.extend(events)
+            self.queued_bytes += size
         self.wake.set()
+
+    def take(self) -> Event:
+        """The oldest queued event, removed from the queue."""
+        event = self.events.popleft()
+        if not self.events:
+            self.queued_bytes = 0
+        return event
 
     def poke(self) -> None:
         """Tells the watcher to re-read from the database (the events are
         committed elsewhere, e.g. by another server)."""
         self.overflowed = True
-        self.events.clear()
+        self.clear()
         self.wake.set()
 
     def reset(self) -> None:
         """Starts a database read: what is queued will be read anyway."""
         self.overflowed = False
+        self.clear()
+
+    def clear(self) -> None:
+        """Drops what is queued."""
         self.events.clear()
+        self.queued_bytes = 0
 
 
 class Broker:
     """Wakes job watchers, job-list watchers and waiting workers after commits."""
 
-    def __init__(self, queue_limit: int = WATCH_QUEUE_LIMIT) -> None:
+    def __init__(
+        self, queue_limit: int = WATCH_QUEUE_LIMIT, queue_bytes: int = WATCH_QUEUE_BYTES
+    ) -> None:
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
         self._jobs: defaultdict[str, set[JobSubscription]] = defaultdict(set)
         self._lists: set[asyncio.Event] = set()
         # Each waiting AcquireJob with the (queues, kinds) it can take: a new
@@ -87,8 +116,9 @@ class Broker:
             if event.job_id in self._jobs:
                 by_job[event.job_id].append(event)
         for job_id, events in by_job.items():
+            size = sum(event_bytes(e) for e in events)  # once for all its watchers
             for sub in self._jobs.get(job_id, ()):
-                sub.offer(events)
+                sub.offer(events, size)
         for job_id in effects.deleted_jobs:
             for sub in self._jobs.get(job_id, ()):
                 sub.deleted = True
@@ -114,7 +144,7 @@ class Broker:
     @contextmanager
     def job(self, job_id: str) -> Iterator[JobSubscription]:
         """Subscribes to a job's live events for the block's duration."""
-        sub = JobSubscription(job_id, self.queue_limit)
+        sub = JobSubscription(job_id, self.queue_limit, self.queue_bytes)
         self._jobs[job_id].add(sub)
         try:
             yield sub

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +26,12 @@ from jobstream.server.limits import (
     DEFAULT_MAX_PARAMS_BYTES,
     Limits,
 )
-from jobstream.server.quotas import DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL
+from jobstream.server.quotas import (
+    DEFAULT_MAX_WATCHERS,
+    DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
+    DEFAULT_WATCH_MEMORY_BUDGET,
+    WATCH_RESERVE_BYTES,
+)
 
 DEFAULT_PORT = 50051
 """The port ``make run`` serves on."""
@@ -101,6 +107,8 @@ class ServerConfig:
     insecure: bool = False
     max_watchers: int = DEFAULT_MAX_WATCHERS
     max_watchers_per_principal: int = DEFAULT_MAX_WATCHERS_PER_PRINCIPAL
+    watch_memory_budget: int = DEFAULT_WATCH_MEMORY_BUDGET
+    """Bytes the open watches may hold together (see quotas.py)."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     limits: Limits = field(default_factory=Limits)
     """The input limits an operator set (--max-params-bytes and the like)."""
@@ -152,6 +160,24 @@ def synchronous_mode(text: str) -> str:
     if text not in SYNCHRONOUS_MODES:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(SYNCHRONOUS_MODES)}")
     return text
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
+SIZE_UNITS |= {"g": 1024**3, "gib": 1024**3}
+"""Bytes per unit of a size flag (binary units; no unit means bytes)."""
+
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+"""A size: a whole number and at most one unit."""
+
+
+def size_bytes(text: str) -> int:
+    """A size flag (``268435456``, ``256MiB``, ``256m``, ``1GiB``) as bytes."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if match is None or match.group(2) not in SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 268435456, 256MiB or 1GiB, got {text!r}"
+        )
+    return int(match.group(1)) * SIZE_UNITS[match.group(2)]
 
 
 def duration_s(text: str) -> float:
@@ -286,6 +312,14 @@ def _add_security(add: Any) -> None:
         default=DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     )
     add(
+        "--watch-memory-budget",
+        help="memory the open watch streams may hold together, e.g. 256MiB; each "
+        f"reserves {WATCH_RESERVE_BYTES // 1024} KiB and one past the budget is refused",
+        convert=size_bytes,
+        default=DEFAULT_WATCH_MEMORY_BUDGET,
+        metavar="SIZE",
+    )
+    add(
         "--max-message-bytes",
         help="largest request message",
         convert=int,
@@ -350,6 +384,11 @@ def from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
     options.apply(a, environ)
     if a.lease_seconds < 1:
         p.error("--lease-seconds must be at least 1")
+    if a.watch_memory_budget < WATCH_RESERVE_BYTES:
+        p.error(
+            f"--watch-memory-budget must be at least {WATCH_RESERVE_BYTES} bytes "
+            "(one watch's reservation)"
+        )
     output_roots = tuple(a.output_root or ())
     try:
         check_output_roots(a.data_dir, output_roots)
@@ -379,6 +418,7 @@ def from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         insecure=a.insecure,
         max_watchers=a.max_watchers,
         max_watchers_per_principal=a.max_watchers_per_principal,
+        watch_memory_budget=a.watch_memory_budget,
         max_message_bytes=a.max_message_bytes,
         # Each field of Limits is set by its flag (see LIMIT_FLAGS).
         limits=Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)}),

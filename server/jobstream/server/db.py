@@ -358,6 +358,18 @@ class AnswerRow(BaseModel):
         primary_key = pw.CompositeKey("owner", "method", "request_id")
 
 
+class SecretRow(BaseModel):
+    """A secret the servers of one database share (migration 0014): the
+    key that authenticates page tokens, made by the first server to start,
+    so any server of the database accepts the tokens of any other."""
+
+    name = pw.TextField(primary_key=True)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "server_secret"
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     JobRow,
     LabelRow,
@@ -369,6 +381,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     UploadRow,
     ChunkRow,
     AnswerRow,
+    SecretRow,
 )
 
 

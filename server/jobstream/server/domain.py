@@ -8,6 +8,7 @@ exact, cheap to compare and identical on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -186,6 +187,26 @@ class Event:
     def terminal(self) -> bool:
         """True when this event moved the job into a terminal state."""
         return self.kind is EventKind.STATE_CHANGE and JobState(self.body["state"]).terminal
+
+
+EVENT_BASE_BYTES = 400
+"""Memory an event takes besides its strings and JSON values: the object, its
+body dict and the small values in it (measured: about 380 bytes for a log
+line's event on CPython 3.11-3.13)."""
+
+
+def event_bytes(event: Event) -> int:
+    """About how much memory ``event`` holds, for the byte bounds on what a
+    watcher may keep (broker.py, service.py): strings by length, nested JSON
+    (a result's or a step's data) by its compact size. Cheap for the common
+    case, a log line: one string."""
+    size = EVENT_BASE_BYTES
+    for value in event.body.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, dict | list):
+            size += len(json.dumps(value, separators=(",", ":")))
+    return size
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -108,12 +108,13 @@ def _plain(message: Any, field: str, depth: int, max_depth: int) -> Any:
 
 
 def page_size(value: int, default: int, maximum: int) -> int:
-    """A page size: 0 takes the default; beyond 1..maximum is refused."""
+    """A page size (AIP-158): 0 takes the default, one above the maximum is
+    lowered to it; only a negative one is refused."""
+    if value < 0:
+        raise InvalidArgument(f"{value} is negative", field="page_size")
     if value == 0:
         return default
-    if not 1 <= value <= maximum:
-        raise InvalidArgument(f"{value} is outside 1..{maximum}", field="page_size")
-    return value
+    return min(value, maximum)
 
 
 def seq(value: int, field: str) -> int:

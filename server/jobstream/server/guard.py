@@ -25,6 +25,7 @@ from jobstream.server import wire
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.interception import Continuation, Handler, Req, Resp
 from jobstream.server.status import abort
+from jobstream.v1 import errors_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,6 +35,8 @@ class UnparsableRequest(InvalidArgument):
     that did not parse. An InvalidArgument, so jobstream's servicers answer
     it like any bad field; the guard answers it for handlers that let it
     through (gRPC's reflection service)."""
+
+    default_reason = errors_pb2.MALFORMED_REQUEST
 
     def __init__(self, details: str) -> None:
         field, _, message = details.partition(": ")

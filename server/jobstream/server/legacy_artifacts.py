@@ -34,6 +34,7 @@ from jobstream.server.files import ARTIFACTS_DIR
 from jobstream.server.readers import Readers
 from jobstream.server.store.artifacts import ArtifactStore
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ def _read_checked(path: Path, size: int, sha256: str) -> Iterator[bytes]:
             f"the file holds {seen} bytes with sha256 {digest.hexdigest()}; "
             f"the artifact is {size} bytes with sha256 {sha256}",
             field="name",
+            reason=errors_pb2.ARTIFACT_NOT_READY,
+            # The file is <root>/<job id>/<name> (see _file_of).
+            metadata={"jobId": path.parent.name, "name": path.name},
         )
 
 

@@ -87,10 +87,19 @@ DEFAULT_EVENT_PAGE = 500
 MAX_EVENT_PAGE = 5_000
 """Largest ListJobLogs / ListJobResults page."""
 
-WATCH_BATCH_BYTES = 256 * 1024
+MAX_ARTIFACT_PAGE = 1_000
+"""Largest ListArtifacts page, and its size when none is given (the
+default --max-artifacts-per-job, so a job's artifacts come in one page
+unless the operator allows more)."""
+
+WATCH_BATCH_BYTES = 32 * 1024
 """A batching watcher's events go in messages of about this size: large
-enough that per-message costs vanish, far below a client's 4 MiB receive
-limit (one event is at most a log line or a result of bounded size)."""
+enough that per-message costs vanish (64 log lines of 1 KiB per message),
+far below a client's 4 MiB receive limit (one event is at most a log line or
+a result of bounded size). A watcher whose client stalls holds the message
+being sent three times over (the message, its serialized bytes, gRPC's
+copy), so this is also most of what a stalled watcher costs: at 256 KiB it
+cost 1.3 MiB (see quotas.py)."""
 
 EVENT_MESSAGE_CACHE_BYTES = 4 * 1024 * 1024
 """Recently sent events kept as messages for their other watchers."""

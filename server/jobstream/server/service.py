@@ -27,6 +27,7 @@ from jobstream.server.domain import (
     ReportAck,
     RequestKey,
     Stats,
+    event_bytes,
     now_us,
 )
 from jobstream.server.errors import InvalidArgument, NotFound, OutOfRange, Unavailable, not_found
@@ -34,6 +35,7 @@ from jobstream.server.files import FileRoots, Removal, check_recorded, remove_jo
 from jobstream.server.readers import Readers
 from jobstream.server.store import Store
 from jobstream.server.writer import Writer
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,24 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 EVENT_PAGE = 1_000
-"""Events read from the database per query while a watcher catches up."""
+"""Most events read from the database per query while a watcher catches up."""
 
-CHANGE_PAGE = 500
-"""Change-log rows read per query by a job-list watcher."""
+WATCH_PAGE_BYTES = 64 * 1024
+"""About how many bytes of events (domain.event_bytes) one catch-up read
+brings in. A watcher whose client stalls holds its last page until the
+client reads again, so this, not EVENT_PAGE, bounds that memory: a page of
+1,000 log lines of 1 KiB was 1.5 MiB per stalled watcher. The page's count
+follows the size of the events just read."""
+
+FIRST_EVENT_PAGE = 32
+"""Events in a watcher's first catch-up read, before it knows their size."""
+
+CHANGE_PAGE = 100
+"""Change-log rows (and so changed jobs) read per query by a job-list
+watcher, and jobs per page of its initial listing. A list watcher whose
+client stalls holds its last page: 100 jobs of a few KiB each fit inside
+its reservation of the watch memory budget (quotas.py); the 500 of earlier
+versions need not."""
 
 FORCE_DELETE_REASON = "deleted with force"
 """Why a running job deleted with force was cancelled (its state event and
@@ -72,6 +88,17 @@ class ListChange:
     job: Job | None = None
     deleted_job_id: str | None = None
     caught_up: bool = False
+    listed: bool = False
+    """A job of the initial listing (resumable after it, see ListingResume)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingResume:
+    """Where an initial listing that was cut off resumes: its position,
+    and the (create_time, id) of the last job it sent."""
+
+    position: int
+    after: tuple[int, str]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -124,12 +151,10 @@ class JobService:
         return await self.readers.run(self.store.reads.get_job, job_id, owner)
 
     async def list_jobs(
-        self, flt: JobFilter, page_size: int, cursor: tuple[int, str] | None
-    ) -> tuple[list[Job], tuple[int, str] | None]:
-        """A page of jobs, newest first."""
-        return await self.readers.run(
-            self.store.reads.list_jobs, flt, page_size=page_size, cursor=cursor
-        )
+        self, flt: JobFilter, limit: int, cursor: tuple[int, str] | None
+    ) -> list[Job]:
+        """Up to ``limit`` jobs after ``cursor``, newest first."""
+        return await self.readers.run(self.store.reads.list_jobs, flt, limit=limit, cursor=cursor)
 
     async def cancel(self, job_id: str, reason: str, *, owner: str | None = None) -> Job:
         """Cancels or asks to stop; see Lifecycle.cancel."""
@@ -259,12 +284,14 @@ class JobService:
                 raise OutOfRange(
                     f"after_seq {after_seq} is beyond the job's last seq {job.last_seq}",
                     field="after_seq",
+                    metadata={"jobId": job_id, "value": str(after_seq), "last": str(job.last_seq)},
                 )
             yield WatchItem(snapshot=job)
             last = after_seq
             if job.state.terminal and last >= job.last_seq:
                 return
             from_db = True
+            page = FIRST_EVENT_PAGE
             while True:
                 self._check_open()
                 if sub.deleted:
@@ -275,22 +302,28 @@ class JobService:
                         yield WatchItem(events=run)
                     if ended:
                         return
-                    raise NotFound(f"job {job_id!r} was deleted", field="job_id")
+                    raise NotFound(
+                        f"job {job_id!r} was deleted",
+                        field="job_id",
+                        reason=errors_pb2.JOB_DELETED,
+                        metadata={"jobId": job_id},
+                    )
                 if from_db or sub.overflowed:
                     # Kept in case the read finds the job deleted: then the
                     # queue is the only place its last events still exist.
                     queued = () if sub.overflowed else tuple(sub.events)
                     sub.reset()
                     events = await self.readers.run(
-                        self.store.reads.read_events, job_id, after_seq=last, limit=EVENT_PAGE
+                        self.store.reads.read_events, job_id, after_seq=last, limit=page
                     )
+                    from_db = len(events) == page
+                    page = _next_page(events, page)
                     run, ended = _until_end(events, job.last_seq)
                     if run:
                         yield WatchItem(events=run)
                         last = run[-1].seq
                     if ended:
                         return
-                    from_db = len(events) == EVENT_PAGE
                     if not events and not await self.readers.run(
                         self.store.reads.job_exists, job_id
                     ):
@@ -303,7 +336,7 @@ class JobService:
                     continue
                 ready: list[Event] = []
                 while sub.events and not sub.overflowed:
-                    event = sub.events.popleft()
+                    event = sub.take()
                     if event.seq <= last:
                         continue
                     if event.seq != last + 1:
@@ -322,28 +355,42 @@ class JobService:
                 await sub.wake.wait()
 
     async def watch_list(
-        self, flt: JobFilter, after_position: int, *, skip_listing: bool = False
+        self,
+        flt: JobFilter,
+        after_position: int,
+        *,
+        skip_listing: bool = False,
+        resume: ListingResume | None = None,
     ) -> AsyncIterator[ListChange]:
         """Job-level changes of matching jobs, from the change log, and the
         deletions of jobs of the filter's owner (of every job for admins).
-        From position 0 the matching jobs are listed first, unless
-        ``skip_listing``: then only the caught-up marker at the newest position."""
+        From position 0 the matching jobs are listed first, newest first,
+        each as it is when read, at the position read before the listing;
+        unless ``skip_listing``: then only the caught-up marker at the
+        newest position. With ``resume``, a listing cut off part-way goes on
+        after the last job it sent, at its own position: the jobs made
+        since come from the change log after that position, which is
+        replayed next, so none is missed and none is listed twice."""
         with self.broker.changes() as wake:
             head = await self.readers.run(self.store.changes.head_position)
             if after_position > head:
                 raise OutOfRange(
                     f"after_position {after_position} is beyond the newest position {head}",
                     field="after_position",
+                    metadata={"value": str(after_position), "last": str(head)},
                 )
             position = after_position
             if after_position == 0:
                 cursor: tuple[int, str] | None = None
+                if resume is not None:
+                    head, cursor = min(resume.position, head), resume.after
                 while not skip_listing:
-                    jobs, cursor = await self.list_jobs(flt, CHANGE_PAGE, cursor)
+                    jobs = await self.list_jobs(flt, CHANGE_PAGE, cursor)
                     for job in jobs:
-                        yield ListChange(position=head, job=job)
-                    if cursor is None:
+                        yield ListChange(position=head, job=job, listed=True)
+                    if len(jobs) < CHANGE_PAGE:
                         break
+                    cursor = (jobs[-1].create_time, jobs[-1].id)
                 yield ListChange(position=head, caught_up=True)
                 position = head
             while True:
@@ -375,7 +422,10 @@ class JobService:
     def _check_open(self) -> None:
         """Ends streams when the server shuts down; clients resume elsewhere."""
         if self.broker.closed:
-            raise Unavailable("server is shutting down; resume from your last position")
+            raise Unavailable(
+                "server is shutting down; resume from your last position",
+                reason=errors_pb2.SHUTTING_DOWN,
+            )
 
     # ---------------------------------------------------------------- workers
 
@@ -487,6 +537,15 @@ class JobService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _next_page(events: Sequence[Event], page: int) -> int:
+    """How many events the next catch-up read asks for: as many as fit in
+    WATCH_PAGE_BYTES at the size of ``events`` (``page`` when none came)."""
+    if not events:
+        return page
+    average = max(1, sum(event_bytes(e) for e in events) // len(events))
+    return max(1, min(EVENT_PAGE, WATCH_PAGE_BYTES // average))
 
 
 def _queued_run(sub: JobSubscription, last: int) -> list[Event]:

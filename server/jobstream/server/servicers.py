@@ -4,7 +4,7 @@ Errors become statuses through :mod:`jobstream.server.status`."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -19,6 +19,7 @@ from jobstream.server.limits import (
     DEFAULT_JOB_PAGE,
     EVENT_MESSAGE_CACHE_BYTES,
     MAX_ARTIFACT_CHUNK_BYTES,
+    MAX_ARTIFACT_PAGE,
     MAX_EVENT_PAGE,
     MAX_JOB_PAGE,
     MAX_RESPONSE_BYTES,
@@ -31,8 +32,9 @@ from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS_PER_PRINCIPAL,
     WatcherQuota,
 )
-from jobstream.server.service import JobService
+from jobstream.server.service import JobService, ListingResume
 from jobstream.server.status import Context, streaming, unary
+from jobstream.server.tokens import PageTokens
 from jobstream.v1 import (
     job_service_pb2 as js,
 )
@@ -45,6 +47,7 @@ from jobstream.v1 import (
 )
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 REPEATED_OVERHEAD_BYTES = 6
@@ -74,9 +77,11 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         artifacts: Artifacts,
         purges: Purges,
         limits: Limits,
+        page_tokens: PageTokens,
         quota: WatcherQuota | None = None,
     ) -> None:
         self.service = service
+        self.page_tokens = page_tokens
         self.limits = limits
         self.artifacts = artifacts
         self.purges = purges
@@ -114,24 +119,47 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         )
         return js.GetJobResponse(job=convert.job(job))
 
+    async def _paged(
+        self,
+        request: Message,
+        *,
+        default: int,
+        maximum: int,
+        read: Callable[[Any, int], Awaitable[Sequence[T]]],
+        message: Callable[[T], M],
+        cursor: Callable[[T], Any],
+    ) -> tuple[list[M], str]:
+        """The one paging rule of every list RPC (AIP-158): a page of
+        ``read(after, limit)``'s items as messages, and a next-page token
+        only when items remain. One item more than the page is read to know
+        that, so the last page never hands out a token to an empty one; a
+        page cut short to fit (see _fit) hands one out for the rest."""
+        page = self.page_tokens.page(
+            request, current_principal().name, default=default, maximum=maximum
+        )
+        items = await read(page.after, page.size + 1)
+        shown = _fit([message(item) for item in items[: page.size]])
+        if len(shown) == len(items):
+            return shown, ""
+        return shown, self.page_tokens.seal(page.binding, cursor(items[len(shown) - 1]))
+
     @unary
     async def ListJobs(self, request: js.ListJobsRequest, context: Context) -> js.ListJobsResponse:
         flt = dataclasses.replace(
             validation.job_filter(request.filter, self.limits),
             owner=current_principal().owner_filter,
         )
-        size = fields.page_size(request.page_size, DEFAULT_JOB_PAGE, MAX_JOB_PAGE)
-        jobs, cursor = await self.service.list_jobs(
-            flt, size, tokens.job_cursor(request.page_token)
+        jobs, token = await self._paged(
+            request,
+            default=DEFAULT_JOB_PAGE,
+            maximum=MAX_JOB_PAGE,
+            read=lambda after, limit: self.service.list_jobs(
+                flt, limit, None if after is None else (after[0], after[1])
+            ),
+            message=convert.job,
+            cursor=lambda job: [job.create_time, job.id],
         )
-        messages = _fit([convert.job(j) for j in jobs])
-        if len(messages) < len(jobs):
-            last = jobs[len(messages) - 1]
-            cursor = (last.create_time, last.id)
-        return js.ListJobsResponse(
-            jobs=messages,
-            next_page_token=tokens.encode_token(list(cursor)) if cursor else "",
-        )
+        return js.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @streaming
     async def WatchJob(
@@ -157,11 +185,28 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             validation.job_filter(request.filter, self.limits), owner=principal.owner_filter
         )
         after = fields.seq(request.after_position, "after_position")
+        # A listing token is sealed like a page token, bound to the filter
+        # and the caller: [position, create_time, id] of a listed job.
+        binding = tokens.bind(request, principal.name, ("after_position", "listing_token"))
+        resume: ListingResume | None = None
+        if request.listing_token:
+            position, ctime, job_id = self.page_tokens.open(
+                request.listing_token, binding, "listing_token"
+            )
+            resume = ListingResume(position, (ctime, job_id))
         with self.quota.hold(principal.name):
             async for change in self.service.watch_list(
-                flt, after, skip_listing=request.skip_listing
+                flt, after, skip_listing=request.skip_listing, resume=resume
             ):
-                if change.job is not None:
+                if change.job is not None and change.listed:
+                    job = change.job
+                    token = self.page_tokens.seal(
+                        binding, [change.position, job.create_time, job.id]
+                    )
+                    yield js.WatchJobsResponse(
+                        position=change.position, job=convert.job(job), listing_token=token
+                    )
+                elif change.job is not None:
                     yield js.WatchJobsResponse(
                         position=change.position, job=convert.job(change.job)
                     )
@@ -219,15 +264,17 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         kind: EventKind,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)
-        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
-        after = tokens.seq_token(request.page_token)
-        events = await self.service.events_page(
-            job_id, kind, after, size, owner=current_principal().owner_filter
+        owner = current_principal().owner_filter
+        return await self._paged(
+            request,
+            default=DEFAULT_EVENT_PAGE,
+            maximum=MAX_EVENT_PAGE,
+            read=lambda after, limit: self.service.events_page(
+                job_id, kind, after or 0, limit, owner=owner
+            ),
+            message=convert.event,
+            cursor=lambda event: event.seq,
         )
-        messages = _fit([convert.event(e) for e in events])
-        more = len(events) == size or len(messages) < len(events)
-        token = tokens.encode_token(events[len(messages) - 1].seq) if more else ""
-        return messages, token
 
     @unary
     async def RetryJob(self, request: js.RetryJobRequest, context: Context) -> js.RetryJobResponse:
@@ -286,10 +333,19 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListArtifacts(
         self, request: js.ListArtifactsRequest, context: Context
     ) -> js.ListArtifactsResponse:
-        found = await self.artifacts.list(
-            fields.job_id(request.job_id), owner=current_principal().owner_filter
+        job_id = fields.job_id(request.job_id)
+        owner = current_principal().owner_filter
+        found, token = await self._paged(
+            request,
+            default=MAX_ARTIFACT_PAGE,
+            maximum=MAX_ARTIFACT_PAGE,
+            read=lambda after, limit: self.artifacts.list(
+                job_id, owner, after=after or "", limit=limit
+            ),
+            message=convert.artifact,
+            cursor=lambda artifact: artifact.name,
         )
-        return js.ListArtifactsResponse(artifacts=[convert.artifact(a) for a in found])
+        return js.ListArtifactsResponse(artifacts=found, next_page_token=token)
 
     @streaming
     async def DownloadArtifact(

@@ -1,32 +1,22 @@
-"""The one place errors become gRPC statuses: domain errors by class, the
-database's own errors by what they mean for the caller, anything else as
-INTERNAL with the details left in the server log. INVALID_ARGUMENT also
-carries a google.rpc.BadRequest naming the field, for clients that read
-details. The decorators apply it to servicer methods."""
+"""Any exception of a servicer becomes a domain error, and so a status with
+its details (see :mod:`jobstream.server.error_details`): domain errors as
+they are, the database's own errors by what they mean for the caller,
+anything else INTERNAL with the details left in the server log. The
+decorators apply it to servicer methods."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import peewee as pw
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from jobstream.server.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    ResourceExhausted,
-    ServiceError,
-    Unavailable,
-)
+from jobstream.server.error_details import abort_with
+from jobstream.server.errors import AlreadyExists, Internal, ServiceError, Unavailable
+from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
 
@@ -35,54 +25,26 @@ Resp = TypeVar("Resp")
 Servicer = TypeVar("Servicer")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-CODES: Mapping[type[ServiceError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-    Aborted: grpc.StatusCode.ABORTED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-"""The status code of each domain error class (a subclass takes its
-nearest listed base's)."""
 
-
-def code_of(exc: ServiceError) -> grpc.StatusCode:
-    """The status code of a domain error."""
-    for cls in type(exc).__mro__:
-        code = CODES.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The one mapping from an exception to what the caller is told."""
+def domain_error(exc: Exception) -> ServiceError:
+    """The one mapping from an exception to what the caller is told: a
+    domain error as it is, the database's own errors by what they mean for
+    the caller, anything else INTERNAL with the details left in the log."""
     if isinstance(exc, ServiceError):
-        return code_of(exc), exc.details()
+        return exc
     if isinstance(exc, pw.IntegrityError):
-        return grpc.StatusCode.ALREADY_EXISTS, "conflicts with a concurrent change; retry"
+        return AlreadyExists(
+            "conflicts with a concurrent change; retry", reason=errors_pb2.WRITE_CONFLICT
+        )
     if isinstance(exc, (pw.OperationalError, pw.InterfaceError)):
-        return grpc.StatusCode.UNAVAILABLE, f"storage unavailable: {exc}"
+        return Unavailable(f"storage unavailable: {exc}")
     log.error("unexpected error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error (see the server log)"
+    return Internal("internal error (see the server log)")
 
 
 async def abort(context: Context, exc: Exception) -> None:
-    """Ends the call with ``status_of(exc)``; INVALID_ARGUMENT also carries a
-    google.rpc.BadRequest naming the field, for clients that read details."""
-    code, message = status_of(exc)
-    trailers: Any = ()
-    if code is grpc.StatusCode.INVALID_ARGUMENT and isinstance(exc, ServiceError) and exc.field:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.message
-        )
-        status = status_pb2.Status(code=code.value[0], message=message)
-        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        trailers = rpc_status.to_status(status).trailing_metadata
-    await context.abort(code, message, trailers)
+    """Ends the call with ``exc`` as a status carrying its details."""
+    await abort_with(context, domain_error(exc))
 
 
 def unary(

@@ -60,7 +60,13 @@ class Failure:
     """The request field at fault, as the server named it."""
     target: str | None = None
     reason: str | None = None
-    """Why the server could not be reached, when it could not."""
+    """Why it failed, in one word for programs: the server's reason
+    (``JOB_NOT_FOUND``, see the README's API section), or, when the server
+    could not be reached, why (``connection refused``)."""
+    metadata: dict[str, str] | None = None
+    """The particulars of the server's reason (``jobId``, ``limit`` …)."""
+    unreachable: bool = False
+    """Whether no server answered (then the message says so, without a code)."""
     hint: str | None = None
     """What to do about it, when known."""
     detail: str | None = None
@@ -69,7 +75,7 @@ class Failure:
     def text(self) -> str:
         """The one line printed on stderr (after ``error: ``)."""
         line = self.message
-        if self.reason is None and self.code != USAGE_CODE:
+        if not self.unreachable and self.code != USAGE_CODE:
             line = f"{self.code}: {line}"
         return f"{line} {self.hint}" if self.hint else line
 
@@ -82,6 +88,7 @@ class Failure:
                 "field": self.field,
                 "target": self.target,
                 "reason": self.reason,
+                "metadata": self.metadata,
                 "hint": self.hint,
                 "detail": self.detail,
             }
@@ -102,6 +109,7 @@ def failure_of(
             message=f"cannot reach the jobstream server at {target} ({reason}).",
             target=target,
             reason=reason,
+            unreachable=True,
             hint=HINTS.get(reason, START_HINT),
             detail=error.message,
         )
@@ -112,7 +120,13 @@ def failure_of(
             "--timeout or JOBSTREAM_TIMEOUT gives it longer)"
         )
     return Failure(
-        code=error.code.name, message=error.message, field=error.field, target=target, hint=hint
+        code=error.code.name,
+        message=error.message,
+        field=error.field,
+        target=target,
+        reason=error.reason,
+        metadata=dict(error.metadata) if error.metadata else None,
+        hint=hint,
     )
 
 

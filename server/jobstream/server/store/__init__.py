@@ -9,6 +9,7 @@ PostgreSQL, split by concept:
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
   job-change log; :mod:`.answers` keeps idempotent calls' first answers;
+  :mod:`.secrets` holds what the servers of one database share;
   :mod:`.reads` and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
@@ -33,6 +34,7 @@ from jobstream.server.store.lifecycle import Lifecycle, RetryPolicy
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.reports import Reports
 from jobstream.server.store.results import Results
+from jobstream.server.store.secrets import Secrets
 from jobstream.server.store.sql import Statements
 from jobstream.server.store.stats import Statistics
 
@@ -74,3 +76,5 @@ class Store:
         """Counts and timings."""
         self.answers = Answers(db)
         """First answers of RetryJob and PurgeJobs calls with a request_id."""
+        self.secrets = Secrets(db)
+        """The secrets the servers of the database share."""

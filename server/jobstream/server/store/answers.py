@@ -11,6 +11,7 @@ import peewee as pw
 from jobstream.server.db import AnswerRow
 from jobstream.server.domain import RequestKey
 from jobstream.server.errors import AlreadyExists
+from jobstream.v1 import errors_pb2
 
 
 class Answers:
@@ -37,6 +38,8 @@ class Answers:
             raise AlreadyExists(
                 f"request_id {key.request_id!r} was used for a different {key.method} request",
                 field="request_id",
+                reason=errors_pb2.REQUEST_ID_REUSED,
+                metadata={"requestId": key.request_id, "method": key.method},
             )
         return bytes(row.answer)
 

@@ -25,6 +25,7 @@ from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger
 from jobstream.server.store.rows import artifact_body, artifact_of
 from jobstream.server.store.sql import RawInsert
+from jobstream.v1 import errors_pb2
 
 NO_LEASE = ""
 """The lease of a job_artifact_upload row whose chunks are to be removed (a
@@ -175,6 +176,11 @@ class ArtifactStore:
             raise ResourceExhausted(
                 f"job {job_id!r} has {max_per_job} artifacts; the limit is {max_per_job}",
                 field="name",
+                metadata={
+                    "jobId": job_id,
+                    "limit": str(max_per_job),
+                    "setting": "--max-artifacts-per-job",
+                },
             )
         if staged:
             if not self._upload_open(upload_id, lease_id, chunks=staged):
@@ -270,14 +276,17 @@ class ArtifactStore:
             )
         return list(cast(Iterable[tuple[str, str]], query.limit(limit).tuples()))
 
-    def list_artifacts(self, job_id: str, owner: str | None = None) -> list[Artifact]:
-        """A job's artifacts by name; NotFound for an unknown job (or, with
-        ``owner``, another principal's)."""
+    def list_artifacts(
+        self, job_id: str, owner: str | None = None, *, after: str = "", limit: int | None = None
+    ) -> list[Artifact]:
+        """A job's artifacts by name, those after ``after``, up to ``limit``;
+        NotFound for an unknown job (or, with ``owner``, another principal's)."""
         with self.db.atomic():
             self.ledger.row(job_id, owner)
-            rows = list(
-                ArtifactRow.select().where(ArtifactRow.job == job_id).order_by(ArtifactRow.name)
+            query = ArtifactRow.select().where(
+                (ArtifactRow.job == job_id) & (ArtifactRow.name > after)
             )
+            rows = list(query.order_by(ArtifactRow.name).limit(limit))
         return [artifact_of(r) for r in rows]
 
     def get_artifact(
@@ -290,7 +299,12 @@ class ArtifactStore:
             self.ledger.row(job_id, owner)
             row = ArtifactRow.get_or_none((ArtifactRow.job == job_id) & (ArtifactRow.name == name))
         if row is None:
-            raise NotFound(f"job {job_id!r} has no artifact {name!r}", field="name")
+            raise NotFound(
+                f"job {job_id!r} has no artifact {name!r}",
+                field="name",
+                reason=errors_pb2.ARTIFACT_NOT_FOUND,
+                metadata={"jobId": job_id, "name": name},
+            )
         return artifact_of(row), row.upload_id
 
     def read_chunk(self, job_id: str, upload_id: str, index: int) -> bytes | None:
@@ -358,6 +372,8 @@ class ArtifactStore:
             raise FailedPrecondition(
                 f"artifact {name!r} of job {job_id!r} changed while its file was imported",
                 field="name",
+                reason=errors_pb2.ARTIFACT_NOT_READY,
+                metadata={"jobId": job_id, "name": name},
             )
 
     def drop_legacy_artifact(self, effects: Effects, job_id: str, name: str) -> None:
@@ -387,4 +403,6 @@ def _discarded(job_id: str, lease_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"lease {lease_id!r} of job {job_id!r} ended during the upload; its bytes were discarded",
         field="lease_id",
+        reason=errors_pb2.LEASE_UNKNOWN,
+        metadata={"jobId": job_id, "leaseId": lease_id},
     )

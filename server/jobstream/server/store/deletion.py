@@ -19,6 +19,7 @@ from jobstream.server.store.artifacts import ArtifactStore
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.reads import filtered
+from jobstream.v1 import errors_pb2
 
 
 class Deletions:
@@ -54,7 +55,10 @@ class Deletions:
             raise not_found(job_id)
         if row.state == JobState.RUNNING.value and not force:
             raise FailedPrecondition(
-                f"job {job_id!r} is running: cancel it first or delete with force", field="force"
+                f"job {job_id!r} is running: cancel it first or delete with force",
+                field="force",
+                reason=errors_pb2.JOB_RUNNING,
+                metadata={"jobId": job_id, "state": row.state},
             )
         garbage = self.artifacts.drop_for_jobs([job_id], now)
         JobRow.delete().where(JobRow.id == job_id).execute()

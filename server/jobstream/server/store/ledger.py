@@ -28,6 +28,7 @@ from jobstream.server.store import steps
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.rows import error_body, step_body
 from jobstream.server.store.sql import RawInsert, Statements
+from jobstream.v1 import errors_pb2
 
 
 def owned(row: JobRow, owner: str | None) -> bool:
@@ -75,10 +76,15 @@ class Ledger:
                 f"lease {lease_id!r} is not the current lease of job {job_id!r} "
                 f"(job is {row.state}, attempt {row.attempt})",
                 field="lease_id",
+                reason=errors_pb2.LEASE_UNKNOWN,
+                metadata={"jobId": job_id, "leaseId": lease_id, "state": row.state},
             )
         if (row.lease_expire or 0) < now:
             raise FailedPrecondition(
-                f"lease {lease_id!r} of job {job_id!r} expired", field="lease_id"
+                f"lease {lease_id!r} of job {job_id!r} expired",
+                field="lease_id",
+                reason=errors_pb2.LEASE_EXPIRED,
+                metadata={"jobId": job_id, "leaseId": lease_id},
             )
         return row
 

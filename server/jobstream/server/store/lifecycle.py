@@ -35,6 +35,7 @@ from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.rows import job_from_new, job_of
 from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
+from jobstream.v1 import errors_pb2
 
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 """States RetryJob accepts: a succeeded job is done, a live one is not over."""
@@ -99,6 +100,8 @@ class Lifecycle:
                             f"request_id {spec.request_id!r} is used by requests[{first}] "
                             "of this batch for a different job",
                             field=f"{where}request_id",
+                            reason=errors_pb2.REQUEST_ID_REUSED,
+                            metadata={"requestId": spec.request_id, "index": str(first)},
                         )
                     out.append((out[first][0], False))
                     continue
@@ -112,6 +115,8 @@ class Lifecycle:
                             f"request_id {spec.request_id!r} was used for a different job "
                             f"({earlier.id})",
                             field=f"{where}request_id",
+                            reason=errors_pb2.REQUEST_ID_REUSED,
+                            metadata={"requestId": spec.request_id, "jobId": earlier.id},
                         )
                     out.append((job_of(earlier), False))
                     continue
@@ -119,7 +124,12 @@ class Lifecycle:
             if job_id in seen_ids or (
                 spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
             ):
-                raise AlreadyExists(f"job {job_id!r} already exists", field=f"{where}job_id")
+                raise AlreadyExists(
+                    f"job {job_id!r} already exists",
+                    field=f"{where}job_id",
+                    reason=errors_pb2.JOB_ID_TAKEN,
+                    metadata={"jobId": job_id},
+                )
             seen_ids.add(job_id)
             row = {
                 "id": job_id,
@@ -287,7 +297,12 @@ class Lifecycle:
                     JobRow.id == row.id
                 ).execute()
         elif state is not JobState.CANCELLED:
-            raise FailedPrecondition(f"job {job_id!r} already ended {state.value}", field="job_id")
+            raise FailedPrecondition(
+                f"job {job_id!r} already ended {state.value}",
+                field="job_id",
+                reason=errors_pb2.JOB_ENDED,
+                metadata={"jobId": job_id, "state": state.value},
+            )
         return self.reads.get_job(job_id)
 
     def cancel_running(
@@ -390,6 +405,8 @@ class Lifecycle:
                 f"job {job_id!r} is {state.value}; only failed, interrupted or cancelled "
                 "jobs can be retried",
                 field="job_id",
+                reason=errors_pb2.JOB_NOT_RETRYABLE,
+                metadata={"jobId": job_id, "state": state.value},
             )
         why = f"retried: {reason}" if reason else "retried by client"
         self.ledger.transition(effects, row, JobState.QUEUED, why, now)

@@ -56,23 +56,17 @@ class Reads:
             return {}
         return {row.id: job_of(row) for row in JobRow.select().where(JobRow.id.in_(ids))}
 
-    def list_jobs(
-        self, flt: JobFilter, *, page_size: int, cursor: tuple[int, str] | None
-    ) -> tuple[list[Job], tuple[int, str] | None]:
-        """A page of jobs, newest first, and the cursor of the next page."""
+    def list_jobs(self, flt: JobFilter, *, limit: int, cursor: tuple[int, str] | None) -> list[Job]:
+        """Up to ``limit`` jobs after ``cursor`` (a (create_time, id)),
+        newest first."""
         query = filtered(JobRow.select(), flt)
         if cursor is not None:
             ctime, cid = cursor
             # A row-value comparison is one index seek; the equivalent OR of
             # two conditions makes SQLite scan from the top of the index.
             query = query.where(pw.Tuple(JobRow.create_time, JobRow.id) < pw.Tuple(ctime, cid))
-        rows = list(
-            query.order_by(JobRow.create_time.desc(), JobRow.id.desc()).limit(page_size + 1)
-        )
-        more = len(rows) > page_size
-        jobs = [job_of(r) for r in rows[:page_size]]
-        last = jobs[-1] if more else None
-        return jobs, (last.create_time, last.id) if last else None
+        rows = query.order_by(JobRow.create_time.desc(), JobRow.id.desc()).limit(limit)
+        return [job_of(r) for r in rows]
 
     def job_exists(self, job_id: str, owner: str | None = None) -> bool:
         """Whether the job exists (as ``owner``'s, when given)."""

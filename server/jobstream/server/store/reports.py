@@ -122,6 +122,11 @@ class Reports:
                 f"the job has reached its limit of {limit} log lines "
                 "(--max-log-lines-per-job); later lines are refused",
                 field="logs",
+                metadata={
+                    "jobId": row.id,
+                    "limit": str(limit),
+                    "setting": "--max-log-lines-per-job",
+                },
             )
         room = limit - stored
         if len(bodies) <= room:
