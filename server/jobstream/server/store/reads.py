@@ -70,10 +70,10 @@ class Reads:
 
     def job_exists(self, job_id: str, owner: str | None = None) -> bool:
         """Whether the job exists (as ``owner``'s, when given)."""
-        query = JobRow.select().where(JobRow.id == job_id)
-        if owner is not None:
-            query = query.where(JobRow.owner == owner)
-        return bool(query.exists())
+        # Through the row's SQL built once: every wait asks this when its
+        # watch starts with nothing new to read.
+        row = self.sql.job_row(job_id)
+        return row is not None and owned(row, owner)
 
     def read_events(
         self, job_id: str, *, after_seq: int, limit: int, kind: EventKind | None = None
