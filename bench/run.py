@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import http, jobs, live, service, streams
+from bench import http, jobs, live, search, service, streams
 from bench.env import Env, open_env
 from bench.harness import Sample, Settings
 from bench.report import RunResult, now
@@ -50,6 +50,7 @@ MEASURES: tuple[Measure, ...] = (
     ),
     Measure(("T17",), http.t17),
     Measure(("T18",), http.t18),
+    Measure(("T19", "T20"), search.t19),
 )
 """Every measure, in the order each round runs them."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from jobstream.client import Job, JobClient, JobEvent, JobState
@@ -211,6 +212,50 @@ class Raw:
         """A method streaming both ways."""
         call: grpc.StreamStreamMultiCallable[bytes, bytes] = self.channel.stream_stream(method)
         return call
+
+
+FILES_HANDLERS_MODULE = """
+from jobstream.client import Handlers
+
+handlers = Handlers()
+
+
+@handlers.handler("files.write")
+def write(ctx):
+    out = ctx.job_dir / "out.csv"
+    out.write_text("a,b\\n")
+    ctx.add_file(out)
+    return {"path": str(out)}
+"""
+"""A handler that writes into ``ctx.job_dir`` and records the file."""
+
+
+def files_handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes ``files_handlers`` importable here and in the processes started."""
+    module = tmp_path / "modules" / "files_handlers.py"
+    module.parent.mkdir()
+    module.write_text(FILES_HANDLERS_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(module.parent))
+    monkeypatch.syspath_prepend(module.parent)
+
+
+def insert_old_job(db: Any, job_id: str, *, kind: str = "k", owner: str = "") -> None:
+    """Inserts a queued job into a database left at an older schema, with
+    only the columns every version has: submit fills the newer ones too."""
+    from jobstream.server.db import JobRow
+
+    now = time.time_ns() // 1000
+    with db.bind_ctx([JobRow]):
+        JobRow.insert(
+            id=job_id,
+            kind=kind,
+            queue="default",
+            state="queued",
+            not_before=now,
+            owner=owner,
+            create_time=now,
+            update_time=now,
+        ).execute()
 
 
 def submit_batches(

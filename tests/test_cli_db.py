@@ -1,4 +1,4 @@
-"""``jobstream db migrate|check|backup|vacuum``, called in this process
+"""``jobstream db migrate|check|backup|restore|vacuum``, called in this process
 (``cli_runner``); the backup and vacuum against a database a live server in
 another process is writing to."""
 
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cli_runner import CliRun, run_cli
 from conftest import InProcessServer, ServerProcess
-from helpers import eventually
+from helpers import eventually, files_handlers_module
 
 from jobstream.client import JobClient, JobState
 from jobstream.server.db import MIGRATIONS_DIR
@@ -196,3 +197,59 @@ def test_vacuum_while_serving(start_server: Callable[..., ServerProcess]) -> Non
         assert client.get(kept.id).state == JobState.QUEUED
     code, report = check_json("--data-dir", data)
     assert code == 0 and report["ok"]
+
+
+def test_backup_and_restore_bring_back_rows_artifacts_and_job_files(
+    start_inprocess_server: Callable[..., InProcessServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files_handlers_module(tmp_path, monkeypatch)
+    server = start_inprocess_server(handlers=("files_handlers", "jobstream.client.demo"))
+    data = str(server.data_dir)
+    copy = tmp_path / "saved" / "backup.db"
+    copy.parent.mkdir()
+    with JobClient(server.target) as client:
+        written = client.wait(client.submit("files.write").id, timeout=30)
+        reported = client.wait(client.submit("demo.report", {"n": 50}).id, timeout=30)
+        assert written.state is reported.state is JobState.SUCCEEDED
+        out = server.data_dir / "jobs" / written.id / "out.csv"
+        assert out.read_text() == "a,b\n"
+        # The recorded path is part of the job, in get and its --json.
+        assert client.get(written.id).server_paths == (str(out.absolute()),)
+        shown = run_cli(["--target", server.target, "get", written.id], env={"COLUMNS": "300"})
+        assert "files" in shown.out and str(out.absolute()) in shown.out
+        as_json = json.loads(run_cli(["--target", server.target, "get", written.id, "--json"]).out)
+        assert as_json["server_paths"] == [str(out.absolute())]
+        result = db_cmd("backup", str(copy), "--data-dir", data, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["file"] == str(copy) and report["files"] == 1
+        saved = copy.parent / "backup.db.files" / "jobs" / written.id / "out.csv"
+        assert saved.read_text() == "a,b\n"
+        # What the backup must bring back: both jobs, the file, the artifact.
+        client.delete(written.id)
+        client.delete(reported.id)
+        assert not out.exists()
+    server.stop()
+
+    refused = db_cmd("restore", str(copy), "--data-dir", data)
+    assert refused.returncode == 2 and "stop the server" in refused.stderr
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    wrong = db_cmd("restore", str(garbage), "--data-dir", data, "--force")
+    assert wrong.returncode == 2 and "not a jobstream backup" in wrong.stderr
+    restored = db_cmd("restore", str(copy), "--data-dir", data, "--force")
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored {copy}" in restored.stdout and "1 job files" in restored.stdout
+    assert out.read_text() == "a,b\n"
+
+    server.restart()
+    with JobClient(server.target) as client:
+        assert client.get(written.id).state is JobState.SUCCEEDED
+        target = tmp_path / "report.csv"
+        client.download(reported.id, "report.csv", target)
+        assert target.read_text().count("\n") == 51
+        # The restored job's recorded file still goes with it.
+        assert f"jobs/{written.id}" in client.delete(written.id).removed_paths
+    assert not out.exists()

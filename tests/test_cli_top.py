@@ -158,6 +158,8 @@ def test_top_in_a_pipe_prints_the_table_once(server: Server, label: str) -> None
     printed = ok(jobstream("top", "--label", f"run={label}", target=server.target))
     row = _row(printed, job.id)
     assert row is not None and "queued" in row and "top.nobody" in row
+    # No worker serves the kind: its message column says so.
+    assert "no live worker serves kind" in row, printed
     assert "1 jobs" in printed
     assert "\x1b" not in printed
 

@@ -28,7 +28,7 @@ import grpc
 import pytest
 from authmatrix import TOKENS, write_tokens
 from conftest import InProcessServer, clean_environ
-from helpers import RawWorker, eventually
+from helpers import RawWorker, eventually, files_handlers_module
 
 from jobstream.client import Job, JobClient, JobEvent, JobState, NotFoundError
 from jobstream.client.security import Security
@@ -388,31 +388,6 @@ def test_a_database_inside_a_job_directory_is_never_removed(
         worker.close()
 
 
-HANDLERS_MODULE = """
-from jobstream.client import Handlers
-
-handlers = Handlers()
-
-
-@handlers.handler("files.write")
-def write(ctx):
-    out = ctx.job_dir / "out.csv"
-    out.write_text("a,b\\n")
-    ctx.add_file(out)
-    return {"path": str(out)}
-"""
-"""A handler that writes into ``ctx.job_dir`` and records the file."""
-
-
-def _handlers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Makes ``files_handlers`` importable here and in the processes started."""
-    module = tmp_path / "modules" / "files_handlers.py"
-    module.parent.mkdir()
-    module.write_text(HANDLERS_MODULE)
-    monkeypatch.setenv("PYTHONPATH", str(module.parent))
-    monkeypatch.syspath_prepend(module.parent)
-
-
 def _write_and_delete(client: JobClient, expected_dir: Path) -> None:
     job = client.submit("files.write", max_attempts=1)
     final = client.wait(job.id, timeout=WATCH_DEADLINE_S)
@@ -429,7 +404,7 @@ def _write_and_delete(client: JobClient, expected_dir: Path) -> None:
 def test_in_process_handlers_write_into_ctx_job_dir(
     start_inprocess_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _handlers_module(tmp_path, monkeypatch)
+    files_handlers_module(tmp_path, monkeypatch)
     server = start_inprocess_server(handlers=("files_handlers",), name="files")
     with JobClient(server.target) as client:
         _write_and_delete(client, server.data_dir.absolute() / "jobs")
@@ -438,7 +413,7 @@ def test_in_process_handlers_write_into_ctx_job_dir(
 def test_a_standalone_worker_writes_under_a_shared_output_root(
     start_inprocess_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _handlers_module(tmp_path, monkeypatch)
+    files_handlers_module(tmp_path, monkeypatch)
     root = tmp_path / "shared"
     root.mkdir()
     server = start_inprocess_server(extra_args=("--output-root", str(root)), name="files")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ServerProcess
+from helpers import insert_old_job
 from playhouse.migrations import Runner
 
 from jobstream.client import FailedPreconditionError, JobClient
 from jobstream.server.db import MIGRATIONS_DIR, execute, open_database
-from jobstream.server.domain import Effects, NewJob, now_us
-from jobstream.server.store import Store
+from jobstream.server.domain import now_us
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,19 +37,19 @@ def old_database(url: str, artifacts: dict[str, bytes]) -> str:
     try:
         with db.connection_context():
             Runner(db, str(MIGRATIONS_DIR)).up(target=BEFORE_CHUNKS)
-        store = Store(db)
+        job_id = "legacy-1"
         with db.atomic():
-            [(job, _)] = store.jobs.submit(Effects(), [NewJob(kind="legacy")], now_us())
+            insert_old_job(db, job_id, kind="legacy")
             for name, data in artifacts.items():
                 execute(
                     db,
                     "INSERT INTO job_artifact (job_id, name, size_bytes, sha256, content_type,"
                     " create_time, attempt) VALUES (?, ?, ?, ?, '', ?, 1)".replace("?", db.param),
-                    (job.id, name, len(data), hashlib.sha256(data).hexdigest(), now_us()),
+                    (job_id, name, len(data), hashlib.sha256(data).hexdigest(), now_us()),
                 )
     finally:
         db.close()
-    return job.id
+    return job_id
 
 
 def place(data_dir: Path, job_id: str, files: dict[str, bytes]) -> Path:

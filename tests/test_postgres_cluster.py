@@ -19,7 +19,7 @@ from conftest import FIGURE, POSTGRES_URL, ServerProcess, schema_of
 from helpers import RawWorker, eventually, job_in, stored_events
 from psycopg import sql
 
-from jobstream.client import JobChange, JobClient, JobEvent, JobState, NotFoundError
+from jobstream.client import JobChange, JobClient, JobEvent, JobState, NotFoundError, WorkerInfo
 from jobstream.server.cluster import APPLICATION_NAME, Notifier
 from jobstream.server.db import execute, open_database
 from jobstream.server.domain import Effects, now_us
@@ -385,3 +385,18 @@ def test_artifacts_are_served_listed_and_deleted_by_every_server(
         lambda: a.sql("SELECT count(*) FROM job_artifact_upload WHERE job_id = ?", job.id) == [(0,)]
     )
     assert not (a.data_dir / "artifacts").exists()
+
+
+def test_a_worker_polling_one_server_is_listed_by_the_other(
+    cluster: Callable[..., ServerProcess],
+) -> None:
+    a, b = cluster("a", handlers=("jobstream.client.demo",)), cluster("b")
+
+    def embedded_on_a() -> WorkerInfo | None:
+        with JobClient(b.target) as client:
+            return next((w for w in client.workers() if w.worker_id.startswith("embedded:")), None)
+
+    seen = eventually(embedded_on_a, timeout=30)
+    assert seen.live and "demo.count" in seen.kinds
+    with JobClient(a.target) as client:
+        assert [w.worker_id for w in client.workers()] == [seen.worker_id]

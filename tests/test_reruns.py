@@ -101,9 +101,12 @@ def test_a_run_released_by_a_graceful_stop_reruns_without_duplicates(
     assert final.state is JobState.SUCCEEDED
     reasons = [e.state_change.reason for e in events if e.state_change is not None]
     assert any(r.startswith("released by worker") for r in reasons), reasons
-    # The first run's items were stored, then reported again from item 1.
+    # The first run's items were stored with a checkpoint; the rerun
+    # resumed after it, so no item was reported twice.
     reported = [e.result_item.key for e in events if e.result_item is not None]
-    assert n < len(reported) < 2 * n
+    assert sorted(reported) == sorted(f"item-{i}" for i in range(1, n + 1))
+    logs = [e.log.text for e in events if e.log is not None]
+    assert any(t.startswith("resuming after item") for t in logs), logs[-5:]
     assert results == [(f"item-{i}", ResultStatus.SUCCEEDED) for i in range(1, n + 1)]
     assert final.counters == Counters(succeeded=n)
     assert final.attempt == 1

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 import pytest
+from helpers import insert_old_job
 from playhouse.migrations import Runner
 
 from jobstream.server.db import (
@@ -28,6 +29,7 @@ from jobstream.server.domain import (
     JobState,
     LogLevel,
     LogLine,
+    LogSearch,
     NewJob,
     Outcome,
     Progress,
@@ -36,6 +38,7 @@ from jobstream.server.domain import (
     ResultStatus,
     Step,
     StepState,
+    WorkerSeen,
     now_us,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -259,13 +262,15 @@ def test_expired_lease_requeues_then_interrupts(store: Store) -> None:
     job_id = submit(store)
     acquire(store, lease_us=SECOND)
     later = now_us() + 5 * SECOND
-    count, _ = write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
+    rescues, _ = write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
     job = store.reads.get_job(job_id)
-    assert count == 1 and job.state is JobState.QUEUED
+    assert job.state is JobState.QUEUED
+    assert [(r.job_id, r.state) for r in rescues] == [(job_id, JobState.QUEUED)]
     last = store.reads.read_events(job_id, after_seq=job.last_seq - 1, limit=1)[0]
     assert "lease expired" in last.body["reason"]
     acquire(store, now=later + 10 * SECOND, lease_us=SECOND)
-    write(store, lambda c: store.jobs.expire_leases(c, later + 20 * SECOND, limit=10))
+    rescues, _ = write(store, lambda c: store.jobs.expire_leases(c, later + 20 * SECOND, limit=10))
+    assert [r.state for r in rescues] == [JobState.INTERRUPTED]
     job = store.reads.get_job(job_id)
     assert job.state is JobState.INTERRUPTED and job.error is not None
     assert job.error.code == "lease_expired"
@@ -580,16 +585,145 @@ def test_migration_0008_fills_the_change_log_owners(database_url: str) -> None:
     try:
         Runner(db, str(MIGRATIONS_DIR)).up(target="0005_drop_redundant_indexes")
         store = Store(db)
-        with db.atomic():
-            [(job, _)] = store.jobs.submit(Effects(), [NewJob(kind="k", owner="alice")], now_us())
+        insert_old_job(db, "kept", owner="alice")
         p = db.param
         insert = f'INSERT INTO "job_change" ("job_id", "deleted", "time") VALUES ({p}, {p}, 0)'
-        for job_id, deleted in ((job.id, False), ("gone-1", False), ("gone-1", True)):
+        for job_id, deleted in (("kept", False), ("gone-1", False), ("gone-1", True)):
             execute(db, insert, (job_id, deleted))
         Runner(db, str(MIGRATIONS_DIR)).up()
         rows = [
             (c.job_id, c.deleted, c.owner) for c in store.changes.read(after_position=0, limit=9)
         ]
-        assert rows == [(job.id, False, "alice"), ("gone-1", False, ""), ("gone-1", True, "")]
+        assert rows == [("kept", False, "alice"), ("gone-1", False, ""), ("gone-1", True, "")]
     finally:
         db.close()
+
+
+def test_checkpoint_rides_with_its_report_and_outlives_a_rescue(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store, lease_us=SECOND)
+    assert lease.job.checkpoint is None
+    report = Report(
+        logs=(LogLine(level=LogLevel.INFO, text="item 7"),),
+        checkpoint={"done": 7},
+        report_seq=1,
+    )
+    write(store, lambda c: store.reports.report(c, job_id, lease.lease_id, report, now=now_us()))
+    # A report without a checkpoint leaves the stored one alone.
+    write(
+        store,
+        lambda c: store.reports.report(
+            c, job_id, lease.lease_id, Report(report_seq=2), now=now_us()
+        ),
+    )
+    assert store.reads.get_job(job_id).checkpoint == {"done": 7}
+    later = now_us() + 5 * SECOND
+    write(store, lambda c: store.jobs.expire_leases(c, later, limit=10))
+    again = acquire(store, now=later + 10 * SECOND)
+    assert again.job.attempt == 2 and again.job.checkpoint == {"done": 7}
+
+
+def test_workers_are_upserted_listed_with_their_leases_and_forgotten(store: Store) -> None:
+    now = now_us()
+
+    def seen(worker_id: str, at: int, kinds: tuple[str, ...]) -> WorkerSeen:
+        return WorkerSeen(
+            id=worker_id,
+            host="h1",
+            kinds=kinds,
+            queues=("default",),
+            concurrency=4,
+            last_seen=at,
+        )
+
+    write(
+        store,
+        lambda c: store.workers.record([seen("w1", now - 60 * SECOND, ("a",))], forget_before=0),
+    )
+    write(
+        store,
+        lambda c: store.workers.record([seen("w1", now, ("a", "demo.count"))], forget_before=0),
+    )
+    write(
+        store,
+        lambda c: store.workers.record([seen("w2", now - 600 * SECOND, ("b",))], forget_before=0),
+    )
+    submit(store)
+    acquire(store, lease_us=60 * SECOND)  # leased to "w1" by the helper
+    listed = store.workers.list(now=now, live_after=now - 15 * SECOND, seen_after=0)
+    assert [(w.id, w.live, w.running) for w in listed] == [("w1", True, 1), ("w2", False, 0)]
+    w1 = listed[0]
+    assert w1.kinds == ("a", "demo.count") and w1.first_seen == now - 60 * SECOND
+    assert w1.serves("demo.count", "default") and not w1.serves("demo.count", "other")
+    write(store, lambda c: store.workers.record([], forget_before=now - 300 * SECOND))
+    assert [w.id for w in store.workers.list(now=now, live_after=now, seen_after=0)] == ["w1"]
+
+
+def test_log_search_by_level_text_time_and_tail(store: Store) -> None:
+    job_id = submit(store)
+    lease = acquire(store, lease_us=600 * SECOND)
+    lines = [
+        LogLine(level=LogLevel.INFO, text="starting 100% of it"),
+        LogLine(level=LogLevel.WARNING, text="Slow DNS lookup"),
+        LogLine(level=LogLevel.ERROR, text="timeout talking to db_1"),
+        LogLine(level=LogLevel.INFO, text="timeout retried"),
+    ]
+    t0 = now_us()
+    write(
+        store,
+        lambda c: store.reports.report(
+            c, job_id, lease.lease_id, Report(logs=tuple(lines)), now=t0
+        ),
+    )
+    later = LogLine(level=LogLevel.WARNING, text="late warning")
+    write(
+        store,
+        lambda c: store.reports.report(
+            c, job_id, lease.lease_id, Report(logs=(later,)), now=t0 + 60 * SECOND
+        ),
+    )
+
+    def texts(**kw: Any) -> list[str]:
+        found = store.reads.search_logs(job_id, LogSearch(**kw), after_seq=0, limit=100)
+        return [e.body["text"] for e in found]
+
+    warn_up = (LogLevel.WARNING, LogLevel.ERROR)
+    assert texts(levels=warn_up) == ["Slow DNS lookup", "timeout talking to db_1", "late warning"]
+    assert texts(text="TIMEOUT") == ["timeout talking to db_1", "timeout retried"]
+    # LIKE's wildcards are plain characters in a search.
+    assert texts(text="100%") == ["starting 100% of it"]
+    assert texts(text="db_") == ["timeout talking to db_1"]
+    assert texts(text="%") == ["starting 100% of it"]
+    assert texts(since=t0 + SECOND) == ["late warning"]
+    assert texts(tail=2) == ["timeout retried", "late warning"]
+    assert texts(levels=warn_up, text="timeout", tail=5) == ["timeout talking to db_1"]
+
+
+def test_job_filter_by_time_text_and_params(store: Store) -> None:
+    eu = submit(
+        store, params={"region": "eu", "n": 3, "opts": {"fast": True}}, labels={"team": "Growth"}
+    )
+    us = submit(store, params={"region": "us", "n": 30})
+    created = store.reads.get_job(us).create_time
+
+    def listed(**kw: Any) -> set[str]:
+        flt = JobFilter(**kw)
+        jobs = store.reads.list_jobs(flt, limit=10, cursor=None)
+        # The live filter (job-list watches) agrees with the query.
+        assert {j.id for j in jobs} == {
+            j.id for j in store.reads.get_jobs([eu, us]).values() if flt.matches(j)
+        }
+        return {j.id for j in jobs}
+
+    assert listed(params=((("region",), '"eu"'),)) == {eu}
+    assert listed(params=((("n",), "30"),)) == {us}
+    assert listed(params=((("opts", "fast"), "true"),)) == {eu}
+    assert listed(params=((("region",), '"asia"'),)) == set()
+    assert listed(text="growth") == {eu}
+    assert listed(text=us[-6:].upper()) == {us}
+    assert listed(created_after=created) == {us}
+    assert listed(created_before=created) == {eu}
+    assert listed(ended_after=0) == set()
+    write(store, lambda c: store.jobs.cancel(c, eu, "timeout upstream", now_us()))
+    assert listed(ended_after=0) == {eu}
+    assert listed(text="TIMEOUT UP") == {eu}

@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 from conftest import InProcessServer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from helpers import RawWorker, eventually, open_watch
 
 from jobstream.client import JobClient, JobEvent
@@ -55,6 +57,13 @@ def test_watches_past_the_memory_budget_are_refused_naming_it(
         assert "--watch-memory-budget" in details
         assert "of 1536 KiB (--watch-memory-budget)" in details
         assert f"{WATCH_RESERVE_BYTES // 1024} KiB" in details
+        status = rpc_status.from_call(exc.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        assert [d for d in status.details if d.Unpack(info)], status.details
+        assert info.reason == "LIMIT_EXCEEDED"
+        assert info.metadata["setting"] == "--watch-memory-budget"
+        assert info.metadata["limit"] == str(1536 * 1024)
         # WatchJobs counts against the same budget.
         listing: Any = stub.WatchJobs(job_service_pb2.WatchJobsRequest(), timeout=CALL_TIMEOUT_S)
         with pytest.raises(grpc.RpcError) as exc:

@@ -28,7 +28,7 @@ from jobstream.client.errors import (
     UnimplementedError,
     UnknownError,
 )
-from jobstream.client.handlers import FatalJobError, Handlers, JobCancelled
+from jobstream.client.handlers import FatalJobError, Handlers, JobCancelled, JobReleased
 from jobstream.client.models import (
     Artifact,
     Counters,
@@ -51,6 +51,8 @@ from jobstream.client.models import (
     Stats,
     Step,
     StepState,
+    WorkerInfo,
+    unserved_note,
 )
 from jobstream.client.worker import Worker
 
@@ -79,6 +81,7 @@ __all__ = [
     "JobError",
     "JobEvent",
     "JobOutcome",
+    "JobReleased",
     "JobSpec",
     "JobState",
     "JobstreamError",
@@ -101,4 +104,6 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "Worker",
+    "WorkerInfo",
+    "unserved_note",
 ]

@@ -37,7 +37,7 @@ from jobstream.client.convert import (
     job_error_to_pb,
 )
 from jobstream.client.errors import JobstreamError, from_rpc_error
-from jobstream.client.handlers import FatalJobError, Handler, JobCancelled
+from jobstream.client.handlers import FatalJobError, Handler, JobCancelled, JobReleased
 from jobstream.client.models import Artifact, Job, JobError, JobOutcome, JsonObject
 from jobstream.client.reports import ReportBatch, ReportBuffer
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
@@ -212,6 +212,11 @@ class Attempt:
         # a lost answer) from a new batch and store it once.
         self._report_seq = 0
 
+    def ask_to_stop(self) -> None:
+        """The worker is stopping: tell the handler (``ctx.stopping``),
+        which may give the job back early or run on."""
+        self.cancellation.stopping = True
+
     def interrupt(self) -> None:
         """The worker is stopping: ask the handler to stop now."""
         self.cancellation.request("shutdown")
@@ -252,6 +257,8 @@ class Attempt:
                     result = await result
         except JobCancelled as exc:
             return self._cancelled(str(exc))
+        except JobReleased:
+            return _Outcome(JobOutcome.RELEASED)
         except FatalJobError as exc:
             return _failure(
                 exc.code, str(exc), retryable=False, details=exc.details, cause=_cause(exc)
@@ -362,6 +369,8 @@ class Attempt:
         )
         if batch.progress is not None:
             request.progress.CopyFrom(batch.progress)
+        if batch.checkpoint is not None:
+            request.checkpoint.CopyFrom(batch.checkpoint)
         try:
             response = await self._call(self.stub.ReportJob, request)
         except JobstreamError as exc:

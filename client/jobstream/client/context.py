@@ -10,6 +10,7 @@ batches; whether the handler should stop is the attempt's
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,8 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from google.protobuf import struct_pb2
+
 from jobstream.client.convert import LOG_LEVELS, RESULT_STATUSES, STEP_STATES, fill_struct
-from jobstream.client.handlers import JobCancelled
+from jobstream.client.handlers import JobCancelled, JobReleased
 from jobstream.client.models import (
     Artifact,
     Job,
@@ -31,7 +34,12 @@ from jobstream.client.models import (
 from jobstream.client.reports import ReportBuffer
 from jobstream.v1 import job_pb2
 
-__all__ = ["Cancellation", "JobContext", "StopReason", "Uploader"]
+__all__ = ["MAX_CHECKPOINT_BYTES", "Cancellation", "JobContext", "StopReason", "Uploader"]
+
+MAX_CHECKPOINT_BYTES = 65_536
+"""Largest checkpoint, as compact JSON (the server's default
+``--max-checkpoint-bytes``): a checkpoint is a position to resume from, not
+the job's output."""
 
 StopReason = Literal["requested", "shutdown", "lease_lost"]
 """Why a handler is asked to stop: a user's cancel, the worker stopping, or
@@ -49,6 +57,9 @@ class Cancellation:
     def __init__(self) -> None:
         self.reason: StopReason | None = None
         """Why the handler should stop; None while it may go on."""
+        self.stopping = False
+        """The worker is stopping: the handler may go on (until the grace
+        period ends), or checkpoint and give the job back early."""
 
     def request(self, reason: StopReason) -> None:
         """Ask the handler to stop for ``reason`` (unless already asked)."""
@@ -88,6 +99,10 @@ class JobContext:
         self._cancellation = cancellation or Cancellation()
         self._uploader = uploader
         self._job_dir = files_root / job.id if files_root is not None else None
+        self.checkpoint_data: JsonObject | None = job.checkpoint
+        """The last checkpoint stored for the job (by this attempt, or an
+        earlier one that was released, rescued or retried); None before
+        any. A handler that can resume starts from it."""
 
     @property
     def job_dir(self) -> Path | None:
@@ -106,6 +121,14 @@ class JobContext:
         """True once the job was asked to stop (or the worker stops, or the
         lease was lost): wind down, then return or raise JobCancelled."""
         return self._cancellation.requested
+
+    @property
+    def stopping(self) -> bool:
+        """True once the worker is stopping (a graceful shutdown): the job
+        may run on until the grace period ends, but a handler that can
+        resume should ``checkpoint`` and raise JobReleased, so the job is
+        queued again at once and the shutdown need not wait."""
+        return self._cancellation.stopping or self._cancellation.reason == "shutdown"
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was asked to stop."""
@@ -175,7 +198,7 @@ class JobContext:
         self.step(name, StepState.RUNNING, data=data)
         try:
             yield
-        except (JobCancelled, asyncio.CancelledError) as exc:
+        except (JobCancelled, JobReleased, asyncio.CancelledError) as exc:
             self.step(name, StepState.CANCELLED, error=str(exc) or "cancelled")
             raise
         except BaseException as exc:
@@ -231,6 +254,23 @@ class JobContext:
             raise RuntimeError("this JobContext is not attached to a running job")
         source = Path(path)
         return await self._uploader(source, name or source.name, content_type)
+
+    def checkpoint(self, data: Mapping[str, Any]) -> None:
+        """Store ``data`` (a JSON object of up to MAX_CHECKPOINT_BYTES) as
+        the job's resumable state. It is sent with the updates reported
+        before it and stored with them in one transaction, so it never
+        claims work whose results are not stored. A rerun of the job gets
+        it back in ``ctx.checkpoint_data``. Raises ValueError when it is
+        not a JSON object or is too large."""
+        msg = struct_pb2.Struct()
+        fill_struct(msg, data, what="checkpoint")
+        size = len(json.dumps(dict(data), separators=(",", ":"), ensure_ascii=False))
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ValueError(
+                f"checkpoint is {size} bytes as JSON; the limit is {MAX_CHECKPOINT_BYTES}"
+            )
+        self.checkpoint_data = dict(data)
+        self._reports.add("checkpoint", msg)
 
     def flush(self) -> None:
         """Block until everything reported so far is acknowledged by the

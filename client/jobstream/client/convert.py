@@ -14,6 +14,7 @@ and the progress and error a worker reports.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from jobstream.client.models import (
     Stats,
     Step,
     StepState,
+    WorkerInfo,
 )
 from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
 
@@ -267,6 +269,23 @@ def job_from_pb(msg: job_pb2.Job) -> Job:
         update_time=time_from_pb(msg, "update_time"),
         last_seq=msg.last_seq,
         worker_id=msg.worker_id,
+        server_paths=tuple(msg.server_paths),
+        checkpoint=struct_to_dict(msg.checkpoint) if msg.HasField("checkpoint") else None,
+    )
+
+
+def worker_from_pb(msg: job_service_pb2.Worker) -> WorkerInfo:
+    """WorkerInfo from pb."""
+    return WorkerInfo(
+        worker_id=msg.worker_id,
+        host=msg.host,
+        kinds=tuple(msg.kinds),
+        queues=tuple(msg.queues),
+        concurrency=msg.concurrency,
+        running_jobs=msg.running_jobs,
+        first_seen_time=time_from_pb(msg, "first_seen_time"),
+        last_seen_time=time_from_pb(msg, "last_seen_time"),
+        live=msg.live,
     )
 
 
@@ -438,11 +457,30 @@ def filter_to_pb(
     kinds: Iterable[str] = (),
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    ended_after: datetime | None = None,
+    ended_before: datetime | None = None,
+    text: str = "",
+    params: Mapping[str, Any] | None = None,
 ) -> job_pb2.JobFilter:
-    """A JobFilter; every given criterion must match, an empty one matches all."""
-    return job_pb2.JobFilter(
+    """A JobFilter; every given criterion must match, an empty one matches
+    all. ``params`` maps a path of keys joined by dots to the value that
+    member must equal (a string, number, boolean or null)."""
+    flt = job_pb2.JobFilter(
         states=[JOB_STATES.to_pb(s) for s in states],
         kinds=list(kinds),
         labels=dict(labels or {}),
         queues=list(queues),
+        text=text,
+        params={k: json.dumps(v) for k, v in (params or {}).items()},
     )
+    for name, value in (
+        ("create_time_after", created_after),
+        ("create_time_before", created_before),
+        ("end_time_after", ended_after),
+        ("end_time_before", ended_before),
+    ):
+        if value is not None:
+            fill_time(getattr(flt, name), value, what=name)
+    return flt

@@ -6,9 +6,12 @@
 ``demo.sleep`` (async) sleeps ``seconds`` (default 1) and honours cancel;
 ``demo.count`` counts to ``n`` (default 100) with ``delay`` seconds (default
 0.01) per item, reporting progress, phases, steps, a log line and a result
-per item; ``demo.fail`` raises (and is retried); ``demo.fatal`` fails for good;
-``demo.report`` writes a CSV of ``n`` rows (default 1000) and uploads it as the
-artifact ``report.csv``, to try ``jobstream artifacts`` and ``jobstream download``.
+per item, with a checkpoint after each: a rerun (after its worker stopped,
+or died) resumes after the last item stored, and a stopping worker's
+``demo.count`` gives its job back at once; ``demo.fail`` raises (and is
+retried); ``demo.fatal`` fails for good; ``demo.report`` writes a CSV of
+``n`` rows (default 1000) and uploads it as the artifact ``report.csv``, to
+try ``jobstream artifacts`` and ``jobstream download``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobstream.client.worker import FatalJobError, Handlers, JobCancelled, JobContext
+from jobstream.client.worker import (
+    FatalJobError,
+    Handlers,
+    JobCancelled,
+    JobContext,
+    JobReleased,
+)
 
 __all__ = ["handlers"]
 
@@ -59,14 +68,21 @@ def count(ctx: JobContext) -> dict[str, Any]:
     """Count to ``params.n`` (default 100), ``params.delay`` seconds apart."""
     n = int(_number(ctx, "n", 100))
     delay = _number(ctx, "delay", 0.01)
+    done = int((ctx.checkpoint_data or {}).get("done", 0))
     ctx.phase("count")
+    if done:
+        ctx.log(f"resuming after item {done} of {n}")
     with ctx.step_scope("count"):
-        for i in range(1, n + 1):
+        for i in range(done + 1, n + 1):
+            if ctx.stopping:
+                ctx.log(f"worker stopping after item {i - 1} of {n}; a rerun resumes there")
+                raise JobReleased()
             if ctx.cancelled:
                 raise JobCancelled(f"cancelled at {i - 1} of {n}")
             ctx.log(f"item {i} of {n}")
             ctx.result_item(f"item-{i}", data={"i": i, "square": i * i})
             ctx.progress(i, n, message=f"item {i}")
+            ctx.checkpoint({"done": i})
             if delay:
                 time.sleep(delay)
     ctx.phase("summarise")

@@ -25,7 +25,7 @@ from jobstream.client.models import JsonObject
 if TYPE_CHECKING:
     from jobstream.client.context import JobContext
 
-__all__ = ["FatalJobError", "Handler", "HandlerResult", "Handlers", "JobCancelled"]
+__all__ = ["FatalJobError", "Handler", "HandlerResult", "Handlers", "JobCancelled", "JobReleased"]
 
 _KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 """A valid job kind (as the server checks it)."""
@@ -34,6 +34,13 @@ _KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 class JobCancelled(Exception):
     """Raised by ``JobContext.check_cancelled`` (or by a handler) to stop a
     job that was asked to stop; the attempt ends CANCELLED."""
+
+
+class JobReleased(Exception):
+    """Raise from a handler that saw ``ctx.stopping`` (its worker is
+    stopping) to give the job back now, after a ``ctx.checkpoint``: it is
+    queued again at once, the attempt does not count, and the next run
+    starts from ``ctx.checkpoint_data``."""
 
 
 class FatalJobError(Exception):

@@ -4,7 +4,7 @@ them from the wire."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -33,6 +33,8 @@ __all__ = [
     "Stats",
     "Step",
     "StepState",
+    "WorkerInfo",
+    "unserved_note",
 ]
 
 JsonObject = dict[str, Any]
@@ -196,6 +198,44 @@ class Job:
     last_seq: int = 0
     """Seq of the job's newest event; pass it as after_seq to watch from now."""
     worker_id: str = ""
+    server_paths: tuple[str, ...] = ()
+    """Files its handlers recorded (``ctx.add_file``), as the server sees
+    them; removed with the job."""
+    checkpoint: JsonObject | None = None
+    """The last checkpoint a handler stored (``ctx.checkpoint``); a rerun
+    starts from it. None before any."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerInfo:
+    """A worker the servers saw polling for jobs (``JobClient.workers``)."""
+
+    worker_id: str
+    host: str = ""
+    kinds: tuple[str, ...] = ()
+    queues: tuple[str, ...] = ()
+    concurrency: int = 0
+    """Jobs it runs at once, as it said (0: not said)."""
+    running_jobs: int = 0
+    """Jobs it holds a live lease on."""
+    first_seen_time: datetime | None = None
+    last_seen_time: datetime | None = None
+    live: bool = False
+    """Seen polling within the last 15 s, or holding a live lease."""
+
+    def serves(self, kind: str, queue: str = "default") -> bool:
+        """Whether it takes jobs of ``kind`` on ``queue``."""
+        return kind in self.kinds and queue in self.queues
+
+
+def unserved_note(job: Job, workers: Iterable[WorkerInfo]) -> str | None:
+    """For a queued job no live worker serves: the note saying so (it waits
+    until one comes); None otherwise."""
+    if job.state is not JobState.QUEUED:
+        return None
+    if any(w.live and w.serves(job.kind, job.queue) for w in workers):
+        return None
+    return f"no live worker serves kind {job.kind} on queue {job.queue}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

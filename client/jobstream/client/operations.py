@@ -23,14 +23,17 @@ import grpc
 from jobstream.client.artifacts import DownloadSink, ProgressCallback
 from jobstream.client.calls import Session, deadline_after, pages, unary
 from jobstream.client.convert import (
+    LOG_LEVELS,
     artifact_from_pb,
     delete_result_from_pb,
     event_from_pb,
+    fill_time,
     filter_to_pb,
     job_from_pb,
     purge_result_from_pb,
     spec_to_pb,
     stats_from_pb,
+    worker_from_pb,
 )
 from jobstream.client.errors import from_rpc_error
 from jobstream.client.models import (
@@ -41,8 +44,10 @@ from jobstream.client.models import (
     JobEvent,
     JobSpec,
     JobState,
+    LogLevel,
     PurgeResult,
     Stats,
+    WorkerInfo,
 )
 from jobstream.client.program import (
     Items,
@@ -75,6 +80,7 @@ __all__ = [
     "wait",
     "watch",
     "watch_jobs",
+    "workers",
 ]
 
 DEFAULT_PAGE_SIZE = 50
@@ -203,14 +209,50 @@ def delete(
 
 
 def logs(
-    session: Session, job_id: str, *, page_size: int = DEFAULT_EVENT_PAGE_SIZE
+    session: Session,
+    job_id: str,
+    *,
+    page_size: int = DEFAULT_EVENT_PAGE_SIZE,
+    level: LogLevel | str | None = None,
+    text: str = "",
+    since: datetime | None = None,
+    tail: int = 0,
 ) -> Items[JobEvent]:
-    """The job's log-line events, oldest first; fetches pages lazily."""
+    """The job's log-line events, oldest first; fetches pages lazily.
+
+    ``level`` keeps lines of that level and more severe ones; ``text`` those
+    holding a substring (in any case); ``since`` (timezone-aware) those
+    logged at or after it; ``tail`` only the last that many of the lines
+    selected (at most ``page_size``), in one page.
+    """
+    request = pb.ListJobLogsRequest(job_id=job_id, page_size=page_size, text=text, tail=tail)
+    if level is not None:
+        request.min_level = LOG_LEVELS.to_pb(level)
+    if since is not None:
+        fill_time(request.since_time, since, what="since")
+
+    def page(token: str) -> pb.ListJobLogsRequest:
+        paged = pb.ListJobLogsRequest()
+        paged.CopyFrom(request)
+        paged.page_token = token
+        return paged
+
     return pages(
         session,
         lambda s: s.ListJobLogs,
-        lambda token: pb.ListJobLogsRequest(job_id=job_id, page_size=page_size, page_token=token),
+        page,
         lambda r: ([event_from_pb(e) for e in r.events], r.next_page_token),
+    )
+
+
+def workers(session: Session, *, page_size: int = DEFAULT_PAGE_SIZE) -> Items[WorkerInfo]:
+    """The workers seen polling within the last hour, by id: kinds, queues,
+    jobs held, last seen, and whether each is live."""
+    return pages(
+        session,
+        lambda s: s.ListWorkers,
+        lambda token: pb.ListWorkersRequest(page_size=page_size, page_token=token),
+        lambda r: ([worker_from_pb(w) for w in r.workers], r.next_page_token),
     )
 
 
@@ -393,9 +435,33 @@ def list(
     labels: Mapping[str, str] | None = None,
     queues: Iterable[str] = (),
     page_size: int = DEFAULT_PAGE_SIZE,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    ended_after: datetime | None = None,
+    ended_before: datetime | None = None,
+    text: str = "",
+    params: Mapping[str, Any] | None = None,
 ) -> Items[Job]:
-    """Jobs matching every given criterion, newest first; fetches pages lazily."""
-    flt = filter_to_pb(states=states, kinds=kinds, labels=labels, queues=queues)
+    """Jobs matching every given criterion, newest first; fetches pages lazily.
+
+    Times are timezone-aware (``*_after`` inclusive, ``*_before``
+    exclusive; a job not ended matches no ``ended_*``); ``text`` is a
+    substring, in any case, of the id, kind, a label or the error;
+    ``params`` maps a path of keys joined by dots (``"source.bucket"``) to
+    the value that member must equal.
+    """
+    flt = filter_to_pb(
+        states=states,
+        kinds=kinds,
+        labels=labels,
+        queues=queues,
+        created_after=created_after,
+        created_before=created_before,
+        ended_after=ended_after,
+        ended_before=ended_before,
+        text=text,
+        params=params,
+    )
     return pages(
         session,
         lambda s: s.ListJobs,

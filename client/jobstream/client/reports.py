@@ -7,7 +7,9 @@ batches, sends them, and acknowledges each once the server has stored it.
 Every update gets a number, so "everything reported so far is stored" is a
 comparison: what ``flush`` waits for. The latest progress wins; log lines,
 steps, results and files keep their order and none is dropped while the
-buffer is open.
+buffer is open. A checkpoint takes its place in that order, so it is sent
+in the batch holding the last update reported before it (or a later one):
+the server stores it only with everything it covers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from jobstream.client.convert import progress_to_pb
@@ -45,8 +48,8 @@ MAX_PENDING_ITEMS = 10_000
 """Buffered items at which a sync handler's log()/step()/result_item() blocks
 until the flusher catches up, so a fast handler cannot exhaust memory."""
 
-Section = Literal["logs", "steps", "results", "files"]
-"""Where in a ReportJob an update goes (the request's repeated field)."""
+Section = Literal["logs", "steps", "results", "files", "checkpoint"]
+"""Where in a ReportJob an update goes (the request's field)."""
 
 
 @dataclass(slots=True)
@@ -58,6 +61,8 @@ class ReportBatch:
     steps: list[job_pb2.Step] = field(default_factory=list)
     results: list[job_pb2.ResultItem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    checkpoint: struct_pb2.Struct | None = None
+    """The newest checkpoint taken into the batch, if any."""
 
     @property
     def items(self) -> int:
@@ -212,7 +217,11 @@ class ReportBuffer:
                 self._items.popleft()
                 count += 1
                 size += item.size
-                getattr(batch, item.section).append(item.payload)
+                if item.section == "checkpoint":
+                    assert isinstance(item.payload, struct_pb2.Struct)
+                    batch.checkpoint = item.payload  # a later one in the batch wins
+                else:
+                    getattr(batch, item.section).append(item.payload)
             self._bytes -= size
             self._cond.notify_all()  # room for a handler thread waiting in add()
             return batch

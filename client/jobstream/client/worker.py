@@ -34,7 +34,14 @@ from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
 from jobstream.client.convert import job_from_pb, time_from_pb
 from jobstream.client.errors import from_rpc_error, unreachable_reason
-from jobstream.client.handlers import FatalJobError, H, Handler, Handlers, JobCancelled
+from jobstream.client.handlers import (
+    FatalJobError,
+    H,
+    Handler,
+    Handlers,
+    JobCancelled,
+    JobReleased,
+)
 from jobstream.client.logformat import fallback_logging
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
@@ -47,6 +54,7 @@ __all__ = [
     "Handlers",
     "JobCancelled",
     "JobContext",
+    "JobReleased",
     "Worker",
 ]
 
@@ -249,6 +257,8 @@ class Worker:
             queues=self.queues,
             wait=_duration(self.poll_wait),
             lease_duration=_duration(self.lease_duration),
+            host=socket.gethostname()[:255],
+            concurrency=self.concurrency,
         )
         acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
         self._acquirer = acquirer
@@ -288,6 +298,8 @@ class Worker:
         if not self._stopping:
             self._stopping = True
             log.info("worker %s: stopping", self.worker_id)
+        for run, _ in self._jobs.values():
+            run.ask_to_stop()
         if self._acquirer is not None:
             self._acquirer.cancel()
 
@@ -401,6 +413,8 @@ class Worker:
             on_next=lambda next_lease: self._start_next(stub, next_lease, slots),
         )
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
+        if self._stopping:
+            run.ask_to_stop()  # acquired as the stop came
         task = asyncio.create_task(run.run(), name=f"jobstream-job-{job.id}")
         self._jobs[job.id] = (run, task)
 

@@ -142,10 +142,12 @@ def _watch_jobs_frames(
     if kind == "deleted_job_id":
         data = dumps({"jobId": message.deleted_job_id})
         return [frame("deleted", data, message.position)], message.position
-    if last == 0:
-        # The initial listing: its items share the head position, so their
-        # id is their listing token, from which a reconnect lists the rest.
-        return [frame("job", cache.message(message.job), message.listing_token or None)], last
+    if message.listing_token:
+        # An item of the initial listing (only those carry a token): they
+        # share the head position, so their id is their listing token, from
+        # which a reconnect lists the rest. Not "last == 0": a database with
+        # no change yet catches up at position 0 too.
+        return [frame("job", cache.message(message.job), message.listing_token)], last
     if message.position <= last:
         return [], last
     return [frame("job", cache.message(message.job), message.position)], message.position

@@ -392,6 +392,8 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    SERVER_PATHS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-made ("job_" + a lowercase ULID) or chosen by the client
     ([a-z0-9][a-z0-9._-]{0,62}).
@@ -470,6 +472,19 @@ class Job(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When anything about the job last changed."""
 
+    @_builtins.property
+    def server_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files its handlers recorded (ReportJobRequest.server_paths), as the
+        server sees them; removed with the job (GetJob only).
+        """
+
+    @_builtins.property
+    def checkpoint(self) -> _struct_pb2.Struct:
+        """The last checkpoint a handler stored (ReportJobRequest.checkpoint); a
+        rerun after a release, a rescue or a retry gets it with the job and
+        can resume from it. Unset before any.
+        """
+
     def __init__(
         self,
         *,
@@ -497,10 +512,12 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_seq: _builtins.int = ...,
         worker_id: _builtins.str = ...,
+        server_paths: _abc.Iterable[_builtins.str] | None = ...,
+        checkpoint: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "progress", b"progress", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "kind", b"kind", "labels", b"labels", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "queue", b"queue", "request_id", b"request_id", "result", b"result", "schedule_time", b"schedule_time", "start_time", b"start_time", "state", b"state", "steps", b"steps", "update_time", b"update_time", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "checkpoint", b"checkpoint", "counters", b"counters", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "kind", b"kind", "labels", b"labels", "last_seq", b"last_seq", "max_attempts", b"max_attempts", "owner", b"owner", "params", b"params", "priority", b"priority", "progress", b"progress", "queue", b"queue", "request_id", b"request_id", "result", b"result", "schedule_time", b"schedule_time", "server_paths", b"server_paths", "start_time", b"start_time", "state", b"state", "steps", b"steps", "update_time", b"update_time", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -801,10 +818,40 @@ class JobFilter(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STATES_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_AFTER_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    END_TIME_AFTER_FIELD_NUMBER: _builtins.int
+    END_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A substring, in any case, of the id, the kind, a label key or value, or
+    the error (code or message); at most 256 characters.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """Any of these states."""
@@ -821,6 +868,30 @@ class JobFilter(_message.Message):
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Any of these queues."""
 
+    @_builtins.property
+    def create_time_after(self) -> _timestamp_pb2.Timestamp:
+        """Created at or after this time."""
+
+    @_builtins.property
+    def create_time_before(self) -> _timestamp_pb2.Timestamp:
+        """Created before this time."""
+
+    @_builtins.property
+    def end_time_after(self) -> _timestamp_pb2.Timestamp:
+        """Ended at or after this time (jobs not ended do not match)."""
+
+    @_builtins.property
+    def end_time_before(self) -> _timestamp_pb2.Timestamp:
+        """Ended before this time (jobs not ended do not match)."""
+
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every one of these members of params equals its value: the key is a
+        path of plain names joined by dots ("region", "source.bucket"), the
+        value JSON ("eu" as a string when it is not valid JSON, 3, true,
+        "\\"3\\"" for the string 3).
+        """
+
     def __init__(
         self,
         *,
@@ -828,10 +899,16 @@ class JobFilter(_message.Message):
         kinds: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
+        create_time_after: _timestamp_pb2.Timestamp | None = ...,
+        create_time_before: _timestamp_pb2.Timestamp | None = ...,
+        end_time_after: _timestamp_pb2.Timestamp | None = ...,
+        end_time_before: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "end_time_after", b"end_time_after", "end_time_before", b"end_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "labels", b"labels", "queues", b"queues", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "end_time_after", b"end_time_after", "end_time_before", b"end_time_before", "kinds", b"kinds", "labels", b"labels", "params", b"params", "queues", b"queues", "states", b"states", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

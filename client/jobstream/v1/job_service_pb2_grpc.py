@@ -120,6 +120,11 @@ class JobServiceStub:
                 request_serializer=jobstream_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/jobstream.v1.JobService/ListWorkers',
+                request_serializer=jobstream_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
         self.ListArtifacts = channel.unary_unary(
                 '/jobstream.v1.JobService/ListArtifacts',
                 request_serializer=jobstream_dot_v1_dot_job__service__pb2.ListArtifactsRequest.SerializeToString,
@@ -298,6 +303,16 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """Lists the workers seen polling within the last hour, by id: what each
+        serves, how many jobs it holds, when it was last seen, and whether it
+        is live (seen within 15 s, or holding a live lease). With several
+        servers on one PostgreSQL, every server lists every worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListArtifacts(self, request, context):
         """Lists a job's artifacts, by name.
         Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
@@ -386,6 +401,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=jobstream_dot_v1_dot_job__service__pb2.GetStatsRequest.FromString,
                     response_serializer=jobstream_dot_v1_dot_job__service__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=jobstream_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=jobstream_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
             ),
             'ListArtifacts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListArtifacts,
@@ -770,6 +790,33 @@ class JobService:
             '/jobstream.v1.JobService/GetStats',
             jobstream_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
             jobstream_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobstream.v1.JobService/ListWorkers',
+            jobstream_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+            jobstream_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

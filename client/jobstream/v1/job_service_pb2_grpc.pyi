@@ -144,6 +144,12 @@ class JobServiceStub:
     throughput over a recent window.
     Errors: INVALID_ARGUMENT (INVALID_FIELD).
     """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListWorkersRequest, _job_service_pb2.ListWorkersResponse]
+    """Lists the workers seen polling within the last hour, by id: what each
+    serves, how many jobs it holds, when it was last seen, and whether it
+    is live (seen within 15 s, or holding a live lease). With several
+    servers on one PostgreSQL, every server lists every worker.
+    """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]
     """Lists a job's artifacts, by name.
     Errors: NOT_FOUND (JOB_NOT_FOUND), INVALID_ARGUMENT (INVALID_FIELD,
@@ -273,6 +279,12 @@ class JobServiceAsyncStub(JobServiceStub):
     """Returns counts by state and kind, success rate, run-time percentiles and
     throughput over a recent window.
     Errors: INVALID_ARGUMENT (INVALID_FIELD).
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListWorkersRequest, _job_service_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Lists the workers seen polling within the last hour, by id: what each
+    serves, how many jobs it holds, when it was last seen, and whether it
+    is live (seen within 15 s, or holding a live lease). With several
+    servers on one PostgreSQL, every server lists every worker.
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListArtifactsRequest, _job_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists a job's artifacts, by name.
@@ -478,6 +490,18 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns counts by state and kind, success rate, run-time percentiles and
         throughput over a recent window.
         Errors: INVALID_ARGUMENT (INVALID_FIELD).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _job_service_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.ListWorkersResponse, _abc.Awaitable[_job_service_pb2.ListWorkersResponse]]:
+        """Lists the workers seen polling within the last hour, by id: what each
+        serves, how many jobs it holds, when it was last seen, and whether it
+        is live (seen within 15 s, or holding a live lease). With several
+        servers on one PostgreSQL, every server lists every worker.
         """
 
     @_abc_1.abstractmethod

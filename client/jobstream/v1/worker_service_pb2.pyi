@@ -74,8 +74,14 @@ class AcquireJobRequest(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable name of the worker, for operators ([A-Za-z0-9._:@-]{1,128})."""
+    host: _builtins.str
+    """The host the worker runs on, for operators (at most 255 characters)."""
+    concurrency: _builtins.int
+    """How many jobs the worker runs at once, for operators (0: not said)."""
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Kinds it has handlers for (1..256)."""
@@ -104,10 +110,12 @@ class AcquireJobRequest(_message.Message):
         queues: _abc.Iterable[_builtins.str] | None = ...,
         wait: _duration_pb2.Duration | None = ...,
         lease_duration: _duration_pb2.Duration | None = ...,
+        host: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "lease_duration", b"lease_duration", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "host", b"host", "kinds", b"kinds", "lease_duration", b"lease_duration", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,6 +169,7 @@ class ReportJobRequest(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     SERVER_PATHS_FIELD_NUMBER: _builtins.int
     REPORT_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     lease_id: _builtins.str
@@ -205,6 +214,14 @@ class ReportJobRequest(_message.Message):
         relative path could not say which.
         """
 
+    @_builtins.property
+    def checkpoint(self) -> _struct_pb2.Struct:
+        """The handler's resumable state (a JSON object of at most
+        --max-checkpoint-bytes, 64 KiB by default, as compact JSON), stored
+        with the rest of this report in one transaction and kept with the job;
+        a rerun gets it back in Job.checkpoint. Unset leaves the stored one.
+        """
+
     def __init__(
         self,
         *,
@@ -216,10 +233,11 @@ class ReportJobRequest(_message.Message):
         results: _abc.Iterable[_job_pb2.ResultItem] | None = ...,
         server_paths: _abc.Iterable[_builtins.str] | None = ...,
         report_seq: _builtins.int = ...,
+        checkpoint: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_id", b"lease_id", "logs", b"logs", "progress", b"progress", "report_seq", b"report_seq", "results", b"results", "server_paths", b"server_paths", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "lease_id", b"lease_id", "logs", b"logs", "progress", b"progress", "report_seq", b"report_seq", "results", b"results", "server_paths", b"server_paths", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,10 +1,10 @@
 """``jobstream db``: schema migrations, integrity check, online backup and
-vacuum of the server's database.
+restore (backups.py), and vacuum of the server's database.
 
 The operations are plain functions returning values; :func:`main` is the
 command line around them (like ``app.main`` for ``serve``), the only part
-that prints. Every operation is safe while a server is serving the same
-database: SQLite runs in WAL mode, so the backup's read transaction never
+that prints. Every operation but restore is safe while a server is serving
+the same database: SQLite runs in WAL mode, so the backup's read transaction never
 blocks the server's writer, and VACUUM waits its turn through the busy
 timeout.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,9 +22,9 @@ from pathlib import Path
 import peewee as pw
 
 from jobstream.client.settings import EnvOptions
+from jobstream.server.backups import BackupError, BackupReport, backup, restore, sqlite_path
 from jobstream.server.config import DEFAULT_DATA_DIR, ServerConfig
 from jobstream.server.db import (
-    SQLITE_BUSY_TIMEOUT_MS,
     apply_migrations,
     execute,
     is_sqlite,
@@ -40,6 +39,7 @@ __all__ = [
     "main",
     "migrate",
     "parse_args",
+    "restore",
     "vacuum",
 ]
 
@@ -83,16 +83,6 @@ class VacuumReport:
     after_bytes: int
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The SQLite file ``url`` names, or None for another backend."""
-    if "://" not in url:
-        return Path(url)
-    for prefix in ("sqlite:///", "sqliteext:///"):
-        if url.startswith(prefix):
-            return Path(url[len(prefix) :])
-    return None
-
-
 def _open_existing(url: str) -> pw.Database:
     """Opens the database without migrating it; refuses to create an SQLite
     file that is not there (a typo in --data-dir must not look healthy)."""
@@ -128,46 +118,6 @@ def check(url: str) -> CheckReport:
     return CheckReport(
         database=url, applied=status.applied, pending=status.pending, integrity=problems
     )
-
-
-def backup(url: str, target: Path, *, overwrite: bool = False) -> int:
-    """Copies the SQLite database to ``target`` with SQLite's online backup
-    API; returns the copy's size in bytes.
-
-    The copy is made in one step, i.e. inside one read transaction, so it is
-    a consistent snapshot of one moment even while the server commits (WAL
-    lets the writer carry on meanwhile). It is written beside ``target`` and
-    renamed into place only after it passes ``PRAGMA quick_check``, so
-    ``target`` is never a half-written file.
-    """
-    path = sqlite_path(url)
-    if path is None:
-        raise AdminError("backup is for SQLite; back PostgreSQL up with pg_dump")
-    if not path.is_file():
-        raise AdminError(f"no database at {path}")
-    if target.exists() and not overwrite:
-        raise AdminError(f"{target} exists (use --force to replace it)")
-    if target.resolve() == path.resolve():
-        raise AdminError("the backup cannot replace the database itself")
-    partial = target.with_name(f".{target.name}.partial")
-    partial.unlink(missing_ok=True)
-    source = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-    try:
-        dest = sqlite3.connect(partial)
-        try:
-            source.backup(dest)  # pages=-1: everything in one step, one snapshot
-            # A backup file travels alone: no -wal beside it to depend on.
-            dest.execute("PRAGMA journal_mode=DELETE")
-            (verdict,) = dest.execute("PRAGMA quick_check").fetchone()
-        finally:
-            dest.close()
-    finally:
-        source.close()
-    if verdict != "ok":
-        partial.unlink(missing_ok=True)
-        raise AdminError(f"the copy failed its check: {verdict}")
-    os.replace(partial, target)
-    return target.stat().st_size
 
 
 def vacuum(url: str) -> VacuumReport:
@@ -225,10 +175,20 @@ def _build() -> tuple[argparse.ArgumentParser, EnvOptions]:
         help="report pending migrations and SQLite integrity problems; exit 1 if any",
     )
     b = sub.add_parser(
-        "backup", parents=[common], help="copy the SQLite database to FILE, online and consistent"
+        "backup",
+        parents=[common],
+        help="copy the SQLite database to FILE, online and consistent, and the job "
+        "directories to FILE.files/",
     )
     b.add_argument("file", type=Path, metavar="FILE")
     b.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    r = sub.add_parser(
+        "restore",
+        parents=[common],
+        help="put a backup FILE (and its FILE.files/) back; the server must be stopped",
+    )
+    r.add_argument("file", type=Path, metavar="FILE")
+    r.add_argument("--force", action="store_true", help="replace the database if it exists")
     sub.add_parser("vacuum", parents=[common], help="give deleted jobs' space back")
     return p, options
 
@@ -254,7 +214,7 @@ def main(argv: Sequence[str]) -> int:
     url = ServerConfig(data_dir=args.data_dir, db_url=args.db).database_url
     try:
         return _run(args, url)
-    except AdminError as exc:
+    except (AdminError, BackupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (pw.DatabaseError, sqlite3.Error) as exc:
@@ -284,11 +244,12 @@ def _run(args: argparse.Namespace, url: str) -> int:
             print("ok" if report.ok else "problems found")
         return EXIT_OK if report.ok else EXIT_PROBLEMS
     if args.action == "backup":
-        size = backup(url, args.file, overwrite=args.force)
-        if as_json:
-            _print_json({"file": str(args.file), "bytes": size})
-        else:
-            print(f"backed up to {args.file} ({size} bytes)")
+        report_b = backup(url, args.file, args.data_dir, overwrite=args.force)
+        _print_backup(report_b, as_json, f"backed up to {args.file}")
+        return EXIT_OK
+    if args.action == "restore":
+        report_b = restore(url, args.file, args.data_dir, overwrite=args.force)
+        _print_backup(report_b, as_json, f"restored {args.file} to {report_b.database}")
         return EXIT_OK
     report_v = vacuum(url)
     if as_json:
@@ -296,6 +257,13 @@ def _run(args: argparse.Namespace, url: str) -> int:
     else:
         print(f"vacuumed: {report_v.before_bytes} -> {report_v.after_bytes} bytes")
     return EXIT_OK
+
+
+def _print_backup(report: BackupReport, as_json: bool, done: str) -> None:
+    if as_json:
+        _print_json({**asdict(report), "file": report.database, "bytes": report.database_bytes})
+    else:
+        print(f"{done} ({report.database_bytes} bytes, {report.files} job files)")
 
 
 def _print_json(value: object) -> None:

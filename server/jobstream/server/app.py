@@ -27,12 +27,13 @@ from jobstream.server.broker import Broker
 from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import bind_thread, is_sqlite, open_database, unbind_thread
-from jobstream.server.domain import now_us
+from jobstream.server.domain import JobState, Rescue, now_us
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
 from jobstream.server.guard import RequestGuard
 from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
-from jobstream.server.logs import LogContextInterceptor
+from jobstream.server.logs import LogContextInterceptor, job_context
 from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
+from jobstream.server.presence import Presence
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
 from jobstream.server.readers import Readers
@@ -178,6 +179,7 @@ async def serve(
     server = grpc.aio.server(
         options=_server_options(config.max_message_bytes), interceptors=interceptors
     )
+    presence = Presence(store.workers, writer, readers)
     quota = WatcherQuota(
         config.max_watchers,
         config.max_watchers_per_principal,
@@ -191,11 +193,14 @@ async def serve(
             limits=limits,
             page_tokens=PageTokens(store.secrets.get_or_make(PAGE_TOKEN_KEY)),
             quota=quota,
+            presence=presence,
+            refuse_unserved=config.refuse_unserved,
         ),
         server,
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-        WorkerServiceServicer(service, artifacts=artifacts, limits=limits), server
+        WorkerServiceServicer(service, artifacts=artifacts, limits=limits, presence=presence),
+        server,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -217,8 +222,8 @@ async def serve(
     if access.socket_path is not None:
         server.add_insecure_port(f"unix:{access.socket_path}")
     if is_sqlite(db):
-        while await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
-            pass
+        while rescued := await service.expire_leases(worker_prefix=EMBEDDED_PREFIX):
+            _log_rescues(rescued)
     outcome = await import_legacy_artifacts(
         store.artifacts, writer, readers, config.data_dir, sole_server=is_sqlite(db)
     )
@@ -237,6 +242,7 @@ async def serve(
         asyncio.create_task(
             _sweep(service, artifacts, sweep_wanted, config.sweep_s, metrics), name="sweeper"
         ),
+        asyncio.create_task(presence.run(), name="presence"),
         # Memory the ended watches freed goes back to the system (heap.py).
         asyncio.create_task(heap.trim_loop(lambda: quota.released), name="heap-trim"),
     ]
@@ -280,13 +286,17 @@ async def serve(
     finally:
         log.info("shutting down (grace %.0fs)", config.grace_s)
         await health.enter_graceful_shutdown()
+        broker.drain()
+        if worker is not None:
+            # Before the streams end: the handlers' last events (up to their
+            # checkpoint and release) reach the watchers live, and shutdown
+            # takes as long as the handlers need, at most the grace period.
+            await worker.stop(grace=config.grace_s)
         if gateway is not None:
-            # First: its event streams end now, and their browsers resume
-            # (Last-Event-ID) once a server is back.
+            # Before the broker closes: its event streams end now, and their
+            # browsers resume (Last-Event-ID) once a server is back.
             await gateway.stop()
         broker.close()
-        if worker is not None:
-            await worker.stop(grace=config.grace_s)
         await server.stop(config.grace_s)
         for task in tasks:
             task.cancel()
@@ -366,10 +376,26 @@ async def _sweep(
         wanted.clear()
         try:
             while expired := await service.expire_leases():
-                metrics.lease_expiries.inc(expired)
+                _log_rescues(expired)
+                metrics.lease_expiries.inc(len(expired))
             await artifacts.discard_dead_uploads()
         except Exception:
             log.exception("lease sweep failed; will retry")
+
+
+RESCUE_VERBS = {
+    JobState.QUEUED: "rescued",
+    JobState.INTERRUPTED: "interrupted",
+    JobState.CANCELLED: "cancelled",
+}
+"""How a rescue's log line names what became of the job."""
+
+
+def _log_rescues(rescues: Sequence[Rescue]) -> None:
+    """One INFO line per job taken from a dead worker, naming the job."""
+    for rescue in rescues:
+        with job_context(rescue.job_id):
+            log.info("%s job %s: %s", RESCUE_VERBS[rescue.state], rescue.job_id, rescue.reason)
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:

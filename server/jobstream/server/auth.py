@@ -106,6 +106,9 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     _WORKERS + "FinishJob": frozenset({Role.WORKER}),
     _JOBS + "RetryJob": _WRITE,
     _JOBS + "GetStats": _READ,
+    # Workers are not anyone's jobs: every reading role may see them (the
+    # CLI asks before it warns that no worker serves a kind).
+    _JOBS + "ListWorkers": _READ,
     _JOBS + "ListArtifacts": _READ,
     _JOBS + "DownloadArtifact": _READ,
     _WORKERS + "UploadArtifact": frozenset({Role.WORKER}),

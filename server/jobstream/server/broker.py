@@ -93,16 +93,25 @@ class Broker:
         # Each waiting AcquireJob with the (queues, kinds) it can take: a new
         # job wakes only the workers that could lease it.
         self._acquirers: dict[asyncio.Event, tuple[frozenset[str], frozenset[str]]] = {}
+        self.draining = False
+        """Shutting down: no new leases; watchers are still served."""
         self.closed = False
+
+    def drain(self) -> None:
+        """First step of a shutdown: waiting AcquireJob calls return empty and
+        new ones lease nothing, while watchers keep receiving the events of
+        the jobs still running (an embedded worker finishing its handlers)."""
+        self.draining = True
+        _set_all(self._acquirers)
 
     def close(self) -> None:
         """Shutting down: wakes everyone so streams and long polls can end."""
+        self.drain()
         self.closed = True
         for subs in self._jobs.values():
             for sub in subs:
                 sub.wake.set()
         _set_all(self._lists)
-        _set_all(self._acquirers)
 
     @property
     def watcher_count(self) -> int:

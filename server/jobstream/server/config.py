@@ -18,6 +18,7 @@ from jobstream.server.files import check_output_roots
 from jobstream.server.limits import (
     DEFAULT_MAX_ARTIFACT_BYTES,
     DEFAULT_MAX_ARTIFACTS_PER_JOB,
+    DEFAULT_MAX_CHECKPOINT_BYTES,
     DEFAULT_MAX_JSON_DEPTH,
     DEFAULT_MAX_LABEL_VALUE_BYTES,
     DEFAULT_MAX_LABELS,
@@ -123,6 +124,8 @@ class ServerConfig:
     # Retention: see purge.py. 0 keeps ended jobs forever.
     retention_s: float = 0.0
     retention_every_s: float = DEFAULT_RETENTION_EVERY_S
+    refuse_unserved: bool = False
+    """Refuse submits of a kind no live worker serves (see presence.py)."""
 
     @property
     def database_url(self) -> str:
@@ -147,6 +150,7 @@ LIMIT_FLAGS: tuple[tuple[str, int, str], ...] = (
     ),
     ("--max-artifact-bytes", DEFAULT_MAX_ARTIFACT_BYTES, "bytes of one uploaded artifact"),
     ("--max-artifacts-per-job", DEFAULT_MAX_ARTIFACTS_PER_JOB, "artifacts one job may hold"),
+    ("--max-checkpoint-bytes", DEFAULT_MAX_CHECKPOINT_BYTES, "bytes of a job's checkpoint"),
 )
 """The flags of the fields of Limits (``--max-labels`` sets ``max_labels``):
 default and what each bounds."""
@@ -254,6 +258,11 @@ def _build() -> tuple[argparse.ArgumentParser, EnvOptions]:
         help="delay before the first retry; doubles per attempt",
         convert=float,
         default=DEFAULT_BACKOFF_S,
+    )
+    add(
+        "--refuse-unserved",
+        kind="flag",
+        help="refuse submits (FAILED_PRECONDITION) of a kind no live worker serves on its queue",
     )
     add(
         "--grace-seconds",
@@ -429,4 +438,5 @@ def from_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         http_port_file=a.http_port_file,
         retention_s=a.retention,
         retention_every_s=a.retention_every,
+        refuse_unserved=a.refuse_unserved,
     )

@@ -22,6 +22,7 @@ from jobstream.server.domain import (
     Stats,
     Step,
     StepState,
+    WorkerInfo,
 )
 from jobstream.server.proto_enums import (
     JOB_STATE_NUMBERS,
@@ -106,6 +107,23 @@ def job(value: Job) -> job_pb2.Job:
         update_time=timestamp(value.update_time),
         last_seq=value.last_seq,
         worker_id=value.worker_id,
+        server_paths=value.files,
+        checkpoint=struct(value.checkpoint),
+    )
+
+
+def worker(value: WorkerInfo) -> job_service_pb2.Worker:
+    """A worker as a Worker message."""
+    return job_service_pb2.Worker(
+        worker_id=value.id,
+        host=value.host,
+        kinds=value.kinds,
+        queues=value.queues,
+        concurrency=value.concurrency,
+        running_jobs=value.running,
+        first_seen_time=timestamp(value.first_seen),
+        last_seen_time=timestamp(value.last_seen),
+        live=value.live,
     )
 
 

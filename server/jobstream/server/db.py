@@ -150,6 +150,7 @@ class JobRow(BaseModel):
     lease_us = pw.BigIntegerField(default=0)
     report_seq = pw.BigIntegerField(default=0)
     files = pw.TextField(default="[]")
+    checkpoint = pw.TextField(null=True)
 
     class Meta:
         table_name = "job"
@@ -246,6 +247,21 @@ class ChangeRow(BaseModel):
 
 # Purge and stats find jobs by when they ended (migration 0003).
 JobRow.add_index(JobRow.index(JobRow.state, JobRow.end_time))
+
+
+class WorkerRow(BaseModel):
+    """A worker some server has seen polling (migration 0012)."""
+
+    id = pw.TextField(primary_key=True)
+    host = pw.TextField(default="")
+    kinds = pw.TextField(default="[]")
+    queues = pw.TextField(default="[]")
+    concurrency = pw.IntegerField(default=0)
+    first_seen = pw.BigIntegerField()
+    last_seen = pw.BigIntegerField(index=True)
+
+    class Meta:
+        table_name = "worker"
 
 
 class ArtifactRow(BaseModel):

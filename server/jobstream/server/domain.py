@@ -171,6 +171,10 @@ class Job:
     last_seq: int
     worker_id: str
     steps: tuple[Step, ...] = ()
+    files: tuple[str, ...] = ()
+    """Paths the job's workers recorded (``ctx.add_file``), removed with it."""
+    checkpoint: JSON | None = None
+    """The last checkpoint a handler stored; a rerun starts from it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -233,6 +237,8 @@ class Acquire:
     kinds: tuple[str, ...]
     queues: tuple[str, ...]
     wait_s: float
+    host: str = ""
+    concurrency: int = 0
     """How long to wait for a job."""
     lease_us: int | None = None
     """The lease length asked for; None takes the server's default."""
@@ -269,6 +275,9 @@ class Report:
     results: tuple[ResultItem, ...] = ()
     files: tuple[str, ...] = ()
     report_seq: int = 0
+    checkpoint: JSON | None = None
+    """A handler's resumable state, stored with the rest of the batch; None
+    leaves the stored one as it is."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -309,6 +318,19 @@ class JobFilter:
     queues: tuple[str, ...] = ()
     owner: str | None = None
     """Only this principal's jobs (set by the server for non-admin callers)."""
+    created_after: int | None = None
+    """Created at or after this time (µs)."""
+    created_before: int | None = None
+    """Created before this time (µs)."""
+    ended_after: int | None = None
+    """Ended at or after this time (µs); jobs not ended do not match."""
+    ended_before: int | None = None
+    """Ended before this time (µs); jobs not ended do not match."""
+    text: str = ""
+    """A substring (any case) of the id, kind, a label key or value, or the
+    error message."""
+    params: tuple[tuple[tuple[str, ...], str], ...] = ()
+    """(path into params, the value as compact JSON) pairs that must be equal."""
 
     def matches(self, job: Job) -> bool:
         """Whether ``job`` passes this filter (used on live changes)."""
@@ -318,7 +340,55 @@ class JobFilter:
             and (not self.kinds or job.kind in self.kinds)
             and (not self.queues or job.queue in self.queues)
             and all(job.labels.get(k) == v for k, v in self.labels)
+            and _within(job.create_time, self.created_after, self.created_before)
+            and (
+                (self.ended_after is None and self.ended_before is None)
+                or _within(job.end_time, self.ended_after, self.ended_before)
+            )
+            and (not self.text or self.text.lower() in _searchable(job))
+            and all(_param_json(job.params, path) == value for path, value in self.params)
         )
+
+
+def _within(at: int | None, after: int | None, before: int | None) -> bool:
+    return at is not None and (after is None or at >= after) and (before is None or at < before)
+
+
+def _searchable(job: Job) -> str:
+    """What ``JobFilter.text`` searches, lowercased (the store searches the
+    same columns: id, kind, labels as JSON, error as JSON)."""
+    labels = json.dumps(job.labels, separators=(",", ":"), ensure_ascii=False)
+    error = job.error.message if job.error is not None else ""
+    return f"{job.id}\n{job.kind}\n{labels}\n{error}".lower()
+
+
+def _param_json(params: JSON, path: tuple[str, ...]) -> str | None:
+    """The value at ``path`` in ``params`` as compact JSON; None if absent."""
+    value: Any = params
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogSearch:
+    """Selects a job's log lines; empty fields match everything."""
+
+    levels: tuple[LogLevel, ...] = ()
+    """Only lines of these levels (``--level warn``: warning and error)."""
+    text: str = ""
+    """Only lines whose text holds this substring, in any case."""
+    since: int | None = None
+    """Only lines logged at or after this time (µs)."""
+    tail: int = 0
+    """Only the last this many of the lines selected (0: all)."""
+
+    @property
+    def empty(self) -> bool:
+        """Selects every line (the plain, faster read applies)."""
+        return not (self.levels or self.text or self.since is not None or self.tail)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -330,6 +400,45 @@ class JobChange:
     deleted: bool
     owner: str
     """The principal that owns (or owned) the job."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerSeen:
+    """What a server learnt of a worker from its polls."""
+
+    id: str
+    host: str
+    kinds: tuple[str, ...]
+    queues: tuple[str, ...]
+    concurrency: int
+    last_seen: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerInfo(WorkerSeen):
+    """A worker as ListWorkers shows it: its last sighting, and more."""
+
+    first_seen: int
+    running: int
+    """Jobs it holds a live lease on."""
+    live: bool
+    """Seen polling lately, or holding a live lease."""
+
+    def serves(self, kind: str, queue: str) -> bool:
+        """Whether it takes jobs of ``kind`` on ``queue``."""
+        return kind in self.kinds and queue in self.queues
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rescue:
+    """A job taken from a worker that stopped reporting (or died with its
+    server): queued again, or ended interrupted (no attempts left) or
+    cancelled (a cancel was pending)."""
+
+    job_id: str
+    worker_id: str
+    state: JobState
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from jobstream.client.context import MAX_CHECKPOINT_BYTES
+
 CLIENT_JOB_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 """Ids a client may choose (DESIGN.md). Server-made ids never match it."""
 
@@ -80,6 +82,12 @@ DEFAULT_JOB_PAGE = 50
 
 MAX_JOB_PAGE = 1_000
 """Largest ListJobs page."""
+
+DEFAULT_WORKER_PAGE = 100
+"""ListWorkers page size when none is given."""
+
+MAX_WORKER_PAGE = 1_000
+"""Largest ListWorkers page."""
 
 DEFAULT_EVENT_PAGE = 500
 """ListJobLogs / ListJobResults page size when none is given."""
@@ -180,6 +188,26 @@ DEFAULT_MAX_LOG_LINES_PER_JOB = 1_000_000
 the report that reaches it stores one "truncated" line, and later reports
 carrying log lines are refused (RESOURCE_EXHAUSTED)."""
 
+DEFAULT_MAX_CHECKPOINT_BYTES = MAX_CHECKPOINT_BYTES
+"""Bytes of a job's checkpoint as JSON (default of
+Limits.max_checkpoint_bytes; the client refuses larger ones itself)."""
+
+MAX_HOST_BYTES = 255
+"""Bytes of the host a worker names in AcquireJob."""
+
+MAX_CONCURRENCY = 100_000
+"""Largest concurrency a worker may state."""
+
+MAX_SEARCH_TEXT_BYTES = 1024
+"""Bytes of a search substring (JobFilter.text, ListJobLogs text)."""
+
+PARAM_PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}")
+"""A path into a job's params in a filter: plain names joined by dots (they
+are written into SQL JSON paths, so nothing else is allowed)."""
+
+MAX_PARAM_VALUE_BYTES = 1024
+"""Bytes of a params filter's value."""
+
 TRUNCATED_MARKER = " …[truncated]"
 """Appended to a log line cut to Limits.max_log_line_bytes (its event also
 says ``truncated``)."""
@@ -199,3 +227,4 @@ class Limits:
     max_log_lines_per_job: int = DEFAULT_MAX_LOG_LINES_PER_JOB
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     max_artifacts_per_job: int = DEFAULT_MAX_ARTIFACTS_PER_JOB
+    max_checkpoint_bytes: int = DEFAULT_MAX_CHECKPOINT_BYTES

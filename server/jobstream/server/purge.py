@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from jobstream.server.domain import JobFilter, now_us
 from jobstream.server.files import FileRoots, remove_job_files
 from jobstream.server.readers import Readers
+from jobstream.server.service import who
 from jobstream.server.store.deletion import Deletions
 from jobstream.server.writer import Writer
 
@@ -32,6 +33,9 @@ commits in milliseconds."""
 
 MIN_RETENTION_EVERY_S = 0.1
 """Floor of the retention interval, so a typo cannot make it spin."""
+
+RETENTION_ACTOR = "retention"
+"""Who the log lines of the retention's purges name."""
 
 MAX_LISTED = 1_000
 """Job ids and paths a purge reports back; the count is always complete."""
@@ -67,9 +71,12 @@ class Purges:
         self.sweep_wanted = sweep_wanted
         """Set when a batch left artifact chunks for the sweep."""
 
-    async def purge(self, flt: JobFilter, *, older_than_us: int, dry_run: bool) -> PurgeOutcome:
+    async def purge(
+        self, flt: JobFilter, *, older_than_us: int, dry_run: bool, actor: str = ""
+    ) -> PurgeOutcome:
         """Deletes the terminal jobs matching ``flt`` that ended at least
-        ``older_than_us`` ago; with ``dry_run`` only counts and lists them."""
+        ``older_than_us`` ago; with ``dry_run`` only counts and lists them.
+        Each batch logs the ids it deleted and ``actor``, who asked."""
         deletions = self.deletions
         cutoff = now_us() - older_than_us
         if dry_run:
@@ -86,6 +93,14 @@ class Purges:
             )
             if any(d.garbage for d in batch):
                 self.sweep_wanted.set()
+            if batch:
+                log.info(
+                    "purged %d jobs that ended over %gs ago (by %s): %s",
+                    len(batch),
+                    older_than_us / 1e6,
+                    who(actor),
+                    " ".join(d.job_id for d in batch),
+                )
             for deletion in batch:
                 removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
                 _extend(outcome.removed, removal.removed)
@@ -104,7 +119,9 @@ async def retention_loop(purges: Purges, *, keep_us: int, every_s: float) -> Non
     ``every_s`` seconds, forever."""
     while True:
         try:
-            outcome = await purges.purge(JobFilter(), older_than_us=keep_us, dry_run=False)
+            outcome = await purges.purge(
+                JobFilter(), older_than_us=keep_us, dry_run=False, actor=RETENTION_ACTOR
+            )
             if outcome.count:
                 log.info("retention: purged %d ended jobs", outcome.count)
         except Exception:

@@ -81,7 +81,8 @@ class WatcherQuota:
             raise ResourceExhausted(
                 f"{self.total} watch streams are open on this server, each reserving "
                 f"{self.reserve // 1024} KiB of the watch memory budget of "
-                f"{_size(self.memory_budget)} (--watch-memory-budget); try again later"
+                f"{_size(self.memory_budget)} (--watch-memory-budget); try again later",
+                metadata={"limit": str(self.memory_budget), "setting": "--watch-memory-budget"},
             )
         if self._by_principal[principal] >= self.max_per_principal:
             raise ResourceExhausted(

@@ -22,10 +22,13 @@ from jobstream.server.domain import (
     Job,
     JobFilter,
     Lease,
+    LogSearch,
     NewJob,
+    Outcome,
     Report,
     ReportAck,
     RequestKey,
+    Rescue,
     Stats,
     event_bytes,
     now_us,
@@ -163,15 +166,23 @@ class JobService:
         )
 
     async def delete(
-        self, job_id: str, *, force: bool, allow_missing: bool, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        force: bool,
+        allow_missing: bool,
+        owner: str | None = None,
+        actor: str = "",
     ) -> DeleteOutcome:
         """Deletes the rows, then (after the commit) the files; the chunks of
         its artifacts are left to the sweep, woken at once. With ``force`` a
         running job is first cancelled in a commit of its own, so its
         watchers receive the terminal event (and their streams end) before
-        the job is gone. With ``owner``, another principal's job is missing."""
+        the job is gone. With ``owner``, another principal's job is missing.
+        ``actor`` (the caller's name) goes into the log line."""
+        stopped = False
         if force:
-            await self.writer.run(
+            stopped = await self.writer.run(
                 lambda c: self.store.jobs.cancel_running(
                     c, job_id, FORCE_DELETE_REASON, now_us(), owner=owner
                 )
@@ -186,6 +197,14 @@ class JobService:
         if deletion.garbage:
             self.sweep_wanted.set()
         removal = await remove_job_files(self.roots, deletion.job_id, deletion.files)
+        log.info(
+            "deleted job %s (by %s%s; %d paths removed, %d refused)",
+            job_id,
+            who(actor),
+            ", with force: it was running and was cancelled" if stopped else "",
+            len(removal.removed),
+            len(removal.refused),
+        )
         return DeleteOutcome(deleted=True, removal=removal)
 
     async def retry(
@@ -239,16 +258,19 @@ class JobService:
         page_size: int,
         *,
         owner: str | None = None,
+        search: LogSearch | None = None,
     ) -> list[Event]:
         """A page of one kind of event (log lines, results); NotFound for an
         unknown job (or, with ``owner``, another principal's) rather than an
-        empty page."""
+        empty page. Log lines may be narrowed by ``search``."""
         reads = self.store.reads
 
         def page() -> list[Event]:
             if owner is not None and not reads.job_exists(job_id, owner):
                 raise not_found(job_id)
-            if kind is EventKind.RESULT_ITEM:
+            if search is not None and not search.empty:
+                events = reads.search_logs(job_id, search, after_seq=after_seq, limit=page_size)
+            elif kind is EventKind.RESULT_ITEM:
                 # Results are read from their keyed table: each key once, at
                 # its latest version (see store/results.py).
                 events = self.store.reads.read_results(job_id, after_seq=after_seq, limit=page_size)
@@ -438,18 +460,20 @@ class JobService:
         wait_s: float,
         lease_us: int | None,
     ) -> Lease | None:
-        """Leases a job, waiting up to ``wait_s`` for one."""
+        """Leases a job, waiting up to ``wait_s`` for one; none once the
+        server is shutting down."""
         lease = min(lease_us or self.lease_us, self.max_lease_us)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while True:
+        while not self.broker.draining:
             with self.broker.acquirable(queues, kinds) as wake:
                 got = await self._acquire_once(worker_id, kinds, queues, lease)
                 remaining = deadline - loop.time()
-                if got is not None or remaining <= 0 or self.broker.closed:
+                if got is not None or remaining <= 0 or self.broker.draining:
                     return got
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), min(remaining, ACQUIRE_RECHECK_S))
+        return None
 
     async def _acquire_once(
         self, worker_id: str, kinds: Sequence[str], queues: Sequence[str], lease_us: int
@@ -511,6 +535,7 @@ class JobService:
             job = await self.writer.run(
                 lambda c: self.store.jobs.finish(c, job_id, lease_id, finish, now_us())
             )
+            _log_release(job, finish)
             return job, None
         spec = acquire_next
         lease_us = min(spec.lease_us or self.lease_us, self.max_lease_us)
@@ -518,6 +543,8 @@ class JobService:
         def finish_then_acquire(effects: Effects) -> tuple[Job, Lease | None]:
             now = now_us()
             job = self.store.jobs.finish(effects, job_id, lease_id, finish, now)
+            if self.broker.draining:
+                return job, None  # shutting down: no new leases
             lease = self.store.jobs.acquire(
                 effects,
                 worker_id=spec.worker_id,
@@ -528,15 +555,30 @@ class JobService:
             )
             return job, lease
 
-        return await self._leasing(finish_then_acquire, lambda done: done[1])
+        done = await self._leasing(finish_then_acquire, lambda done: done[1])
+        _log_release(done[0], finish)
+        return done
 
-    async def expire_leases(self, *, limit: int = 500, worker_prefix: str | None = None) -> int:
+    async def expire_leases(
+        self, *, limit: int = 500, worker_prefix: str | None = None
+    ) -> list[Rescue]:
         """Rescues jobs from dead workers; see Lifecycle.expire_leases."""
         return await self.writer.run(
             lambda c: self.store.jobs.expire_leases(
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def who(actor: str) -> str:
+    """A caller as log lines name it (the anonymous single user has no name)."""
+    return actor or "anonymous"
+
+
+def _log_release(job: Job, finish: Finish) -> None:
+    """The INFO line of a job its stopping worker gave back."""
+    if finish.outcome is Outcome.RELEASED and not job.state.terminal:
+        log.info("released job %s: its worker %s stopped before it finished", job.id, job.worker_id)
 
 
 def _next_page(events: Sequence[Event], page: int) -> int:

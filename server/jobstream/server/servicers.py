@@ -12,20 +12,23 @@ from google.protobuf.message import Message
 from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
-from jobstream.server.domain import EventKind
+from jobstream.server.domain import EventKind, LogSearch, NewJob, WorkerInfo
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
     DEFAULT_EVENT_PAGE,
     DEFAULT_JOB_PAGE,
+    DEFAULT_WORKER_PAGE,
     EVENT_MESSAGE_CACHE_BYTES,
     MAX_ARTIFACT_CHUNK_BYTES,
     MAX_ARTIFACT_PAGE,
     MAX_EVENT_PAGE,
     MAX_JOB_PAGE,
     MAX_RESPONSE_BYTES,
+    MAX_WORKER_PAGE,
     WATCH_BATCH_BYTES,
     Limits,
 )
+from jobstream.server.presence import Presence
 from jobstream.server.purge import Purges
 from jobstream.server.quotas import (
     DEFAULT_MAX_WATCHERS,
@@ -78,11 +81,16 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         purges: Purges,
         limits: Limits,
         page_tokens: PageTokens,
+        presence: Presence,
         quota: WatcherQuota | None = None,
+        refuse_unserved: bool = False,
     ) -> None:
         self.service = service
         self.page_tokens = page_tokens
         self.limits = limits
+        self.presence = presence
+        self.refuse_unserved = refuse_unserved
+        """Submits of a kind no live worker serves are FAILED_PRECONDITION."""
         self.artifacts = artifacts
         self.purges = purges
         self.quota = quota or WatcherQuota(DEFAULT_MAX_WATCHERS, DEFAULT_MAX_WATCHERS_PER_PRINCIPAL)
@@ -96,6 +104,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         spec = validation.new_job(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
+        await self._check_served([spec])
         [(job, created)] = await self.service.submit([spec])
         return js.SubmitJobResponse(job=convert.job(job), created=created)
 
@@ -107,10 +116,38 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         specs = validation.new_jobs(
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
+        await self._check_served(specs)
         results = await self.service.submit(specs, batch=True)
         return js.SubmitJobsResponse(
             responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
         )
+
+    async def _check_served(self, specs: Sequence[NewJob]) -> None:
+        """With --refuse-unserved, FAILED_PRECONDITION naming the first kind
+        no live worker serves on its queue."""
+        if self.refuse_unserved:
+            for spec in specs:
+                await self.presence.require_served(spec.kind, spec.queue)
+
+    @unary
+    async def ListWorkers(
+        self, request: js.ListWorkersRequest, context: Context
+    ) -> js.ListWorkersResponse:
+        workers, token = await self._paged(
+            request,
+            default=DEFAULT_WORKER_PAGE,
+            maximum=MAX_WORKER_PAGE,
+            read=self._workers_after,
+            message=convert.worker,
+            cursor=lambda worker: worker.id,
+        )
+        return js.ListWorkersResponse(workers=workers, next_page_token=token)
+
+    async def _workers_after(self, after: Any, limit: int) -> list[WorkerInfo]:
+        """Up to ``limit`` workers by id, after the id ``after`` (None: from
+        the first)."""
+        workers = await self.presence.workers()
+        return [w for w in workers if after is None or w.id > str(after)][:limit]
 
     @unary
     async def GetJob(self, request: js.GetJobRequest, context: Context) -> js.GetJobResponse:
@@ -237,6 +274,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             force=request.force,
             allow_missing=request.allow_missing,
             owner=current_principal().owner_filter,
+            actor=current_principal().name,
         )
         return js.DeleteJobResponse(
             deleted=outcome.deleted,
@@ -248,7 +286,10 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
     async def ListJobLogs(
         self, request: js.ListJobLogsRequest, context: Context
     ) -> js.ListJobLogsResponse:
-        events, token = await self._events(request, EventKind.LOG)
+        size = fields.page_size(request.page_size, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)
+        search = validation.log_search(request, size)
+        # With a tail the lines come in one page (tail <= page size).
+        events, token = await self._events(request, EventKind.LOG, search)
         return js.ListJobLogsResponse(events=events, next_page_token=token)
 
     @unary
@@ -262,6 +303,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         self,
         request: js.ListJobLogsRequest | js.ListJobResultsRequest,
         kind: EventKind,
+        search: LogSearch | None = None,
     ) -> tuple[list[Any], str]:
         job_id = fields.job_id(request.job_id)
         owner = current_principal().owner_filter
@@ -270,7 +312,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             default=DEFAULT_EVENT_PAGE,
             maximum=MAX_EVENT_PAGE,
             read=lambda after, limit: self.service.events_page(
-                job_id, kind, after or 0, limit, owner=owner
+                job_id, kind, after or 0, limit, owner=owner, search=search
             ),
             message=convert.event,
             cursor=lambda event: event.seq,
@@ -307,7 +349,9 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         # (deleting what is left is what the first would have done).
         if key is not None and (first := await self.service.first_answer(key)) is not None:
             return js.PurgeJobsResponse.FromString(first)
-        outcome = await self.purges.purge(flt, older_than_us=older_than_us, dry_run=request.dry_run)
+        outcome = await self.purges.purge(
+            flt, older_than_us=older_than_us, dry_run=request.dry_run, actor=principal.name
+        )
         response = js.PurgeJobsResponse(
             purged_count=outcome.count,
             job_ids=outcome.job_ids,
@@ -367,23 +411,27 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
 class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     """WorkerService over gRPC."""
 
-    def __init__(self, service: JobService, *, artifacts: Artifacts, limits: Limits) -> None:
+    def __init__(
+        self, service: JobService, *, artifacts: Artifacts, limits: Limits, presence: Presence
+    ) -> None:
         self.service = service
         self.artifacts = artifacts
         self.limits = limits
+        self.presence = presence
 
     @unary
     async def AcquireJob(
         self, request: ws.AcquireJobRequest, context: Context
     ) -> ws.AcquireJobResponse:
         spec = validation.acquire(request)
-        lease = await self.service.acquire(
-            worker_id=spec.worker_id,
-            kinds=spec.kinds,
-            queues=spec.queues,
-            wait_s=spec.wait_s,
-            lease_us=spec.lease_us,
-        )
+        with self.presence.polling(spec):
+            lease = await self.service.acquire(
+                worker_id=spec.worker_id,
+                kinds=spec.kinds,
+                queues=spec.queues,
+                wait_s=spec.wait_s,
+                lease_us=spec.lease_us,
+            )
         if lease is None:
             return ws.AcquireJobResponse()
         return ws.AcquireJobResponse(**convert.lease_fields(lease))
@@ -407,11 +455,14 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     async def FinishJob(
         self, request: ws.FinishJobRequest, context: Context
     ) -> ws.FinishJobResponse:
+        acquire_next = validation.acquire_next(request)
+        if acquire_next is not None:
+            self.presence.seen(acquire_next)
         job, lease = await self.service.finish(
             fields.job_id(request.job_id),
             fields.lease_id(request.lease_id),
             validation.finish(request, self.limits),
-            acquire_next=validation.acquire_next(request),
+            acquire_next=acquire_next,
         )
         response = ws.FinishJobResponse(job=convert.job(job))
         if request.HasField("acquire_next"):

@@ -5,8 +5,11 @@ unchecked. The single fields are checked by fields.py."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from jobstream.server import fields
 from jobstream.server.domain import (
@@ -17,6 +20,7 @@ from jobstream.server.domain import (
     JobFilter,
     LogLevel,
     LogLine,
+    LogSearch,
     NewJob,
     Progress,
     Report,
@@ -34,9 +38,12 @@ from jobstream.server.limits import (
     MAX_ATTEMPTS,
     MAX_BATCH_SUBMIT,
     MAX_BATCH_SUBMIT_BYTES,
+    MAX_CONCURRENCY,
     MAX_CONTENT_TYPE_BYTES,
     MAX_FILTER_VALUES,
+    MAX_HOST_BYTES,
     MAX_LEASE_REQUEST_S,
+    MAX_PARAM_VALUE_BYTES,
     MAX_PATH_BYTES,
     MAX_PRIORITY,
     MAX_PURGE_AGE_S,
@@ -44,9 +51,11 @@ from jobstream.server.limits import (
     MAX_REQUEST_ID_BYTES,
     MAX_RESULT_BYTES,
     MAX_RESULT_KEY_BYTES,
+    MAX_SEARCH_TEXT_BYTES,
     MAX_STATS_WINDOW_S,
     MAX_WAIT_S,
     MIN_LEASE_S,
+    PARAM_PATH,
     QUEUE,
     WORKER_ID,
     Limits,
@@ -150,6 +159,55 @@ def job_filter(flt: job_pb2.JobFilter, limits: Limits) -> JobFilter:
         kinds=fields.names(flt.kinds, KIND, "filter.kinds", MAX_FILTER_VALUES),
         labels=tuple(sorted(fields.labels(flt.labels, "filter.labels", limits).items())),
         queues=fields.names(flt.queues, QUEUE, "filter.queues", MAX_FILTER_VALUES),
+        created_after=_time(flt, "create_time_after"),
+        created_before=_time(flt, "create_time_before"),
+        ended_after=_time(flt, "end_time_after"),
+        ended_before=_time(flt, "end_time_before"),
+        text=fields.text(flt.text, "filter.text", MAX_SEARCH_TEXT_BYTES),
+        params=_param_filters(flt.params),
+    )
+
+
+def _time(msg: Any, name: str) -> int | None:
+    """An optional Timestamp field of ``msg`` in microseconds."""
+    return fields.timestamp_us(getattr(msg, name), f"filter.{name}") if msg.HasField(name) else None
+
+
+def _param_filters(params: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """JobFilter.params: (path, value as compact JSON) pairs. A value that
+    is not JSON is the string it spells ("eu")."""
+    fields.count(params, "filter.params", MAX_FILTER_VALUES)
+    pairs = []
+    for key, raw in sorted(params.items()):
+        name = f"filter.params[{key!r}]"
+        fields.pattern(key, PARAM_PATH, name)
+        fields.text(raw, name, MAX_PARAM_VALUE_BYTES)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        pairs.append(
+            (tuple(key.split(".")), json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        )
+    return tuple(pairs)
+
+
+def log_search(req: job_service_pb2.ListJobLogsRequest, page_size: int) -> LogSearch:
+    """ListJobLogs' filters."""
+    levels: tuple[LogLevel, ...] = ()
+    if req.min_level:
+        least = fields.enum_value(req.min_level, LOG_LEVELS, "min_level")
+        order = list(LogLevel)
+        levels = tuple(order[order.index(least) :])
+    if not 0 <= req.tail <= page_size:
+        raise InvalidArgument(f"{req.tail} is outside 0..{page_size} (the page size)", field="tail")
+    return LogSearch(
+        levels=levels,
+        text=fields.text(req.text, "text", MAX_SEARCH_TEXT_BYTES),
+        since=fields.timestamp_us(req.since_time, "since_time")
+        if req.HasField("since_time")
+        else None,
+        tail=req.tail,
     )
 
 
@@ -232,6 +290,13 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         fields.required(fields.text(f, f"server_paths[{i}]", MAX_PATH_BYTES), f"server_paths[{i}]")
         for i, f in enumerate(req.server_paths)
     )
+    checkpoint = (
+        fields.json_value(
+            req.checkpoint, "checkpoint", limits.max_checkpoint_bytes, limits.max_json_depth
+        )
+        if req.HasField("checkpoint")
+        else None
+    )
     return Report(
         progress=progress,
         logs=logs,
@@ -239,6 +304,7 @@ def report(req: worker_service_pb2.ReportJobRequest, limits: Limits) -> Report:
         results=results,
         files=files,
         report_seq=fields.seq(req.report_seq, "report_seq"),
+        checkpoint=checkpoint,
     )
 
 
@@ -282,8 +348,14 @@ def acquire(req: worker_service_pb2.AcquireJobRequest) -> Acquire:
     worker_id = fields.pattern(req.worker_id, WORKER_ID, "worker_id")
     if not req.kinds:
         raise InvalidArgument("name at least one kind", field="kinds")
+    if not 0 <= req.concurrency <= MAX_CONCURRENCY:
+        raise InvalidArgument(
+            f"{req.concurrency} is outside 0..{MAX_CONCURRENCY}", field="concurrency"
+        )
     return Acquire(
         worker_id=worker_id,
+        host=fields.text(req.host, "host", MAX_HOST_BYTES),
+        concurrency=req.concurrency,
         kinds=fields.names(req.kinds, KIND, "kinds", MAX_ACQUIRE_NAMES),
         queues=fields.names(req.queues, QUEUE, "queues", MAX_ACQUIRE_NAMES) or ("default",),
         wait_s=fields.duration_us(req.wait, "wait", 0, MAX_WAIT_S) / 1e6,

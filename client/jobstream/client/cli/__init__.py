@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from jobstream.client.cli.commands import COMMANDS
             from jobstream.client.cli.ops import OPS_COMMANDS
+            from jobstream.client.cli.presence import cmd_workers
             from jobstream.client.cli.remove import cmd_rm
             from jobstream.client.cli.top import cmd_top
         except ModuleNotFoundError as exc:
@@ -126,7 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(CLI_EXTRA_MESSAGE, file=sys.stderr)
             return EXIT_USAGE
-        commands = {**COMMANDS, **OPS_COMMANDS, "rm": cmd_rm, "top": cmd_top}
+        commands = {
+            **COMMANDS,
+            **OPS_COMMANDS,
+            "rm": cmd_rm,
+            "top": cmd_top,
+            "workers": cmd_workers,
+        }
         return commands[args.command](args)
     except (JobstreamError, CommandError) as exc:
         _report(exc, args)

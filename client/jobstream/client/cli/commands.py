@@ -15,6 +15,7 @@ from typing import Any
 
 from jobstream.client.cli.exits import EXIT_OK, EXIT_USAGE, exit_code_for
 from jobstream.client.cli.output import Output, connect
+from jobstream.client.cli.presence import unserved, warn_at_submit
 from jobstream.client.cli.render import (
     format_count,
     job_detail,
@@ -28,6 +29,7 @@ from jobstream.client.cli.watchview import only_events, watch_live
 from jobstream.client.client import JobClient
 from jobstream.client.errors import JobstreamError
 from jobstream.client.models import Job, JobEvent, JobState
+from jobstream.client.operations import DEFAULT_EVENT_PAGE_SIZE
 
 __all__ = ["COMMANDS"]
 
@@ -55,6 +57,9 @@ def _watch(client: JobClient, job_id: str, after_seq: int, out: Output) -> int:
             print(f"error: the watch of {job_id!r} sent no snapshot", file=sys.stderr)
             return EXIT_USAGE
         state = snapshot.state
+        note = None if out.json else unserved(client, snapshot)
+        if note is not None:
+            out.line(styled(f"note: {note}; the job waits until one does", "yellow"))
         if out.json:
             out.json_out({"snapshot": snapshot}, indent=None)
             for item in stream:
@@ -100,6 +105,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             schedule_time=args.not_before or getattr(args, "in"),
             request_id=args.request_id or None,
         )
+        warn_at_submit(client, job)
         if args.watch:
             # --json --watch prints the watch stream alone: its snapshot
             # line is the submitted job, so nothing is said twice.
@@ -128,7 +134,10 @@ beyond that (a huge table) it only says that more match."""
 def _more_count(args: argparse.Namespace, shown: int) -> int | None:
     """How many jobs match beyond the ``shown`` ones, from GetStats' counts by
     state over the same filter (its window at the minimum, so it does no
-    more than count); None when that is not cheap or not allowed."""
+    more than count); None when that is not cheap or not allowed, or when
+    the listing's filter is one GetStats does not take (times, text, params)."""
+    if args.since or args.until or args.ended_since or args.grep or args.param:
+        return None
     try:
         with connect(args, timeout=MORE_COUNT_TIMEOUT) as client:
             stats = client.stats(
@@ -160,6 +169,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
             labels=dict(args.label or []),
             queues=tuple(args.queue or ()),
             page_size=min(limit + 1, MAX_PAGE_SIZE),
+            created_after=args.since,
+            created_before=args.until,
+            ended_after=args.ended_since,
+            text=args.grep,
+            params=dict(args.param or []),
         )
         jobs = list(islice(found, limit + 1))
         _close(found)
@@ -184,10 +198,11 @@ def cmd_get(args: argparse.Namespace) -> int:
     out = Output.from_args(args)
     with connect(args) as client:
         job = client.get(args.job_id)
+        note = None if out.json else unserved(client, job)
     if out.json:
         out.json_out(job)
     else:
-        out.console.print(job_detail(job))
+        out.console.print(job_detail(job, note))
     return EXIT_OK
 
 
@@ -205,9 +220,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         if not args.follow:
-            for event in client.logs(args.job_id):
+            for event in client.logs(
+                args.job_id,
+                level=args.level,
+                text=args.grep,
+                since=args.since,
+                tail=args.tail or 0,
+                page_size=max(args.tail or 0, DEFAULT_EVENT_PAGE_SIZE),
+            ):
                 show(event)
             return EXIT_OK
+        if args.level or args.grep or args.since or args.tail:
+            print("error: --follow shows every line; give it without filters", file=sys.stderr)
+            return EXIT_USAGE
         # A watch from seq 0 replays every stored event and then the live
         # ones, so each line shows exactly once with no stitching of a
         # ListJobLogs listing onto a watch.

@@ -158,7 +158,7 @@ def _add_process_commands(commands: _Commands) -> None:
     # entry catches `jobstream --json db check`.
     commands.passthrough(
         "db",
-        "database maintenance: migrate, check, backup FILE, vacuum "
+        "database maintenance: migrate, check, backup FILE, restore FILE, vacuum "
         "(needs the [server] extra; `jobstream db --help`)",
         "db_argv",
     )
@@ -275,6 +275,25 @@ def _add_job_commands(commands: _Commands) -> None:
     logs = commands.add("logs", "print a job's log lines")
     logs.parser.add_argument("job_id", metavar="ID")
     logs.add("-f", "--follow", help="keep printing new lines until the job ends", kind="flag")
+    logs.add(
+        "--level",
+        help="only lines of this level or worse: debug, info, warn, error",
+        convert=values.log_level,
+        metavar="LEVEL",
+    )
+    logs.add("--grep", help="only lines holding TEXT, in any case", default="", metavar="TEXT")
+    logs.add(
+        "--since",
+        help="only lines logged since a duration ago (10m) or an ISO 8601 time",
+        convert=values.since,
+        metavar="WHEN",
+    )
+    logs.add(
+        "--tail",
+        help="only the last N lines (of those selected; at most 5000)",
+        convert=values.positive_int,
+        metavar="N",
+    )
 
     cancel = commands.add("cancel", "cancel a job")
     cancel.parser.add_argument("job_id", metavar="ID")
@@ -301,6 +320,38 @@ def _add_list_commands(commands: _Commands) -> None:
     """ls and top: the jobs that match a filter."""
     ls = commands.add("ls", "list jobs, newest first")
     _add_filter(ls)
+    ls.add(
+        "--since",
+        help="only jobs created since a duration ago (1d) or an ISO 8601 time",
+        convert=values.since,
+        metavar="WHEN",
+    )
+    ls.add(
+        "--until",
+        help="only jobs created before a duration ago or an ISO 8601 time",
+        convert=values.since,
+        metavar="WHEN",
+    )
+    ls.add(
+        "--ended-since",
+        help="only jobs that ended since a duration ago or an ISO 8601 time",
+        convert=values.since,
+        metavar="WHEN",
+    )
+    ls.add(
+        "--grep",
+        help="only jobs whose id, kind, labels or error hold TEXT, in any case",
+        default="",
+        metavar="TEXT",
+    )
+    ls.add(
+        "--param",
+        help="only jobs whose params member K (a.b for nested) equals V, V read as JSON "
+        "when it is (repeatable)",
+        kind="list",
+        convert=values.param,
+        metavar="K=V",
+    )
     ls.add(
         "--limit",
         help="show at most N jobs",
@@ -389,6 +440,11 @@ def _add_ops_commands(commands: _Commands) -> None:
         metavar="DURATION",
     )
     _add_filter(stats)
+
+    commands.add(
+        "workers",
+        "the workers seen in the last hour: kinds, queues, jobs held, last seen, live",
+    )
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:

@@ -351,8 +351,9 @@ def _pairs(mapping: Mapping[str, str]) -> Text:
     return safe_text(", ".join(f"{key}={value}" for key, value in sorted(mapping.items())))
 
 
-def job_detail(job: Job) -> Group:
-    """The ``get`` view: fields, progress, counters, steps, error and result."""
+def job_detail(job: Job, note: str | None = None) -> Group:
+    """The ``get`` view: fields, progress, counters, steps, error and result;
+    ``note`` (e.g. that no live worker serves its kind) under the state."""
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
@@ -363,6 +364,8 @@ def job_detail(job: Job) -> Group:
     row("id", safe_text(job.id))
     row("kind", safe_text(job.kind))
     row("state", state_text(job.state, cancel_requested=job.cancel_requested))
+    if note:
+        row("note", safe_text(note, "yellow"))
     row("attempt", _attempts(job))
     row("queue", safe_text(job.queue))
     row("priority", str(job.priority))
@@ -388,6 +391,10 @@ def job_detail(job: Job) -> Group:
         row("ran" if job.state.terminal else "running for", format_duration(ran))
     row("last seq", str(job.last_seq))
     row("progress", progress_line(job.progress, job.state))
+    if job.checkpoint is not None:
+        row("checkpoint", _json_block(job.checkpoint))
+    if job.server_paths:
+        row("files", safe_text("\n".join(job.server_paths), multiline=True))
     counters = job.counters
     row(
         "items",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -29,6 +30,7 @@ from rich.live import Live
 
 from jobstream.client.cli.exits import EXIT_OK
 from jobstream.client.cli.output import Output
+from jobstream.client.cli.presence import read_workers
 from jobstream.client.cli.render import safe_text, styled
 from jobstream.client.cli.topview import TopView
 from jobstream.client.cli.watchview import WatchScreen
@@ -63,6 +65,9 @@ BACK_KEYS = frozenset({"escape", *QUIT_KEYS})
 
 BACK_HINT = "esc/q back to the list"
 """What the keys do in a job's view."""
+
+WORKERS_EVERY_S = 5.0
+"""How often top re-reads the workers (the servers record them every 5 s)."""
 
 T = TypeVar("T")
 
@@ -177,6 +182,21 @@ def _interactive(
                 live.refresh()
 
 
+def _follow_workers(client: JobClient, view: TopView) -> None:
+    """Re-reads the workers every WORKERS_EVERY_S seconds on a daemon thread
+    (it ends with the process; a failed read leaves the notes out)."""
+
+    def run() -> None:
+        while True:
+            try:
+                view.set_workers(read_workers(client))
+            except Exception:  # the channel closed as top ended
+                return
+            time.sleep(WORKERS_EVERY_S)
+
+    threading.Thread(target=run, name="jobstream-top-workers", daemon=True).start()
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     """``jobstream top``: the live table until ``q`` or Ctrl-C (see the module docstring)."""
     out = Output.from_args(args)
@@ -190,6 +210,7 @@ def cmd_top(args: argparse.Namespace) -> int:
                         out.json_out(change, indent=None)
                     return EXIT_OK
                 view = TopView(args.target, out.console)
+                view.set_workers(read_workers(client))
                 for change in changes:
                     view.apply(change)
                     if change.caught_up:
@@ -204,6 +225,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         selecting = sys.stdin.isatty()
         view = TopView(args.target, out.console, selecting=selecting)
         pump = _Pump(changes, view.apply, "jobstream-top")
+        _follow_workers(client, view)
         try:
             with Live(
                 view,

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobstream.client.cli.render import fraction_of, safe_text, state_text, styled
-from jobstream.client.models import Job, JobChange, JobState
+from jobstream.client.models import Job, JobChange, JobState, WorkerInfo, unserved_note
 
 __all__ = ["KEYS_HINT", "TopView"]
 
@@ -85,6 +85,14 @@ class TopView:
         self.selected: str | None = None
         """The id of the selected job (it stays selected as rows move)."""
         self._selected_index = 0
+        self.workers: list[WorkerInfo] | None = None
+        """The workers last read (None: unknown), for the note on queued
+        jobs no live worker serves."""
+
+    def set_workers(self, workers: list[WorkerInfo] | None) -> None:
+        """The workers as last read."""
+        with self._lock:
+            self.workers = workers
 
     def apply(self, change: JobChange) -> None:
         """Fold one change into the view."""
@@ -144,6 +152,7 @@ class TopView:
             jobs = self._ordered()
             caught_up = self.caught_up
             index = self._selected_index
+            workers = self.workers
         counts: dict[JobState, int] = {}
         for job in jobs:
             counts[job.state] = counts.get(job.state, 0) + 1
@@ -171,6 +180,7 @@ class TopView:
             # Full width on a terminal; a pipe gets no padding to 200 columns.
             expand=self.console.is_terminal,
             selected=selected,
+            workers=workers,
         )
         parts: list[RenderableType] = [title, table]
         hidden = len(jobs) - len(shown)
@@ -191,8 +201,12 @@ def _progress_cell(job: Job) -> RenderableType:
     return grid
 
 
-def _detail_cell(job: Job) -> Text:
-    """Phase and message, or the error of a failed job."""
+def _detail_cell(job: Job, workers: list[WorkerInfo] | None = None) -> Text:
+    """Phase and message, the error of a failed job, or the note on a
+    queued job no live worker serves."""
+    note = unserved_note(job, workers) if workers is not None else None
+    if note is not None:
+        return safe_text(note, "yellow")
     if job.error is not None and job.state.terminal:
         text = safe_text(job.error.code, "red")
         if job.error.message:
@@ -230,6 +244,7 @@ def _table(
     *,
     expand: bool,
     selected: int | None = None,
+    workers: list[WorkerInfo] | None = None,
 ) -> Table:
     rows = []
     for job in jobs:
@@ -255,5 +270,7 @@ def _table(
     table = _base_table(expand=expand)
     table.add_column("PHASE / MESSAGE", no_wrap=True, overflow="ellipsis", ratio=1, max_width=room)
     for index, (cells, job) in enumerate(zip(rows, jobs, strict=False)):
-        table.add_row(*cells, _detail_cell(job), style="reverse" if index == selected else None)
+        table.add_row(
+            *cells, _detail_cell(job, workers), style="reverse" if index == selected else None
+        )
     return table

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobstream.client.models import JobState, ResultStatus
+from jobstream.client.models import JobState, LogLevel, ResultStatus
 from jobstream.client.settings import parse_timedelta
 
 __all__ = [
@@ -125,12 +125,16 @@ def timestamp(text: str) -> datetime:
     duration (``+10m``) from now."""
     if text.strip().startswith("+"):
         return delay(text.strip()[1:])
+    return _iso_time(text, "an ISO 8601 time or +DURATION (e.g. +10m)")
+
+
+def _iso_time(text: str, expected: str) -> datetime:
+    """An ISO 8601 time, UTC unless it says otherwise; ``expected`` words
+    the refusal."""
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an ISO 8601 time or +DURATION (e.g. +10m), got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -145,3 +149,23 @@ def duration(text: str) -> timedelta:
 def delay(text: str) -> datetime:
     """A time ``text`` (a duration, see :func:`duration`) from now."""
     return datetime.now(UTC) + duration(text)
+
+
+def since(text: str) -> datetime:
+    """A point in the past: a duration ago (``10m``, ``1d``) or an ISO 8601
+    time (UTC unless it says otherwise)."""
+    try:
+        return datetime.now(UTC) - parse_timedelta(text)
+    except ValueError:
+        return _iso_time(text, "a duration ago (10m, 1d) or an ISO 8601 time")
+
+
+def log_level(text: str) -> LogLevel:
+    """A log level: debug, info, warning (or warn), error."""
+    name = text.strip().lower()
+    name = {"warn": "warning", "err": "error"}.get(name, name)
+    try:
+        return LogLevel(name)
+    except ValueError:
+        valid = ", ".join(level.value for level in LogLevel)
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (one of: {valid})") from None

@@ -9,8 +9,8 @@ PostgreSQL, split by concept:
   :mod:`.artifacts` (artifact storage);
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
   job-change log; :mod:`.answers` keeps idempotent calls' first answers;
-  :mod:`.secrets` holds what the servers of one database share;
-  :mod:`.reads` and :mod:`.stats` only read.
+  :mod:`.secrets` holds what the servers of one database share; :mod:`.workers`
+  the workers seen polling; :mod:`.reads` and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -37,6 +37,7 @@ from jobstream.server.store.results import Results
 from jobstream.server.store.secrets import Secrets
 from jobstream.server.store.sql import Statements
 from jobstream.server.store.stats import Statistics
+from jobstream.server.store.workers import WorkerRegistry
 
 __all__ = ["NO_LEASE", "RetryPolicy", "Store"]
 
@@ -74,6 +75,8 @@ class Store:
         """The job-change log."""
         self.stats = Statistics(db)
         """Counts and timings."""
+        self.workers = WorkerRegistry(db)
+        """The workers seen polling."""
         self.answers = Answers(db)
         """First answers of RetryJob and PurgeJobs calls with a request_id."""
         self.secrets = Secrets(db)

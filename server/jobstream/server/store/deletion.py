@@ -108,6 +108,6 @@ class Deletions:
     def _purgeable(self, query: Any, flt: JobFilter, ended_before: int) -> Any:
         states = [s for s in flt.states if s.terminal] if flt.states else TERMINAL_STATES
         scoped = dataclasses.replace(flt, states=())
-        return filtered(query, scoped).where(
+        return filtered(query, scoped, self.dialect).where(
             JobRow.state.in_([s.value for s in states]) & (JobRow.end_time <= ended_before)
         )

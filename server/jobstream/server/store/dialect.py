@@ -68,6 +68,21 @@ class Dialect:
         """A text column holding JSON, as a JSON value (not a string)."""
         return f"json({column})" if self.sqlite else f"{column}::json"
 
+    def json_member(self, column: str, path: tuple[str, ...]) -> str:
+        """The member at ``path`` of a text column holding a JSON object, as
+        compact JSON text (a string quoted, a number or boolean bare), NULL
+        when absent. The path's keys must be plain names (validation.py)."""
+        if self.sqlite:
+            return f"""("{column}" -> '$.{".".join(path)}')"""
+        return f"""(("{column}"::jsonb #> '{{{",".join(path)}}}')::text)"""
+
+    def json_text(self, column: str, key: str) -> str:
+        """The string member ``key`` of a text column holding a JSON object,
+        as SQL text. ``key`` must be a plain name."""
+        if self.sqlite:
+            return f"""json_extract("{column}", '$.{key}')"""
+        return f"""("{column}"::json ->> '{key}')"""
+
     def json_rows(self, row: str, page: str, order: str) -> str:
         """One JSON text holding ``row`` for each row of the query ``page``
         (NULL when there are none). SQLite's json_group_array does not

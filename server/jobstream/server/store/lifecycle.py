@@ -25,6 +25,7 @@ from jobstream.server.domain import (
     Lease,
     NewJob,
     Outcome,
+    Rescue,
     StepState,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition
@@ -332,9 +333,10 @@ class Lifecycle:
 
     def expire_leases(
         self, effects: Effects, now: int, *, limit: int, worker_prefix: str | None = None
-    ) -> int:
+    ) -> list[Rescue]:
         """Returns jobs whose lease ran out (or, with ``worker_prefix``, that
-        dead in-process workers held) to the queue, or ends them."""
+        dead in-process workers held) to the queue, or ends them; says what
+        it did with each."""
         cond = JobRow.state == JobState.RUNNING.value
         if worker_prefix is None:
             cond &= JobRow.lease_expire < now
@@ -345,25 +347,28 @@ class Lifecycle:
         query = JobRow.select().where(cond).limit(limit)
         if self.dialect.skip_locked:
             query = query.for_update(skip_locked=True)
-        rows = list(query)
-        for row in rows:
+        rescues: list[Rescue] = []
+        for row in query:
             reason = why.format(w=row.worker_id)
             if row.cancel_requested:
                 self._cancelled(effects, row, reason, now)
+                rescues.append(_rescue(row, JobState.CANCELLED, reason))
                 continue
             # Nobody will end the steps the vanished worker was running.
             cut = steps.end_running(row.id, StepState.INTERRUPTED, now, reason)
             if row.attempt < row.max_attempts:
                 delay = self.policy.backoff_us(row.attempt)
+                reason = f"{reason}; retrying in {delay / 1e6:g}s"
                 self.ledger.transition(
                     effects,
                     row,
                     JobState.QUEUED,
-                    f"{reason}; retrying in {delay / 1e6:g}s",
+                    reason,
                     now,
                     step_changes=cut,
                     not_before=now + delay,
                 )
+                rescues.append(_rescue(row, JobState.QUEUED, reason))
             else:
                 self.ledger.transition(
                     effects,
@@ -374,7 +379,8 @@ class Lifecycle:
                     error=ErrorInfo(code="lease_expired", message=reason),
                     step_changes=cut,
                 )
-        return len(rows)
+                rescues.append(_rescue(row, JobState.INTERRUPTED, reason))
+        return rescues
 
     def retry(
         self,
@@ -424,6 +430,10 @@ class Lifecycle:
             message="",
         ).where(JobRow.id == row.id).execute()
         return self.reads.get_job(job_id)
+
+
+def _rescue(row: JobRow, state: JobState, reason: str) -> Rescue:
+    return Rescue(job_id=row.id, worker_id=row.worker_id or "", state=state, reason=reason)
 
 
 def _spec_digest(spec: NewJob) -> str:

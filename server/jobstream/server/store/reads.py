@@ -11,8 +11,9 @@ from typing import Any
 import peewee as pw
 
 from jobstream.server.db import JobRow, LabelRow, StepRow, execute
-from jobstream.server.domain import JSON, Event, EventKind, Job, JobFilter, Step
+from jobstream.server.domain import JSON, Event, EventKind, Job, JobFilter, LogSearch, Step
 from jobstream.server.errors import not_found
+from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import owned
 from jobstream.server.store.results import Results
 from jobstream.server.store.rows import job_of, step_of
@@ -59,7 +60,7 @@ class Reads:
     def list_jobs(self, flt: JobFilter, *, limit: int, cursor: tuple[int, str] | None) -> list[Job]:
         """Up to ``limit`` jobs after ``cursor`` (a (create_time, id)),
         newest first."""
-        query = filtered(JobRow.select(), flt)
+        query = filtered(JobRow.select(), flt, self.sql.dialect)
         if cursor is not None:
             ctime, cid = cursor
             # A row-value comparison is one index seek; the equivalent OR of
@@ -95,13 +96,56 @@ class Reads:
             for seq, t, k, body in rows
         ]
 
+    def search_logs(
+        self, job_id: str, search: LogSearch, *, after_seq: int, limit: int
+    ) -> list[Event]:
+        """Up to ``limit`` of the job's log lines after ``after_seq`` that
+        ``search`` selects, in seq order; with ``search.tail``, only the
+        last ``tail`` of them (at most ``limit``). The job's events are
+        walked through its primary key; the level and text conditions are
+        checked on each log line's body."""
+        d = self.sql.dialect
+        p = d.param
+        where = [f'"job_id" = {p}', f'"kind" = {p}', f'"seq" > {p}']
+        params: list[Any] = [job_id, EventKind.LOG.value, after_seq]
+        if search.levels:
+            where.append(
+                f"{d.json_text('body', 'level')} IN ({', '.join([p] * len(search.levels))})"
+            )
+            params.extend(level.value for level in search.levels)
+        if search.text:
+            where.append(f"lower({d.json_text('body', 'text')}) LIKE {p} ESCAPE '\\'")
+            params.append(f"%{_like_escaped(search.text.lower())}%")
+        if search.since is not None:
+            where.append(f'"time" >= {p}')
+            params.append(search.since)
+        newest_first = search.tail > 0
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f'SELECT "seq", "time", "body" FROM "job_event" WHERE {" AND ".join(where)}'
+            f' ORDER BY "seq" {order} LIMIT {p}'
+        )
+        params.append(min(search.tail, limit) if newest_first else limit)
+        rows = execute(self.db, sql, tuple(params)).fetchall()
+        if newest_first:
+            rows.reverse()
+        return [
+            Event(job_id=job_id, seq=seq, time=t, kind=EventKind.LOG, body=json.loads(body))
+            for seq, t, body in rows
+        ]
+
     def read_results(self, job_id: str, *, after_seq: int, limit: int) -> list[Event]:
         """Up to ``limit`` of the job's results, the latest version of each
         key, whose version was stored after ``after_seq``; in seq order."""
         return self.results.page(job_id, after_seq=after_seq, limit=limit)
 
 
-def filtered(query: Any, flt: JobFilter) -> Any:
+def _like_escaped(text: str) -> str:
+    """``text`` with LIKE's wildcards (and the escape character) escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def filtered(query: Any, flt: JobFilter, dialect: Dialect) -> Any:
     """``query`` narrowed to the jobs ``flt`` selects."""
     if flt.owner is not None:
         query = query.where(JobRow.owner == flt.owner)
@@ -119,4 +163,23 @@ def filtered(query: Any, flt: JobFilter) -> Any:
                 )
             )
         )
+    for column, after, before in (
+        (JobRow.create_time, flt.created_after, flt.created_before),
+        (JobRow.end_time, flt.ended_after, flt.ended_before),
+    ):
+        if after is not None:
+            query = query.where(column >= after)
+        if before is not None:
+            query = query.where(column < before)
+    if flt.text:
+        text = flt.text
+        query = query.where(
+            JobRow.id.contains(text)
+            | JobRow.kind.contains(text)
+            | JobRow.labels.contains(text)
+            | JobRow.error.contains(text)
+        )
+    for path, value in flt.params:
+        member = dialect.json_member("params", path)
+        query = query.where(pw.SQL(f"{member} = {dialect.param}", [value]))
     return query

@@ -84,6 +84,10 @@ class Reports:
             self.results.store(
                 row.id, results, first_seq=first_result_seq, attempt=row.attempt, now=now
             )
+        if report.checkpoint is not None:
+            # In the batch's own update: the checkpoint is stored exactly
+            # when what was reported before it is.
+            update[JobRow.checkpoint] = dumps(report.checkpoint)
         if report.report_seq:
             update[JobRow.report_seq] = report.report_seq
         update.update({JobRow.lease_expire: expire, JobRow.update_time: now, JobRow.last_seq: seq})

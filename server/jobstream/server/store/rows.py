@@ -54,6 +54,8 @@ def job_of(row: JobRow, steps: tuple[Step, ...] = ()) -> Job:
         last_seq=row.last_seq,
         worker_id=row.worker_id,
         steps=steps,
+        files=tuple(json.loads(row.files)),
+        checkpoint=json.loads(row.checkpoint) if row.checkpoint is not None else None,
     )
 
 

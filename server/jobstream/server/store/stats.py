@@ -12,6 +12,7 @@ import peewee as pw
 
 from jobstream.server.db import JobRow
 from jobstream.server.domain import TERMINAL_STATES, JobFilter, JobState, Stats
+from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.reads import filtered
 
 STATS_PERCENTILES = (0.50, 0.95)
@@ -23,6 +24,7 @@ class Statistics:
 
     def __init__(self, db: pw.Database) -> None:
         self.db = db
+        self.dialect = Dialect.of(db)
 
     def summary(self, flt: JobFilter, *, window_us: int, now: int) -> Stats:
         """Counts by state and kind over every selected job; success rate,
@@ -33,7 +35,9 @@ class Statistics:
             by_kind = [
                 (kind, JobState(state), int(n))
                 for kind, state, n in filtered(
-                    JobRow.select(JobRow.kind, JobRow.state, pw.fn.COUNT(JobRow.id)), flt
+                    JobRow.select(JobRow.kind, JobRow.state, pw.fn.COUNT(JobRow.id)),
+                    flt,
+                    self.dialect,
                 )
                 .group_by(JobRow.kind, JobRow.state)
                 .order_by(JobRow.kind, JobRow.state)
@@ -41,7 +45,9 @@ class Statistics:
             ]
             ended = {
                 JobState(state): int(n)
-                for state, n in filtered(JobRow.select(JobRow.state, pw.fn.COUNT(JobRow.id)), flt)
+                for state, n in filtered(
+                    JobRow.select(JobRow.state, pw.fn.COUNT(JobRow.id)), flt, self.dialect
+                )
                 .where(
                     JobRow.state.in_([s.value for s in TERMINAL_STATES])
                     & (JobRow.end_time >= since)
@@ -50,7 +56,7 @@ class Statistics:
                 .tuples()
             }
             run = JobRow.end_time - JobRow.start_time
-            timed = filtered(JobRow.select(run), flt).where(
+            timed = filtered(JobRow.select(run), flt, self.dialect).where(
                 JobRow.state.in_([JobState.SUCCEEDED.value, JobState.FAILED.value])
                 & (JobRow.end_time >= since)
                 & JobRow.start_time.is_null(False)

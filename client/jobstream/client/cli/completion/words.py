@@ -29,7 +29,7 @@ __all__ = [
 COMPLETE_COMMAND = "__complete"
 """The hidden command the scripts call for values only the server knows."""
 
-DB_ACTIONS = ("migrate", "check", "backup", "vacuum")
+DB_ACTIONS = ("migrate", "check", "backup", "restore", "vacuum")
 """What ``jobstream db`` takes (its parser lives in the server package,
 which a client-only install does not have)."""
 
