@@ -57,10 +57,7 @@ class Ledger:
     def by_id(self, job_id: str, *, lock: bool = False) -> JobRow | None:
         """The job's row or None, through SQL built once (peewee building a
         SELECT per call cost more than SQLite running it)."""
-        row: JobRow | None
-        for row in JobRow.raw(self.sql.job_by_id(lock=lock), job_id):
-            return row
-        return None
+        return self.sql.job_row(job_id, lock=lock)
 
     def locked_row(self, job_id: str) -> JobRow | None:
         """The job's row, on PostgreSQL locked (FOR UPDATE) until the

@@ -32,14 +32,13 @@ class Reads:
         """One job with its steps, or NotFound (also for another owner's job
         when ``owner`` restricts the caller)."""
         with self.db.atomic():
-            row = JobRow.get_or_none(JobRow.id == job_id)
+            # SQL built once, and steps read only when the job has some:
+            # every wait and watch reads its job here, and peewee building
+            # the two SELECTs cost more than SQLite running them.
+            row = self.sql.job_row(job_id)
             if row is None or not owned(row, owner):
                 raise not_found(job_id)
-            stored = tuple(
-                step_of(s)
-                for s in StepRow.select().where(StepRow.job == job_id).order_by(StepRow.position)
-            )
-        return job_of(row, stored)
+            return self.job_with_steps(row)
 
     def job_with_steps(self, row: JobRow) -> Job:
         """The job of a row just read and written in this transaction, with
@@ -72,10 +71,10 @@ class Reads:
 
     def job_exists(self, job_id: str, owner: str | None = None) -> bool:
         """Whether the job exists (as ``owner``'s, when given)."""
-        query = JobRow.select().where(JobRow.id == job_id)
-        if owner is not None:
-            query = query.where(JobRow.owner == owner)
-        return bool(query.exists())
+        # Through the row's SQL built once: every wait asks this when its
+        # watch starts with nothing new to read.
+        row = self.sql.job_row(job_id)
+        return row is not None and owned(row, owner)
 
     def read_events(
         self, job_id: str, *, after_seq: int, limit: int, kind: EventKind | None = None

@@ -91,7 +91,13 @@ class Reports:
         if report.report_seq:
             update[JobRow.report_seq] = report.report_seq
         update.update({JobRow.lease_expire: expire, JobRow.update_time: now, JobRow.last_seq: seq})
-        JobRow.update(update).where(JobRow.id == row.id).execute()
+        if results is None:
+            # Plain values (a log line's or progress update's report): the
+            # UPDATE built once per set of columns, as peewee building it
+            # on every report cost more than SQLite running it.
+            self.ledger.sql.update(row.id, {f.column_name: v for f, v in update.items()})
+        else:  # result counters move by expressions (``failed - 1``)
+            JobRow.update(update).where(JobRow.id == row.id).execute()
         return ReportAck(
             cancel_requested=row.cancel_requested, lease_expire_time=expire, last_seq=seq
         )

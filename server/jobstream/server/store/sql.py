@@ -83,6 +83,13 @@ class Statements:
             self._cache[key] = query.sql()[0]
         return self._cache[key]
 
+    def job_row(self, job_id: str, *, lock: bool = False) -> JobRow | None:
+        """The job's row or None, through :meth:`job_by_id`."""
+        row: JobRow | None
+        for row in JobRow.raw(self.job_by_id(lock=lock), job_id):
+            return row
+        return None
+
     def update_job(self, columns: Sequence[str]) -> str:
         """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
         key = ("update", *columns)
