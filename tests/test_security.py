@@ -84,6 +84,25 @@ def test_refuses_to_listen_beyond_loopback_unprotected(tmp_path: Path) -> None:
     assert "--insecure" in done.stderr and "beyond loopback" in done.stderr
 
 
+def test_a_second_server_cannot_take_a_port_in_use(
+    tmp_path: Path, start_inprocess_server: StartServer
+) -> None:
+    first = start_inprocess_server()
+    port = first.target.rsplit(":", 1)[1]
+    (tmp_path / "second").mkdir()
+    done = subprocess.run(
+        _serve_args(tmp_path / "second", "--port", port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"Failed to bind to address 127.0.0.1:{port}" in done.stderr
+    with JobClient(first.target) as client:
+        assert client.submit("still.first").id
+
+
 @pytest.mark.parametrize("how", ["insecure", "tokens"])
 def test_listens_beyond_loopback_when_told_or_protected(
     tmp_path: Path, start_inprocess_server: StartServer, how: str

@@ -64,6 +64,10 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # gRPC binds with SO_REUSEPORT by default: a second server started on
+    # a port in use would share it silently, and the kernel would hand each
+    # new connection to either. Refuse the second bind instead.
+    ("grpc.so_reuseport", 0),
 ]
 
 
