@@ -240,7 +240,9 @@ async def serve(
         ),
         asyncio.create_task(presence.run(), name="presence"),
         # Memory the ended watches freed goes back to the system (heap.py).
-        asyncio.create_task(heap.trim_loop(lambda: quota.released), name="heap-trim"),
+        asyncio.create_task(
+            heap.trim_loop(lambda: quota.released, lambda: quota.abandoned), name="heap-trim"
+        ),
     ]
     if config.retention_s > 0:
         tasks.append(
