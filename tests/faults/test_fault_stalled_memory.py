@@ -113,11 +113,14 @@ def test_stalled_watchers_stay_within_the_memory_budget(
     assert server.proc is not None
     pid = server.proc.pid
     worker = RawWorker(server.target)
+    # One client throughout: once it has reached the server its reads ride
+    # over a moment the server is slow to accept a new connection (as just
+    # after the stalled watchers went, while it collects and trims).
+    client = JobClient(server.target)
     normal = Followed()
     holder: subprocess.Popen[str] | None = None
     try:
-        with JobClient(server.target) as client:
-            job_id = client.submit("faults.stalled").id
+        job_id = client.submit("faults.stalled").id
         lease_id = worker.acquire("faults.stalled", lease_s=3600).lease_id
         follower = threading.Thread(target=follow, args=(server.target, job_id, FOLLOW_S, normal))
         follower.start()
@@ -125,9 +128,8 @@ def test_stalled_watchers_stay_within_the_memory_budget(
         # The normal watcher's stream is open (it holds one watch) before
         # the stalled ones come.
         eventually(lambda: normal.events, timeout=60)
-        with JobClient(server.target) as client:
-            # The stalled watchers follow live from here, as dashboards do.
-            after_seq = client.get(job_id).last_seq
+        # The stalled watchers follow live from here, as dashboards do.
+        after_seq = client.get(job_id).last_seq
         baseline = rss_bytes(pid)
         holder = subprocess.Popen(
             [
@@ -168,8 +170,7 @@ def test_stalled_watchers_stay_within_the_memory_budget(
             after = rss_bytes(pid)
         worker.finish(job_id, lease_id)
         follower.join(FOLLOW_S)
-        with JobClient(server.target) as client:
-            last_seq = client.get(job_id).last_seq
+        last_seq = client.get(job_id).last_seq
     finally:
         if holder is not None and holder.poll() is None:
             holder.kill()
@@ -177,6 +178,7 @@ def test_stalled_watchers_stay_within_the_memory_budget(
         if holder is not None and holder.stdout is not None:
             holder.stdout.close()
         worker.close()
+        client.close()
     admitted = budget // WATCH_RESERVE_BYTES - 1  # the normal watcher holds one
     growth = peak - baseline
     seqs = [e.seq for e in normal.events]
