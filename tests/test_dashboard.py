@@ -44,9 +44,11 @@ OUTPUT = Path(os.environ.get("JOBSTREAM_TEST_OUTPUT", Path(__file__).parent.pare
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
-    """A page of a fresh chromium profile."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, started once for the module: starting it
+    takes about a second, and each test still gets a fresh profile (a
+    context of its own: no cookies, storage or cache from another test)."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing in CI (make test installs it)")
@@ -54,22 +56,28 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.pages[0] if context.pages else context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
         try:
-            yield page
+            yield launched
         finally:
-            context.close()
-        assert errors == [], f"the page raised: {errors}"
+            launched.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page of a fresh browser context (an empty profile)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"the page raised: {errors}"
 
 
 def screenshot(page: Any, name: str) -> Path:
@@ -81,10 +89,22 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-@pytest.fixture
-def web(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    """A server with the demo handlers and the HTTP face."""
-    return start_server(handlers=("jobstream.client.demo",), http=True)
+WEB_HANDLERS = ("jobstream.client.demo",)
+"""What the dashboard's servers run: the demo handlers."""
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the demo handlers and the HTTP face, shared by the
+    module's tests that neither stop nor restart it (they keep apart by
+    labels and job ids)."""
+    data = tmp_path_factory.mktemp("web") / "data"
+    data.mkdir()
+    server = ServerProcess(data, WEB_HANDLERS, http=True)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
 
 
 def row(page: Any, job_id: str) -> Any:
@@ -150,8 +170,9 @@ def test_list_pages_through_the_jobs(web: ServerProcess, browser_page: Any) -> N
 
 
 def test_job_page_shows_every_line_in_order_across_a_server_restart(
-    web: ServerProcess, browser_page: Any
+    start_server: Callable[..., ServerProcess], browser_page: Any
 ) -> None:
+    web = start_server(handlers=WEB_HANDLERS, http=True)  # its own: it is killed
     page = browser_page
     with JobClient(web.target) as client:
         job = client.submit("demo.count", {"n": 2000, "delay": 0.003})
