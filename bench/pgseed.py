@@ -10,7 +10,10 @@ that neither knows fails loudly, as in seed.py.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,6 +25,27 @@ from bench.seed import (
     log_bodies,
 )
 from jobstream.server.domain import EventKind
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+"""The local test database the PostgreSQL rows use unless told otherwise."""
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str, prefix: str) -> Iterator[str]:
+    """A URL of ``url``'s database whose search_path is a new schema named
+    ``prefix`` and a random tail, dropped on exit."""
+    schema = prefix + uuid.uuid4().hex[:8]
+    with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+CONNECT_TIMEOUT_S = 5
+"""How long reaching the database may take before the rows are left out."""
 
 _EXPRESSIONS = {
     "printf('seed-%07d', i)": "'seed-' || lpad(i::text, 7, '0')",
