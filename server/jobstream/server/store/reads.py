@@ -79,7 +79,9 @@ class Reads:
         375 ms through the table)."""
         if not (self.sql.dialect.sqlite and len(text) >= TRIGRAM):
             return False
-        (found,) = execute(self.db, _TEXT_PROBE, (_phrase(text), COMMON_TEXT_JOBS)).fetchone()
+        (found,) = execute(
+            self.db, _TEXT_PROBE, (_trigram_query(text), COMMON_TEXT_JOBS)
+        ).fetchone()
         return bool(found >= COMMON_TEXT_JOBS)
 
     def job_exists(self, job_id: str, owner: str | None = None) -> bool:
@@ -203,7 +205,7 @@ def filtered(query: Any, flt: JobFilter, dialect: Dialect, *, narrow_text: bool 
                     (
                         JobRow.id,
                         pw.SQL("IN"),
-                        pw.EnclosedNodeList([pw.SQL(_TEXT_DOCS, [_phrase(text)])]),
+                        pw.EnclosedNodeList([pw.SQL(_TEXT_DOCS, [_trigram_query(text)])]),
                     )
                 )
             )
@@ -226,20 +228,29 @@ _TEXT_DOCS = (
     'SELECT "job_id" FROM "job_search" WHERE "doc" IN'
     " (SELECT rowid FROM job_text WHERE job_text MATCH ?)"
 )
-"""The ids of the jobs whose id, kind, labels or error hold a phrase (any
-case): a superset of the LIKE's matches, which the LIKE then checks."""
+"""The ids of the jobs whose id, kind, labels or error hold the trigrams of
+a substring (any case): a superset of the LIKE's matches, which the LIKE
+then checks."""
 
 
 COMMON_TEXT_JOBS = 1_000
 """Trigram matches from which a listing walks jobs newest first instead:
 a page of 50 then checks at most about 50 * jobs / 1,000 rows."""
 
+MATCH_TRIGRAMS = 16
+"""Most trigrams of a substring the trigram table is asked for."""
+
 _TEXT_PROBE = "SELECT count(*) FROM (SELECT rowid FROM job_text WHERE job_text MATCH ? LIMIT ?)"
-"""How many jobs the trigram table finds for a phrase, counting no further
-than the bound given."""
+"""How many jobs the trigram table finds for a substring, counting no
+further than the bound given."""
 
 
-def _phrase(text: str) -> str:
-    """``text`` as one FTS5 string (a phrase: with the trigram tokenizer,
-    a substring)."""
-    return '"' + text.replace('"', '""') + '"'
+def _trigram_query(text: str) -> str:
+    """An FTS5 query naming the jobs that hold every trigram of ``text``
+    (the table keeps no positions, so not whether they stand together: the
+    LIKE checks that); at most MATCH_TRIGRAMS of them, spread over the text,
+    so a long substring stays a short query."""
+    grams = list(dict.fromkeys(text[i : i + TRIGRAM] for i in range(len(text) - TRIGRAM + 1)))
+    step = max(1, len(grams) // MATCH_TRIGRAMS)
+    chosen = grams[::step][:MATCH_TRIGRAMS]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in chosen)
