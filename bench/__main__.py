@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("JOBSTREAM_BENCH_POSTGRES", DEFAULT_URL),
         metavar="URL",
         help="PostgreSQL database for the T19.pg/T20.pg rows, in a fresh schema dropped "
-        "afterwards; '' leaves them out (default: $JOBSTREAM_BENCH_POSTGRES, else %(default)s)",
+        f"afterwards; '' leaves them out (default: $JOBSTREAM_BENCH_POSTGRES, else {DEFAULT_URL})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log each measure's rounds")
     return p
