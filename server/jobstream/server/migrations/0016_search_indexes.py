@@ -77,7 +77,7 @@ _SQLITE_TEXT = (
 
 
 def _postgres_text(db: pw.Database) -> None:
-    """The pg_trgm GIN index; without the extension (not installable by
+    """The pg_trgm GIN indexes; without the extension (not installable by
     this user) the substring filter keeps working, by reading every row."""
     try:
         with db.atomic():
