@@ -79,6 +79,12 @@ class Settings:
     """Updates (one every 10 ms) timed per kind in T16."""
     full_rate_updates: int
     """Log lines written as fast as they go in T16's full-rate sample."""
+    search_jobs: int
+    """Jobs stored for T19/T20 (10^5 in a full run); the first LIST_JOBS of
+    them hold the list_log_lines log lines."""
+    postgres_url: str = ""
+    """The PostgreSQL database of the T19.pg/T20.pg rows (a fresh schema in
+    it, dropped afterwards); empty: those rows are not run."""
 
 
 FULL = Settings(
@@ -97,6 +103,7 @@ FULL = Settings(
     done_latency_samples=200,
     live_updates=300,
     full_rate_updates=20_000,
+    search_jobs=100_000,
 )
 """``python -m bench``: three rounds, sized for a few minutes on 2 cores."""
 
@@ -116,6 +123,7 @@ SMOKE = Settings(
     done_latency_samples=10,
     live_updates=20,
     full_rate_updates=500,
+    search_jobs=2_000,
 )
 """``python -m bench --smoke``: one short round of everything, for ``make test``.
 Its sizes only have to drive every measure and its correctness checks

@@ -21,8 +21,9 @@ SMOKE_TIMEOUT_S = 420.0
 cores, most of it T12-T16 starting a server and a worker or peer consumer
 per sample): a stuck run fails instead of hanging the suite."""
 
-TARGET_IDS = [*(f"T{i}" for i in range(1, 19))]
-"""Every target; T10, T14, T15 and T16 have several rows each."""
+TARGET_IDS = [*(f"T{i}" for i in range(1, 21))]
+"""Every target; T10, T14, T15 and T16 have several rows each, and T19 and
+T20 a PostgreSQL twin each (.pg) when the database is reachable."""
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT_S + 30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +361,46 @@ def test_a_long_log_opens_at_its_tail_and_jumps_to_its_start(
     )
     assert "in the download" in page.locator("#log-gap").inner_text()
     assert page.evaluate("() => document.querySelector('#log').scrollTop") == 0
+
+
+def test_workers_page_and_queued_jobs_no_worker_serves(
+    web: ServerProcess, browser_page: Any
+) -> None:
+    page = browser_page
+    suite = {"suite": "ui-workers"}
+    with JobClient(web.target) as client:
+        running = client.submit("demo.sleep", {"seconds": 120}, labels=suite)
+        eventually(lambda: client.get(running.id).state is JobState.RUNNING)
+        stray = client.submit("nobody.serves", labels=suite)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        [waiting] = client.submit_many(
+            [JobSpec(kind="demo.count", labels=suite, schedule_time=later)]
+        )
+        [embedded] = eventually(
+            lambda: [w for w in client.workers() if w.live and w.running_jobs == 1] or None
+        )
+    page.goto(f"{web.http_url}/#/?label=suite=ui-workers")
+    mark = row(page, stray.id).locator(".unserved")
+    mark.wait_for()
+    assert mark.get_attribute("title") == (
+        "no live worker serves kind nobody.serves on queue default"
+    )
+    # Queued too, but of a kind the live worker takes: not marked.
+    assert row(page, waiting.id).locator(".unserved").count() == 0
+    assert row(page, running.id).locator(".unserved").count() == 0
+    screenshot(page, "job-list-unserved")
+
+    page.click("a[href='#/workers']")
+    shown = page.locator(f'tr.live-worker[data-id="{embedded.worker_id}"]')
+    shown.wait_for()
+    assert shown.locator("td").nth(1).inner_text() == embedded.host != ""
+    assert "demo.count" in shown.locator(".kinds").inner_text().split(", ")
+    assert shown.locator(".queues").inner_text() == ", ".join(embedded.queues)
+    assert shown.locator(".concurrency").inner_text() == str(embedded.concurrency)
+    assert shown.locator(".running").inner_text() == "1"
+    assert shown.locator(".seen").inner_text().endswith(("ago", "now"))
+    assert page.locator("#workers-summary").inner_text().startswith("1 live")
+    screenshot(page, "workers")
+    with JobClient(web.target) as client:
+        for job in (running, stray, waiting):
+            client.cancel(job.id)

@@ -27,6 +27,7 @@ from jobstream.server.domain import (
     RequestKey,
     ResultItem,
     Step,
+    canonical_json,
 )
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
@@ -174,7 +175,7 @@ def _time(msg: Any, name: str) -> int | None:
 
 
 def _param_filters(params: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], str], ...]:
-    """JobFilter.params: (path, value as compact JSON) pairs. A value that
+    """JobFilter.params: (path, value as canonical JSON) pairs. A value that
     is not JSON is the string it spells ("eu")."""
     fields.count(params, "filter.params", MAX_FILTER_VALUES)
     pairs = []
@@ -186,9 +187,7 @@ def _param_filters(params: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], st
             value = json.loads(raw)
         except ValueError:
             value = raw
-        pairs.append(
-            (tuple(key.split(".")), json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-        )
+        pairs.append((tuple(key.split(".")), canonical_json(value)))
     return tuple(pairs)
 
 
