@@ -2,10 +2,13 @@
 a time, until stopped.
 
 A worker takes jobs of the kinds its :class:`~jobstream.client.handlers.Handlers`
-know, one AcquireJob long-poll at a time and only while a slot is free; each
-leased job runs as an :class:`~jobstream.client.attempt.Attempt`. An attempt
-that ends asks for the next job in its FinishJob call, so while jobs are
-waiting a slot goes from one to the next with one call per job. The worker
+know, one AcquireJob long-poll at a time and only while a slot is free, asking
+for one job per free slot; each leased job runs as an
+:class:`~jobstream.client.attempt.Attempt`. An attempt that ends asks for the
+next job in its FinishJob call, so while jobs are waiting a slot goes from one
+to the next with one call per job; attempts that end in the same turn of the
+event loop finish together in one FinishJobs call
+(:mod:`~jobstream.client.finishes`), which leases their next jobs together. The worker
 runs on ``grpc.aio``: an ``async def`` handler runs as a task on its event
 loop, a plain function in a thread of its own (see JobContext).
 
@@ -16,6 +19,7 @@ The handler API is importable from here too: ``Handlers``, ``JobContext``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -34,6 +38,7 @@ from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
 from jobstream.client.convert import job_from_pb, time_from_pb
 from jobstream.client.errors import from_rpc_error, unreachable_reason
+from jobstream.client.finishes import FinishBatcher
 from jobstream.client.handlers import (
     FatalJobError,
     H,
@@ -169,6 +174,9 @@ class Worker:
         self._stopped = asyncio.Event()
         self._acquirer: asyncio.Task[None] | None = None
         self._jobs: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
+        self._slot_freed = asyncio.Event()
+        """Set when a slot frees while the long-poll is out for fewer slots."""
+        self._finishes: FinishBatcher | None = None
 
     def handler(self, kind: str) -> Callable[[H], H]:
         """Decorator: register a handler for ``kind`` on this worker's Handlers."""
@@ -260,6 +268,7 @@ class Worker:
             host=socket.gethostname()[:255],
             concurrency=self.concurrency,
         )
+        self._finishes = FinishBatcher(stub, self._next_request)
         acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
         self._acquirer = acquirer
         try:
@@ -340,18 +349,21 @@ class Worker:
     # -- acquiring
 
     async def _acquire_loop(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = _Slots(self.concurrency, self._slot_freed)
         backoff = Backoff()
         outage = False
-        request = self._acquire_request
+        request = worker_service_pb2.AcquireJobRequest()
+        request.CopyFrom(self._acquire_request)
         while not self._stopping:
-            await slots.acquire()
-            started = False
+            # One job per free slot: jobs leased together start together,
+            # end together when they take as long, and so finish in one
+            # call that leases their next ones together.
+            taken = await slots.take_free()
+            started = 0
             try:
+                request.max_jobs = taken
                 try:
-                    response = await stub.AcquireJob(
-                        request, timeout=self.poll_wait + ACQUIRE_MARGIN
-                    )
+                    response = await self._poll(stub, request, slots, taken)
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc)
                     if error.code in _FATAL_ACQUIRE_CODES:
@@ -374,23 +386,54 @@ class Worker:
                     log.info("worker %s: connected again", self.worker_id)
                 outage = False
                 backoff.reset()
-                if response.HasField("job"):
+                if response is None:
+                    continue  # a slot freed: ask again, for every free slot
+                for lease in _leases(response)[:taken]:
                     try:
-                        self._start(stub, response, slots)
-                        started = True
+                        self._start(stub, lease, slots)
+                        started += 1
                     except Exception:
                         # Only a server breaking the contract gets here; the
                         # lease will expire and the job be retried.
                         log.exception("worker %s: cannot start a leased job", self.worker_id)
             finally:
-                if not started:
-                    slots.release()
+                slots.release(taken - started)
+
+    async def _poll(
+        self,
+        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
+        request: worker_service_pb2.AcquireJobRequest,
+        slots: _Slots,
+        taken: int,
+    ) -> worker_service_pb2.AcquireJobResponse | None:
+        """The long-poll for ``taken`` slots; None when it was cut short
+        because another slot freed meanwhile (a job that ended without a
+        next one), so the next poll asks for that slot too. Cutting it is
+        safe: a lease taken as the call is cancelled is released by the
+        server."""
+        call = stub.AcquireJob(request, timeout=self.poll_wait + ACQUIRE_MARGIN)
+        if taken >= self.concurrency:
+            return await call
+        slots.watching = True
+        self._slot_freed.clear()
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        answer = asyncio.ensure_future(_await(call))
+        try:
+            await asyncio.wait([answer, freed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            slots.watching = False
+            freed.cancel()
+            if not answer.done():
+                call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await answer
+        return None
 
     def _start(
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
-        response: worker_service_pb2.AcquireJobResponse,
-        slots: asyncio.Semaphore,
+        response: worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob,
+        slots: _Slots,
     ) -> None:
         job = job_from_pb(response.job)
         lease_seconds = self.lease_duration
@@ -411,6 +454,7 @@ class Worker:
             files_root=self.files_root,
             acquire_next=self._next_request,
             on_next=lambda next_lease: self._start_next(stub, next_lease, slots),
+            finishes=self._finishes,
         )
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
         if self._stopping:
@@ -422,7 +466,7 @@ class Worker:
             if self._jobs.get(job.id, (None,))[0] is run:
                 self._jobs.pop(job.id)
             if not run.handed_over:
-                slots.release()
+                slots.release(1)
             if not task.cancelled() and task.exception() is not None:
                 log.error("job %s: worker error", job.id, exc_info=task.exception())
 
@@ -437,7 +481,7 @@ class Worker:
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
         response: worker_service_pb2.AcquireJobResponse,
-        slots: asyncio.Semaphore,
+        slots: _Slots,
     ) -> bool:
         """Runs the job a FinishJob leased, in the slot of the attempt that
         just ended; False when it could not start (the slot is then freed
@@ -448,3 +492,49 @@ class Worker:
             log.exception("worker %s: cannot start a leased job", self.worker_id)
             return False
         return True
+
+
+class _Slots:
+    """A worker's free slots: taken all at once by the long-poll, given back
+    one by one as attempts end."""
+
+    def __init__(self, count: int, freed: asyncio.Event) -> None:
+        self.free = count
+        self._changed = asyncio.Event()
+        self._freed = freed
+        self.watching = False
+        """A long-poll for fewer than every slot is out: wake it when one frees."""
+
+    async def take_free(self) -> int:
+        """Waits for a free slot, then takes every free one; returns how many."""
+        while not self.free:
+            self._changed.clear()
+            await self._changed.wait()
+        taken, self.free = self.free, 0
+        return taken
+
+    def release(self, count: int) -> None:
+        """Gives ``count`` slots back."""
+        if count > 0:
+            self.free += count
+            self._changed.set()
+            if self.watching:
+                self._freed.set()
+
+
+async def _await(
+    call: grpc.aio.UnaryUnaryCall[
+        worker_service_pb2.AcquireJobRequest, worker_service_pb2.AcquireJobResponse
+    ],
+) -> worker_service_pb2.AcquireJobResponse:
+    """The call's answer, as a coroutine (for ensure_future)."""
+    return await call
+
+
+def _leases(
+    response: worker_service_pb2.AcquireJobResponse,
+) -> list[worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob]:
+    """Every job an AcquireJob answer leased, first one first."""
+    if not response.HasField("job"):
+        return []
+    return [response, *response.more_jobs]
