@@ -340,8 +340,8 @@ class Matrix:
                 lease_id="0" * 32,
                 outcome=worker_service_pb2.JOB_OUTCOME_SUCCEEDED,
             )
-            batch = worker_service_pb2.FinishJobsRequest(finishes=[one])
-            self.workers.FinishJobs(batch, metadata=md, timeout=t)
+            finishes = worker_service_pb2.FinishJobsRequest(finishes=[one])
+            self.workers.FinishJobs(finishes, metadata=md, timeout=t)
         else:
             finish = worker_service_pb2.FinishJobRequest(job_id=_fake_job_id(), lease_id="0" * 32)
             self.workers.FinishJob(finish, metadata=md, timeout=t)
