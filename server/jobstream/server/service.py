@@ -567,23 +567,29 @@ class JobService:
     async def finish_many(
         self, items: Sequence[FinishItem], *, acquire_next: Acquire | None = None
     ) -> tuple[list[Job | ServiceError], list[Lease]]:
-        """Ends several attempts in one transaction, each in a savepoint of
-        its own: a finish refused (its lease gone) is answered with its
-        error and rolls back alone, the others are stored. With
-        ``acquire_next``, then leases up to its ``max_jobs`` next jobs."""
+        """Ends several attempts in one transaction: a finish refused (its
+        lease gone) is answered with its error and changes nothing, the
+        others are stored. With ``acquire_next``, then leases up to its
+        ``max_jobs`` next jobs."""
 
         def finish_all(effects: Effects) -> tuple[list[Job | ServiceError], list[Lease]]:
             now = now_us()
             answers: list[Job | ServiceError] = []
             for item in items:
+                # No savepoint per finish (on PostgreSQL each costs two round
+                # trips): a finish is refused by its fencing check, before it
+                # writes anything. Should one ever fail after writing, the
+                # whole call fails and the writer rolls all of it back.
+                written = len(effects.events)
                 try:
-                    with self.store.db.atomic():
-                        answers.append(
-                            self.store.jobs.finish(
-                                effects, item.job_id, item.lease_id, item.finish, now
-                            )
+                    answers.append(
+                        self.store.jobs.finish(
+                            effects, item.job_id, item.lease_id, item.finish, now
                         )
+                    )
                 except ServiceError as exc:
+                    if len(effects.events) != written:
+                        raise
                     answers.append(exc)
             leases = self._lease_next(effects, acquire_next, now) if acquire_next else []
             return answers, leases
