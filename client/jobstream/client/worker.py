@@ -19,7 +19,6 @@ The handler API is importable from here too: ``Handlers``, ``JobContext``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -425,9 +424,13 @@ class Worker:
             freed.cancel()
             if not answer.done():
                 call.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             return await answer
-        return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker is stopping, not just this poll
+            return None
 
     def _start(
         self,
