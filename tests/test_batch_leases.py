@@ -26,7 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 from helpers import eventually, job_in, stored_events
 from test_worker_e2e import running_worker
 
-from jobstream.client import Handlers, JobClient, JobContext, JobSpec, JobState
+from jobstream.client import Handlers, JobClient, JobContext, JobState
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import errors_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 
@@ -296,9 +296,10 @@ def test_a_worker_killed_with_several_jobs_in_hand_loses_none(
 def test_the_worker_finishes_jobs_that_end_together_in_one_call(
     bare_server: Server, client: JobClient
 ) -> None:
-    """A worker with four slots runs a queue of quick jobs: every job runs
-    exactly once and ends with one final result, and the attempts that end
-    together go out in FinishJobs calls."""
+    """A worker with four slots runs a queue of quick jobs: its first
+    AcquireJob asks for a job per free slot, every job runs exactly once and
+    ends with one final result, and the attempts that end together go out
+    in FinishJobs calls."""
     seen = Methods()
     ran: list[str] = []
     handlers = Handlers()
@@ -312,6 +313,7 @@ def test_the_worker_finishes_jobs_that_end_together_in_one_call(
         for job_id in ids:
             assert client.wait(job_id, timeout=T).state is JobState.SUCCEEDED
     assert sorted(ran) == sorted(ids)
+    assert seen.max_jobs[0] == 4, seen.max_jobs
     assert "FinishJobs" in seen.names, seen.names
     for job_id in ids[:5]:
         assert _finals(client, job_id) == 1
@@ -344,29 +346,3 @@ class Observed(Security):
     def aio_channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
         """The worker's channel, through the interceptor."""
         return grpc.aio.insecure_channel(target, options=list(options), interceptors=[self.seen])
-
-
-def test_the_long_poll_asks_again_for_a_slot_that_freed(
-    bare_server: Server, client: JobClient
-) -> None:
-    """A worker with two slots polls for both; it gets one job, polls for
-    the other slot, and when the job ends without a next one it polls for
-    both again: two jobs submitted then are leased together, in one
-    transaction (the same start time)."""
-    security = Observed()
-    handlers = Handlers()
-
-    @handlers.handler("batch-repoll")
-    async def quick(ctx: JobContext) -> None:
-        return None
-
-    with running_worker(bare_server.target, handlers, concurrency=2, security=security):
-        eventually(lambda: security.seen.max_jobs == [2] or None, timeout=T)
-        first = client.submit("batch-repoll", {}, job_id="batch-repoll-0")
-        assert client.wait(first.id, timeout=T).state is JobState.SUCCEEDED
-        # For one slot while the job ran, then for both once it ended.
-        eventually(lambda: security.seen.max_jobs[-2:] == [1, 2] or None, timeout=T)
-        pair = client.submit_many([JobSpec(kind="batch-repoll"), JobSpec(kind="batch-repoll")])
-        done = [client.wait(job.id, timeout=T) for job in pair]
-    assert all(job.state is JobState.SUCCEEDED for job in done)
-    assert done[0].start_time is not None and done[0].start_time == done[1].start_time

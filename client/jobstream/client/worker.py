@@ -173,8 +173,6 @@ class Worker:
         self._stopped = asyncio.Event()
         self._acquirer: asyncio.Task[None] | None = None
         self._jobs: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
-        self._slot_freed = asyncio.Event()
-        """Set when a slot frees while the long-poll is out for fewer slots."""
         self._finishes: FinishBatcher | None = None
 
     def handler(self, kind: str) -> Callable[[H], H]:
@@ -348,11 +346,9 @@ class Worker:
     # -- acquiring
 
     async def _acquire_loop(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub) -> None:
-        slots = _Slots(self.concurrency, self._slot_freed)
+        slots = _Slots(self.concurrency)
         backoff = Backoff()
         outage = False
-        request = worker_service_pb2.AcquireJobRequest()
-        request.CopyFrom(self._acquire_request)
         while not self._stopping:
             # One job per free slot: jobs leased together start together,
             # end together when they take as long, and so finish in one
@@ -360,9 +356,13 @@ class Worker:
             taken = await slots.take_free()
             started = 0
             try:
+                request = worker_service_pb2.AcquireJobRequest()
+                request.CopyFrom(self._acquire_request)
                 request.max_jobs = taken
                 try:
-                    response = await self._poll(stub, request, slots, taken)
+                    response = await stub.AcquireJob(
+                        request, timeout=self.poll_wait + ACQUIRE_MARGIN
+                    )
                 except grpc.RpcError as exc:
                     error = from_rpc_error(exc)
                     if error.code in _FATAL_ACQUIRE_CODES:
@@ -385,8 +385,6 @@ class Worker:
                     log.info("worker %s: connected again", self.worker_id)
                 outage = False
                 backoff.reset()
-                if response is None:
-                    continue  # a slot freed: ask again, for every free slot
                 for lease in _leases(response)[:taken]:
                     try:
                         self._start(stub, lease, slots)
@@ -397,40 +395,6 @@ class Worker:
                         log.exception("worker %s: cannot start a leased job", self.worker_id)
             finally:
                 slots.release(taken - started)
-
-    async def _poll(
-        self,
-        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
-        request: worker_service_pb2.AcquireJobRequest,
-        slots: _Slots,
-        taken: int,
-    ) -> worker_service_pb2.AcquireJobResponse | None:
-        """The long-poll for ``taken`` slots; None when it was cut short
-        because another slot freed meanwhile (a job that ended without a
-        next one), so the next poll asks for that slot too. Cutting it is
-        safe: a lease taken as the call is cancelled is released by the
-        server."""
-        call = stub.AcquireJob(request, timeout=self.poll_wait + ACQUIRE_MARGIN)
-        if taken >= self.concurrency:
-            return await call
-        slots.watching = True
-        self._slot_freed.clear()
-        freed = asyncio.ensure_future(self._slot_freed.wait())
-        answer = asyncio.ensure_future(_await(call))
-        try:
-            await asyncio.wait([answer, freed], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            slots.watching = False
-            freed.cancel()
-            if not answer.done():
-                call.cancel()
-        try:
-            return await answer
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the worker is stopping, not just this poll
-            return None
 
     def _start(
         self,
@@ -501,12 +465,9 @@ class _Slots:
     """A worker's free slots: taken all at once by the long-poll, given back
     one by one as attempts end."""
 
-    def __init__(self, count: int, freed: asyncio.Event) -> None:
+    def __init__(self, count: int) -> None:
         self.free = count
         self._changed = asyncio.Event()
-        self._freed = freed
-        self.watching = False
-        """A long-poll for fewer than every slot is out: wake it when one frees."""
 
     async def take_free(self) -> int:
         """Waits for a free slot, then takes every free one; returns how many."""
@@ -521,17 +482,6 @@ class _Slots:
         if count > 0:
             self.free += count
             self._changed.set()
-            if self.watching:
-                self._freed.set()
-
-
-async def _await(
-    call: grpc.aio.UnaryUnaryCall[
-        worker_service_pb2.AcquireJobRequest, worker_service_pb2.AcquireJobResponse
-    ],
-) -> worker_service_pb2.AcquireJobResponse:
-    """The call's answer, as a coroutine (for ensure_future)."""
-    return await call
 
 
 def _leases(
