@@ -4,16 +4,16 @@ one commit on the server), which also leases one next job per attempt that
 asked for one.
 
 A lone finish is not held back for company: it goes out as its own
-FinishJob at once, as it always did, so batching never costs a job
-latency. Attempts started together from one AcquireJob answer (a worker
+FinishJob in the next turn of the event loop, so batching costs a job no
+more than that turn. Attempts started together from one AcquireJob answer (a worker
 asks for a job per free slot) and running jobs of equal length end
 together, and their next jobs come back in one answer, so they stay
 together.
 
 Each attempt gets its own answer: the job and its next lease, or its own
-refusal (the lease is gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT`` when
-the batch as a whole failed and the attempt should send its finish by
-itself (the existing FinishJob path with its retries).
+refusal (the lease is gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT``
+when it came alone or the batch as a whole failed, and the attempt sends its
+finish by itself (the FinishJob path with its retries).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ for one job per free slot; each leased job runs as an
 next job in its FinishJob call, so while jobs are waiting a slot goes from one
 to the next with one call per job; attempts that end in the same turn of the
 event loop finish together in one FinishJobs call
-(:mod:`~jobstream.client.finishes`), which leases their next jobs together. The worker
-runs on ``grpc.aio``: an ``async def`` handler runs as a task on its event
-loop, a plain function in a thread of its own (see JobContext).
+(:mod:`~jobstream.client.finishes`), which leases their next jobs together.
+The worker runs on ``grpc.aio``: an ``async def`` handler runs as a task on
+its event loop, a plain function in a thread of its own (see JobContext).
 
 The handler API is importable from here too: ``Handlers``, ``JobContext``,
 ``JobCancelled``, ``FatalJobError``.
