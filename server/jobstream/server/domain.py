@@ -242,6 +242,8 @@ class Acquire:
     """How long to wait for a job."""
     lease_us: int | None = None
     """The lease length asked for; None takes the server's default."""
+    max_jobs: int = 1
+    """Most jobs to lease at once (one per free slot of the worker)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -297,6 +299,15 @@ class Finish:
     result: JSON | None = None
     error: ErrorInfo | None = None
     retryable: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinishItem:
+    """One validated finish of a FinishJobs call."""
+
+    job_id: str
+    lease_id: str
+    finish: Finish
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

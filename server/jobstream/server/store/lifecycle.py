@@ -188,11 +188,34 @@ class Lifecycle:
         now: int,
     ) -> Lease | None:
         """Leases the best runnable job, or returns None."""
+        leases = self.acquire_many(
+            effects, worker_id=worker_id, kinds=kinds, queues=queues, lease_us=lease_us, now=now
+        )
+        return leases[0] if leases else None
+
+    def acquire_many(
+        self,
+        effects: Effects,
+        *,
+        worker_id: str,
+        kinds: Sequence[str],
+        queues: Sequence[str],
+        lease_us: int,
+        now: int,
+        limit: int = 1,
+    ) -> list[Lease]:
+        """Leases the best ``limit`` runnable jobs (none when none is), best
+        first, each with a lease of its own; one SELECT for all of them."""
         sql = self.sql.acquire(len(queues), len(kinds))
-        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, 1))
-        if not rows:
-            return None
-        row = rows[0]
+        # All read before any is updated: the updates must not move rows
+        # under an open cursor.
+        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, limit))
+        return [self._lease(effects, row, worker_id, lease_us, now) for row in rows]
+
+    def _lease(
+        self, effects: Effects, row: JobRow, worker_id: str, lease_us: int, now: int
+    ) -> Lease:
+        """Makes ``row`` (QUEUED, just selected) RUNNING under a new lease."""
         lease_id = secrets.token_hex(16)
         attempt = row.attempt + 1
         expire = now + lease_us
