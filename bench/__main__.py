@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from bench.harness import FULL, SMOKE
+from bench.pgseed import DEFAULT_URL
 from bench.report import RESULTS_DIR, markdown, write
 from bench.run import run
 
@@ -55,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
         help="keep server data and logs in a new directory under this one "
         "instead of a temporary directory",
     )
+    p.add_argument(
+        "--postgres",
+        default=os.environ.get("JOBSTREAM_BENCH_POSTGRES", DEFAULT_URL),
+        metavar="URL",
+        help="PostgreSQL database for the T19.pg/T20.pg rows, in a fresh schema dropped "
+        f"afterwards; '' leaves them out (default: $JOBSTREAM_BENCH_POSTGRES, else {DEFAULT_URL})",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log each measure's rounds")
     return p
 
@@ -63,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmarks; 0 unless something errored or a check failed."""
     args = parser().parse_args(argv)
     settings = SMOKE if args.smoke else FULL
+    settings = dataclasses.replace(settings, postgres_url=args.postgres)
     if args.rounds is not None:
         settings = dataclasses.replace(settings, rounds=max(1, args.rounds))
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}

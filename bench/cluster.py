@@ -16,9 +16,10 @@ import uuid
 from pathlib import Path
 
 import grpc
-import psycopg
 from google.protobuf.duration_pb2 import Duration
 
+from bench.pgseed import DEFAULT_URL as PG_URL
+from bench.pgseed import fresh_schema
 from bench.procs import Proc, jobstream_server
 from jobstream.v1 import (
     job_service_pb2,
@@ -27,7 +28,7 @@ from jobstream.v1 import (
     worker_service_pb2_grpc,
 )
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_URL = PG_URL
 """The PostgreSQL database the servers share."""
 
 WORKERS = 4
@@ -69,34 +70,30 @@ def _work(target: str, deadline: float) -> int:
 
 def _layout(url: str, servers: int, jobs: int, workdir: Path) -> float:
     """Jobs/s for ``servers`` servers (workers spread evenly over them)."""
-    schema = "jobstream_cluster_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    db = f"{url}?options=-csearch_path%3D{schema}"
-    procs: list[Proc] = []
-    try:
-        for n in range(servers):
-            procs.append(jobstream_server(workdir, f"s{servers}-{n}", "--db", db).start())
-        with grpc.insecure_channel(procs[0].target) as channel:
-            stub = job_service_pb2_grpc.JobServiceStub(channel)
-            one = job_service_pb2.SubmitJobRequest(kind=KIND)
-            for _ in range(0, jobs, SUBMIT_BATCH):
-                stub.SubmitJobs(
-                    job_service_pb2.SubmitJobsRequest(requests=[one] * SUBMIT_BATCH), timeout=60
-                )
-        targets = [procs[i % servers].target for i in range(WORKERS)]
-        started = time.monotonic()
-        with multiprocessing.Pool(WORKERS) as pool:
-            counts = pool.starmap(_work, [(t, started + 300) for t in targets])
-        elapsed = time.monotonic() - started
-        if sum(counts) != jobs:
-            raise RuntimeError(f"completed {sum(counts)} of {jobs} jobs")
-        return sum(counts) / elapsed
-    finally:
-        for proc in procs:
-            proc.stop()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema(url, "jobstream_cluster_") as db:
+        procs: list[Proc] = []
+        try:
+            for n in range(servers):
+                procs.append(jobstream_server(workdir, f"s{servers}-{n}", "--db", db).start())
+            with grpc.insecure_channel(procs[0].target) as channel:
+                stub = job_service_pb2_grpc.JobServiceStub(channel)
+                one = job_service_pb2.SubmitJobRequest(kind=KIND)
+                for _ in range(0, jobs, SUBMIT_BATCH):
+                    stub.SubmitJobs(
+                        job_service_pb2.SubmitJobsRequest(requests=[one] * SUBMIT_BATCH),
+                        timeout=60,
+                    )
+            targets = [procs[i % servers].target for i in range(WORKERS)]
+            started = time.monotonic()
+            with multiprocessing.Pool(WORKERS) as pool:
+                counts = pool.starmap(_work, [(t, started + 300) for t in targets])
+            elapsed = time.monotonic() - started
+            if sum(counts) != jobs:
+                raise RuntimeError(f"completed {sum(counts)} of {jobs} jobs")
+            return sum(counts) / elapsed
+        finally:
+            for proc in procs:
+                proc.stop()
 
 
 def main() -> None:

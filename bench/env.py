@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
+
 from bench.handlers import WORKER_QUEUE, Probe
 from bench.harness import LIST_JOBS, LOG_JOBS, Check, Settings
+from bench.pgseed import fresh_schema, seed_postgres
 from bench.procs import Proc, bare_server, db_path, jobstream_server
 from bench.seed import seed
 from jobstream.client import Worker
+from jobstream.server.db import open_database
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,9 @@ class Env:
     list_empty: Proc
     restart_big: Proc
     restart_empty: Proc
+    search: Proc
+    search_pg: Proc | None
+    """The PostgreSQL twin of ``search`` (None: no database given or reachable)."""
     probe: Probe
     worker: Worker
     checks: list[Check] = field(default_factory=list)
@@ -97,6 +104,36 @@ async def sandwich(
     return [first, second], s
 
 
+def search_log_jobs(settings: Settings) -> int:
+    """The seeded jobs of T19/T20 that hold the log lines (T8's number)."""
+    return min(LIST_JOBS, settings.search_jobs)
+
+
+def _seeded_postgres(
+    settings: Settings, workdir: Path, schemas: contextlib.ExitStack, setup: dict[str, float]
+) -> Proc | None:
+    """The server of the PostgreSQL rows, on a fresh schema of
+    ``settings.postgres_url`` (dropped when ``schemas`` closes) seeded as
+    the SQLite ``search`` server is; None, and a warning, when no database
+    is given or it cannot be reached."""
+    if not settings.postgres_url:
+        return None
+    try:
+        url = schemas.enter_context(fresh_schema(settings.postgres_url, "jobstream_bench_"))
+    except psycopg.OperationalError as exc:
+        log.warning("T19.pg/T20.pg left out: %s is unreachable: %s", settings.postgres_url, exc)
+        return None
+    # The schema is made by the server's own migrations, as a start would.
+    open_database(url).close()
+    setup["seed_search_pg_s"] = seed_postgres(
+        url,
+        jobs=settings.search_jobs,
+        log_lines=settings.list_log_lines,
+        log_jobs=search_log_jobs(settings),
+    )
+    return jobstream_server(workdir, "search-pg", "--db", url)
+
+
 def _start_all(procs: list[Proc]) -> None:
     """Starts servers side by side (each start is mostly imports)."""
     for proc in procs:
@@ -115,12 +152,14 @@ async def open_env(settings: Settings, workdir: Path) -> AsyncIterator[Env]:
     list_empty = jobstream_server(workdir, "list-empty", http=True)
     restart_big = jobstream_server(workdir, "restart-big")
     restart_empty = jobstream_server(workdir, "restart-empty")
-    seeded = (list_logs, list_empty, restart_big, restart_empty)
-    everything = (bare, main, normal, *seeded)
+    search = jobstream_server(workdir, "search")
+    seeded = (list_logs, list_empty, restart_big, restart_empty, search)
+    everything = [bare, main, normal, *seeded]
     probe = Probe()
     setup: dict[str, float] = {}
     worker: Worker | None = None
     worker_task: asyncio.Task[None] | None = None
+    schemas = contextlib.ExitStack()
     try:
         t0 = time.perf_counter()
         # The seeded servers run once to create their schema, then stop so
@@ -141,8 +180,20 @@ async def open_env(settings: Settings, workdir: Path) -> AsyncIterator[Env]:
         setup["seed_restart_empty_s"] = await asyncio.to_thread(
             seed, db_path(workdir, "restart-empty"), jobs=RESTART_PROBE_JOBS
         )
+        setup["seed_search_s"] = await asyncio.to_thread(
+            seed,
+            db_path(workdir, "search"),
+            jobs=settings.search_jobs,
+            log_lines=settings.list_log_lines,
+            log_jobs=search_log_jobs(settings),
+        )
+        search_pg = await asyncio.to_thread(_seeded_postgres, settings, workdir, schemas, setup)
+        serving = [bare, main, normal, list_logs, list_empty, search]
+        if search_pg is not None:
+            everything.append(search_pg)
+            serving.append(search_pg)
         # T11 starts its servers itself, each round.
-        await asyncio.to_thread(_start_all, [bare, main, normal, list_logs, list_empty])
+        await asyncio.to_thread(_start_all, serving)
         worker = Worker(
             main.target,
             probe.handlers(),
@@ -163,6 +214,8 @@ async def open_env(settings: Settings, workdir: Path) -> AsyncIterator[Env]:
             list_empty=list_empty,
             restart_big=restart_big,
             restart_empty=restart_empty,
+            search=search,
+            search_pg=search_pg,
             probe=probe,
             worker=worker,
             setup=setup,
@@ -175,3 +228,4 @@ async def open_env(settings: Settings, workdir: Path) -> AsyncIterator[Env]:
             await asyncio.gather(worker_task, return_exceptions=True)
         for proc in everything:
             proc.stop()
+        schemas.close()

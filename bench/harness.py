@@ -79,6 +79,12 @@ class Settings:
     """Updates (one every 10 ms) timed per kind in T16."""
     full_rate_updates: int
     """Log lines written as fast as they go in T16's full-rate sample."""
+    search_jobs: int
+    """Jobs stored for T19/T20 (10^5 in a full run); the first LIST_JOBS of
+    them hold the list_log_lines log lines."""
+    postgres_url: str = ""
+    """The PostgreSQL database of the T19.pg/T20.pg rows (a fresh schema in
+    it, dropped afterwards); empty: those rows are not run."""
 
 
 FULL = Settings(
@@ -97,27 +103,33 @@ FULL = Settings(
     done_latency_samples=200,
     live_updates=300,
     full_rate_updates=20_000,
+    search_jobs=100_000,
 )
 """``python -m bench``: three rounds, sized for a few minutes on 2 cores."""
 
 SMOKE = Settings(
     name="smoke",
     rounds=1,
-    duration_s=0.3,
+    duration_s=0.1,
     sample_timeout_s=30.0,
-    fanout_lines=200,
+    fanout_lines=100,
     tail_lines=1_000,
     log_lines_per_job=500,
     latency_samples=20,
     list_log_lines=10_000,
     restart_jobs=10_000,
-    run_jobs=40,
+    run_jobs=20,
     backlog_jobs=1_000,
     done_latency_samples=10,
-    live_updates=30,
-    full_rate_updates=1_000,
+    live_updates=20,
+    full_rate_updates=500,
+    search_jobs=2_000,
 )
-"""``python -m bench --smoke``: one short round of everything, for ``make test``."""
+"""``python -m bench --smoke``: one short round of everything, for ``make test``.
+Its sizes only have to drive every measure and its correctness checks
+(every line delivered once, in order), not to give figures worth reading:
+a throughput sample still makes several calls per slice, a fan-out still
+reaches all 100 watchers."""
 
 
 class CheckFailed(AssertionError):

@@ -31,6 +31,7 @@ from bench.env import Env, pair
 from bench.harness import Sample, percentile
 from bench.job_worker import JOBS_QUEUE, NOOP_KIND
 from bench.peers import Child
+from bench.pgseed import DEFAULT_URL
 from bench.procs import Proc, db_path, jobstream_server
 from bench.seed import seed_queued
 from jobstream.client import AsyncJobClient
@@ -49,9 +50,7 @@ SLOTS = 2
 SCALE_SLOTS = (1, 2, 8, 32)
 """Worker slots T15 compares, each against the one before."""
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "JOBSTREAM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_ADMIN_URL = os.environ.get("JOBSTREAM_BENCH_POSTGRES", DEFAULT_URL)
 """A database on the local PostgreSQL to create the benchmark's own from."""
 
 MS = 1_000.0

@@ -113,7 +113,8 @@ def markdown(result: RunResult) -> str:
         f"{s.log_lines_per_job:,} lines, T8 {s.list_log_lines:,} stored log lines, "
         f"T11 {s.restart_jobs:,} stored jobs, T10 {s.latency_samples} submits, "
         f"T12/T13/T15 {s.run_jobs:,} jobs (T15 behind {s.backlog_jobs:,} queued), "
-        f"T14 {s.done_latency_samples} jobs, T16 {s.live_updates} updates of each kind "
+        f"T14 {s.done_latency_samples} jobs, T19/T20 {s.search_jobs:,} stored jobs, "
+        f"T16 {s.live_updates} updates of each kind "
         f"and {s.full_rate_updates:,} at full rate; "
         f"throughput samples {s.duration_s:g} s. Ratio = service / baseline, median "
         "of the per-round ratios; rows in ms or s pass on the service value itself.",

@@ -51,6 +51,7 @@ MEASURES: tuple[Measure, ...] = (
     Measure(("T17",), http.t17),
     Measure(("T18",), http.t18),
     Measure(("T19", "T20"), search.t19),
+    Measure(("T19.pg", "T20.pg"), search.t19_pg),
 )
 """Every measure, in the order each round runs them."""
 

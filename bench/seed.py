@@ -15,6 +15,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from jobstream.server.domain import EventKind
@@ -98,7 +99,7 @@ JOB_COLUMNS: dict[str, str] = {
     "start_time": ":base + i",
     "end_time": ":base + i",
     "update_time": ":base + i",
-    "last_seq": ":per_job + 1",
+    "last_seq": "CASE WHEN i < :log_jobs THEN :per_job + 1 ELSE 1 END",
     "step_count": "0",
     "worker_id": "'bench-seed'",
     "lease_id": "NULL",
@@ -112,14 +113,44 @@ JOB_COLUMNS: dict[str, str] = {
 EVENT_COLUMNS: dict[str, str] = dict.fromkeys(("job_id", "seq", "time", "kind", "body"), "?")
 """The event columns the seeder fills (values are bound per statement)."""
 
+PARAM_COLUMNS: dict[str, str] = {
+    "job_id": "printf('seed-%07d', i)",
+    "key": "'i'",
+    "value": "CAST(i AS TEXT)",
+}
+"""The params index row of a seeded job's one member, ``i`` (store/params.py)."""
+
+
+def _seed_params(conn: sqlite3.Connection, params: Mapping[str, object]) -> None:
+    """The params index rows of the jobs just seeded."""
+    cols = _columns(conn, "job_param", PARAM_COLUMNS)
+    conn.execute(
+        f"{_COUNT}INSERT INTO job_param ({', '.join(cols)}) "
+        f"SELECT {', '.join(cols.values())} FROM c",
+        params,
+    )
+
+
 # Row numbers come from a recursive CTE so that rows are made inside SQLite:
 # building 10^6 Python tuples would take most of a minute on a small box.
 _COUNT = "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < :n) "
 
 
-def seed(db_path: Path, *, jobs: int, log_lines: int = 0) -> float:
-    """Adds ``jobs`` succeeded jobs, ``log_lines // jobs`` log lines each;
-    returns the seconds it took.
+def log_bodies() -> tuple[str, str]:
+    """The event bodies of a seeded log line and of a seeded job's end."""
+    log_body = json.dumps(
+        {"level": "info", "text": "x" * LOG_TEXT_BYTES, "stream": ""}, separators=(",", ":")
+    )
+    done_body = json.dumps(
+        {"state": "succeeded", "reason": "seeded by bench", "attempt": 1}, separators=(",", ":")
+    )
+    return log_body, done_body
+
+
+def seed(db_path: Path, *, jobs: int, log_lines: int = 0, log_jobs: int = 0) -> float:
+    """Adds ``jobs`` succeeded jobs, the first ``log_jobs`` of them (all
+    when 0) with ``log_lines // log_jobs`` log lines each; returns the
+    seconds it took.
 
     Each job's events are its log lines (seq 1…n) and then the state event
     that made it succeeded (seq n+1 = last_seq), as the server would have
@@ -127,14 +158,15 @@ def seed(db_path: Path, *, jobs: int, log_lines: int = 0) -> float:
     start reads a plain database file, as it would after a clean shutdown.
     """
     started = time.perf_counter()
-    per_job = log_lines // jobs if jobs else 0
-    params = {"n": jobs, "base": time.time_ns() // 1000 - jobs - 1_000_000, "per_job": per_job}
-    log_body = json.dumps(
-        {"level": "info", "text": "x" * LOG_TEXT_BYTES, "stream": ""}, separators=(",", ":")
-    )
-    done_body = json.dumps(
-        {"state": "succeeded", "reason": "seeded by bench", "attempt": 1}, separators=(",", ":")
-    )
+    log_jobs = log_jobs or jobs
+    per_job = log_lines // log_jobs if log_jobs else 0
+    params = {
+        "n": jobs,
+        "base": time.time_ns() // 1000 - jobs - 1_000_000,
+        "per_job": per_job,
+        "log_jobs": log_jobs,
+    }
+    log_body, done_body = log_bodies()
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         # A scratch database made by a stopped server: durability is not
@@ -155,13 +187,20 @@ def seed(db_path: Path, *, jobs: int, log_lines: int = 0) -> float:
                 + "INSERT INTO job_event (job_id, seq, time, kind, body) "
                 "SELECT printf('seed-%07d', i / :per_job), i % :per_job + 1, "
                 ":base + i / :per_job, :kind, :body FROM c",
-                {**params, "lines": jobs * per_job, "kind": EventKind.LOG.value, "body": log_body},
+                {
+                    **params,
+                    "lines": log_jobs * per_job,
+                    "kind": EventKind.LOG.value,
+                    "body": log_body,
+                },
             )
         conn.execute(
             f"{_COUNT}INSERT INTO job_event (job_id, seq, time, kind, body) "
-            "SELECT printf('seed-%07d', i), :per_job + 1, :base + i, :kind, :body FROM c",
+            "SELECT printf('seed-%07d', i), CASE WHEN i < :log_jobs THEN :per_job + 1 ELSE 1 END,"
+            " :base + i, :kind, :body FROM c",
             {**params, "kind": EventKind.STATE_CHANGE.value, "body": done_body},
         )
+        _seed_params(conn, params)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -210,6 +249,7 @@ def seed_queued(db_path: Path, *, jobs: int, kind: str, queue: str) -> float:
             "SELECT printf('seed-%07d', i), 1, :base + i, :kind, :body FROM c",
             params,
         )
+        _seed_params(conn, params)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

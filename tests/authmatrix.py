@@ -71,6 +71,7 @@ COLLECTION_RPCS = (
     "AcquireJob",
     "ReportJob",
     "FinishJob",
+    "FinishJobs",
     "UploadArtifact",
 )
 """RPCs that name no existing job."""
@@ -92,7 +93,7 @@ READS = frozenset(
     }
 )
 WRITES = frozenset({"CancelJob", "DeleteJob", "SubmitJob", "SubmitJobs", "RetryJob"})
-WORKER_RPCS = frozenset({"AcquireJob", "ReportJob", "FinishJob", "UploadArtifact"})
+WORKER_RPCS = frozenset({"AcquireJob", "ReportJob", "FinishJob", "FinishJobs", "UploadArtifact"})
 ROLE_RPCS = {
     "admin": READS | WRITES | WORKER_RPCS,
     "alice": READS | WRITES,
@@ -333,6 +334,14 @@ class Matrix:
         elif rpc == "ReportJob":
             report = worker_service_pb2.ReportJobRequest(job_id=_fake_job_id(), lease_id="0" * 32)
             self.workers.ReportJob(report, metadata=md, timeout=t)
+        elif rpc == "FinishJobs":
+            one = worker_service_pb2.FinishJobRequest(
+                job_id=_fake_job_id(),
+                lease_id="0" * 32,
+                outcome=worker_service_pb2.JOB_OUTCOME_SUCCEEDED,
+            )
+            finishes = worker_service_pb2.FinishJobsRequest(finishes=[one])
+            self.workers.FinishJobs(finishes, metadata=md, timeout=t)
         else:
             finish = worker_service_pb2.FinishJobRequest(job_id=_fake_job_id(), lease_id="0" * 32)
             self.workers.FinishJob(finish, metadata=md, timeout=t)

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +68,18 @@ def run_cli(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = RUN_TIMEOUT_S,
+    meanwhile: Callable[[Callable[[], str]], None] | None = None,
 ) -> CliRun:
     """Runs ``jobstream ARGS`` to completion in this process, with
     ``command_environ(env)`` as its environment and ``cwd`` as its working
     directory; fails the test if it takes longer than ``timeout`` seconds.
     An exception that escapes ``main`` (a traceback, in a process) is
-    raised here."""
+    raised here.
+
+    ``meanwhile``, for a command that runs until something else happens
+    (a watch, until its job ends), is called while the command runs, with
+    a function that returns the command's stdout so far: it can wait for
+    what the command shows first, then make the thing happen."""
     stdout, stderr = _Capture(errors="strict"), _Capture(errors="backslashreplace")
     command = _ThisThread()
     codes: list[int] = []
@@ -99,7 +105,11 @@ def run_cli(
         _stdin(),
     ):
         runner.start()
-        runner.join(timeout)
+        try:
+            if meanwhile is not None:
+                meanwhile(lambda: stdout.value().decode(errors="replace"))
+        finally:
+            runner.join(timeout)
     if runner.is_alive():
         raise AssertionError(
             f"jobstream {list(args)} still running after {timeout}s; "

@@ -8,7 +8,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
@@ -23,6 +23,12 @@ from jobstream.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    # Server types, for annotations only: client-only tests import this
+    # module with the server extra missing.
+    from jobstream.server.domain import Effects
+    from jobstream.server.store import Store
 
 T = TypeVar("T")
 
@@ -272,3 +278,14 @@ def submit_batches(
         answer = stub.SubmitJobs(job_service_pb2.SubmitJobsRequest(requests=batch), timeout=120)
         made += [r.job.id for r in answer.responses]
     return made
+
+
+def store_write(store: Store, fn: Callable[[Effects], T]) -> T:
+    """Runs one store write in its own transaction, as the writer does."""
+    from jobstream.server.domain import Effects, now_us
+
+    effects = Effects()
+    with store.db.atomic():
+        result = fn(effects)
+        store.changes.record(effects, now_us())
+    return result

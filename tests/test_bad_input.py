@@ -622,6 +622,10 @@ REQUIRED: dict[tuple[str, str], tuple[Call, str]] = {
         ),
         "outcome",
     ),
+    ("FinishJobsRequest", "finishes"): (
+        lambda _, w: w.FinishJobs(ws.FinishJobsRequest(), timeout=T),
+        "finishes",
+    ),
     ("ArtifactHeader", "job_id"): (
         _upload(_without(HEADER, "job_id")),
         "header.job_id",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,11 @@ OUTPUT = Path(os.environ.get("JOBSTREAM_TEST_OUTPUT", Path(__file__).parent.pare
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
-    """A page of a fresh chromium profile."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, started once for the module: starting it
+    takes about a second, and each test still gets a fresh profile (a
+    context of its own: no cookies, storage or cache from another test)."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing in CI (make test installs it)")
@@ -54,22 +57,28 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1280, "height": 900},
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.pages[0] if context.pages else context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
         try:
-            yield page
+            yield launched
         finally:
-            context.close()
-        assert errors == [], f"the page raised: {errors}"
+            launched.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page of a fresh browser context (an empty profile)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"the page raised: {errors}"
 
 
 def screenshot(page: Any, name: str) -> Path:
@@ -81,10 +90,22 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-@pytest.fixture
-def web(start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    """A server with the demo handlers and the HTTP face."""
-    return start_server(handlers=("jobstream.client.demo",), http=True)
+WEB_HANDLERS = ("jobstream.client.demo",)
+"""What the dashboard's servers run: the demo handlers."""
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the demo handlers and the HTTP face, shared by the
+    module's tests that neither stop nor restart it (they keep apart by
+    labels and job ids)."""
+    data = tmp_path_factory.mktemp("web") / "data"
+    data.mkdir()
+    server = ServerProcess(data, WEB_HANDLERS, http=True)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
 
 
 def row(page: Any, job_id: str) -> Any:
@@ -150,8 +171,9 @@ def test_list_pages_through_the_jobs(web: ServerProcess, browser_page: Any) -> N
 
 
 def test_job_page_shows_every_line_in_order_across_a_server_restart(
-    web: ServerProcess, browser_page: Any
+    start_server: Callable[..., ServerProcess], browser_page: Any
 ) -> None:
+    web = start_server(handlers=WEB_HANDLERS, http=True)  # its own: it is killed
     page = browser_page
     with JobClient(web.target) as client:
         job = client.submit("demo.count", {"n": 2000, "delay": 0.003})
@@ -339,3 +361,46 @@ def test_a_long_log_opens_at_its_tail_and_jumps_to_its_start(
     )
     assert "in the download" in page.locator("#log-gap").inner_text()
     assert page.evaluate("() => document.querySelector('#log').scrollTop") == 0
+
+
+def test_workers_page_and_queued_jobs_no_worker_serves(
+    web: ServerProcess, browser_page: Any
+) -> None:
+    page = browser_page
+    suite = {"suite": "ui-workers"}
+    with JobClient(web.target) as client:
+        running = client.submit("demo.sleep", {"seconds": 120}, labels=suite)
+        eventually(lambda: client.get(running.id).state is JobState.RUNNING)
+        stray = client.submit("nobody.serves", labels=suite)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        [waiting] = client.submit_many(
+            [JobSpec(kind="demo.count", labels=suite, schedule_time=later)]
+        )
+        [embedded] = eventually(
+            lambda: [w for w in client.workers() if w.live and w.running_jobs == 1] or None
+        )
+    page.goto(f"{web.http_url}/#/?label=suite=ui-workers")
+    mark = row(page, stray.id).locator(".unserved")
+    mark.wait_for()
+    assert mark.get_attribute("title") == (
+        "no live worker serves kind nobody.serves on queue default"
+    )
+    # Queued too, but of a kind the live worker takes: not marked.
+    assert row(page, waiting.id).locator(".unserved").count() == 0
+    assert row(page, running.id).locator(".unserved").count() == 0
+    screenshot(page, "job-list-unserved")
+
+    page.click("a[href='#/workers']")
+    shown = page.locator(f'tr.live-worker[data-id="{embedded.worker_id}"]')
+    shown.wait_for()
+    assert shown.locator("td").nth(1).inner_text() == embedded.host != ""
+    assert "demo.count" in shown.locator(".kinds").inner_text().split(", ")
+    assert shown.locator(".queues").inner_text() == ", ".join(embedded.queues)
+    assert shown.locator(".concurrency").inner_text() == str(embedded.concurrency)
+    assert shown.locator(".running").inner_text() == "1"
+    assert shown.locator(".seen").inner_text().endswith(("ago", "now"))
+    assert page.locator("#workers-summary").inner_text().startswith("1 live")
+    screenshot(page, "workers")
+    with JobClient(web.target) as client:
+        for job in (running, stray, waiting):
+            client.cancel(job.id)

@@ -18,6 +18,11 @@ pytestmark = pytest.mark.timeout(120)
 
 StartServer = Callable[..., ServerProcess]
 
+SHORT_BUDGET_S = 1.0
+"""The read-retry budget of the client whose read is to give up: long
+enough for several retries, shorter than the default's five seconds that
+would only be waited out."""
+
 
 def test_acknowledged_submits_survive_sigkill(start_server: StartServer) -> None:
     server = start_server()
@@ -100,13 +105,18 @@ def test_reads_ride_over_a_restart_writes_are_not_resent(
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobstream.client.calls")
     server = start_server()
-    with JobClient(server.target, timeout=10) as client:
+    with (
+        JobClient(server.target, timeout=10) as client,
+        JobClient(server.target, timeout=10, read_retry_timeout=SHORT_BUDGET_S) as short,
+    ):
         job = client.submit("crash.reads")
+        assert short.get(job.id).id == job.id  # reached once: its reads are retried
         server.kill()
         with pytest.raises(UnavailableError):
             client.submit("crash.reads")  # a write fails rather than risk running twice
         with pytest.raises(UnavailableError):
-            client.get(job.id)  # a read retries for a while, then says so
+            short.get(job.id)  # a read retries for a while (its budget), then says so
+        assert any("retrying" in r.getMessage() for r in caplog.records)
         caplog.clear()
 
         def restart_once_retrying() -> None:

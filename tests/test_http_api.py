@@ -537,7 +537,8 @@ def test_standalone_gateway_in_front_of_a_restarting_server(
     try:
         port = int(eventually(lambda: (port_file.exists() and port_file.read_text()) or None))
         base = f"http://127.0.0.1:{port}"
-        job = submit(base, "demo.count", params={"n": 300, "delay": 0.01})
+        # The server is killed 30 events in: the job only has to outlast that.
+        job = submit(base, "demo.count", params={"n": 300, "delay": 0.005})
         seen: list[int] = []
         kinds: list[str] = []
         with events(f"{base}/v1/jobs/{job['id']}:watch", 90) as stream:

@@ -23,7 +23,7 @@ from jobstream.server.db import (
     execute,
     open_database,
 )
-from jobstream.server.domain import EventKind
+from jobstream.server.domain import EventKind, JobFilter
 from jobstream.server.store import Store
 
 BEFORE_KEYED_RESULTS = "0005_drop_redundant_indexes"
@@ -213,5 +213,43 @@ def test_0009_stores_event_kinds_under_their_wire_names(database_url: str) -> No
         with db.connection_context():
             stored = execute(db, 'SELECT DISTINCT "kind" FROM "job_event" ORDER BY 1').fetchall()
         assert {k for (k,) in stored} == {k.value for k in kinds}
+    finally:
+        db.close()
+
+
+def test_0016_indexes_the_jobs_stored_before_it(database_url: str) -> None:
+    db = open_database(database_url, migrate=False)
+    try:
+        with db.connection_context():
+            Runner(db, str(MIGRATIONS_DIR)).up(target="0015_checkpoint")
+        for i in range(3):
+            JobRow.insert(
+                id=f"old-{i}",
+                kind="old.kind",
+                queue="default",
+                state="failed",
+                params=dumps({"price": 1.5 + i, "cfg": {"mode": f"m{i}"}, "bad key": 1}),
+                labels=dumps({"team": f"Team{i}"}),
+                error=dumps({"code": "handler_error", "message": f"Upstream timeout {i}"}),
+                not_before=T0,
+                create_time=T0 + i,
+                update_time=T0,
+            ).execute()
+        with db.connection_context():
+            applied = apply_migrations(db)
+        assert applied[0] == "0016_search_indexes"
+        reads = Store(db).reads
+
+        def found(**kw: Any) -> list[str]:
+            return [j.id for j in reads.list_jobs(JobFilter(**kw), limit=10, cursor=None)]
+
+        assert found(params=((("price",), "2.5"),)) == ["old-1"]
+        assert found(params=((("cfg", "mode"), '"m2"'),)) == ["old-2"]
+        assert found(params=((("cfg",), '{"mode":"m0"}'),)) == ["old-0"]
+        assert found(text="TIMEOUT 1") == ["old-1"]
+        assert found(text="team2") == ["old-2"]
+        with db.connection_context():
+            (rows,) = execute(db, 'SELECT count(*) FROM "job_param"').fetchone()
+        assert rows == 9  # price, cfg, cfg.mode per job; "bad key" no filter can name
     finally:
         db.close()

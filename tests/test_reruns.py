@@ -150,7 +150,7 @@ def test_a_rescued_run_replaces_items_and_its_running_step_ends_interrupted(
 ) -> None:
     kind = "reruns.rescue"
     job = client.submit(kind, max_attempts=2)
-    first = raw.acquire(kind)
+    first = raw.acquire(kind, lease_s=1)  # the shortest lease: it is to be lost
     raw.report(
         job.id,
         first.lease_id,
@@ -182,7 +182,7 @@ def test_an_interrupted_jobs_running_step_ends_before_the_job_does(
 ) -> None:
     kind = "reruns.interrupted"
     job = client.submit(kind, max_attempts=1)
-    lease = raw.acquire(kind)
+    lease = raw.acquire(kind, lease_s=1)  # the shortest lease: it is to be lost
     raw.report(job.id, lease.lease_id, steps=[("load", ENDED_STEP), ("fetch", RUNNING_STEP)])
     final = eventually(lambda: job_in(client, job.id, JobState.INTERRUPTED))
     assert steps_of(final) == [

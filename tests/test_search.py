@@ -84,3 +84,33 @@ def test_ls_by_time_text_and_params(server: InProcessServer) -> None:
     assert us.id[-8:] in table.out and eu.id[-8:] not in table.out
     with JobClient(server.target) as client:
         client.cancel(odd.id)
+
+
+def test_params_compare_canonical_json_alike_on_both_backends(server: InProcessServer) -> None:
+    suite = f"canon-{uuid.uuid4().hex[:8]}"
+    note = "n" * 300  # longer than an inline index value: looked up by digest
+    with JobClient(server.target) as client:
+        job = client.submit(
+            "search.nobody",
+            {"price": 1.5, "whole": 2.0, "cfg": {"b": [1, 2.0], "a": "x"}, "note": note},
+            labels={"s": suite},
+        )
+        other = client.submit("search.nobody", {"price": 1.25}, labels={"s": suite})
+
+    def ls(*args: str) -> set[str]:
+        found = json.loads(cli(server, "ls", "--json", "--label", f"s={suite}", *args).out)
+        return {j["id"] for j in found}
+
+    assert ls("--param", "price=1.50") == {job.id}
+    assert ls("--param", "price=1.5e0") == {job.id}
+    assert ls("--param", "whole=2") == {job.id}
+    assert ls("--param", "whole=2.0") == {job.id}
+    assert ls("--param", 'cfg={"a": "x", "b": [1.0, 2]}') == {job.id}
+    assert ls("--param", "cfg.b=[1,2]") == {job.id}
+    assert ls("--param", f"note={note}") == {job.id}
+    assert ls("--param", f"note={note[:-1]}") == set()
+    assert ls("--param", "price=1.250") == {other.id}
+    assert ls("--grep", "CANON-") == {job.id, other.id}
+    with JobClient(server.target) as client:
+        client.cancel(job.id)
+        client.cancel(other.id)

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import pytest
 from helpers import eventually
+from helpers import store_write as write
 
 from jobstream.server.artifacts import DISCARD_CHUNKS
 from jobstream.server.db import ArtifactRow, ChunkRow, UploadRow, execute, open_database
@@ -57,15 +58,6 @@ def pg_store(migrated_postgres_url: str) -> Iterator[Store]:
     db = open_database(migrated_postgres_url)
     yield Store(db, RetryPolicy(default_max_attempts=1, backoff_base_us=SECOND))
     db.close()
-
-
-def write(store: Store, fn: Callable[[Effects], T]) -> T:
-    """Runs one write in its own transaction, as the writer does."""
-    effects = Effects()
-    with store.db.atomic():
-        result = fn(effects)
-        store.changes.record(effects, now_us())
-    return result
 
 
 def run_job(

@@ -8,7 +8,6 @@ one server is listed by another."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -23,10 +22,8 @@ pytestmark = pytest.mark.both_backends
 PRESENCE_TIMEOUT_S = 30.0
 """Long enough for a few of the servers' 5 s presence writes."""
 
-WATCH_THEN_CANCEL_S = 5.0
-"""The watch test cancels its job this long after starting the watch: far
-more than the watch needs to show its snapshot (a cancel before it would
-leave no queued job to note)."""
+UNSERVED_NOTE = "no live worker serves kind demo.typo on queue default"
+"""What get and watch say of the queued job nobody serves."""
 
 
 def _embedded(client: JobClient) -> WorkerInfo | None:
@@ -70,14 +67,19 @@ def test_unserved_kinds_are_noted_warned_of_and_may_be_refused(
     assert served.returncode == 0 and "warning" not in served.err
 
     shown = run_cli(["--target", target, "get", job_id], env={"COLUMNS": "200"})
-    assert "no live worker serves kind demo.typo on queue default" in shown.out
-    # watch says so first, then follows the job (here to its cancel).
-    canceller = threading.Timer(WATCH_THEN_CANCEL_S, _cancel, (target, job_id))
-    canceller.start()
-    watched = run_cli(["--target", target, "watch", job_id], env={"COLUMNS": "200"})
-    canceller.join()
+    assert UNSERVED_NOTE in shown.out
+
+    # watch says so first, then follows the job (here to its cancel, made
+    # once the note is shown: before it, no queued job would be left to note).
+    def cancel_once_noted(out: Callable[[], str]) -> None:
+        eventually(lambda: f"note: {UNSERVED_NOTE}" in out())
+        _cancel(target, job_id)
+
+    watched = run_cli(
+        ["--target", target, "watch", job_id], env={"COLUMNS": "200"}, meanwhile=cancel_once_noted
+    )
     assert watched.returncode == 3, watched.err
-    assert "note: no live worker serves kind demo.typo on queue default" in watched.out
+    assert f"note: {UNSERVED_NOTE}" in watched.out
 
     strict = start_inprocess_server(
         handlers=("jobstream.client.demo",), extra_args=("--refuse-unserved",), name="strict"

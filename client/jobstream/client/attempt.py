@@ -37,6 +37,7 @@ from jobstream.client.convert import (
     job_error_to_pb,
 )
 from jobstream.client.errors import JobstreamError, from_rpc_error
+from jobstream.client.finishes import Alone, FinishBatcher
 from jobstream.client.handlers import FatalJobError, Handler, JobCancelled, JobReleased
 from jobstream.client.models import Artifact, Job, JobError, JobOutcome, JsonObject
 from jobstream.client.reports import ReportBatch, ReportBuffer
@@ -176,8 +177,12 @@ class Attempt:
         files_root: Path | None = None,
         acquire_next: Callable[[], worker_service_pb2.AcquireJobRequest | None] | None = None,
         on_next: Callable[[worker_service_pb2.AcquireJobResponse], bool] | None = None,
+        finishes: FinishBatcher | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.finishes = finishes
+        """Sends this finish with those of the worker's other attempts that
+        end in the same turn (None: always by itself)."""
         self.acquire_next = acquire_next
         """What to lease next in the FinishJob call (None: nothing)."""
         self.on_next = on_next
@@ -415,7 +420,7 @@ class Attempt:
             retry.CopyFrom(request)
             request.acquire_next.CopyFrom(following)
         try:
-            response = await self._call(self.stub.FinishJob, request, retry=retry)
+            response = await self._send_finish(request, retry)
         except JobstreamError as exc:
             if outcome.outcome is JobOutcome.SUCCEEDED:
                 # Typically a result over the server's size limit: the job
@@ -431,6 +436,29 @@ class Attempt:
             log.log(level, "job %s (%s): %s", self.job.id, self.job.kind, outcome.outcome.value)
             if response.next.HasField("job") and self.on_next is not None:
                 self.handed_over = self.on_next(response.next)
+
+    async def _send_finish(
+        self,
+        request: worker_service_pb2.FinishJobRequest,
+        retry: worker_service_pb2.FinishJobRequest | None,
+    ) -> worker_service_pb2.FinishJobResponse | None:
+        """The FinishJob answer, through the worker's batch when it has one;
+        None when the lease is lost. A finish the batch did not answer goes
+        by itself with the usual retries."""
+        if self.finishes is not None:
+            try:
+                answer = await self.finishes.finish(request)
+            except JobstreamError as error:
+                if error.code in _LEASE_LOST_CODES:
+                    self._lose_lease(error)
+                    return None
+                raise
+            if isinstance(answer, worker_service_pb2.FinishJobResponse):
+                self._lease_deadline = self.loop.time() + self.lease_seconds
+                return answer
+            if answer is Alone.ALONE_NO_NEXT:
+                request = retry or request
+        return await self._call(self.stub.FinishJob, request, retry=retry)
 
     async def _upload(self, path: Path, name: str, content_type: str) -> Artifact:
         """UploadArtifact: hash the file, then stream it in chunks. Not

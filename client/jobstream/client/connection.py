@@ -19,8 +19,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # gRPC's own reconnect backoff grows to 120 s by default: after a server
     # restart a channel could sit in TRANSIENT_FAILURE long after the server
     # is back, failing every call fast. Keep it in step with BACKOFF_MAX.
+    # Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the shortest
+    # time a connection attempt may last, so at 0.1 s a server slow to send
+    # its HTTP/2 SETTINGS (busy, or on a loaded machine) failed the first
+    # call UNAVAILABLE long before its deadline.
     ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
-    ("grpc.min_reconnect_backoff_ms", int(BACKOFF_INITIAL * 1000)),
     ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
 )
 """Options for the channels the client and worker make themselves."""

@@ -2,12 +2,15 @@
 a time, until stopped.
 
 A worker takes jobs of the kinds its :class:`~jobstream.client.handlers.Handlers`
-know, one AcquireJob long-poll at a time and only while a slot is free; each
-leased job runs as an :class:`~jobstream.client.attempt.Attempt`. An attempt
-that ends asks for the next job in its FinishJob call, so while jobs are
-waiting a slot goes from one to the next with one call per job. The worker
-runs on ``grpc.aio``: an ``async def`` handler runs as a task on its event
-loop, a plain function in a thread of its own (see JobContext).
+know, one AcquireJob long-poll at a time and only while a slot is free, asking
+for one job per free slot; each leased job runs as an
+:class:`~jobstream.client.attempt.Attempt`. An attempt that ends asks for the
+next job in its FinishJob call, so while jobs are waiting a slot goes from one
+to the next with one call per job; attempts that end in the same turn of the
+event loop finish together in one FinishJobs call
+(:mod:`~jobstream.client.finishes`), which leases their next jobs together.
+The worker runs on ``grpc.aio``: an ``async def`` handler runs as a task on
+its event loop, a plain function in a thread of its own (see JobContext).
 
 The handler API is importable from here too: ``Handlers``, ``JobContext``,
 ``JobCancelled``, ``FatalJobError``.
@@ -34,6 +37,7 @@ from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
 from jobstream.client.convert import job_from_pb, time_from_pb
 from jobstream.client.errors import from_rpc_error, unreachable_reason
+from jobstream.client.finishes import FinishBatcher
 from jobstream.client.handlers import (
     FatalJobError,
     H,
@@ -169,6 +173,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._acquirer: asyncio.Task[None] | None = None
         self._jobs: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
+        self._finishes: FinishBatcher | None = None
 
     def handler(self, kind: str) -> Callable[[H], H]:
         """Decorator: register a handler for ``kind`` on this worker's Handlers."""
@@ -260,6 +265,7 @@ class Worker:
             host=socket.gethostname()[:255],
             concurrency=self.concurrency,
         )
+        self._finishes = FinishBatcher(stub, self._next_request)
         acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
         self._acquirer = acquirer
         try:
@@ -340,14 +346,19 @@ class Worker:
     # -- acquiring
 
     async def _acquire_loop(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = _Slots(self.concurrency)
         backoff = Backoff()
         outage = False
-        request = self._acquire_request
         while not self._stopping:
-            await slots.acquire()
-            started = False
+            # One job per free slot: jobs leased together start together,
+            # end together when they take as long, and so finish in one
+            # call that leases their next ones together.
+            taken = await slots.take_free()
+            started = 0
             try:
+                request = worker_service_pb2.AcquireJobRequest()
+                request.CopyFrom(self._acquire_request)
+                request.max_jobs = taken
                 try:
                     response = await stub.AcquireJob(
                         request, timeout=self.poll_wait + ACQUIRE_MARGIN
@@ -374,23 +385,22 @@ class Worker:
                     log.info("worker %s: connected again", self.worker_id)
                 outage = False
                 backoff.reset()
-                if response.HasField("job"):
+                for lease in _leases(response)[:taken]:
                     try:
-                        self._start(stub, response, slots)
-                        started = True
+                        self._start(stub, lease, slots)
+                        started += 1
                     except Exception:
                         # Only a server breaking the contract gets here; the
                         # lease will expire and the job be retried.
                         log.exception("worker %s: cannot start a leased job", self.worker_id)
             finally:
-                if not started:
-                    slots.release()
+                slots.release(taken - started)
 
     def _start(
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
-        response: worker_service_pb2.AcquireJobResponse,
-        slots: asyncio.Semaphore,
+        response: worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob,
+        slots: _Slots,
     ) -> None:
         job = job_from_pb(response.job)
         lease_seconds = self.lease_duration
@@ -411,6 +421,7 @@ class Worker:
             files_root=self.files_root,
             acquire_next=self._next_request,
             on_next=lambda next_lease: self._start_next(stub, next_lease, slots),
+            finishes=self._finishes,
         )
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
         if self._stopping:
@@ -422,7 +433,7 @@ class Worker:
             if self._jobs.get(job.id, (None,))[0] is run:
                 self._jobs.pop(job.id)
             if not run.handed_over:
-                slots.release()
+                slots.release(1)
             if not task.cancelled() and task.exception() is not None:
                 log.error("job %s: worker error", job.id, exc_info=task.exception())
 
@@ -437,7 +448,7 @@ class Worker:
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
         response: worker_service_pb2.AcquireJobResponse,
-        slots: asyncio.Semaphore,
+        slots: _Slots,
     ) -> bool:
         """Runs the job a FinishJob leased, in the slot of the attempt that
         just ended; False when it could not start (the slot is then freed
@@ -448,3 +459,35 @@ class Worker:
             log.exception("worker %s: cannot start a leased job", self.worker_id)
             return False
         return True
+
+
+class _Slots:
+    """A worker's free slots: taken all at once by the long-poll, given back
+    one by one as attempts end."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._changed = asyncio.Event()
+
+    async def take_free(self) -> int:
+        """Waits for a free slot, then takes every free one; returns how many."""
+        while not self.free:
+            self._changed.clear()
+            await self._changed.wait()
+        taken, self.free = self.free, 0
+        return taken
+
+    def release(self, count: int) -> None:
+        """Gives ``count`` slots back."""
+        if count > 0:
+            self.free += count
+            self._changed.set()
+
+
+def _leases(
+    response: worker_service_pb2.AcquireJobResponse,
+) -> list[worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob]:
+    """Every job an AcquireJob answer leased, first one first."""
+    if not response.HasField("job"):
+        return []
+    return [response, *response.more_jobs]

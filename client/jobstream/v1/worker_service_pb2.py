@@ -26,10 +26,11 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from jobstream.v1 import errors_pb2 as jobstream_dot_v1_dot_errors__pb2
 from jobstream.v1 import job_pb2 as jobstream_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jobstream/v1/worker_service.proto\x12\x0cjobstream.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16jobstream/v1/job.proto\"\xd0\x01\n\x11\x41\x63quireJobRequest\x12\x17\n\tworker_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05kinds\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\x05\"}\n\x12\x41\x63quireJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x02\n\x10ReportJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.jobstream.v1.Progress\x12#\n\x04logs\x18\x04 \x03(\x0b\x32\x15.jobstream.v1.LogLine\x12!\n\x05steps\x18\x05 \x03(\x0b\x32\x12.jobstream.v1.Step\x12)\n\x07results\x18\x06 \x03(\x0b\x32\x18.jobstream.v1.ResultItem\x12\x14\n\x0cserver_paths\x18\x07 \x03(\t\x12\x12\n\nreport_seq\x18\x08 \x01(\x03\x12+\n\ncheckpoint\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"v\n\x11ReportJobResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\"\x8b\x02\n\x10\x46inishJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x18.jobstream.v1.JobOutcomeB\x04\xe2\x41\x01\x02\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.jobstream.v1.JobError\x12\x11\n\tretryable\x18\x06 \x01(\x08\x12\x35\n\x0c\x61\x63quire_next\x18\x07 \x01(\x0b\x32\x1f.jobstream.v1.AcquireJobRequest\"c\n\x11\x46inishJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12.\n\x04next\x18\x02 \x01(\x0b\x32 .jobstream.v1.AcquireJobResponse\"\x92\x01\n\x0e\x41rtifactHeader\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x14\n\x06sha256\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\"`\n\x15UploadArtifactRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.jobstream.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"O\n\x16UploadArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x16.jobstream.v1.Artifact\x12\x0b\n\x03seq\x18\x02 \x01(\x03*\x91\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_SUCCEEDED\x10\x01\x12\x16\n\x12JOB_OUTCOME_FAILED\x10\x02\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x03\x12\x18\n\x14JOB_OUTCOME_RELEASED\x10\x04\x32\xdb\x02\n\rWorkerService\x12O\n\nAcquireJob\x12\x1f.jobstream.v1.AcquireJobRequest\x1a .jobstream.v1.AcquireJobResponse\x12L\n\tReportJob\x12\x1e.jobstream.v1.ReportJobRequest\x1a\x1f.jobstream.v1.ReportJobResponse\x12L\n\tFinishJob\x12\x1e.jobstream.v1.FinishJobRequest\x1a\x1f.jobstream.v1.FinishJobResponse\x12]\n\x0eUploadArtifact\x12#.jobstream.v1.UploadArtifactRequest\x1a$.jobstream.v1.UploadArtifactResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jobstream/v1/worker_service.proto\x12\x0cjobstream.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19jobstream/v1/errors.proto\x1a\x16jobstream/v1/job.proto\"\xe2\x01\n\x11\x41\x63quireJobRequest\x12\x17\n\tworker_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05kinds\x18\x02 \x03(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\'\n\x04wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\x05\x12\x10\n\x08max_jobs\x18\x08 \x01(\x05\"\xa9\x01\n\x12\x41\x63quireJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\tmore_jobs\x18\x04 \x03(\x0b\x32\x17.jobstream.v1.LeasedJob\"t\n\tLeasedJob\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x02\n\x10ReportJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.jobstream.v1.Progress\x12#\n\x04logs\x18\x04 \x03(\x0b\x32\x15.jobstream.v1.LogLine\x12!\n\x05steps\x18\x05 \x03(\x0b\x32\x12.jobstream.v1.Step\x12)\n\x07results\x18\x06 \x03(\x0b\x32\x18.jobstream.v1.ResultItem\x12\x14\n\x0cserver_paths\x18\x07 \x03(\t\x12\x12\n\nreport_seq\x18\x08 \x01(\x03\x12+\n\ncheckpoint\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"v\n\x11ReportJobResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\"\x8b\x02\n\x10\x46inishJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x18.jobstream.v1.JobOutcomeB\x04\xe2\x41\x01\x02\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.jobstream.v1.JobError\x12\x11\n\tretryable\x18\x06 \x01(\x08\x12\x35\n\x0c\x61\x63quire_next\x18\x07 \x01(\x0b\x32\x1f.jobstream.v1.AcquireJobRequest\"c\n\x11\x46inishJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12.\n\x04next\x18\x02 \x01(\x0b\x32 .jobstream.v1.AcquireJobResponse\"\x82\x01\n\x11\x46inishJobsRequest\x12\x36\n\x08\x66inishes\x18\x01 \x03(\x0b\x32\x1e.jobstream.v1.FinishJobRequestB\x04\xe2\x41\x01\x02\x12\x35\n\x0c\x61\x63quire_next\x18\x02 \x01(\x0b\x32\x1f.jobstream.v1.AcquireJobRequest\"\x8d\x01\n\x0f\x46inishJobResult\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.jobstream.v1.Job\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12/\n\x0c\x65rror_reason\x18\x04 \x01(\x0e\x32\x19.jobstream.v1.ErrorReason\"t\n\x12\x46inishJobsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.jobstream.v1.FinishJobResult\x12.\n\x04next\x18\x02 \x01(\x0b\x32 .jobstream.v1.AcquireJobResponse\"\x92\x01\n\x0e\x41rtifactHeader\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08lease_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x14\n\x06sha256\x18\x06 \x01(\tB\x04\xe2\x41\x01\x02\"`\n\x15UploadArtifactRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.jobstream.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04item\"O\n\x16UploadArtifactResponse\x12(\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x16.jobstream.v1.Artifact\x12\x0b\n\x03seq\x18\x02 \x01(\x03*\x91\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_SUCCEEDED\x10\x01\x12\x16\n\x12JOB_OUTCOME_FAILED\x10\x02\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x03\x12\x18\n\x14JOB_OUTCOME_RELEASED\x10\x04\x32\xac\x03\n\rWorkerService\x12O\n\nAcquireJob\x12\x1f.jobstream.v1.AcquireJobRequest\x1a .jobstream.v1.AcquireJobResponse\x12L\n\tReportJob\x12\x1e.jobstream.v1.ReportJobRequest\x1a\x1f.jobstream.v1.ReportJobResponse\x12L\n\tFinishJob\x12\x1e.jobstream.v1.FinishJobRequest\x1a\x1f.jobstream.v1.FinishJobResponse\x12O\n\nFinishJobs\x12\x1f.jobstream.v1.FinishJobsRequest\x1a .jobstream.v1.FinishJobsResponse\x12]\n\x0eUploadArtifact\x12#.jobstream.v1.UploadArtifactRequest\x1a$.jobstream.v1.UploadArtifactResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHJOBREQUEST'].fields_by_name['lease_id']._serialized_options = b'\342A\001\002'
   _globals['_FINISHJOBREQUEST'].fields_by_name['outcome']._loaded_options = None
   _globals['_FINISHJOBREQUEST'].fields_by_name['outcome']._serialized_options = b'\342A\001\002'
+  _globals['_FINISHJOBSREQUEST'].fields_by_name['finishes']._loaded_options = None
+  _globals['_FINISHJOBSREQUEST'].fields_by_name['finishes']._serialized_options = b'\342A\001\002'
   _globals['_ARTIFACTHEADER'].fields_by_name['job_id']._loaded_options = None
   _globals['_ARTIFACTHEADER'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_ARTIFACTHEADER'].fields_by_name['lease_id']._loaded_options = None
@@ -58,26 +61,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARTIFACTHEADER'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_ARTIFACTHEADER'].fields_by_name['sha256']._loaded_options = None
   _globals['_ARTIFACTHEADER'].fields_by_name['sha256']._serialized_options = b'\342A\001\002'
-  _globals['_JOBOUTCOME']._serialized_start=1672
-  _globals['_JOBOUTCOME']._serialized_end=1817
-  _globals['_ACQUIREJOBREQUEST']._serialized_start=204
-  _globals['_ACQUIREJOBREQUEST']._serialized_end=412
-  _globals['_ACQUIREJOBRESPONSE']._serialized_start=414
-  _globals['_ACQUIREJOBRESPONSE']._serialized_end=539
-  _globals['_REPORTJOBREQUEST']._serialized_start=542
-  _globals['_REPORTJOBREQUEST']._serialized_end=850
-  _globals['_REPORTJOBRESPONSE']._serialized_start=852
-  _globals['_REPORTJOBRESPONSE']._serialized_end=970
-  _globals['_FINISHJOBREQUEST']._serialized_start=973
-  _globals['_FINISHJOBREQUEST']._serialized_end=1240
-  _globals['_FINISHJOBRESPONSE']._serialized_start=1242
-  _globals['_FINISHJOBRESPONSE']._serialized_end=1341
-  _globals['_ARTIFACTHEADER']._serialized_start=1344
-  _globals['_ARTIFACTHEADER']._serialized_end=1490
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=1492
-  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=1588
-  _globals['_UPLOADARTIFACTRESPONSE']._serialized_start=1590
-  _globals['_UPLOADARTIFACTRESPONSE']._serialized_end=1669
-  _globals['_WORKERSERVICE']._serialized_start=1820
-  _globals['_WORKERSERVICE']._serialized_end=2167
+  _globals['_JOBOUTCOME']._serialized_start=2275
+  _globals['_JOBOUTCOME']._serialized_end=2420
+  _globals['_ACQUIREJOBREQUEST']._serialized_start=231
+  _globals['_ACQUIREJOBREQUEST']._serialized_end=457
+  _globals['_ACQUIREJOBRESPONSE']._serialized_start=460
+  _globals['_ACQUIREJOBRESPONSE']._serialized_end=629
+  _globals['_LEASEDJOB']._serialized_start=631
+  _globals['_LEASEDJOB']._serialized_end=747
+  _globals['_REPORTJOBREQUEST']._serialized_start=750
+  _globals['_REPORTJOBREQUEST']._serialized_end=1058
+  _globals['_REPORTJOBRESPONSE']._serialized_start=1060
+  _globals['_REPORTJOBRESPONSE']._serialized_end=1178
+  _globals['_FINISHJOBREQUEST']._serialized_start=1181
+  _globals['_FINISHJOBREQUEST']._serialized_end=1448
+  _globals['_FINISHJOBRESPONSE']._serialized_start=1450
+  _globals['_FINISHJOBRESPONSE']._serialized_end=1549
+  _globals['_FINISHJOBSREQUEST']._serialized_start=1552
+  _globals['_FINISHJOBSREQUEST']._serialized_end=1682
+  _globals['_FINISHJOBRESULT']._serialized_start=1685
+  _globals['_FINISHJOBRESULT']._serialized_end=1826
+  _globals['_FINISHJOBSRESPONSE']._serialized_start=1828
+  _globals['_FINISHJOBSRESPONSE']._serialized_end=1944
+  _globals['_ARTIFACTHEADER']._serialized_start=1947
+  _globals['_ARTIFACTHEADER']._serialized_end=2093
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_start=2095
+  _globals['_UPLOADARTIFACTREQUEST']._serialized_end=2191
+  _globals['_UPLOADARTIFACTRESPONSE']._serialized_start=2193
+  _globals['_UPLOADARTIFACTRESPONSE']._serialized_end=2272
+  _globals['_WORKERSERVICE']._serialized_start=2423
+  _globals['_WORKERSERVICE']._serialized_end=2851
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from jobstream.v1 import errors_pb2 as _errors_pb2
 from jobstream.v1 import job_pb2 as _job_pb2
 import builtins as _builtins
 import sys
@@ -76,12 +77,19 @@ class AcquireJobRequest(_message.Message):
     LEASE_DURATION_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable name of the worker, for operators ([A-Za-z0-9._:@-]{1,128})."""
     host: _builtins.str
     """The host the worker runs on, for operators (at most 255 characters)."""
     concurrency: _builtins.int
     """How many jobs the worker runs at once, for operators (0: not said)."""
+    max_jobs: _builtins.int
+    """Most jobs to lease in this call (0 or 1: one; at most 256): a worker
+    with several free slots asks for one job per slot. The first leased
+    job is in AcquireJobResponse.job, the others in `more_jobs`, each with
+    a lease of its own. The call returns as soon as it has leased any.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Kinds it has handlers for (1..256)."""
@@ -112,10 +120,11 @@ class AcquireJobRequest(_message.Message):
         lease_duration: _duration_pb2.Duration | None = ...,
         host: _builtins.str = ...,
         concurrency: _builtins.int = ...,
+        max_jobs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "host", b"host", "kinds", b"kinds", "lease_duration", b"lease_duration", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "host", b"host", "kinds", b"kinds", "lease_duration", b"lease_duration", "max_jobs", b"max_jobs", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,11 +139,53 @@ class AcquireJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    MORE_JOBS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """The lease; pass it to ReportJob and FinishJob."""
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """The job, now RUNNING; unset when none came within the wait."""
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease ends unless renewed."""
+
+    @_builtins.property
+    def more_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeasedJob]:
+        """The jobs leased after the first one when `max_jobs` was above 1, best
+        first; empty otherwise. Each has its own lease, ended by its own finish.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+        lease_id: _builtins.str = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        more_jobs: _abc.Iterable[Global___LeasedJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expire_time", b"lease_expire_time", "lease_id", b"lease_id", "more_jobs", b"more_jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireJobResponse: _TypeAlias = AcquireJobResponse  # noqa: Y015
+
+@_typing.final
+class LeasedJob(_message.Message):
+    """LeasedJob is one more job an AcquireJob with `max_jobs` leased."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """The lease; pass it to ReportJob and FinishJob."""
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job, now RUNNING."""
 
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -153,7 +204,7 @@ class AcquireJobResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AcquireJobResponse: _TypeAlias = AcquireJobResponse  # noqa: Y015
+Global___LeasedJob: _TypeAlias = LeasedJob  # noqa: Y015
 
 @_typing.final
 class ReportJobRequest(_message.Message):
@@ -363,6 +414,116 @@ class FinishJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FinishJobResponse: _TypeAlias = FinishJobResponse  # noqa: Y015
+
+@_typing.final
+class FinishJobsRequest(_message.Message):
+    """FinishJobsRequest ends several leased attempts together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINISHES_FIELD_NUMBER: _builtins.int
+    ACQUIRE_NEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def finishes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FinishJobRequest]:
+        """The attempts to end (1..256), each checked as a FinishJobRequest
+        (errors name finishes[i].<field>); none may set its own
+        `acquire_next`, and no job may appear twice.
+        """
+
+    @_builtins.property
+    def acquire_next(self) -> Global___AcquireJobRequest:
+        """Optional: lease up to its `max_jobs` next runnable jobs as AcquireJob
+        would, after the finishes, in the same transaction, answered in
+        `next`. Checked like an AcquireJobRequest (errors name
+        acquire_next.<field>); its `wait` is ignored. Jobs are leased even when
+        some finishes were refused: the worker's slots are free either way.
+        """
+
+    def __init__(
+        self,
+        *,
+        finishes: _abc.Iterable[Global___FinishJobRequest] | None = ...,
+        acquire_next: Global___AcquireJobRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acquire_next", b"acquire_next"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_next", b"acquire_next", "finishes", b"finishes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishJobsRequest: _TypeAlias = FinishJobsRequest  # noqa: Y015
+
+@_typing.final
+class FinishJobResult(_message.Message):
+    """FinishJobResult is the answer to one finish of a FinishJobs call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    error_code: _builtins.int
+    """The refusal's google.rpc.Code (5 NOT_FOUND, 9 FAILED_PRECONDITION); 0
+    when the finish was stored.
+    """
+    error_message: _builtins.str
+    """Why the finish was refused, as the single call's status would say it."""
+    error_reason: _errors_pb2.ErrorReason.ValueType
+    """The refusal's reason (JOB_NOT_FOUND, LEASE_EXPIRED, LEASE_UNKNOWN)."""
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job after its attempt ended (terminal, or QUEUED again for a
+        retry); unset when this finish was refused.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+        error_code: _builtins.int = ...,
+        error_message: _builtins.str = ...,
+        error_reason: _errors_pb2.ErrorReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "error_reason", b"error_reason", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishJobResult: _TypeAlias = FinishJobResult  # noqa: Y015
+
+@_typing.final
+class FinishJobsResponse(_message.Message):
+    """FinishJobsResponse answers each finish and carries the next leases."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___FinishJobResult]:
+        """One per finish, in the order of the request's `finishes`."""
+
+    @_builtins.property
+    def next(self) -> Global___AcquireJobResponse:
+        """The next leased jobs when `acquire_next` was set (its `job` unset when
+        none was runnable); unset when `acquire_next` was not set.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___FinishJobResult] | None = ...,
+        next: Global___AcquireJobResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next", b"next"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishJobsResponse: _TypeAlias = FinishJobsResponse  # noqa: Y015
 
 @_typing.final
 class ArtifactHeader(_message.Message):

@@ -58,6 +58,11 @@ class WorkerServiceStub:
                 request_serializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobRequest.SerializeToString,
                 response_deserializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobResponse.FromString,
                 _registered_method=True)
+        self.FinishJobs = channel.unary_unary(
+                '/jobstream.v1.WorkerService/FinishJobs',
+                request_serializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobsRequest.SerializeToString,
+                response_deserializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobsResponse.FromString,
+                _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/jobstream.v1.WorkerService/UploadArtifact',
                 request_serializer=jobstream_dot_v1_dot_worker__service__pb2.UploadArtifactRequest.SerializeToString,
@@ -115,6 +120,23 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FinishJobs(self, request, context):
+        """Ends several leased attempts in one call and one transaction, each as
+        FinishJob would, and with `acquire_next` leases up to its `max_jobs`
+        next jobs in the same transaction: a worker whose jobs end together
+        makes one call (and the server one commit) for all of them. Each
+        finish has its own answer in `results`, in the order of `finishes`: a
+        finish whose lease is gone (or whose job is) is answered there with
+        its code and reason, and the others are stored all the same.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: finishes[i].<field>, a job
+        named twice, more than 256 finishes, acquire_next.<field>); nothing is
+        stored then. Per finish, in results[i]: NOT_FOUND (JOB_NOT_FOUND),
+        FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadArtifact(self, request_iterator, context):
         """Uploads an output file of a leased job: a header message, then the
         content in chunks. The server checks size and sha256 before it stores
@@ -147,6 +169,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.FinishJob,
                     request_deserializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobRequest.FromString,
                     response_serializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'FinishJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJobs,
+                    request_deserializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobsRequest.FromString,
+                    response_serializer=jobstream_dot_v1_dot_worker__service__pb2.FinishJobsResponse.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
@@ -244,6 +271,33 @@ class WorkerService:
             '/jobstream.v1.WorkerService/FinishJob',
             jobstream_dot_v1_dot_worker__service__pb2.FinishJobRequest.SerializeToString,
             jobstream_dot_v1_dot_worker__service__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobstream.v1.WorkerService/FinishJobs',
+            jobstream_dot_v1_dot_worker__service__pb2.FinishJobsRequest.SerializeToString,
+            jobstream_dot_v1_dot_worker__service__pb2.FinishJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

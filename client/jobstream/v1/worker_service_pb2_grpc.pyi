@@ -68,6 +68,19 @@ class WorkerServiceStub:
     LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
     AcquireJob.
     """
+    FinishJobs: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobsRequest, _worker_service_pb2.FinishJobsResponse]
+    """Ends several leased attempts in one call and one transaction, each as
+    FinishJob would, and with `acquire_next` leases up to its `max_jobs`
+    next jobs in the same transaction: a worker whose jobs end together
+    makes one call (and the server one commit) for all of them. Each
+    finish has its own answer in `results`, in the order of `finishes`: a
+    finish whose lease is gone (or whose job is) is answered there with
+    its code and reason, and the others are stored all the same.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD: finishes[i].<field>, a job
+    named twice, more than 256 finishes, acquire_next.<field>); nothing is
+    stored then. Per finish, in results[i]: NOT_FOUND (JOB_NOT_FOUND),
+    FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN).
+    """
     UploadArtifact: _grpc.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]
     """Uploads an output file of a leased job: a header message, then the
     content in chunks. The server checks size and sha256 before it stores
@@ -119,6 +132,19 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
     LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
     AcquireJob.
+    """
+    FinishJobs: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.FinishJobsRequest, _worker_service_pb2.FinishJobsResponse]  # type: ignore[assignment]
+    """Ends several leased attempts in one call and one transaction, each as
+    FinishJob would, and with `acquire_next` leases up to its `max_jobs`
+    next jobs in the same transaction: a worker whose jobs end together
+    makes one call (and the server one commit) for all of them. Each
+    finish has its own answer in `results`, in the order of `finishes`: a
+    finish whose lease is gone (or whose job is) is answered there with
+    its code and reason, and the others are stored all the same.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD: finishes[i].<field>, a job
+    named twice, more than 256 finishes, acquire_next.<field>); nothing is
+    stored then. Per finish, in results[i]: NOT_FOUND (JOB_NOT_FOUND),
+    FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN).
     """
     UploadArtifact: _aio.StreamUnaryMultiCallable[_worker_service_pb2.UploadArtifactRequest, _worker_service_pb2.UploadArtifactResponse]  # type: ignore[assignment]
     """Uploads an output file of a leased job: a header message, then the
@@ -186,6 +212,25 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION (LEASE_EXPIRED,
         LEASE_UNKNOWN); with acquire_next, INVALID_ARGUMENT (INVALID_FIELD) as
         AcquireJob.
+        """
+
+    @_abc_1.abstractmethod
+    def FinishJobs(
+        self,
+        request: _worker_service_pb2.FinishJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.FinishJobsResponse, _abc.Awaitable[_worker_service_pb2.FinishJobsResponse]]:
+        """Ends several leased attempts in one call and one transaction, each as
+        FinishJob would, and with `acquire_next` leases up to its `max_jobs`
+        next jobs in the same transaction: a worker whose jobs end together
+        makes one call (and the server one commit) for all of them. Each
+        finish has its own answer in `results`, in the order of `finishes`: a
+        finish whose lease is gone (or whose job is) is answered there with
+        its code and reason, and the others are stored all the same.
+        Errors: INVALID_ARGUMENT (INVALID_FIELD: finishes[i].<field>, a job
+        named twice, more than 256 finishes, acquire_next.<field>); nothing is
+        stored then. Per finish, in results[i]: NOT_FOUND (JOB_NOT_FOUND),
+        FAILED_PRECONDITION (LEASE_EXPIRED, LEASE_UNKNOWN).
         """
 
     @_abc_1.abstractmethod

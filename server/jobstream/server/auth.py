@@ -92,6 +92,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     _WORKERS + "AcquireJob": frozenset({Role.WORKER}),
     _WORKERS + "ReportJob": frozenset({Role.WORKER}),
     _WORKERS + "FinishJob": frozenset({Role.WORKER}),
+    _WORKERS + "FinishJobs": frozenset({Role.WORKER}),
     _JOBS + "RetryJob": _WRITE,
     _JOBS + "GetStats": _READ,
     # Workers are not anyone's jobs: every reading role may see them (the

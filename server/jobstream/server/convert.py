@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
@@ -24,13 +24,15 @@ from jobstream.server.domain import (
     StepState,
     WorkerInfo,
 )
+from jobstream.server.error_details import CODES
+from jobstream.server.errors import ServiceError
 from jobstream.server.proto_enums import (
     JOB_STATE_NUMBERS,
     LOG_LEVEL_NUMBERS,
     RESULT_STATUS_NUMBERS,
     STEP_STATE_NUMBERS,
 )
-from jobstream.v1 import job_pb2, job_service_pb2
+from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
 
 
 def timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
@@ -273,12 +275,38 @@ class EventMessages:
 
 
 def lease_fields(lease: Lease) -> dict[str, Any]:
-    """An AcquireJobResponse's fields for a lease."""
+    """An AcquireJobResponse's (or a LeasedJob's) fields for a lease."""
     return {
         "job": job(lease.job),
         "lease_id": lease.lease_id,
         "lease_expire_time": timestamp(lease.expire_time),
     }
+
+
+def leases(leased: Sequence[Lease]) -> worker_service_pb2.AcquireJobResponse:
+    """An AcquireJobResponse: the first lease in its own fields (as a
+    single-job answer has always carried it), the others in ``more_jobs``;
+    empty when none."""
+    if not leased:
+        return worker_service_pb2.AcquireJobResponse()
+    first, *more = leased
+    return worker_service_pb2.AcquireJobResponse(
+        **lease_fields(first),
+        more_jobs=[worker_service_pb2.LeasedJob(**lease_fields(lease)) for lease in more],
+    )
+
+
+def finish_result(answer: Job | ServiceError) -> worker_service_pb2.FinishJobResult:
+    """One finish's answer in a FinishJobsResponse: the job, or why the
+    finish was refused (the code, message and reason its own call would
+    have ended with)."""
+    if isinstance(answer, ServiceError):
+        return worker_service_pb2.FinishJobResult(
+            error_code=CODES[type(answer)].value[0],
+            error_message=answer.details(),
+            error_reason=answer.reason,
+        )
+    return worker_service_pb2.FinishJobResult(job=job(answer))
 
 
 def duration(us: int) -> duration_pb2.Duration:

@@ -188,6 +188,22 @@ class LabelRow(BaseModel):
         indexes = ((("key", "value"), False),)
 
 
+class ParamRow(BaseModel):
+    """One member of a job's params that a filter can name (migration 0016):
+    its dotted path and its value as canonical JSON (a long one as its
+    digest, see store/params.py), so a params filter is an index seek, the
+    same on both backends."""
+
+    job = pw.ForeignKeyField(JobRow, on_delete="CASCADE", column_name="job_id", index=False)
+    key = pw.TextField()
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "job_param"
+        primary_key = pw.CompositeKey("job", "key")
+        indexes = ((("key", "value", "job"), False),)
+
+
 class EventRow(BaseModel):
     """One event of a job; ``seq`` is gap-free per job, assigned in the
     transaction that stores the event."""
@@ -247,6 +263,10 @@ class ChangeRow(BaseModel):
 
 # Purge and stats find jobs by when they ended (migration 0003).
 JobRow.add_index(JobRow.index(JobRow.state, JobRow.end_time))
+# Listing by an end-time window, whatever the state (migration 0016).
+JobRow.add_index(
+    JobRow.index(JobRow.end_time, name="job_end_time", where=JobRow.end_time.is_null(False))
+)
 
 
 class WorkerRow(BaseModel):
@@ -389,6 +409,7 @@ class SecretRow(BaseModel):
 MODELS: tuple[type[BaseModel], ...] = (
     JobRow,
     LabelRow,
+    ParamRow,
     EventRow,
     StepRow,
     ChangeRow,

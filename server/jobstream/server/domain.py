@@ -242,6 +242,8 @@ class Acquire:
     """How long to wait for a job."""
     lease_us: int | None = None
     """The lease length asked for; None takes the server's default."""
+    max_jobs: int = 1
+    """Most jobs to lease at once (one per free slot of the worker)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -300,6 +302,15 @@ class Finish:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class FinishItem:
+    """One validated finish of a FinishJobs call."""
+
+    job_id: str
+    lease_id: str
+    finish: Finish
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Lease:
     """A job handed to a worker, and the lease that fences its calls."""
 
@@ -330,7 +341,8 @@ class JobFilter:
     """A substring (any case) of the id, kind, a label key or value, or the
     error message."""
     params: tuple[tuple[tuple[str, ...], str], ...] = ()
-    """(path into params, the value as compact JSON) pairs that must be equal."""
+    """(path into params, the value as canonical JSON: :func:`canonical_json`)
+    pairs that must be equal."""
 
     def matches(self, job: Job) -> bool:
         """Whether ``job`` passes this filter (used on live changes)."""
@@ -363,13 +375,37 @@ def _searchable(job: Job) -> str:
 
 
 def _param_json(params: JSON, path: tuple[str, ...]) -> str | None:
-    """The value at ``path`` in ``params`` as compact JSON; None if absent."""
+    """The value at ``path`` in ``params`` as canonical JSON; None if absent."""
     value: Any = params
     for key in path:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(value)
+
+
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _canonical_numbers(value: Any) -> Any:
+    """``value`` with every float that is a whole number as an int (so 1.0
+    and 1 are one value, as they are in JSON's own arithmetic)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_numbers(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """The one text of a JSON value that params filters compare: compact,
+    object keys sorted, numbers as Python writes them back (``1.50`` is
+    ``1.5``, ``1.0`` is ``1``, ``1e2`` is ``100``). Computed here, not by
+    the database, so SQLite and PostgreSQL (whose jsonb writes numbers and
+    objects its own way) match the same jobs."""
+    return _CANONICAL.encode(_canonical_numbers(value))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -137,6 +137,14 @@ MAX_ACQUIRE_NAMES = 256
 more kinds than this should run several workers. Each distinct pair of
 counts compiles one acquire query, so this also bounds that cache."""
 
+MAX_ACQUIRE_JOBS = 256
+"""Jobs one AcquireJob (``max_jobs``) may lease at once: one per free slot
+of a worker, and a worker runs at most MAX_CONCURRENCY jobs."""
+
+MAX_FINISH_BATCH = 256
+"""Finishes one FinishJobs call may carry: a worker's finished attempts,
+at most one per slot."""
+
 MAX_PAGE_TOKEN_BYTES = 512
 """Longest page token: the server's own are under 150 bytes, so anything
 longer was not issued here and is refused before it is decoded."""

@@ -440,16 +440,15 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
     ) -> ws.AcquireJobResponse:
         spec = validation.acquire(request)
         with self.presence.polling(spec):
-            lease = await self.service.acquire(
+            leases = await self.service.acquire(
                 worker_id=spec.worker_id,
                 kinds=spec.kinds,
                 queues=spec.queues,
                 wait_s=spec.wait_s,
                 lease_us=spec.lease_us,
+                max_jobs=spec.max_jobs,
             )
-        if lease is None:
-            return ws.AcquireJobResponse()
-        return ws.AcquireJobResponse(**convert.lease_fields(lease))
+        return convert.leases(leases)
 
     @unary
     async def ReportJob(
@@ -473,17 +472,29 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         acquire_next = validation.acquire_next(request)
         if acquire_next is not None:
             self.presence.seen(acquire_next)
-        job, lease = await self.service.finish(
+        job, leases = await self.service.finish(
             fields.job_id(request.job_id),
             fields.lease_id(request.lease_id),
             validation.finish(request, self.limits),
             acquire_next=acquire_next,
         )
         response = ws.FinishJobResponse(job=convert.job(job))
-        if request.HasField("acquire_next"):
-            response.next.SetInParent()
-            if lease is not None:
-                response.next.CopyFrom(ws.AcquireJobResponse(**convert.lease_fields(lease)))
+        if acquire_next is not None:
+            response.next.CopyFrom(convert.leases(leases))
+        return response
+
+    @unary
+    async def FinishJobs(
+        self, request: ws.FinishJobsRequest, context: Context
+    ) -> ws.FinishJobsResponse:
+        items = validation.finishes(request, self.limits)
+        acquire_next = validation.acquire_next(request)
+        if acquire_next is not None:
+            self.presence.seen(acquire_next)
+        answers, leases = await self.service.finish_many(items, acquire_next=acquire_next)
+        response = ws.FinishJobsResponse(results=[convert.finish_result(a) for a in answers])
+        if acquire_next is not None:
+            response.next.CopyFrom(convert.leases(leases))
         return response
 
     @unary

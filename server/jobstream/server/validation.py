@@ -17,6 +17,7 @@ from jobstream.server.domain import (
     ArtifactSpec,
     ErrorInfo,
     Finish,
+    FinishItem,
     JobFilter,
     LogLevel,
     LogLine,
@@ -27,6 +28,7 @@ from jobstream.server.domain import (
     RequestKey,
     ResultItem,
     Step,
+    canonical_json,
 )
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
@@ -34,6 +36,7 @@ from jobstream.server.limits import (
     DEFAULT_STATS_WINDOW_S,
     KIND,
     LEASE_ID,
+    MAX_ACQUIRE_JOBS,
     MAX_ACQUIRE_NAMES,
     MAX_ATTEMPTS,
     MAX_BATCH_SUBMIT,
@@ -41,6 +44,7 @@ from jobstream.server.limits import (
     MAX_CONCURRENCY,
     MAX_CONTENT_TYPE_BYTES,
     MAX_FILTER_VALUES,
+    MAX_FINISH_BATCH,
     MAX_HOST_BYTES,
     MAX_LEASE_REQUEST_S,
     MAX_PARAM_VALUE_BYTES,
@@ -174,7 +178,7 @@ def _time(msg: Any, name: str) -> int | None:
 
 
 def _param_filters(params: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], str], ...]:
-    """JobFilter.params: (path, value as compact JSON) pairs. A value that
+    """JobFilter.params: (path, value as canonical JSON) pairs. A value that
     is not JSON is the string it spells ("eu")."""
     fields.count(params, "filter.params", MAX_FILTER_VALUES)
     pairs = []
@@ -186,9 +190,7 @@ def _param_filters(params: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], st
             value = json.loads(raw)
         except ValueError:
             value = raw
-        pairs.append(
-            (tuple(key.split(".")), json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-        )
+        pairs.append((tuple(key.split(".")), canonical_json(value)))
     return tuple(pairs)
 
 
@@ -352,6 +354,8 @@ def acquire(req: worker_service_pb2.AcquireJobRequest) -> Acquire:
         raise InvalidArgument(
             f"{req.concurrency} is outside 0..{MAX_CONCURRENCY}", field="concurrency"
         )
+    if not 0 <= req.max_jobs <= MAX_ACQUIRE_JOBS:
+        raise InvalidArgument(f"{req.max_jobs} is outside 0..{MAX_ACQUIRE_JOBS}", field="max_jobs")
     return Acquire(
         worker_id=worker_id,
         host=fields.text(req.host, "host", MAX_HOST_BYTES),
@@ -366,18 +370,54 @@ def acquire(req: worker_service_pb2.AcquireJobRequest) -> Acquire:
             if req.HasField("lease_duration")
             else None
         ),
+        max_jobs=max(1, req.max_jobs),
     )
 
 
-def acquire_next(req: worker_service_pb2.FinishJobRequest) -> Acquire | None:
-    """FinishJob's optional ``acquire_next``, checked like an AcquireJob
-    (errors name ``acquire_next.<field>``); None when unset."""
+def acquire_next(
+    req: worker_service_pb2.FinishJobRequest | worker_service_pb2.FinishJobsRequest,
+) -> Acquire | None:
+    """FinishJob's (or FinishJobs') optional ``acquire_next``, checked like
+    an AcquireJob (errors name ``acquire_next.<field>``); None when unset."""
     if not req.HasField("acquire_next"):
         return None
     try:
         return acquire(req.acquire_next)
     except InvalidArgument as exc:
         raise InvalidArgument(exc.message, field=f"acquire_next.{exc.field}") from exc
+
+
+def finishes(req: worker_service_pb2.FinishJobsRequest, limits: Limits) -> list[FinishItem]:
+    """FinishJobs' finishes, each checked as a FinishJobRequest (errors name
+    ``finishes[i].<field>``): 1..MAX_FINISH_BATCH of them, no job twice,
+    none with an ``acquire_next`` of its own (the call has one)."""
+    if not req.finishes:
+        raise InvalidArgument("name at least one finish", field="finishes")
+    fields.count(req.finishes, "finishes", MAX_FINISH_BATCH)
+    items: list[FinishItem] = []
+    seen: set[str] = set()
+    for i, one in enumerate(req.finishes):
+        where = f"finishes[{i}]"
+        if one.HasField("acquire_next"):
+            raise InvalidArgument(
+                "is set; a FinishJobs call has one acquire_next, for all its finishes",
+                field=f"{where}.acquire_next",
+            )
+        try:
+            item = FinishItem(
+                job_id=fields.job_id(one.job_id),
+                lease_id=fields.lease_id(one.lease_id),
+                finish=finish(one, limits),
+            )
+        except InvalidArgument as exc:
+            raise InvalidArgument(exc.message, field=f"{where}.{exc.field}") from exc
+        if item.job_id in seen:
+            raise InvalidArgument(
+                f"job {item.job_id!r} is finished twice in this call", field=f"{where}.job_id"
+            )
+        seen.add(item.job_id)
+        items.append(item)
+    return items
 
 
 def purge_filter(flt: job_pb2.JobFilter, limits: Limits) -> JobFilter:

@@ -13,6 +13,7 @@ const LEVELS = ['DEBUG', 'INFO', 'WARNING', 'ERROR'];
 const FLUSH_MS = 100;            // how often a busy job page redraws
 const TAIL_EVENTS = 20000;       // a job page follows from this many events before the end
 const HEAD_LINES = 1000;         // lines "Jump to start" loads from the beginning
+const WORKERS_MS = 5000;         // how often worker presence is read again (it is not streamed)
 
 // ---------------------------------------------------------------- helpers
 
@@ -70,6 +71,29 @@ function badge(job) {
   const s = state(job);
   return el('span', {class: `state state-${s.toLowerCase()}`}, s.toLowerCase(),
     job.cancelRequested && !TERMINAL.has(s) ? ' (cancelling)' : '');
+}
+
+// Every worker the servers list (seen in the last hour), live or not.
+async function listWorkers() {
+  const workers = [];
+  let token = '';
+  do {
+    const q = new URLSearchParams({pageSize: 1000});
+    if (token) q.set('pageToken', token);
+    const data = await api('GET', `/v1/workers?${q}`);
+    workers.push(...(data.workers || []));
+    token = data.nextPageToken || '';
+  } while (token);
+  return workers;
+}
+
+// For a queued job no live worker takes (its kind on its queue): why it
+// waits, as `jobstream get` says it; '' otherwise.
+function unserved(job, workers) {
+  if (state(job) !== 'QUEUED') return '';
+  const queue = job.queue || 'default';
+  const served = workers.some((w) => w.live && (w.kinds || []).includes(job.kind) && (w.queues || []).includes(queue));
+  return served ? '' : `no live worker serves kind ${job.kind} on queue ${queue}`;
 }
 
 function flash(text, kind) {
@@ -154,6 +178,7 @@ function route() {
   if (path.startsWith('/jobs/')) current = jobView(view, decodeURIComponent(path.slice(6)));
   else if (path === '/submit') current = submitView(view);
   else if (path === '/stats') current = statsView(view, params);
+  else if (path === '/workers') current = workersView(view);
   else current = listView(view, params);
 }
 
@@ -170,6 +195,7 @@ function listView(view, params) {
   let jobs = new Map();  // id -> job, in display order
   const selected = new Set();
   let source = null;
+  let workers = null;  // null until read: no job is marked before then
   const body = el('tbody');
   const pager = el('span', {class: 'pager-info'});
 
@@ -195,12 +221,26 @@ function listView(view, params) {
       el('td', {}, box),
       el('td', {class: 'id'}, el('a', {href: `#/jobs/${encodeURIComponent(id)}`}, id)),
       el('td', {}, job.kind),
-      el('td', {}, badge(job)),
+      el('td', {}, badge(job), unservedMark(job)),
       el('td', {}, progressBar(job)),
       el('td', {class: 'phase'}, (job.progress || {}).phase || ''),
       el('td', {class: 'num'}, `${job.attempt || 0}/${job.maxAttempts || 0}`),
       el('td', {class: 'age'}, age(job)),
       el('td', {class: 'dur'}, runTime(job)));
+  }
+
+  function unservedMark(job) {
+    const why = workers ? unserved(job, workers) : '';
+    return why ? el('span', {class: 'unserved', title: why}, 'no worker') : '';
+  }
+
+  async function loadWorkers() {
+    try {
+      const seen = await listWorkers();
+      const before = JSON.stringify(workers);
+      workers = seen;
+      if (JSON.stringify(workers) !== before) render();
+    } catch (error) { flash(error.message); }
   }
 
   function render() {
@@ -320,9 +360,53 @@ function listView(view, params) {
       tr.querySelector('.dur').textContent = runTime(job);
     }
   }, 1000);
+  // Whether a queued job has a worker changes as workers come and go.
+  const presence = setInterval(loadWorkers, WORKERS_MS);
   watch();
   load();
-  return {close() { source?.close(); clearInterval(clock); }};
+  loadWorkers();
+  return {close() { source?.close(); clearInterval(clock); clearInterval(presence); }};
+}
+
+// ---------------------------------------------------------------- workers
+
+function workersView(view) {
+  const body = el('tbody');
+  const summary = el('p', {class: 'muted', id: 'workers-summary'});
+  view.append(el('h1', {}, 'Workers'), summary,
+    el('table', {class: 'workers'},
+      el('thead', {}, el('tr', {},
+        ['id', 'host', 'kinds', 'queues', 'concurrency', 'jobs in hand', 'last seen', ''].map((h) => el('th', {}, h)))),
+      body));
+
+  function row(w) {
+    const seen = duration((Date.now() - ms(w.lastSeenTime)) / 1000);
+    return el('tr', {'data-id': w.workerId, class: w.live ? 'live-worker' : 'gone'},
+      el('td', {class: 'id'}, w.workerId),
+      el('td', {}, w.host || ''),
+      el('td', {class: 'kinds'}, (w.kinds || []).join(', ')),
+      el('td', {class: 'queues'}, (w.queues || []).join(', ')),
+      el('td', {class: 'num concurrency'}, String(w.concurrency || 0)),
+      el('td', {class: 'num running'}, String(w.runningJobs || 0)),
+      el('td', {class: 'seen'}, seen ? `${seen} ago` : 'now'),
+      el('td', {}, el('span', {class: `state ${w.live ? 'state-succeeded' : ''}`}, w.live ? 'live' : 'gone')));
+  }
+
+  async function load() {
+    try {
+      const workers = await listWorkers();
+      // Live ones first, each group by id (the order the servers list them).
+      workers.sort((a, b) => Number(b.live || false) - Number(a.live || false));
+      const live = workers.filter((w) => w.live).length;
+      summary.textContent = `${live} live, ${workers.length - live} gone. Live: seen polling in the last 15 s, `
+        + 'or holding a job; a worker stays listed for an hour after it was last seen.';
+      body.replaceChildren(...workers.map(row));
+    } catch (error) { flash(error.message); }
+  }
+
+  const timer = setInterval(load, WORKERS_MS);
+  load();
+  return {close() { clearInterval(timer); }};
 }
 
 // ---------------------------------------------------------------- job page

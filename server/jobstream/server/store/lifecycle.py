@@ -13,7 +13,7 @@ from typing import Any
 
 import peewee as pw
 
-from jobstream.server.db import JobRow, LabelRow, dumps
+from jobstream.server.db import JobRow, LabelRow, ParamRow, dumps
 from jobstream.server.domain import (
     Effects,
     ErrorInfo,
@@ -33,6 +33,7 @@ from jobstream.server.ids import new_job_id
 from jobstream.server.store import steps
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger, owned
+from jobstream.server.store.params import param_rows
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.rows import job_from_new, job_of
 from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
@@ -75,6 +76,7 @@ class Lifecycle:
         self.policy = policy
         self._insert_job = RawInsert(db, JobRow, JOB_COLUMNS)
         self._insert_label = RawInsert(db, LabelRow, ("job_id", "key", "value"))
+        self._insert_param = RawInsert(db, ParamRow, ("job_id", "key", "value"))
 
     def submit(
         self, effects: Effects, specs: Sequence[NewJob], now: int, *, batch: bool = False
@@ -86,6 +88,7 @@ class Lifecycle:
         out: list[tuple[Job, bool]] = []
         rows: list[dict[str, Any]] = []
         labels: list[tuple[str, str, str]] = []
+        params: list[tuple[str, str, str]] = []
         seen_ids: set[str] = set()
         # (owner, request_id) -> (payload digest, index in ``out``)
         seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
@@ -151,12 +154,14 @@ class Lifecycle:
             }
             rows.append(row)
             labels.extend((job_id, k, v) for k, v in spec.labels.items())
+            params.extend(param_rows(job_id, spec.params))
             out.append((job_from_new(row, spec), True))
         if rows:
             self._insert_job.run(
                 [tuple(r.get(c, JOB_DEFAULTS[c]) for c in JOB_COLUMNS) for r in rows]
             )
             self._insert_label.run(labels)
+            self._insert_param.run(params)
             events = [
                 Event(
                     job_id=r["id"],
@@ -183,11 +188,34 @@ class Lifecycle:
         now: int,
     ) -> Lease | None:
         """Leases the best runnable job, or returns None."""
+        leases = self.acquire_many(
+            effects, worker_id=worker_id, kinds=kinds, queues=queues, lease_us=lease_us, now=now
+        )
+        return leases[0] if leases else None
+
+    def acquire_many(
+        self,
+        effects: Effects,
+        *,
+        worker_id: str,
+        kinds: Sequence[str],
+        queues: Sequence[str],
+        lease_us: int,
+        now: int,
+        limit: int = 1,
+    ) -> list[Lease]:
+        """Leases the best ``limit`` runnable jobs (none when none is), best
+        first, each with a lease of its own; one SELECT for all of them."""
         sql = self.sql.acquire(len(queues), len(kinds))
-        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, 1))
-        if not rows:
-            return None
-        row = rows[0]
+        # All read before any is updated: the updates must not move rows
+        # under an open cursor.
+        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, limit))
+        return [self._lease(effects, row, worker_id, lease_us, now) for row in rows]
+
+    def _lease(
+        self, effects: Effects, row: JobRow, worker_id: str, lease_us: int, now: int
+    ) -> Lease:
+        """Makes ``row`` (QUEUED, just selected) RUNNING under a new lease."""
         lease_id = secrets.token_hex(16)
         attempt = row.attempt + 1
         expire = now + lease_us
