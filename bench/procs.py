@@ -3,6 +3,7 @@ each on 127.0.0.1 with a port picked by the OS, restartable on that port."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -163,3 +164,14 @@ def jobstream_server(workdir: Path, name: str, *extra: str, http: bool = False) 
 def db_path(workdir: Path, name: str) -> Path:
     """The SQLite file of the jobstream server ``name``."""
     return workdir / name / "jobstream.db"
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""Units of the CPU times in /proc/<pid>/stat."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a process has used so far, every thread's."""
+    # The fields after the command name, which may itself hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime

@@ -177,17 +177,27 @@ def wait(session: Session, job_id: str, *, timeout: float | None = None) -> Prog
 
 
 def _wait(session: Session, job_id: str, deadline: float | None) -> Program[Job]:
-    job = yield from _get(session, job_id, deadline)
-    if job.state.terminal:
-        return job
+    # One WatchJob, no GetJob: its snapshot is the job when it has ended
+    # already, and its last message carries the job as it ended. Only a
+    # server that sends no final job (older than final_snapshot) is asked
+    # with a GetJob afterwards.
     until_terminal = JobWatch(
         job_id,
-        job.last_seq,
+        0,
         resume=True,
         resume_timeout=session.resume_timeout,
         deadline=deadline,
+        skip_history=True,
+        final_snapshot=True,
+        # A client that reached the server before retries its reads while
+        # the server restarts; the watch that replaces the first GetJob
+        # resumes likewise.
+        established=session.reached,
     )
     yield from drain(follow(until_terminal))
+    session.answered()  # as the GetJob it replaces would have
+    if until_terminal.final is not None:
+        return until_terminal.final
     return (yield from _get(session, job_id, deadline))
 
 

@@ -43,13 +43,22 @@ class Resumable(Generic[Req, Resp, T]):
     """
 
     def __init__(
-        self, *, what: str, resume: bool, resume_timeout: float, deadline: float | None
+        self,
+        *,
+        what: str,
+        resume: bool,
+        resume_timeout: float,
+        deadline: float | None,
+        established: bool = False,
     ) -> None:
         self.what = what
         self.resume = resume
         self.deadline = deadline
         self.done = False
-        self._established = False
+        self._established = established
+        """Whether a drop is resumed: once something was received, or from
+        the start for a caller whose client reached the server before (a
+        read it replaces would have been sent again, see calls.py)."""
         self._outage = Outage(resume_timeout, deadline)
 
     def rpc(
@@ -125,7 +134,13 @@ class JobWatch(
     Resumable[job_service_pb2.WatchJobRequest, job_service_pb2.WatchJobResponse, Job | JobEvent]
 ):
     """WatchJob: the snapshot once, then each event once, in seq order;
-    done after the event that makes the job terminal."""
+    done after the event that makes the job terminal.
+
+    With ``skip_history`` the events start after the snapshot's (those it
+    accounts for are not sent, or dropped here when an older server sends
+    them); with ``final_snapshot``, :attr:`final` is the job as it ended
+    once the watch is done, from the server's last message or a snapshot
+    of the job already ended (None from a server that sends none)."""
 
     def __init__(
         self,
@@ -135,12 +150,23 @@ class JobWatch(
         resume: bool,
         resume_timeout: float,
         deadline: float | None = None,
+        skip_history: bool = False,
+        final_snapshot: bool = False,
+        established: bool = False,
     ) -> None:
         super().__init__(
-            what=f"watch {job_id}", resume=resume, resume_timeout=resume_timeout, deadline=deadline
+            what=f"watch {job_id}",
+            resume=resume,
+            resume_timeout=resume_timeout,
+            deadline=deadline,
+            established=established,
         )
         self.job_id = job_id
         self.last_seq = after_seq
+        self.skip_history = skip_history
+        self.final_snapshot = final_snapshot
+        self.final: Job | None = None
+        """The job as it ended (see the class docstring)."""
         self._snapshot_seen = False
         self._snapshot_last_seq = 0
 
@@ -152,7 +178,14 @@ class JobWatch(
         return stub.WatchJob
 
     def request(self) -> job_service_pb2.WatchJobRequest:
-        return job_service_pb2.WatchJobRequest(job_id=self.job_id, after_seq=self.last_seq)
+        return job_service_pb2.WatchJobRequest(
+            job_id=self.job_id,
+            after_seq=self.last_seq,
+            # A resumed watch goes on from its last event: what happened
+            # while it was away is not history to skip.
+            skip_history=self.skip_history and not self._snapshot_seen,
+            final_snapshot=self.final_snapshot,
+        )
 
     def accept(self, response: job_service_pb2.WatchJobResponse) -> list[Job | JobEvent]:
         self.received()
@@ -160,8 +193,11 @@ class JobWatch(
         if kind == "snapshot":
             job = job_from_pb(response.snapshot)
             self._snapshot_last_seq = job.last_seq
+            if self.skip_history and not self._snapshot_seen:
+                self.last_seq = max(self.last_seq, job.last_seq)
             if job.state.terminal and job.last_seq <= self.last_seq:
                 self.done = True
+                self.final = job
             if self._snapshot_seen:
                 return []
             self._snapshot_seen = True
@@ -173,6 +209,8 @@ class JobWatch(
                 break
             if message.seq > self.last_seq:
                 events.append(self._event(event_from_pb(message)))
+        if self.done and response.HasField("final_snapshot"):
+            self.final = job_from_pb(response.final_snapshot)
         return events
 
     def _event(self, event: JobEvent) -> JobEvent:

@@ -429,21 +429,38 @@ class WatchJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    SKIP_HISTORY_FIELD_NUMBER: _builtins.int
+    FINAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     after_seq: _builtins.int
     """Send only events with a larger seq (0: from the first event); beyond
     the job's newest event is OUT_OF_RANGE.
     """
+    skip_history: _builtins.bool
+    """Send no stored event the snapshot already accounts for: the events
+    start after the snapshot's last_seq (or after after_seq, when larger).
+    For a caller that wants the job as it is and how it ends, not its
+    history. A server older than this field sends the history anyway: a
+    caller drops the events up to the snapshot's last_seq itself.
+    """
+    final_snapshot: _builtins.bool
+    """Put the job as it is after its terminal event on the message that
+    carries that event (WatchJobResponse.final_snapshot), so a caller
+    waiting for the end needs no GetJob afterwards. A server older than
+    this field, or a job deleted as it ended, leaves it unset.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        skip_history: _builtins.bool = ...,
+        final_snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "final_snapshot", b"final_snapshot", "job_id", b"job_id", "skip_history", b"skip_history"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,6 +477,7 @@ class WatchJobResponse(_message.Message):
 
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    FINAL_SNAPSHOT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> _job_pb2.Job:
         """The job as it was when the watch started."""
@@ -468,15 +486,25 @@ class WatchJobResponse(_message.Message):
     def events(self) -> Global___JobEventBatch:
         """The next events, consecutive and in seq order (one or more)."""
 
+    @_builtins.property
+    def final_snapshot(self) -> _job_pb2.Job:
+        """With WatchJobRequest.final_snapshot: on the events message that ends the
+        watch (it holds the job's terminal event), the job as it is after that
+        event, with its result, error and steps, as GetJob answers it. Unset on
+        every other message, and when the watch ends with its snapshot (a job
+        already ended: the snapshot is the final job).
+        """
+
     def __init__(
         self,
         *,
         snapshot: _job_pb2.Job | None = ...,
         events: Global___JobEventBatch | None = ...,
+        final_snapshot: _job_pb2.Job | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "final_snapshot", b"final_snapshot", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "final_snapshot", b"final_snapshot", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["snapshot", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015

@@ -202,8 +202,10 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams one job: a snapshot, then every event after after_seq in order,
-        then live events; ends after the event that makes the job terminal.
+        """Streams one job: a snapshot, then every event after after_seq in order
+        (after the snapshot with skip_history), then live events; ends after the
+        event that makes the job terminal, which carries the job as it ended
+        when final_snapshot asks for it.
         after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
         while it is watched ends the stream with NOT_FOUND.
         Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted

@@ -79,8 +79,10 @@ class JobServiceStub:
     Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
-    """Streams one job: a snapshot, then every event after after_seq in order,
-    then live events; ends after the event that makes the job terminal.
+    """Streams one job: a snapshot, then every event after after_seq in order
+    (after the snapshot with skip_history), then live events; ends after the
+    event that makes the job terminal, which carries the job as it ended
+    when final_snapshot asks for it.
     after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
     while it is watched ends the stream with NOT_FOUND.
     Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
@@ -218,8 +220,10 @@ class JobServiceAsyncStub(JobServiceStub):
     Errors: INVALID_ARGUMENT (INVALID_FIELD, PAGE_TOKEN_INVALID).
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
-    """Streams one job: a snapshot, then every event after after_seq in order,
-    then live events; ends after the event that makes the job terminal.
+    """Streams one job: a snapshot, then every event after after_seq in order
+    (after the snapshot with skip_history), then live events; ends after the
+    event that makes the job terminal, which carries the job as it ended
+    when final_snapshot asks for it.
     after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
     while it is watched ends the stream with NOT_FOUND.
     Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted
@@ -384,8 +388,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobResponse]]:
-        """Streams one job: a snapshot, then every event after after_seq in order,
-        then live events; ends after the event that makes the job terminal.
+        """Streams one job: a snapshot, then every event after after_seq in order
+        (after the snapshot with skip_history), then live events; ends after the
+        event that makes the job terminal, which carries the job as it ended
+        when final_snapshot asks for it.
         after_seq beyond the job's newest event is OUT_OF_RANGE; a job deleted
         while it is watched ends the stream with NOT_FOUND.
         Errors: NOT_FOUND (JOB_NOT_FOUND; JOB_DELETED when the job is deleted

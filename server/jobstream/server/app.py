@@ -22,17 +22,16 @@ from grpc_reflection.v1alpha import reflection
 
 from jobstream.server import heap, logs, tls
 from jobstream.server.artifacts import Artifacts
-from jobstream.server.auth import AuthInterceptor
 from jobstream.server.broker import Broker
 from jobstream.server.cluster import Listener, Notifier, listen_url
 from jobstream.server.config import ServerConfig, from_args
 from jobstream.server.db import bind_thread, is_sqlite, open_database, unbind_thread
 from jobstream.server.domain import JobState, Rescue, now_us
+from jobstream.server.edge import EdgeInterceptor
 from jobstream.server.files import ARTIFACTS_DIR, JOBS_DIR, FileRoots
-from jobstream.server.guard import RequestGuard
 from jobstream.server.legacy_artifacts import ImportOutcome, import_legacy_artifacts
-from jobstream.server.logs import LogContextInterceptor, job_context
-from jobstream.server.metrics import Metrics, MetricsInterceptor, refresh_loop
+from jobstream.server.logs import job_context
+from jobstream.server.metrics import Metrics, refresh_loop
 from jobstream.server.presence import Presence
 from jobstream.server.purge import MIN_RETENTION_EVERY_S, Purges, retention_loop
 from jobstream.server.quotas import WatcherQuota
@@ -170,19 +169,12 @@ async def serve(
         roots=roots,
         sweep_wanted=sweep_wanted,
     )
-    # Metrics outermost, so calls the auth interceptor refuses are counted too.
-    # RequestGuard innermost: it wraps the servicers' own handlers.
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        AuthInterceptor(auth),
-        RequestGuard(limits.max_json_depth),
-    ]
-    if config.metrics_port:
-        interceptors.insert(0, MetricsInterceptor(metrics))
-    # Outermost: the ids are set before anything else runs for the call.
-    interceptors.insert(0, LogContextInterceptor())
-    server = grpc.aio.server(
-        options=_server_options(config.max_message_bytes), interceptors=interceptors
+    edge = EdgeInterceptor(
+        auth,
+        max_json_depth=limits.max_json_depth,
+        metrics=metrics if config.metrics_port else None,
     )
+    server = grpc.aio.server(options=_server_options(config.max_message_bytes), interceptors=[edge])
     presence = Presence(store.workers, writer, readers)
     quota = WatcherQuota(
         config.max_watchers,
@@ -248,7 +240,9 @@ async def serve(
         ),
         asyncio.create_task(presence.run(), name="presence"),
         # Memory the ended watches freed goes back to the system (heap.py).
-        asyncio.create_task(heap.trim_loop(lambda: quota.released), name="heap-trim"),
+        asyncio.create_task(
+            heap.trim_loop(lambda: quota.released, lambda: quota.abandoned), name="heap-trim"
+        ),
     ]
     if config.retention_s > 0:
         tasks.append(

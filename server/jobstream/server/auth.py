@@ -2,9 +2,10 @@
 mapped to a principal and roles, checked for every JobService and
 WorkerService call (unary and streaming alike) before the servicer runs.
 
-The principal is computed once per call, by :class:`AuthInterceptor`, which
-hands it to the call through a context variable; servicers read it with
-:func:`current_principal`.
+The principal is computed once per call, by :meth:`Auth.authorize`, which
+the server's interceptor (:mod:`jobstream.server.edge`) calls before the
+servicer runs; it hands the principal to the call through a context
+variable, and servicers read it with :func:`current_principal`.
 
 Without a tokens file every caller is :data:`ANONYMOUS`, an admin owning
 nothing in particular: the single-user, loopback-only default.
@@ -29,26 +30,13 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-import grpc
-
-from jobstream.server.error_details import abort_with
-from jobstream.server.errors import PermissionDenied, ServiceError, Unauthenticated
-from jobstream.server.interception import (
-    Behavior,
-    Continuation,
-    Handler,
-    Req,
-    Resp,
-    is_stream,
-    rewrap,
-)
+from jobstream.server.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +228,15 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
 
 
 _principal: ContextVar[Principal | None] = ContextVar("jobstream_principal", default=None)
-"""The caller of the call being handled (set by AuthInterceptor)."""
+"""The caller of the call being handled (set by Auth.authorize)."""
 
 
 def current_principal() -> Principal:
-    """The caller of the call being handled, as the auth interceptor
+    """The caller of the call being handled, as :meth:`Auth.authorize`
     authenticated it once for the call."""
     found = _principal.get()
     if found is None:  # pragma: no cover - every served call passes the interceptor
-        raise RuntimeError("no principal: the call did not pass the auth interceptor")
+        raise RuntimeError("no principal: the call was not authorized (Auth.authorize)")
     return found
 
 
@@ -271,91 +259,29 @@ class Auth:
         token = bearer_token(metadata)
         return None if token is None else self.table.lookup(token)
 
-
-def _refusal(
-    handler: grpc.RpcMethodHandler[Any, Any], error: ServiceError
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as ``handler`` that only refuses."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_with(context, error)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort_with(context, error)
-        yield  # pragma: no cover - makes this an async generator, as streams need
-
-    des, ser = handler.request_deserializer, handler.response_serializer
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            refuse_stream, request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            refuse, request_deserializer=des, response_serializer=ser
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            refuse_stream, request_deserializer=des, response_serializer=ser
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        refuse, request_deserializer=des, response_serializer=ser
-    )
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses guarded calls without a valid token (UNAUTHENTICATED) or
-    without a role that allows the method (PERMISSION_DENIED), streams
-    included, before any servicer code runs; hands the principal of every
-    other guarded call to it (see :func:`current_principal`)."""
-
-    def __init__(self, auth: Auth) -> None:
-        self.auth = auth
-
-    async def intercept_service(
-        self,
-        continuation: Continuation[Req, Resp],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler[Req, Resp]:
-        """See grpc.aio.ServerInterceptor."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(GUARDED_PREFIX):
-            return handler
-        principal = self.auth.authenticate(handler_call_details.invocation_metadata)
+    def authorize(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Principal:
+        """The caller of ``method`` (a guarded one, see :func:`guarded`),
+        made the current principal; Unauthenticated without a valid token,
+        PermissionDenied without a role that allows the method."""
+        principal = self.authenticate(metadata)
         if principal is None:
-            return _refusal(
-                handler,
-                Unauthenticated(
-                    "send 'authorization: Bearer <token>' with a token from the server's "
-                    "tokens file"
-                ),
+            raise Unauthenticated(
+                "send 'authorization: Bearer <token>' with a token from the server's tokens file"
             )
         if not principal.may_call(method):
             roles = ", ".join(sorted(r.value for r in principal.roles))
             name = method.rsplit("/", 1)[-1]
-            return _refusal(
-                handler,
-                PermissionDenied(
-                    f"{name} is not allowed for role(s) {roles}",
-                    metadata={"method": name, "roles": roles},
-                ),
+            raise PermissionDenied(
+                f"{name} is not allowed for role(s) {roles}",
+                metadata={"method": name, "roles": roles},
             )
-        return rewrap(handler, lambda behavior, _kind: _called_by(principal, behavior))
-
-
-def _called_by(principal: Principal, behavior: Behavior) -> Behavior:
-    """``behavior`` run with ``principal`` as the current principal."""
-    if is_stream(behavior):
-
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            _principal.set(principal)
-            async for item in behavior(request, context):
-                yield item
-
-        return stream
-
-    async def call(request: Any, context: Any) -> Any:
         _principal.set(principal)
-        return await behavior(request, context)
+        return principal
 
-    return call
+
+def guarded(method: str) -> bool:
+    """Whether calls of ``method`` need a token (jobstream's own services;
+    not health checking or reflection)."""
+    return method.startswith(GUARDED_PREFIX)

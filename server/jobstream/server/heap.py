@@ -10,8 +10,12 @@ returning it to the system only from the top of a heap: after 200 stalled
 watchers went a server measured 233 MiB RSS of which 177 MiB sat free
 inside malloc; ``malloc_trim(0)``, which also releases the free pages
 inside every arena, brought it to 150 MiB. So after watches end the server
-does both, at most every TRIM_EVERY_S (the trim off the event loop). Where
-the C library has no ``malloc_trim`` (musl, macOS) only the collection runs.
+trims, at most every TRIM_EVERY_S (off the event loop), and collects first
+when some of them ended by an exception. A watch that ends with its job
+(every ``wait``) leaves no cycles, and a full collection runs on the event
+loop: 22 ms with the 55,000 objects a server holds after start-up, a stall
+of every call every few seconds while waits come and go. Where the C
+library has no ``malloc_trim`` (musl, macOS) only the collection runs.
 """
 
 from __future__ import annotations
@@ -59,17 +63,22 @@ def trim() -> bool:
     return True
 
 
-async def trim_loop(ended: Callable[[], int], every_s: float = TRIM_EVERY_S) -> None:
-    """Forever: every ``every_s``, if ``ended()`` (a count of watches ended
-    so far) moved since the last look, collects the cycles they left and
-    trims the heap."""
+async def trim_loop(
+    ended: Callable[[], int], abandoned: Callable[[], int], every_s: float = TRIM_EVERY_S
+) -> None:
+    """Forever: every ``every_s``, if ``abandoned()`` (a count of watches
+    that ended by an exception so far) moved since the last look, collects
+    the cycles they left; if ``ended()`` (watches ended so far) moved, trims
+    the heap."""
     if _TRIM is None:
         log.debug("no malloc_trim in this C library: freed memory stays with the allocator")
-    seen = ended()
+    seen, seen_abandoned = ended(), abandoned()
     while True:
         await asyncio.sleep(every_s)
-        now = ended()
+        now, now_abandoned = ended(), abandoned()
+        if now_abandoned != seen_abandoned:
+            seen_abandoned = now_abandoned
+            gc.collect()  # on the loop's thread: the cycles are its objects
         if now != seen:
             seen = now
-            gc.collect()  # on the loop's thread: the cycles are its objects
             await asyncio.to_thread(trim)

@@ -1,10 +1,9 @@
-"""Rebuilding a grpc.aio method handler around a wrapped behaviour: the part
-every server interceptor that needs to see a call's whole life repeats
-(metrics times it, logging sets its context).
+"""What a grpc.aio server interceptor works with: handlers, their
+behaviours, and how a call ended.
 
 A grpc.aio ``intercept_service`` returns a handler before the call runs;
 to act around the call itself, the handler's behaviour function is
-replaced by a wrapper with the same shape.
+replaced by a wrapper with the same shape (see :mod:`jobstream.server.edge`).
 """
 
 from __future__ import annotations
@@ -19,10 +18,6 @@ import grpc
 Behavior = Callable[..., Any]
 """A handler's behaviour: ``(request or request iterator, context)`` ->
 awaitable response, or async iterator of responses."""
-
-Wrap = Callable[[Behavior, str], Behavior]
-"""Given a behaviour and its kind (``unary``, ``server_stream``,
-``client_stream``, ``bidi_stream``), returns the wrapper to call instead."""
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -47,27 +42,6 @@ def is_async(behavior: Behavior) -> bool:
     """Whether ``behavior`` runs on the event loop (async def or async generator);
     a sync one runs on grpc's thread pool, where wrappers are not applied."""
     return inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)
-
-
-def rewrap(handler: RpcHandler, wrap: Wrap) -> RpcHandler:
-    """``handler`` with its behaviour replaced by ``wrap(behaviour, kind)``."""
-    kinds: tuple[tuple[str, str, Callable[..., RpcHandler]], ...] = (
-        ("unary_unary", "unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", "server_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", "client_stream", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", "bidi_stream", grpc.stream_stream_rpc_method_handler),
-    )
-    for attribute, kind, make in kinds:
-        behavior = getattr(handler, attribute)
-        if behavior is not None:
-            if not is_async(behavior):
-                return handler
-            return make(
-                wrap(behavior, kind),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
 
 
 def status_name(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:

@@ -2,10 +2,11 @@
 (the one format of :mod:`jobstream.client.logformat`, the worker's too),
 and the request id and job id on every line logged while handling a call.
 
-The ids live in context variables. :class:`LogContextInterceptor` sets them
-around each RPC (the request id from the caller's ``x-request-id`` metadata,
-else a fresh one; the job id from the request's ``job_id`` field, or the
-response's job for calls that make or hand out one), and the writer and
+The ids live in context variables. The server's interceptor
+(:mod:`jobstream.server.edge`) sets them around each RPC (the request id
+from the caller's ``x-request-id`` metadata, else a fresh one; the job id
+from the request's ``job_id`` field, or the response's job for calls that
+make or hand out one), and the writer and
 reader threads run their work in the caller's context, so a line logged
 anywhere on a call's behalf carries both. A filter on the handler copies
 them onto every record; library code keeps plain ``logging.getLogger``.
@@ -13,29 +14,17 @@ them onto every record; library code keeps plain ``logging.getLogger``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-import grpc
-
 from jobstream.client.logformat import JsonLogFormatter
-from jobstream.server.interception import (
-    Behavior,
-    Continuation,
-    Handler,
-    Req,
-    Resp,
-    is_stream,
-    rewrap,
-    status_name,
-)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("jobstream.server.access")
@@ -115,89 +104,61 @@ def configure(level: str, *, as_json: bool) -> None:
         logging.getLogger(name).setLevel(floor)
 
 
-def _request_id(metadata: Any) -> str:
+_ID_PREFIX = uuid.uuid4().hex[:8]
+"""This process's part of the request ids it makes: ids from two servers
+(or two runs of one) never collide."""
+
+_next_id = itertools.count(1)
+
+
+def request_id(metadata: Any) -> str:
+    """The caller's ``x-request-id`` when it is well formed, else a fresh
+    id: this process's prefix and a counter (no system call per call, as
+    a random id would need)."""
     for key, value in metadata or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex[:16]
+    return f"{_ID_PREFIX}{next(_next_id):08x}"
 
 
-def _job_of(message: Any) -> str | None:
-    """``job_id`` of a request, or the id of the job a response carries."""
-    job_id = getattr(message, "job_id", None)
-    if isinstance(job_id, str) and job_id:
-        return job_id
-    try:
-        if message.HasField("job"):
-            return str(message.job.id) or None
-    except (AttributeError, ValueError):
-        pass
+_JOB_FIELDS: dict[type, tuple[bool, bool]] = {}
+"""Per message class: whether it has a ``job_id`` field, and a ``job`` field."""
+
+
+def job_of(message: Any) -> str | None:
+    """``job_id`` of a request, or the id of the job a response carries
+    (looked up by the message's fields, known once per message class)."""
+    fields = _JOB_FIELDS.get(type(message))
+    if fields is None:
+        by_name = getattr(getattr(message, "DESCRIPTOR", None), "fields_by_name", {})
+        fields = _JOB_FIELDS[type(message)] = ("job_id" in by_name, "job" in by_name)
+    has_job_id, has_job = fields
+    if has_job_id and message.job_id:
+        return str(message.job_id)
+    if has_job and message.HasField("job"):
+        return str(message.job.id) or None
     return None
 
 
-class LogContextInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id and job id around every RPC and writes the access log."""
-
-    async def intercept_service(
-        self,
-        continuation: Continuation[Req, Resp],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler[Req, Resp]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        request_id = _request_id(handler_call_details.invocation_metadata)
-        return rewrap(handler, lambda behavior, _kind: _wrap(behavior, method, request_id))
+def enter_call(request_id_value: str, request: Any) -> None:
+    """Names the call's request and (when the request names one) its job
+    for every line logged on its behalf."""
+    request_id_var.set(request_id_value)
+    job_id_var.set(job_of(request))
 
 
-def _wrap(behavior: Behavior, method: str, request_id: str) -> Behavior:
-    def begin(request: Any) -> float:
-        request_id_var.set(request_id)
-        job_id_var.set(_job_of(request))
-        return time.perf_counter()
+def access_logged() -> bool:
+    """Whether the access log writes its lines (``--log-level DEBUG``)."""
+    return access_log.isEnabledFor(logging.DEBUG)
 
-    def end(context: Any, start: float, error: BaseException | None) -> None:
-        name = status_name(context, error)
-        access_log.debug(
-            "%s %s %.1fms",
-            method,
-            name,
-            (time.perf_counter() - start) * 1000,
-            extra={
-                "method": method,
-                "code": name,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-            },
-        )
 
-    if is_stream(behavior):
-
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            start = begin(request)
-            error: BaseException | None = None
-            try:
-                async for item in behavior(request, context):
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                end(context, start, error)
-
-        return stream
-
-    async def call(request: Any, context: Any) -> Any:
-        start = begin(request)
-        error: BaseException | None = None
-        try:
-            response = await behavior(request, context)
-            bind_job(_job_of(response))
-            return response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            end(context, start, error)
-
-    return call
+def log_access(method: str, code: str, duration_s: float) -> None:
+    """The access log's line of one finished call."""
+    duration_ms = duration_s * 1000
+    access_log.debug(
+        "%s %s %.1fms",
+        method,
+        code,
+        duration_ms,
+        extra={"method": method, "code": code, "duration_ms": round(duration_ms, 3)},
+    )

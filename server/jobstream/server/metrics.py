@@ -7,7 +7,8 @@ work unchanged; the rest are ``jobstream_*``.
 
 Where the numbers come from:
 
-* RPCs: :class:`MetricsInterceptor`, a grpc.aio server interceptor.
+* RPCs: :class:`MethodMetrics`, kept by the server's interceptor
+  (:mod:`jobstream.server.edge`) for each method.
 * Commit batch sizes and times: the writer's ``on_group`` hook (writer thread).
 * Events: a commit listener of the writer (event loop).
 * Lease expiries: the sweeper.
@@ -20,25 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from jobstream.server.domain import Effects, JobState
-from jobstream.server.interception import (
-    Behavior,
-    Continuation,
-    Handler,
-    Req,
-    Resp,
-    is_stream,
-    rewrap,
-    split_method,
-    status_name,
-)
 
 log = logging.getLogger(__name__)
 
@@ -177,59 +165,32 @@ async def refresh_loop(
         await asyncio.sleep(interval)
 
 
-# ------------------------------------------------------------ the interceptor
+# ------------------------------------------------------------ RPCs
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC by service, method and status code."""
+class MethodMetrics:
+    """The RPC metrics of one method, their label sets looked up once (a
+    labelled metric's ``labels()`` takes a lock and a dict lookup on every
+    call): the started counter at once, the handled counter and the latency
+    histogram once per status code seen."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, kind: str, service: str, method: str) -> None:
         self._m = metrics
+        self._labels = (kind, service, method)
+        self._started = metrics.rpc_started.labels(*self._labels)
+        self._ended: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Continuation[Req, Resp],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler[Req, Resp]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, method = split_method(handler_call_details.method)
-        return rewrap(handler, lambda behavior, kind: self._wrap(behavior, kind, service, method))
+    def started(self) -> None:
+        """Counts a call as started."""
+        self._started.inc()
 
-    def _wrap(self, behavior: Behavior, kind: str, service: str, method: str) -> Behavior:
-        m = self._m
-        labels = (kind, service, method)
-
-        def done(context: Any, start: float, error: BaseException | None) -> None:
-            code = status_name(context, error)
-            m.rpc_handled.labels(*labels, code).inc()
-            m.rpc_seconds.labels(*labels, code).observe(time.perf_counter() - start)
-
-        if is_stream(behavior):
-
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                m.rpc_started.labels(*labels).inc()
-                start = time.perf_counter()
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as exc:
-                    done(context, start, exc)
-                    raise
-                done(context, start, None)
-
-            return stream
-
-        async def call(request: Any, context: Any) -> Any:
-            m.rpc_started.labels(*labels).inc()
-            start = time.perf_counter()
-            try:
-                result = await behavior(request, context)
-            except BaseException as exc:
-                done(context, start, exc)
-                raise
-            done(context, start, None)
-            return result
-
-        return call
+    def ended(self, code: str, seconds: float) -> None:
+        """Counts a call as handled with ``code``, taking ``seconds``."""
+        found = self._ended.get(code)
+        if found is None:
+            found = self._ended[code] = (
+                self._m.rpc_handled.labels(*self._labels, code),
+                self._m.rpc_seconds.labels(*self._labels, code),
+            )
+        found[0].inc()
+        found[1].observe(seconds)

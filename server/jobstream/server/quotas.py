@@ -66,6 +66,10 @@ class WatcherQuota:
         self.total = 0
         self.released = 0
         """Watches ended since the server started (heap.py trims after some end)."""
+        self.abandoned = 0
+        """Of those, the ones that ended with an exception (cancelled: their
+        client went away; or refused): only these leave reference cycles
+        behind, which heap.py collects."""
         self._by_principal: Counter[str] = Counter()
 
     @contextlib.contextmanager
@@ -97,6 +101,9 @@ class WatcherQuota:
         self._by_principal[principal] += 1
         try:
             yield
+        except BaseException:
+            self.abandoned += 1
+            raise
         finally:
             self.total -= 1
             self.released += 1

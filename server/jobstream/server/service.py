@@ -89,6 +89,9 @@ class WatchItem:
 
     snapshot: Job | None = None
     events: Sequence[Event] = ()
+    final: Job | None = None
+    """With the events that end the watch, when asked for: the job as it is
+    after its terminal event."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -295,11 +298,18 @@ class JobService:
     # ---------------------------------------------------------------- watchers
 
     async def watch(
-        self, job_id: str, after_seq: int, *, owner: str | None = None
+        self,
+        job_id: str,
+        after_seq: int,
+        *,
+        owner: str | None = None,
+        skip_history: bool = False,
+        final: bool = False,
     ) -> AsyncIterator[WatchItem]:
-        """Snapshot, stored events after ``after_seq``, then live events; ends
-        after the terminal event. With ``owner``, another principal's job is
-        NotFound.
+        """Snapshot, stored events after ``after_seq`` (with ``skip_history``,
+        none the snapshot accounts for), then live events; ends after the
+        terminal event, which comes with the job as it ended when ``final``
+        asks for it. With ``owner``, another principal's job is NotFound.
 
         The subscription starts before the snapshot is read, so an event
         committed after the read is queued for us; one committed before it may
@@ -317,10 +327,13 @@ class JobService:
                     metadata={"jobId": job_id, "value": str(after_seq), "last": str(job.last_seq)},
                 )
             yield WatchItem(snapshot=job)
-            last = after_seq
+            last = max(after_seq, job.last_seq) if skip_history else after_seq
             if job.state.terminal and last >= job.last_seq:
                 return
-            from_db = True
+            # Nothing stored is newer than the snapshot until the subscription
+            # (opened before the snapshot was read) says so: a database read
+            # would find nothing.
+            from_db = last < job.last_seq
             page = FIRST_EVENT_PAGE
             while True:
                 self._check_open()
@@ -350,7 +363,7 @@ class JobService:
                     page = _next_page(events, page)
                     run, ended = _until_end(events, job.last_seq)
                     if run:
-                        yield WatchItem(events=run)
+                        yield await self._watch_item(job_id, run, ended and final, owner)
                         last = run[-1].seq
                     if ended:
                         return
@@ -376,13 +389,26 @@ class JobService:
                     last = event.seq
                 run, ended = _until_end(ready, job.last_seq)
                 if run:
-                    yield WatchItem(events=run)
+                    yield await self._watch_item(job_id, run, ended and final, owner)
                 if ended:
                     return
                 if from_db or sub.overflowed or sub.events or sub.deleted:
                     continue
                 sub.wake.clear()
                 await sub.wake.wait()
+
+    async def _watch_item(
+        self, job_id: str, events: Sequence[Event], final: bool, owner: str | None
+    ) -> WatchItem:
+        """A run of events; with ``final`` (the run ends the watch), the job
+        as it is now, unless it is gone already."""
+        if not final:
+            return WatchItem(events=events)
+        try:
+            job = await self.get(job_id, owner)
+        except NotFound:
+            job = None
+        return WatchItem(events=events, final=job)
 
     async def watch_list(
         self,

@@ -207,12 +207,26 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
         after = fields.seq(request.after_seq, "after_seq")
         principal = current_principal()
         with self.quota.hold(principal.name):
-            async for item in self.service.watch(job_id, after, owner=principal.owner_filter):
+            async for item in self.service.watch(
+                job_id,
+                after,
+                owner=principal.owner_filter,
+                skip_history=request.skip_history,
+                final=request.final_snapshot,
+            ):
                 if item.snapshot is not None:
                     yield js.WatchJobResponse(snapshot=convert.job(item.snapshot))
-                else:
-                    for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
-                        yield js.WatchJobResponse(events=batch)
+                    continue
+                # Each batch goes once the next is made: the last one, which
+                # holds the terminal event, carries the final job.
+                held: js.JobEventBatch | None = None
+                for batch in self.event_messages.batches(item.events, WATCH_BATCH_BYTES):
+                    if held is not None:
+                        yield js.WatchJobResponse(events=held)
+                    held = batch
+                if held is not None:
+                    final = None if item.final is None else convert.job(item.final)
+                    yield js.WatchJobResponse(events=held, final_snapshot=final)
 
     @streaming
     async def WatchJobs(

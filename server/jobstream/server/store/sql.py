@@ -5,7 +5,7 @@ every row it inserts, which profiles showed dominating the write hot paths
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import peewee as pw
@@ -48,6 +48,8 @@ class Statements:
         self.db = db
         self.dialect = dialect
         self._cache: dict[tuple[Any, ...], str] = {}
+        self._row_fields: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
+        """Per job SELECT: each column's field name and conversion."""
 
     def acquire(self, queues: int, kinds: int) -> str:
         """The acquire SELECT; parameters: state, *queues, *kinds, now, limit."""
@@ -84,11 +86,29 @@ class Statements:
         return self._cache[key]
 
     def job_row(self, job_id: str, *, lock: bool = False) -> JobRow | None:
-        """The job's row or None, through :meth:`job_by_id`."""
-        row: JobRow | None
-        for row in JobRow.raw(self.job_by_id(lock=lock), job_id):
-            return row
-        return None
+        """The job's row or None, through :meth:`job_by_id`, made from the
+        cursor's values with each field's own conversion: peewee's cursor
+        wrapper (``JobRow.raw``) resolved the columns again for every row,
+        80 of the 90 µs a read of one job took."""
+        sql = self.job_by_id(lock=lock)
+        cursor = execute(self.db, sql, (job_id,))
+        values = cursor.fetchone()
+        if values is None:
+            return None
+        fields = self._row_fields.get(sql)
+        if fields is None:
+            by_column = {f.column_name: f for f in JobRow._meta.sorted_fields}
+            fields = tuple(
+                (by_column[column[0]].name, by_column[column[0]].python_value)
+                for column in cursor.description
+            )
+            self._row_fields[sql] = fields
+        row = JobRow(__no_default__=1)
+        row.__data__ = {
+            name: python_value(value)
+            for (name, python_value), value in zip(fields, values, strict=True)
+        }
+        return row
 
     def update_job(self, columns: Sequence[str]) -> str:
         """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
