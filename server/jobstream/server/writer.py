@@ -42,6 +42,20 @@ CommitStep = Callable[[Effects], None]
 """Runs on the writer thread inside a group's transaction, after its
 operations, with what they did together; an error fails the whole group."""
 
+IdleStep = Callable[[], bool]
+"""Upkeep run on the writer thread, in its own transaction, when no
+operation is queued; returns whether it left work (then it runs again as
+soon as the writer is idle, else IDLE_EVERY_S later)."""
+
+IDLE_EVERY_S = 0.1
+"""How often the idle step runs once it has caught up: each run that finds
+work commits on its own (an fsync), so at most this often for a trickle of
+single operations."""
+
+BUSY_EVERY_S = 1.0
+"""How often the idle step runs even while operations keep the writer busy,
+so its work cannot grow without end under a steady stream of them."""
+
 CommitListener = Callable[[Effects], None]
 """Runs on the event loop after a group committed, with what it did; must
 be quick (every caller of the group waits for it)."""
@@ -67,11 +81,15 @@ class Writer:
         *,
         at_commit: Sequence[CommitStep] = (),
         on_commit: Sequence[CommitListener] = (),
+        idle: IdleStep | None = None,
     ) -> None:
         self._db = db
         self._loop = loop
         self._at_commit = tuple(at_commit)
         self._on_commit = tuple(on_commit)
+        self._idle = idle
+        self._idle_more = True  # work may be left from before a restart
+        self._idle_time = 0.0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
@@ -100,7 +118,7 @@ class Writer:
         prepare_writer_connection(self._db)
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            first = self._next()
             if first is None:
                 break
             group = [first]
@@ -115,6 +133,32 @@ class Writer:
                 group.append(op)
             self._commit(group)
         self._db.close()
+
+    def _next(self) -> _Op | None:
+        """The next queued operation; until one comes, the idle step runs
+        when it is due."""
+        if self._idle is None:
+            return self._queue.get()
+        while True:
+            now = time.monotonic()
+            if now - self._idle_time < BUSY_EVERY_S:
+                due = self._idle_time + (0.0 if self._idle_more else IDLE_EVERY_S)
+                try:
+                    if due > now:
+                        return self._queue.get(timeout=due - now)
+                    return self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+            self._run_idle(self._idle)
+
+    def _run_idle(self, step: IdleStep) -> None:
+        try:
+            with self._db.atomic():
+                self._idle_more = step()
+        except Exception:
+            log.exception("idle step failed")
+            self._idle_more = False
+        self._idle_time = time.monotonic()
 
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()

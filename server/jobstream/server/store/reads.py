@@ -227,9 +227,11 @@ substring is checked on every row the other filters leave."""
 _TEXT_DOCS = (
     'SELECT "job_id" FROM "job_search" WHERE "doc" IN'
     " (SELECT rowid FROM job_text WHERE job_text MATCH ?)"
+    ' UNION ALL SELECT "job_id" FROM "search_pending"'
 )
 """The ids of the jobs whose id, kind, labels or error hold the trigrams of
-a substring (any case): a superset of the LIKE's matches, which the LIKE
+a substring (any case), and of the jobs not yet in the trigram table
+(store/search_index.py): a superset of the LIKE's matches, which the LIKE
 then checks."""
 
 
