@@ -192,7 +192,8 @@ def filtered(query: Any, flt: JobFilter, dialect: Dialect, *, narrow_text: bool 
         text = flt.text
         # The LIKE / ILIKE is the filter's meaning on both backends; on
         # PostgreSQL the pg_trgm index serves it, on SQLite the trigram
-        # table narrows the rows it is checked on (migration 0016).
+        # table narrows the rows it is checked on (migration 0016) to its
+        # candidates and the jobs not yet in it (0017).
         query = query.where(
             JobRow.id.contains(text)
             | JobRow.kind.contains(text)
