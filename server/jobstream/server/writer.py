@@ -11,6 +11,9 @@ Operations record what they did in an :class:`Effects`; the group's merged
 the NOTIFY other servers receive at commit), then, once committed, to the
 commit listeners on the event loop (the broker, metrics), so nothing
 uncommitted is ever published.
+
+Between groups, an idle step (the SQLite trigram table's upkeep) may run
+in a transaction of its own: work taken off the operations' path.
 """
 
 from __future__ import annotations

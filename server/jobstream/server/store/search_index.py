@@ -18,8 +18,10 @@ from jobstream.server.db import execute
 from jobstream.server.store.dialect import Dialect
 
 INDEX_BATCH = 2_000
-"""Marked jobs indexed per transaction: about 80 ms of writer time (40 us
-a job), so an operation that arrives meanwhile waits at most that long."""
+"""Marked jobs indexed per transaction: about 20 to 25 ms of writer CPU
+(measured 9 to 12 us a job, against 43 us a job written row by row in
+each submit), which an operation that arrives meanwhile waits for (longer
+on a busy machine)."""
 
 LAST_OF_BATCH = (
     'SELECT max("job_id"), count(*) FROM'
