@@ -59,6 +59,10 @@ BUSY_EVERY_S = 1.0
 """How often the idle step runs even while operations keep the writer busy,
 so its work cannot grow without end under a steady stream of them."""
 
+IDLE_RETRY_S = 10.0
+"""How long after a failed idle step the next one runs: a step that keeps
+failing logs its error this often, not at every pause."""
+
 CommitListener = Callable[[Effects], None]
 """Runs on the event loop after a group committed, with what it did; must
 be quick (every caller of the group waits for it)."""
@@ -91,8 +95,10 @@ class Writer:
         self._at_commit = tuple(at_commit)
         self._on_commit = tuple(on_commit)
         self._idle = idle
-        self._idle_more = True  # work may be left from before a restart
-        self._idle_time = 0.0
+        # When the idle step next runs if nothing is queued, and at the
+        # latest; at once on start: work may be left from before a restart.
+        self._idle_next = 0.0
+        self._idle_latest = 0.0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
@@ -144,11 +150,10 @@ class Writer:
             return self._queue.get()
         while True:
             now = time.monotonic()
-            if now - self._idle_time < BUSY_EVERY_S:
-                due = self._idle_time + (0.0 if self._idle_more else IDLE_EVERY_S)
+            if now < self._idle_latest:
                 try:
-                    if due > now:
-                        return self._queue.get(timeout=due - now)
+                    if self._idle_next > now:
+                        return self._queue.get(timeout=self._idle_next - now)
                     return self._queue.get_nowait()
                 except queue.Empty:
                     pass
@@ -157,11 +162,15 @@ class Writer:
     def _run_idle(self, step: IdleStep) -> None:
         try:
             with self._db.atomic():
-                self._idle_more = step()
+                more = step()
         except Exception:
-            log.exception("idle step failed")
-            self._idle_more = False
-        self._idle_time = time.monotonic()
+            log.exception("idle step failed; next try in %g s", IDLE_RETRY_S)
+            wait = IDLE_RETRY_S
+        else:
+            wait = 0.0 if more else IDLE_EVERY_S
+        now = time.monotonic()
+        self._idle_next = now + wait
+        self._idle_latest = now + max(wait, BUSY_EVERY_S)
 
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()
