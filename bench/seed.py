@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from jobstream.server.domain import EventKind
+from jobstream.server.store.search_index import INDEX_UP_TO
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,20 @@ PARAM_COLUMNS: dict[str, str] = {
 
 
 def _seed_params(conn: sqlite3.Connection, params: Mapping[str, object]) -> None:
-    """The params index rows of the jobs just seeded."""
+    """The params index rows of the jobs just seeded, and their trigram
+    rows: the server indexes marked jobs when idle (store/search_index.py),
+    and a seeded server starts with that work already done, as one that has
+    been running would have it."""
     cols = _columns(conn, "job_param", PARAM_COLUMNS)
     conn.execute(
         f"{_COUNT}INSERT INTO job_param ({', '.join(cols)}) "
         f"SELECT {', '.join(cols.values())} FROM c",
         params,
     )
+    (last,) = conn.execute('SELECT max("job_id") FROM "search_pending"').fetchone()
+    if last is not None:
+        for statement in INDEX_UP_TO:
+            conn.execute(statement, (last,))
 
 
 # Row numbers come from a recursive CTE so that rows are made inside SQLite:

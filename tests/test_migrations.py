@@ -23,7 +23,7 @@ from jobstream.server.db import (
     execute,
     open_database,
 )
-from jobstream.server.domain import EventKind, JobFilter
+from jobstream.server.domain import Effects, EventKind, JobFilter, NewJob
 from jobstream.server.store import Store
 
 BEFORE_KEYED_RESULTS = "0005_drop_redundant_indexes"
@@ -251,5 +251,47 @@ def test_0016_indexes_the_jobs_stored_before_it(database_url: str) -> None:
         with db.connection_context():
             (rows,) = execute(db, 'SELECT count(*) FROM "job_param"').fetchone()
         assert rows == 9  # price, cfg, cfg.mode per job; "bad key" no filter can name
+    finally:
+        db.close()
+
+
+def test_0017_keeps_the_jobs_indexed_before_it(database_url: str) -> None:
+    db = open_database(database_url, migrate=False)
+    try:
+        with db.connection_context():
+            Runner(db, str(MIGRATIONS_DIR)).up(target="0016_search_indexes")
+        JobRow.insert(
+            id="old-0",
+            kind="old.kind",
+            queue="default",
+            state="failed",
+            labels=dumps({"team": "Growth"}),
+            not_before=T0,
+            create_time=T0,
+            update_time=T0,
+        ).execute()
+        with db.connection_context():
+            applied = apply_migrations(db)
+        assert applied[0] == "0017_search_pending"
+        store = Store(db)
+        with db.atomic():
+            effects = Effects()
+            store.jobs.submit(effects, [NewJob(kind="new.kind", labels={"team": "Growth"})], T0)
+
+        def found(text: str) -> list[str]:
+            jobs = store.reads.list_jobs(JobFilter(text=text), limit=10, cursor=None)
+            return sorted(j.id for j in jobs)
+
+        (new,) = [j for j in found("growth") if j != "old-0"]
+        assert found("old.kind") == ["old-0"]
+        if isinstance(db, pw.SqliteDatabase):
+            with db.connection_context():
+                marked = execute(db, 'SELECT "job_id" FROM "search_pending"').fetchall()
+            assert marked == [(new,)]  # the old job is in the trigram table already
+        with db.atomic():
+            assert store.search.index_pending() is False
+        JobRow.delete().where(JobRow.id == "old-0").execute()
+        assert found("growth") == [new]
+        assert found("old.kind") == []
     finally:
         db.close()

@@ -5,13 +5,15 @@ substring of id, kind, labels or error, and by a params member."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 import uuid
 
 import pytest
 from cli_runner import CliRun, run_cli
 from conftest import InProcessServer
 
-from jobstream.client import JobClient, JobState
+from jobstream.client import JobClient, JobSpec, JobState
 
 pytestmark = pytest.mark.both_backends
 
@@ -20,6 +22,17 @@ def cli(server: InProcessServer, *args: str) -> CliRun:
     result = run_cli(["--target", server.target, *args])
     assert result.returncode == 0, result.err
     return result
+
+
+INDEXED_WITHIN_S = 30.0
+"""How long the test waits for the server to index its submitted jobs."""
+
+
+def _marked(server: InProcessServer) -> int:
+    """Jobs of the server's SQLite file not yet in its trigram table."""
+    with sqlite3.connect(server.db_path) as conn:
+        (count,) = conn.execute('SELECT count(*) FROM "search_pending"').fetchone()
+    return int(count)
 
 
 def _texts(run: CliRun) -> list[str]:
@@ -114,3 +127,29 @@ def test_params_compare_canonical_json_alike_on_both_backends(server: InProcessS
     with JobClient(server.target) as client:
         client.cancel(job.id)
         client.cancel(other.id)
+
+
+def test_jobs_found_from_submit_on_and_indexed_when_idle(server: InProcessServer) -> None:
+    suite = f"fresh-{uuid.uuid4().hex[:8]}"
+    with JobClient(server.target) as client:
+        made = client.submit_many(
+            [
+                JobSpec(kind="search.nobody", params={"shard": i % 2}, labels={"s": suite})
+                for i in range(40)
+            ]
+        )
+        wanted = {j.id for j in made[::2]}
+
+        def found() -> set[str]:
+            return {j.id for j in client.list(text=suite, params={"shard": 0})}
+
+        assert found() == wanted  # at once, whether indexed yet or not
+        if server.db_url is None:
+            # The writer indexes the marked jobs when it has nothing queued.
+            deadline = time.monotonic() + INDEXED_WITHIN_S
+            while _marked(server) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _marked(server) == 0
+        assert found() == wanted
+        for job in made:
+            client.cancel(job.id)

@@ -1,6 +1,8 @@
-"""The indexes behind job search (migration 0016), on both backends: the
-queries use them (EXPLAIN), and they follow every change of the jobs they
-index (submit, an error stored, delete, SQLite's VACUUM)."""
+"""The indexes behind job search (migrations 0016 and 0017), on both
+backends: the queries use them (EXPLAIN), and they follow every change of
+the jobs they index (submit, an error stored, delete, SQLite's VACUUM). On
+SQLite a submit only marks its jobs (search_pending) and the writer's idle
+step indexes them later: a job is found before and after that step."""
 
 from __future__ import annotations
 
@@ -31,6 +33,19 @@ def submit(store: Store, *specs: NewJob) -> list[str]:
     return [job.id for job, _ in made]
 
 
+def index_pending(store: Store) -> None:
+    """What the writer's idle step does (server side: test_search.py)."""
+    while write(store, lambda e: store.search.index_pending()):
+        pass
+
+
+def pending(store: Store) -> int:
+    """Jobs marked but not yet in the trigram table (SQLite)."""
+    with store.db.atomic():
+        (count,) = execute(store.db, 'SELECT count(*) FROM "search_pending"').fetchone()
+    return int(count)
+
+
 def listed(store: Store, limit: int = 50, **kw: Any) -> list[str]:
     return [j.id for j in store.reads.list_jobs(JobFilter(**kw), limit=limit, cursor=None)]
 
@@ -53,6 +68,7 @@ def plan(store: Store, flt: JobFilter) -> str:
 
 def test_filters_use_their_indexes(store: Store) -> None:
     submit(store, NewJob(kind="idx.job", params={"region": "eu"}))
+    index_pending(store)
     sqlite = is_sqlite(store.db)
     assert ("job_text" if sqlite else "job_id_trgm") in plan(store, JobFilter(text="region"))
     assert "param_key_value_job_id" in plan(store, JobFilter(params=((("region",), '"eu"'),)))
@@ -66,6 +82,7 @@ def test_text_index_follows_errors_deletes_and_vacuum(store: Store) -> None:
         NewJob(kind="idx.first", labels={"note": "say hi at 100%"}),
         NewJob(kind="idx.second", labels={"note": "plain"}),
     )
+    index_pending(store)  # the changes below are to indexed jobs
     # Labels are searched as their JSON text, quotes and all.
     assert listed(store, text='"NOTE":"SAY HI AT 100%') == [first]
     assert listed(store, text="T 100_") == []  # LIKE's wildcards are literal
@@ -106,3 +123,49 @@ def test_common_text_pages_newest_first(store: Store) -> None:
     )
     assert [j.id for j in after] == newest[50:100]
     assert listed(store, text=many[7]) == [many[7]]
+
+
+def test_found_before_and_after_indexing(store: Store) -> None:
+    sqlite = is_sqlite(store.db)
+    wanted: dict[str, Any] = {"text": "idx.fresh", "params": ((("region",), '"eu"'),)}
+    first, second, third = submit(
+        store,
+        NewJob(kind="idx.fresh", params={"region": "eu"}),
+        NewJob(kind="idx.fresh", params={"region": "eu"}),
+        NewJob(kind="idx.fresh", params={"region": "us"}),
+    )
+    if sqlite:
+        assert pending(store) == 3  # not in the trigram table yet
+    assert sorted(listed(store, **wanted)) == sorted([first, second])
+    # A marked job whose error changes is indexed with its new error.
+    write(store, lambda e: store.jobs.cancel(e, second, "Quota Gone", now_us()))
+    assert listed(store, text="quota gone", params=wanted["params"]) == [second]
+    # A marked job deleted leaves no mark behind.
+    write(
+        store,
+        lambda e: store.deletions.delete(e, third, force=True, allow_missing=False, now=now_us()),
+    )
+    if sqlite:
+        assert pending(store) == 2
+    index_pending(store)
+    if sqlite:
+        assert pending(store) == 0
+        (docs,) = execute(store.db, 'SELECT count(*) FROM "job_search"').fetchone()
+        assert docs == 2
+    assert sorted(listed(store, **wanted)) == sorted([first, second])
+    assert listed(store, text="quota gone") == [second]
+    assert ("job_text" if sqlite else "job_kind_trgm") in plan(store, JobFilter(text="quota"))
+    # An indexed job's error stored at its end, then its delete.
+    write(store, lambda e: store.jobs.cancel(e, first, "Disk Gone", now_us()))
+    assert listed(store, text="disk gone", params=wanted["params"]) == [first]
+    write(
+        store,
+        lambda e: store.deletions.delete(e, first, force=True, allow_missing=False, now=now_us()),
+    )
+    assert listed(store, **wanted) == [second]
+    assert listed(store, text="disk gone") == []
+    # A new job with the id of a deleted one is marked and found again.
+    submit(store, NewJob(job_id=first, kind="idx.fresh", params={"region": "eu"}))
+    assert sorted(listed(store, **wanted)) == sorted([first, second])
+    index_pending(store)
+    assert sorted(listed(store, **wanted)) == sorted([first, second])

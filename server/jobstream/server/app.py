@@ -133,7 +133,13 @@ async def serve(
     notifier = Notifier(db, origin) if store.dialect.shared else None
     if notifier is not None:
         at_commit.append(notifier.notify)
-    writer = Writer(db, loop, at_commit=at_commit, on_commit=[broker.publish, metrics.on_commit])
+    writer = Writer(
+        db,
+        loop,
+        at_commit=at_commit,
+        on_commit=[broker.publish, metrics.on_commit],
+        idle=store.search.index_pending if store.search.deferred else None,
+    )
     writer.on_group = metrics.on_group
     writer.start()
     readers = Readers(db)

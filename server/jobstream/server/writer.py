@@ -11,6 +11,9 @@ Operations record what they did in an :class:`Effects`; the group's merged
 the NOTIFY other servers receive at commit), then, once committed, to the
 commit listeners on the event loop (the broker, metrics), so nothing
 uncommitted is ever published.
+
+Between groups, an idle step (the SQLite trigram table's upkeep) may run
+in a transaction of its own: work taken off the operations' path.
 """
 
 from __future__ import annotations
@@ -46,6 +49,24 @@ CommitStep = Callable[[Effects], None]
 """Runs on the writer thread inside a group's transaction, after its
 operations, with what they did together; an error fails the whole group."""
 
+IdleStep = Callable[[], bool]
+"""Upkeep run on the writer thread, in its own transaction, when no
+operation is queued; returns whether it left work (then it runs again as
+soon as the writer is idle, else IDLE_EVERY_S later)."""
+
+IDLE_EVERY_S = 0.1
+"""How often the idle step runs once it has caught up: each run that finds
+work commits on its own (an fsync), so at most this often for a trickle of
+single operations."""
+
+BUSY_EVERY_S = 1.0
+"""How often the idle step runs even while operations keep the writer busy,
+so its work cannot grow without end under a steady stream of them."""
+
+IDLE_RETRY_S = 10.0
+"""How long after a failed idle step the next one runs: a step that keeps
+failing logs its error this often, not at every pause."""
+
 CommitListener = Callable[[Effects], None]
 """Runs on the event loop after a group committed, with what it did; must
 be quick (every caller of the group waits for it)."""
@@ -71,11 +92,17 @@ class Writer:
         *,
         at_commit: Sequence[CommitStep] = (),
         on_commit: Sequence[CommitListener] = (),
+        idle: IdleStep | None = None,
     ) -> None:
         self._db = db
         self._loop = loop
         self._at_commit = tuple(at_commit)
         self._on_commit = tuple(on_commit)
+        self._idle = idle
+        # When the idle step next runs if nothing is queued, and at the
+        # latest; at once on start: work may be left from before a restart.
+        self._idle_next = 0.0
+        self._idle_latest = 0.0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
@@ -104,7 +131,7 @@ class Writer:
         prepare_writer_connection(self._db)
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            first = self._next()
             if first is None:
                 break
             group = [first]
@@ -119,6 +146,35 @@ class Writer:
                 group.append(op)
             self._commit(group)
         self._db.close()
+
+    def _next(self) -> _Op | None:
+        """The next queued operation; until one comes, the idle step runs
+        when it is due."""
+        if self._idle is None:
+            return self._queue.get()
+        while True:
+            now = time.monotonic()
+            if now < self._idle_latest:
+                try:
+                    if self._idle_next > now:
+                        return self._queue.get(timeout=self._idle_next - now)
+                    return self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+            self._run_idle(self._idle)
+
+    def _run_idle(self, step: IdleStep) -> None:
+        try:
+            with self._db.atomic():
+                more = step()
+        except Exception:
+            log.exception("idle step failed; next try in %g s", IDLE_RETRY_S)
+            wait = IDLE_RETRY_S
+        else:
+            wait = 0.0 if more else IDLE_EVERY_S
+        now = time.monotonic()
+        self._idle_next = now + wait
+        self._idle_latest = now + max(wait, BUSY_EVERY_S)
 
     def _commit(self, group: list[_Op]) -> None:
         started = time.perf_counter()

@@ -10,7 +10,8 @@ PostgreSQL, split by concept:
 * :mod:`.deletion` deletes jobs, one or a batch; :mod:`.changelog` is the
   job-change log; :mod:`.answers` keeps idempotent calls' first answers;
   :mod:`.secrets` holds what the servers of one database share; :mod:`.workers`
-  the workers seen polling; :mod:`.reads` and :mod:`.stats` only read.
+  the workers seen polling; :mod:`.search_index` fills the trigram table
+  after submits; :mod:`.reads` and :mod:`.stats` only read.
 
 Write methods take a :class:`~jobstream.server.domain.Effects` collector
 and must run inside the writer's transaction (see writer.py); they record
@@ -34,6 +35,7 @@ from jobstream.server.store.lifecycle import Lifecycle, RetryPolicy
 from jobstream.server.store.reads import Reads
 from jobstream.server.store.reports import Reports
 from jobstream.server.store.results import Results
+from jobstream.server.store.search_index import SearchIndex
 from jobstream.server.store.secrets import Secrets
 from jobstream.server.store.sql import Statements
 from jobstream.server.store.stats import Statistics
@@ -81,3 +83,5 @@ class Store:
         """First answers of RetryJob and PurgeJobs calls with a request_id."""
         self.secrets = Secrets(db)
         """The secrets the servers of the database share."""
+        self.search = SearchIndex(db, self.dialect)
+        """The trigram table's upkeep after submits (SQLite)."""

@@ -192,7 +192,8 @@ def filtered(query: Any, flt: JobFilter, dialect: Dialect, *, narrow_text: bool 
         text = flt.text
         # The LIKE / ILIKE is the filter's meaning on both backends; on
         # PostgreSQL the pg_trgm index serves it, on SQLite the trigram
-        # table narrows the rows it is checked on (migration 0016).
+        # table narrows the rows it is checked on (migration 0016) to its
+        # candidates and the jobs not yet in it (0017).
         query = query.where(
             JobRow.id.contains(text)
             | JobRow.kind.contains(text)
@@ -227,9 +228,11 @@ substring is checked on every row the other filters leave."""
 _TEXT_DOCS = (
     'SELECT "job_id" FROM "job_search" WHERE "doc" IN'
     " (SELECT rowid FROM job_text WHERE job_text MATCH ?)"
+    ' UNION ALL SELECT "job_id" FROM "search_pending"'
 )
 """The ids of the jobs whose id, kind, labels or error hold the trigrams of
-a substring (any case): a superset of the LIKE's matches, which the LIKE
+a substring (any case), and of the jobs not yet in the trigram table
+(store/search_index.py): a superset of the LIKE's matches, which the LIKE
 then checks."""
 
 
