@@ -17,7 +17,6 @@ from jobstream.server.db import JobRow, LabelRow, ParamRow, dumps
 from jobstream.server.domain import (
     Effects,
     ErrorInfo,
-    Event,
     EventKind,
     Finish,
     Job,
@@ -27,20 +26,62 @@ from jobstream.server.domain import (
     Outcome,
     Rescue,
     StepState,
+    Submitted,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition
-from jobstream.server.ids import new_job_id
+from jobstream.server.ids import new_job_ids
 from jobstream.server.store import steps
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.params import param_rows
 from jobstream.server.store.reads import Reads
-from jobstream.server.store.rows import job_from_new, job_of
+from jobstream.server.store.rows import job_of
 from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
 from jobstream.v1 import errors_pb2
 
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 """States RetryJob accepts: a succeeded job is done, a live one is not over."""
+
+_JOB_DEFAULT_ROW = tuple(JOB_DEFAULTS[c] for c in JOB_COLUMNS)
+"""A job row of column defaults, in JOB_COLUMNS order."""
+
+(
+    _ID,
+    _KIND,
+    _QUEUE,
+    _PRIORITY,
+    _PARAMS,
+    _LABELS,
+    _STATE,
+    _MAX_ATTEMPTS,
+    _NOT_BEFORE,
+    _OWNER,
+    _REQUEST_ID,
+    _REQUEST_HASH,
+    _CREATE_TIME,
+    _UPDATE_TIME,
+    _LAST_SEQ,
+) = (
+    JOB_COLUMNS.index(c)
+    for c in (
+        "id",
+        "kind",
+        "queue",
+        "priority",
+        "params",
+        "labels",
+        "state",
+        "max_attempts",
+        "not_before",
+        "owner",
+        "request_id",
+        "request_hash",
+        "create_time",
+        "update_time",
+        "last_seq",
+    )
+)
+"""Where submit puts each of its values in a job row."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,18 +121,26 @@ class Lifecycle:
 
     def submit(
         self, effects: Effects, specs: Sequence[NewJob], now: int, *, batch: bool = False
-    ) -> list[tuple[Job, bool]]:
+    ) -> Submitted:
         """Stores new jobs (all or none); a repeated request_id with the same
         payload returns the earlier job with ``created`` False, whether the
         earlier submit is stored or sits earlier in the same batch. With
-        ``batch``, errors name the field as ``requests[i].<field>``."""
-        out: list[tuple[Job, bool]] = []
-        rows: list[dict[str, Any]] = []
+        ``batch``, errors name the field as ``requests[i].<field>``.
+
+        Each table's rows go in together (sql.RawInsert), and what every
+        new job shares (its first event's body, the column defaults) is
+        made once per call."""
+        made = new_job_ids(len(specs), now)
+        ids: list[str] = []
+        created: list[bool] = []
+        found: dict[int, Job] = {}
+        rows: list[list[Any]] = []
         labels: list[tuple[str, str, str]] = []
         params: list[tuple[str, str, str]] = []
         seen_ids: set[str] = set()
-        # (owner, request_id) -> (payload digest, index in ``out``)
+        # (owner, request_id) -> (payload digest, index of the spec that made or found it)
         seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
+        template = self._job_template(now)
         for i, spec in enumerate(specs):
             where = f"requests[{i}]." if batch else ""
             digest = _spec_digest(spec) if spec.request_id else None
@@ -107,9 +156,13 @@ class Lifecycle:
                             reason=errors_pb2.REQUEST_ID_REUSED,
                             metadata={"requestId": spec.request_id, "index": str(first)},
                         )
-                    out.append((out[first][0], False))
+                    # The same payload as spec ``first``: the same job.
+                    ids.append(ids[first])
+                    created.append(False)
+                    if first in found:
+                        found[i] = found[first]
                     continue
-                seen_requests[key] = (digest, len(out))
+                seen_requests[key] = (digest, i)
                 earlier = JobRow.get_or_none(
                     (JobRow.owner == spec.owner) & (JobRow.request_id == spec.request_id)
                 )
@@ -122,9 +175,11 @@ class Lifecycle:
                             reason=errors_pb2.REQUEST_ID_REUSED,
                             metadata={"requestId": spec.request_id, "jobId": earlier.id},
                         )
-                    out.append((job_of(earlier), False))
+                    ids.append(earlier.id)
+                    created.append(False)
+                    found[i] = job_of(earlier)
                     continue
-            job_id = spec.job_id or new_job_id()
+            job_id = spec.job_id or made[i]
             if job_id in seen_ids or (
                 spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
             ):
@@ -135,47 +190,57 @@ class Lifecycle:
                     metadata={"jobId": job_id},
                 )
             seen_ids.add(job_id)
-            row = {
-                "id": job_id,
-                "kind": spec.kind,
-                "queue": spec.queue,
-                "priority": spec.priority,
-                "params": dumps(spec.params),
-                "labels": dumps(spec.labels),
-                "state": JobState.QUEUED.value,
-                "max_attempts": spec.max_attempts or self.policy.default_max_attempts,
-                "not_before": spec.not_before or now,
-                "owner": spec.owner,
-                "request_id": spec.request_id,
-                "request_hash": digest,
-                "create_time": now,
-                "update_time": now,
-                "last_seq": 1,
-            }
+            row = template.copy()
+            row[_ID] = job_id
+            row[_KIND] = spec.kind
+            row[_QUEUE] = spec.queue
+            row[_PRIORITY] = spec.priority
+            row[_PARAMS] = dumps(spec.params)
+            row[_LABELS] = dumps(spec.labels) if spec.labels else "{}"
+            row[_MAX_ATTEMPTS] = spec.max_attempts or self.policy.default_max_attempts
+            row[_NOT_BEFORE] = spec.not_before or now
+            row[_OWNER] = spec.owner
+            row[_REQUEST_ID] = spec.request_id
+            row[_REQUEST_HASH] = digest
             rows.append(row)
-            labels.extend((job_id, k, v) for k, v in spec.labels.items())
+            if spec.labels:
+                labels.extend((job_id, k, v) for k, v in spec.labels.items())
             params.extend(param_rows(job_id, spec.params))
-            out.append((job_from_new(row, spec), True))
+            ids.append(job_id)
+            created.append(True)
         if rows:
-            self._insert_job.run(
-                [tuple(r.get(c, JOB_DEFAULTS[c]) for c in JOB_COLUMNS) for r in rows]
-            )
+            self._insert_job.run(rows)
             self._insert_label.run(labels)
             self._insert_param.run(params)
-            events = [
-                Event(
-                    job_id=r["id"],
-                    seq=1,
-                    time=now,
-                    kind=EventKind.STATE_CHANGE,
-                    body={"state": "queued", "reason": "submitted", "attempt": 0},
-                )
-                for r in rows
-            ]
-            self.ledger.insert_events(effects, events)
-            effects.owners.update((r["id"], r["owner"]) for r in rows)
-            effects.acquirable.update((r["queue"], r["kind"]) for r in rows)
-        return out
+            new_ids = [row[_ID] for row in rows]
+            self.ledger.insert_first_events(
+                effects,
+                new_ids,
+                now,
+                EventKind.STATE_CHANGE,
+                {"state": JobState.QUEUED.value, "reason": "submitted", "attempt": 0},
+            )
+            effects.owners.update(zip(new_ids, [row[_OWNER] for row in rows], strict=True))
+            effects.acquirable.update({(row[_QUEUE], row[_KIND]) for row in rows})
+        return Submitted(
+            specs=specs,
+            ids=ids,
+            created=created,
+            found=found,
+            time=now,
+            default_max_attempts=self.policy.default_max_attempts,
+        )
+
+    @staticmethod
+    def _job_template(now: int) -> list[Any]:
+        """A new job's row before its own values: the column defaults, and
+        what every job of one submit shares."""
+        row = list(_JOB_DEFAULT_ROW)
+        row[_STATE] = JobState.QUEUED.value
+        row[_CREATE_TIME] = now
+        row[_UPDATE_TIME] = now
+        row[_LAST_SEQ] = 1
+        return row
 
     def acquire(
         self,
