@@ -115,11 +115,12 @@ def job(value: Job) -> job_pb2.Job:
     )
 
 
-def submitted(value: Submitted) -> list[job_service_pb2.SubmitJobResponse]:
-    """A submit's answers, one per spec. The jobs it made differ only in a
-    few fields: what they all share (state, times, empty progress) is built
-    once and merged into each, which costs a fifth of :func:`job` per job.
-    Each answer is the Job message :func:`job` makes of the stored job."""
+def submitted(value: Submitted) -> job_service_pb2.SubmitJobsResponse:
+    """A submit's answers, one per spec, each job as :func:`job` makes the
+    stored job. The jobs it made differ in a few fields only: what they
+    share (state, times, empty progress) is built once and merged into
+    each, and each is filled in place in the answer (a message passed to a
+    constructor is copied): a fifth of what :func:`job` costs per job."""
     shared = job_pb2.Job(
         params=struct_pb2.Struct(),
         state=JOB_STATE_NUMBERS[JobState.QUEUED],
@@ -130,31 +131,32 @@ def submitted(value: Submitted) -> list[job_service_pb2.SubmitJobResponse]:
         update_time=timestamp(value.time),
         last_seq=1,
     )
-    answers = []
+    answer = job_service_pb2.SubmitJobsResponse()
+    add = answer.responses.add
     for i, (spec, job_id, created) in enumerate(
         zip(value.specs, value.ids, value.created, strict=True)
     ):
         found = value.found.get(i)
         if found is not None:
-            answers.append(job_service_pb2.SubmitJobResponse(job=job(found), created=created))
+            add(job=job(found), created=created)
             continue
-        message = job_pb2.Job(
-            id=job_id,
-            kind=spec.kind,
-            queue=spec.queue,
-            priority=spec.priority,
-            labels=spec.labels,
-            max_attempts=spec.max_attempts or value.default_max_attempts,
-            owner=spec.owner,
-            request_id=spec.request_id or "",
-        )
+        message = add(created=created).job
         message.MergeFrom(shared)
+        message.id = job_id
+        message.kind = spec.kind
+        message.queue = spec.queue
+        message.priority = spec.priority
+        message.max_attempts = spec.max_attempts or value.default_max_attempts
+        message.owner = spec.owner
+        if spec.request_id:
+            message.request_id = spec.request_id
+        if spec.labels:
+            message.labels.update(spec.labels)
         if spec.params:
             message.params.update(spec.params)
         if spec.not_before:
             message.schedule_time.FromMicroseconds(spec.not_before)
-        answers.append(job_service_pb2.SubmitJobResponse(job=message, created=created))
-    return answers
+    return answer
 
 
 def worker(value: WorkerInfo) -> job_service_pb2.Worker:

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from jobstream.server.domain import JSON
+from jobstream.server.domain import JSON, compact_json
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
     ARTIFACT_NAME,
@@ -79,6 +79,21 @@ def json_value(struct: struct_pb2.Struct, field: str, max_bytes: int, max_depth:
         raise InvalidArgument(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
     assert isinstance(value, dict)
     return value
+
+
+def json_object(
+    struct: struct_pb2.Struct, field: str, max_bytes: int, max_depth: int
+) -> tuple[JSON, str]:
+    """:func:`json_value`, and its text as stored (domain.compact_json),
+    made once for both the size check and the row."""
+    value = _plain(struct, field, 1, max_depth)
+    text = compact_json(value)
+    # ASCII text reads the same escaped or not; other text is measured as
+    # json_value measures it, escaped, so the limit means the same.
+    size = len(text) if text.isascii() else len(_COMPACT_JSON.encode(value))
+    if size > max_bytes:
+        raise InvalidArgument(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
+    return value, text
 
 
 def _plain(message: Any, field: str, depth: int, max_depth: int) -> Any:

@@ -105,7 +105,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
         await self._check_served([spec], batch=False)
-        [answer] = convert.submitted(await self.service.submit([spec]))
+        [answer] = convert.submitted(await self.service.submit([spec])).responses
         return answer
 
     @unary
@@ -117,8 +117,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
         await self._check_served(specs, batch=True)
-        submitted = await self.service.submit(specs, batch=True)
-        return js.SubmitJobsResponse(responses=convert.submitted(submitted))
+        return convert.submitted(await self.service.submit(specs, batch=True))
 
     async def _check_served(self, specs: Sequence[NewJob], *, batch: bool) -> None:
         """With --refuse-unserved, FAILED_PRECONDITION naming the first kind

@@ -124,14 +124,16 @@ def new_job(
         )
     if req.request_id:
         fields.text(req.request_id, f"{field}request_id", MAX_REQUEST_ID_BYTES)
+    params, params_json = fields.json_object(
+        req.params, f"{field}params", limits.max_params_bytes, limits.max_json_depth
+    )
     return NewJob(
         kind=kind,
         job_id=req.job_id or None,
         queue=queue,
         priority=req.priority,
-        params=fields.json_value(
-            req.params, f"{field}params", limits.max_params_bytes, limits.max_json_depth
-        ),
+        params=params,
+        params_json=params_json,
         labels=fields.labels(req.labels, f"{field}labels", limits) if req.labels else {},
         max_attempts=req.max_attempts,
         not_before=(

@@ -195,7 +195,7 @@ class Lifecycle:
             row[_KIND] = spec.kind
             row[_QUEUE] = spec.queue
             row[_PRIORITY] = spec.priority
-            row[_PARAMS] = dumps(spec.params)
+            row[_PARAMS] = spec.params_json or dumps(spec.params)
             row[_LABELS] = dumps(spec.labels) if spec.labels else "{}"
             row[_MAX_ATTEMPTS] = spec.max_attempts or self.policy.default_max_attempts
             row[_NOT_BEFORE] = spec.not_before or now
