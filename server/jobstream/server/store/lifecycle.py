@@ -42,46 +42,28 @@ from jobstream.v1 import errors_pb2
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 """States RetryJob accepts: a succeeded job is done, a live one is not over."""
 
-_JOB_DEFAULT_ROW = tuple(JOB_DEFAULTS[c] for c in JOB_COLUMNS)
-"""A job row of column defaults, in JOB_COLUMNS order."""
-
-(
-    _ID,
-    _KIND,
-    _QUEUE,
-    _PRIORITY,
-    _PARAMS,
-    _LABELS,
-    _STATE,
-    _MAX_ATTEMPTS,
-    _NOT_BEFORE,
-    _OWNER,
-    _REQUEST_ID,
-    _REQUEST_HASH,
-    _CREATE_TIME,
-    _UPDATE_TIME,
-    _LAST_SEQ,
-) = (
-    JOB_COLUMNS.index(c)
-    for c in (
-        "id",
-        "kind",
-        "queue",
-        "priority",
-        "params",
-        "labels",
-        "state",
-        "max_attempts",
-        "not_before",
-        "owner",
-        "request_id",
-        "request_hash",
-        "create_time",
-        "update_time",
-        "last_seq",
-    )
+SUBMIT_COLUMNS = (
+    "id",
+    "kind",
+    "queue",
+    "priority",
+    "params",
+    "labels",
+    "max_attempts",
+    "not_before",
+    "owner",
+    "request_id",
+    "request_hash",
+    "create_time",
+    "update_time",
 )
-"""Where submit puts each of its values in a job row."""
+"""The job columns a submit fills, in the order of its rows' values."""
+
+SUBMIT_FIXED = {c: JOB_DEFAULTS[c] for c in JOB_COLUMNS if c not in SUBMIT_COLUMNS} | {
+    "state": JobState.QUEUED.value,
+    "last_seq": 1,
+}
+"""The other columns: the same in every new job."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,7 +97,7 @@ class Lifecycle:
         self.ledger = ledger
         self.reads = reads
         self.policy = policy
-        self._insert_job = RawInsert(db, JobRow, JOB_COLUMNS)
+        self._insert_job = RawInsert(db, JobRow, SUBMIT_COLUMNS, fixed=SUBMIT_FIXED)
         self._insert_label = RawInsert(db, LabelRow, ("job_id", "key", "value"))
         self._insert_param = RawInsert(db, ParamRow, ("job_id", "key", "value"))
 
@@ -134,13 +116,13 @@ class Lifecycle:
         ids: list[str] = []
         created: list[bool] = []
         found: dict[int, Job] = {}
-        rows: list[list[Any]] = []
+        rows: list[tuple[Any, ...]] = []
+        acquirable: set[tuple[str, str]] = set()
         labels: list[tuple[str, str, str]] = []
         params: list[tuple[str, str, str]] = []
         seen_ids: set[str] = set()
         # (owner, request_id) -> (payload digest, index of the spec that made or found it)
         seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
-        template = self._job_template(now)
         for i, spec in enumerate(specs):
             where = f"requests[{i}]." if batch else ""
             digest = _spec_digest(spec) if spec.request_id else None
@@ -190,38 +172,42 @@ class Lifecycle:
                     metadata={"jobId": job_id},
                 )
             seen_ids.add(job_id)
-            row = template.copy()
-            row[_ID] = job_id
-            row[_KIND] = spec.kind
-            row[_QUEUE] = spec.queue
-            row[_PRIORITY] = spec.priority
-            row[_PARAMS] = spec.params_json or dumps(spec.params)
-            row[_LABELS] = dumps(spec.labels) if spec.labels else "{}"
-            row[_MAX_ATTEMPTS] = spec.max_attempts or self.policy.default_max_attempts
-            row[_NOT_BEFORE] = spec.not_before or now
-            row[_OWNER] = spec.owner
-            row[_REQUEST_ID] = spec.request_id
-            row[_REQUEST_HASH] = digest
-            rows.append(row)
+            rows.append(
+                (
+                    job_id,
+                    spec.kind,
+                    spec.queue,
+                    spec.priority,
+                    spec.params_json or dumps(spec.params),
+                    dumps(spec.labels) if spec.labels else "{}",
+                    spec.max_attempts or self.policy.default_max_attempts,
+                    spec.not_before or now,
+                    spec.owner,
+                    spec.request_id,
+                    digest,
+                    now,
+                    now,
+                )
+            )
             if spec.labels:
                 labels.extend((job_id, k, v) for k, v in spec.labels.items())
             params.extend(param_rows(job_id, spec.params))
+            effects.owners[job_id] = spec.owner
+            acquirable.add((spec.queue, spec.kind))
             ids.append(job_id)
             created.append(True)
         if rows:
             self._insert_job.run(rows)
             self._insert_label.run(labels)
             self._insert_param.run(params)
-            new_ids = [row[_ID] for row in rows]
             self.ledger.insert_first_events(
                 effects,
-                new_ids,
+                [row[0] for row in rows],
                 now,
                 EventKind.STATE_CHANGE,
                 {"state": JobState.QUEUED.value, "reason": "submitted", "attempt": 0},
             )
-            effects.owners.update(zip(new_ids, [row[_OWNER] for row in rows], strict=True))
-            effects.acquirable.update({(row[_QUEUE], row[_KIND]) for row in rows})
+            effects.acquirable |= acquirable
         return Submitted(
             specs=specs,
             ids=ids,
@@ -230,17 +216,6 @@ class Lifecycle:
             time=now,
             default_max_attempts=self.policy.default_max_attempts,
         )
-
-    @staticmethod
-    def _job_template(now: int) -> list[Any]:
-        """A new job's row before its own values: the column defaults, and
-        what every job of one submit shares."""
-        row = list(_JOB_DEFAULT_ROW)
-        row[_STATE] = JobState.QUEUED.value
-        row[_CREATE_TIME] = now
-        row[_UPDATE_TIME] = now
-        row[_LAST_SEQ] = 1
-        return row
 
     def acquire(
         self,

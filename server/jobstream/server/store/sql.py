@@ -5,7 +5,7 @@ every row it inserts, which profiles showed dominating the write hot paths
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -33,12 +33,24 @@ GIL (the writer's insert time doubled under load)."""
 
 
 class RawInsert:
-    """A fixed INSERT of whole rows; each statement is built once."""
+    """A fixed INSERT of whole rows; each statement is built once. Columns
+    in ``fixed`` take the same value in every row, written into the
+    statement as SQL literals: binding them row by row cost more than the
+    rest of the row (most columns of a new job hold their defaults)."""
 
-    def __init__(self, db: pw.Database, model: type[pw.Model], columns: Sequence[str]) -> None:
-        names = ", ".join(f'"{c}"' for c in columns)
+    def __init__(
+        self,
+        db: pw.Database,
+        model: type[pw.Model],
+        columns: Sequence[str],
+        *,
+        fixed: Mapping[str, Any] | None = None,
+    ) -> None:
+        fixed = fixed or {}
+        names = ", ".join(f'"{c}"' for c in (*columns, *fixed))
         self._head = f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES '
-        self._row = "(" + ", ".join([db.param] * len(columns)) + ")"
+        values = [db.param] * len(columns) + [_literal(v) for v in fixed.values()]
+        self._row = "(" + ", ".join(values) + ")"
         self.sql = self._head + self._row
         self.db = db
         most = min(MAX_INSERT_ROWS, max(1, Dialect.of(db).max_params // len(columns)))
@@ -70,6 +82,20 @@ class RawInsert:
             sql = self._head + ", ".join([self._row] * rows)
             self._statements[rows] = sql
         return sql
+
+
+def _literal(value: Any) -> str:
+    """A constant as an SQL literal both backends read alike (no ``%``: the
+    PostgreSQL driver's parameter marks start with it)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str) and "%" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    raise ValueError(f"{value!r} cannot be written as a literal")
 
 
 class Statements:
