@@ -98,28 +98,30 @@ def json_object(
 
 def _plain(message: Any, field: str, depth: int, max_depth: int) -> Any:
     """``message`` as plain JSON; ``depth`` counts the objects and arrays
-    around it, the outermost object being level 1."""
-    if isinstance(message, (struct_pb2.Struct, struct_pb2.ListValue)):
-        if depth > max_depth:
-            raise InvalidArgument(f"nests deeper than the limit of {max_depth} levels", field=field)
-        if isinstance(message, struct_pb2.Struct):
-            return {k: _plain(v, field, depth + 1, max_depth) for k, v in message.fields.items()}
-        return [_plain(v, field, depth + 1, max_depth) for v in message.values]
-    kind = message.WhichOneof("kind")
-    if kind == "struct_value":
-        return _plain(message.struct_value, field, depth, max_depth)
-    if kind == "list_value":
-        return _plain(message.list_value, field, depth, max_depth)
-    if kind == "number_value":
-        number = message.number_value
-        if not math.isfinite(number):
-            raise InvalidArgument("numbers must be finite", field=field)
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "string_value":
-        return message.string_value
-    if kind == "bool_value":
-        return message.bool_value
-    return None
+    around it, the outermost object being level 1. Leaves are tested first:
+    every job's params go through here, and most members are leaves."""
+    if isinstance(message, struct_pb2.Value):
+        kind = message.WhichOneof("kind")
+        if kind == "string_value":
+            return message.string_value
+        if kind == "number_value":
+            number = message.number_value
+            if not math.isfinite(number):
+                raise InvalidArgument("numbers must be finite", field=field)
+            return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if kind == "bool_value":
+            return message.bool_value
+        if kind == "struct_value":
+            message = message.struct_value
+        elif kind == "list_value":
+            message = message.list_value
+        else:
+            return None
+    if depth > max_depth:
+        raise InvalidArgument(f"nests deeper than the limit of {max_depth} levels", field=field)
+    if isinstance(message, struct_pb2.Struct):
+        return {k: _plain(v, field, depth + 1, max_depth) for k, v in message.fields.items()}
+    return [_plain(v, field, depth + 1, max_depth) for v in message.values]
 
 
 def page_size(value: int, default: int, maximum: int) -> int:
