@@ -22,6 +22,7 @@ from jobstream.server.domain import (
     Stats,
     Step,
     StepState,
+    Submitted,
     WorkerInfo,
 )
 from jobstream.server.error_details import CODES
@@ -112,6 +113,50 @@ def job(value: Job) -> job_pb2.Job:
         server_paths=value.files,
         checkpoint=struct(value.checkpoint),
     )
+
+
+def submitted(value: Submitted) -> job_service_pb2.SubmitJobsResponse:
+    """A submit's answers, one per spec, each job as :func:`job` makes the
+    stored job. The jobs it made differ in a few fields only: what they
+    share (state, times, empty progress) is built once and merged into
+    each, and each is filled in place in the answer (a message passed to a
+    constructor is copied): a fifth of what :func:`job` costs per job."""
+    shared = job_pb2.Job(
+        params=struct_pb2.Struct(),
+        state=JOB_STATE_NUMBERS[JobState.QUEUED],
+        progress=job_pb2.Progress(),
+        counters=job_pb2.Counters(),
+        schedule_time=timestamp(value.time),
+        create_time=timestamp(value.time),
+        update_time=timestamp(value.time),
+        last_seq=1,
+    )
+    answer = job_service_pb2.SubmitJobsResponse()
+    add = answer.responses.add
+    for i, (spec, job_id, created) in enumerate(
+        zip(value.specs, value.ids, value.created, strict=True)
+    ):
+        found = value.found.get(i)
+        if found is not None:
+            add(job=job(found), created=created)
+            continue
+        message = add(created=created).job
+        message.MergeFrom(shared)
+        message.id = job_id
+        message.kind = spec.kind
+        message.queue = spec.queue
+        message.priority = spec.priority
+        message.max_attempts = spec.max_attempts or value.default_max_attempts
+        message.owner = spec.owner
+        if spec.request_id:
+            message.request_id = spec.request_id
+        if spec.labels:
+            message.labels.update(spec.labels)
+        if spec.params:
+            message.params.update(spec.params)
+        if spec.not_before:
+            message.schedule_time.FromMicroseconds(spec.not_before)
+    return answer
 
 
 def worker(value: WorkerInfo) -> job_service_pb2.Worker:

@@ -9,7 +9,6 @@ so both backends read them the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from typing import Any
 import peewee as pw
 from playhouse.db_url import connect as connect_url
 from playhouse.migrations import Runner
+
+from jobstream.server.domain import compact_json
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,8 @@ MIGRATION_LOCK = 0x6A6F6273
 together on an empty database do not race to create the schema."""
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-"""Built once: ``json.dumps`` with options builds a new encoder per call,
-which showed in profiles of the event hot path."""
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON, as every JSON column stores it; control characters (NUL
-    included) come out escaped, so the text is storable on both backends."""
-    return _JSON.encode(value)
+dumps = compact_json
+"""Compact JSON, as every JSON column stores it (domain.compact_json)."""
 
 
 class BaseModel(pw.Model):

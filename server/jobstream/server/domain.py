@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 JSON = dict[str, Any]
 
@@ -227,6 +228,76 @@ class NewJob:
     not_before: int | None = None
     request_id: str | None = None
     owner: str = ""
+    params_json: str | None = None
+    """``params`` as compact_json writes them, when the edge made that text
+    already (measuring their size); None: made when the job is stored."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Submitted(Sequence[tuple["Job", bool]]):
+    """What one submit did, as a (job, created) pair per spec in order:
+    ``created`` is False when a repeated request_id found its job (stored
+    by an earlier submit, or made by an earlier spec of the same batch).
+    The jobs it made are kept as their specs, ids and the values they all
+    share, and become Job values only when read: a batch's answer is built
+    from these (convert.submitted) without a Job per job first."""
+
+    specs: Sequence[NewJob]
+    ids: Sequence[str]
+    """Each spec's job id."""
+    created: Sequence[bool]
+    found: Mapping[int, Job]
+    """By index, the job an earlier submit with the same request_id stored."""
+    time: int
+    """The create and update time of the jobs it made."""
+    default_max_attempts: int
+    """The max_attempts of a made job whose spec left it 0."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Job, bool]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[Job, bool]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[Job, bool] | Sequence[tuple[Job, bool]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return self.job(index), self.created[index]
+
+    def job(self, index: int) -> Job:
+        """The job of spec ``index``, as stored."""
+        found = self.found.get(index)
+        if found is not None:
+            return found
+        spec = self.specs[index]
+        return Job(
+            id=self.ids[index],
+            kind=spec.kind,
+            queue=spec.queue,
+            priority=spec.priority,
+            params=spec.params,
+            labels=spec.labels,
+            state=JobState.QUEUED,
+            cancel_requested=False,
+            progress=Progress(),
+            counters=Counters(),
+            result=None,
+            error=None,
+            attempt=0,
+            max_attempts=spec.max_attempts or self.default_max_attempts,
+            not_before=spec.not_before or self.time,
+            owner=spec.owner,
+            request_id=spec.request_id or "",
+            create_time=self.time,
+            start_time=None,
+            end_time=None,
+            update_time=self.time,
+            last_seq=1,
+            worker_id="",
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -382,6 +453,17 @@ def _param_json(params: JSON, path: tuple[str, ...]) -> str | None:
             return None
         value = value[key]
     return canonical_json(value)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with options builds a new encoder per call,
+which showed in profiles of the event hot path."""
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON, as every JSON column stores it; control characters (NUL
+    included) come out escaped, so the text is storable on both backends."""
+    return _COMPACT.encode(value)
 
 
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)

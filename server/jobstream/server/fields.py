@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
-from jobstream.server.domain import JSON
+from jobstream.server.domain import JSON, compact_json
 from jobstream.server.errors import InvalidArgument
 from jobstream.server.limits import (
     ARTIFACT_NAME,
@@ -81,30 +81,47 @@ def json_value(struct: struct_pb2.Struct, field: str, max_bytes: int, max_depth:
     return value
 
 
+def json_object(
+    struct: struct_pb2.Struct, field: str, max_bytes: int, max_depth: int
+) -> tuple[JSON, str]:
+    """:func:`json_value`, and its text as stored (domain.compact_json),
+    made once for both the size check and the row."""
+    value = _plain(struct, field, 1, max_depth)
+    text = compact_json(value)
+    # ASCII text reads the same escaped or not; other text is measured as
+    # json_value measures it, escaped, so the limit means the same.
+    size = len(text) if text.isascii() else len(_COMPACT_JSON.encode(value))
+    if size > max_bytes:
+        raise InvalidArgument(f"is {size} bytes as JSON; the limit is {max_bytes}", field=field)
+    return value, text
+
+
 def _plain(message: Any, field: str, depth: int, max_depth: int) -> Any:
     """``message`` as plain JSON; ``depth`` counts the objects and arrays
-    around it, the outermost object being level 1."""
-    if isinstance(message, (struct_pb2.Struct, struct_pb2.ListValue)):
-        if depth > max_depth:
-            raise InvalidArgument(f"nests deeper than the limit of {max_depth} levels", field=field)
-        if isinstance(message, struct_pb2.Struct):
-            return {k: _plain(v, field, depth + 1, max_depth) for k, v in message.fields.items()}
-        return [_plain(v, field, depth + 1, max_depth) for v in message.values]
-    kind = message.WhichOneof("kind")
-    if kind == "struct_value":
-        return _plain(message.struct_value, field, depth, max_depth)
-    if kind == "list_value":
-        return _plain(message.list_value, field, depth, max_depth)
-    if kind == "number_value":
-        number = message.number_value
-        if not math.isfinite(number):
-            raise InvalidArgument("numbers must be finite", field=field)
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "string_value":
-        return message.string_value
-    if kind == "bool_value":
-        return message.bool_value
-    return None
+    around it, the outermost object being level 1. Leaves are tested first:
+    every job's params go through here, and most members are leaves."""
+    if isinstance(message, struct_pb2.Value):
+        kind = message.WhichOneof("kind")
+        if kind == "string_value":
+            return message.string_value
+        if kind == "number_value":
+            number = message.number_value
+            if not math.isfinite(number):
+                raise InvalidArgument("numbers must be finite", field=field)
+            return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        if kind == "bool_value":
+            return message.bool_value
+        if kind == "struct_value":
+            message = message.struct_value
+        elif kind == "list_value":
+            message = message.list_value
+        else:
+            return None
+    if depth > max_depth:
+        raise InvalidArgument(f"nests deeper than the limit of {max_depth} levels", field=field)
+    if isinstance(message, struct_pb2.Struct):
+        return {k: _plain(v, field, depth + 1, max_depth) for k, v in message.fields.items()}
+    return [_plain(v, field, depth + 1, max_depth) for v in message.values]
 
 
 def page_size(value: int, default: int, maximum: int) -> int:

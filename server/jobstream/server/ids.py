@@ -1,4 +1,6 @@
-"""Job ids: ``job_`` + a lowercase ULID (sortable by creation time)."""
+"""Job ids: ``job_`` + 26 lowercase Crockford base32 digits, 48 bits of
+milliseconds then 80 random bits (a lowercase ULID, sortable by creation
+time)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,28 @@ _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.
 """Maps standard base32 digits to Crockford's lowercase ones. Both alphabets
 are in ascending order, so encoded ids sort like the numbers they encode."""
 
+_RANDOM_BYTES = 10
+"""Random part of an id: 80 bits, exactly 16 base32 digits."""
+
 
 def new_job_id() -> str:
-    """A new server-made job id: 48 bits of milliseconds, 80 random bits,
-    as 26 base32 characters (the encoding runs through C, not a Python loop)."""
-    value = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
-    return "job_" + base64.b32encode(value).translate(_TO_CROCKFORD)[:26].decode()
+    """A new server-made job id, its time now."""
+    return new_job_ids(1, time.time_ns() // 1_000)[0]
+
+
+def new_job_ids(count: int, now_us: int) -> list[str]:
+    """``count`` new server-made job ids whose time is ``now_us``. The
+    milliseconds (48 bits, two zero bits after them) make the first 10
+    digits, shared by the batch; the random parts of all the ids come from
+    one read of the OS's source and one base32 encoding (the encoding is a
+    Python loop in this Python, and a call per id cost more than the rest
+    of making the id)."""
+    stamp = _base32((now_us // 1_000).to_bytes(6, "big") + b"\0\0\0\0")[:10]
+    digits = _base32(os.urandom(_RANDOM_BYTES * count))
+    prefix = "job_" + stamp
+    return [prefix + digits[i : i + 16] for i in range(0, 16 * count, 16)]
+
+
+def _base32(data: bytes) -> str:
+    """``data`` in lowercase Crockford base32 (padding, if any, left as '=')."""
+    return base64.b32encode(data).translate(_TO_CROCKFORD).decode()

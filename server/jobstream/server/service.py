@@ -31,6 +31,7 @@ from jobstream.server.domain import (
     RequestKey,
     Rescue,
     Stats,
+    Submitted,
     event_bytes,
     now_us,
 )
@@ -151,9 +152,7 @@ class JobService:
 
     # ---------------------------------------------------------------- producers
 
-    async def submit(
-        self, specs: Sequence[NewJob], *, batch: bool = False
-    ) -> list[tuple[Job, bool]]:
+    async def submit(self, specs: Sequence[NewJob], *, batch: bool = False) -> Submitted:
         """Stores new jobs; see Lifecycle.submit."""
         return await self.writer.run(
             lambda c: self.store.jobs.submit(c, specs, now_us(), batch=batch)

@@ -105,8 +105,8 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
         await self._check_served([spec], batch=False)
-        [(job, created)] = await self.service.submit([spec])
-        return js.SubmitJobResponse(job=convert.job(job), created=created)
+        [answer] = convert.submitted(await self.service.submit([spec])).responses
+        return answer
 
     @unary
     async def SubmitJobs(
@@ -117,10 +117,7 @@ class JobServiceServicer(job_service_pb2_grpc.JobServiceServicer):
             request, self.limits, owner=principal.name, id_prefix=principal.id_prefix
         )
         await self._check_served(specs, batch=True)
-        results = await self.service.submit(specs, batch=True)
-        return js.SubmitJobsResponse(
-            responses=[js.SubmitJobResponse(job=convert.job(j), created=c) for j, c in results]
-        )
+        return convert.submitted(await self.service.submit(specs, batch=True))
 
     async def _check_served(self, specs: Sequence[NewJob], *, batch: bool) -> None:
         """With --refuse-unserved, FAILED_PRECONDITION naming the first kind

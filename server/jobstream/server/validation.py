@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from jobstream.server import fields
@@ -74,15 +75,28 @@ from jobstream.server.proto_enums import (
 from jobstream.v1 import job_pb2, job_service_pb2, worker_service_pb2
 
 
+@dataclass(slots=True)
+class KnownNames:
+    """Kinds and queues already found valid in one batch: a batch of 500
+    jobs names a few, and each is matched against its pattern once."""
+
+    kinds: set[str] = field(default_factory=set)
+    queues: set[str] = field(default_factory=set)
+
+
 def new_job(
     req: job_service_pb2.SubmitJobRequest,
     limits: Limits,
     field: str = "",
     owner: str = "",
     id_prefix: str | None = None,
+    *,
+    known: KnownNames | None = None,
 ) -> NewJob:
     """A SubmitJobRequest as a NewJob. ``id_prefix``, when given, is the
-    namespace a client-chosen job id must lie in (see auth.Principal)."""
+    namespace a client-chosen job id must lie in (see auth.Principal);
+    ``known``, the names a batch's earlier jobs had checked."""
+    known = known or KnownNames()
     if req.job_id:
         fields.pattern(req.job_id, CLIENT_JOB_ID, f"{field}job_id")
         if id_prefix is not None and not req.job_id.startswith(id_prefix):
@@ -91,11 +105,14 @@ def new_job(
                 "are prefixed with its name and a dot",
                 field=f"{field}job_id",
             )
-    if not req.kind:
-        raise InvalidArgument("is required", field=f"{field}kind")
-    fields.pattern(req.kind, KIND, f"{field}kind")
-    if req.queue:
-        fields.pattern(req.queue, QUEUE, f"{field}queue")
+    kind = req.kind
+    if kind not in known.kinds:
+        if not kind:
+            raise InvalidArgument("is required", field=f"{field}kind")
+        known.kinds.add(fields.pattern(kind, KIND, f"{field}kind"))
+    queue = req.queue or "default"
+    if queue not in known.queues:
+        known.queues.add(fields.pattern(queue, QUEUE, f"{field}queue"))
     if not -MAX_PRIORITY <= req.priority <= MAX_PRIORITY:
         raise InvalidArgument(
             f"{req.priority} is outside -{MAX_PRIORITY}..{MAX_PRIORITY}",
@@ -107,15 +124,17 @@ def new_job(
         )
     if req.request_id:
         fields.text(req.request_id, f"{field}request_id", MAX_REQUEST_ID_BYTES)
+    params, params_json = fields.json_object(
+        req.params, f"{field}params", limits.max_params_bytes, limits.max_json_depth
+    )
     return NewJob(
-        kind=req.kind,
+        kind=kind,
         job_id=req.job_id or None,
-        queue=req.queue or "default",
+        queue=queue,
         priority=req.priority,
-        params=fields.json_value(
-            req.params, f"{field}params", limits.max_params_bytes, limits.max_json_depth
-        ),
-        labels=fields.labels(req.labels, f"{field}labels", limits),
+        params=params,
+        params_json=params_json,
+        labels=fields.labels(req.labels, f"{field}labels", limits) if req.labels else {},
         max_attempts=req.max_attempts,
         not_before=(
             fields.timestamp_us(req.schedule_time, f"{field}schedule_time")
@@ -145,8 +164,10 @@ def new_jobs(
             "(the answer carries every job back): send smaller batches",
             field="requests",
         )
+    known = KnownNames()
     return [
-        new_job(r, limits, f"requests[{i}].", owner, id_prefix) for i, r in enumerate(req.requests)
+        new_job(r, limits, f"requests[{i}].", owner, id_prefix, known=known)
+        for i, r in enumerate(req.requests)
     ]
 
 

@@ -11,11 +11,19 @@ writes (see changelog.py).
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import peewee as pw
 
 from jobstream.server.db import is_sqlite
+
+SQLITE_MAX_PARAMS = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+"""SQLite's default SQLITE_MAX_VARIABLE_NUMBER: 32,766 since 3.32, 999
+before (builds may raise it, never lower it below these)."""
+
+POSTGRES_MAX_PARAMS = 65_535
+"""PostgreSQL's wire protocol counts a statement's parameters in 16 bits."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -26,11 +34,18 @@ class Dialect:
     """One server per database file: nobody else writes."""
     param: str
     """The driver's parameter mark (``?`` or ``%s``)."""
+    max_params: int
+    """Most parameters one statement may bind."""
 
     @classmethod
     def of(cls, db: pw.Database) -> Dialect:
         """The dialect of ``db``."""
-        return cls(sqlite=is_sqlite(db), param=db.param)
+        sqlite = is_sqlite(db)
+        return cls(
+            sqlite=sqlite,
+            param=db.param,
+            max_params=SQLITE_MAX_PARAMS if sqlite else POSTGRES_MAX_PARAMS,
+        )
 
     @property
     def shared(self) -> bool:

@@ -168,3 +168,16 @@ class Ledger:
         )
         effects.events.extend(events)
         effects.changed_jobs.update(e.job_id for e in events)
+
+    def insert_first_events(
+        self, effects: Effects, job_ids: Sequence[str], now: int, kind: EventKind, body: JSON
+    ) -> None:
+        """Stores the same first event (seq 1) for each of the new jobs
+        ``job_ids``, its body written as JSON once for all of them, and
+        records them as insert_events does."""
+        text = dumps(body)
+        self._insert_event.run([(job_id, 1, now, kind.value, text) for job_id in job_ids])
+        effects.events.extend(
+            [Event(job_id=job_id, seq=1, time=now, kind=kind, body=body) for job_id in job_ids]
+        )
+        effects.changed_jobs.update(job_ids)

@@ -17,7 +17,6 @@ from jobstream.server.db import JobRow, LabelRow, ParamRow, dumps
 from jobstream.server.domain import (
     Effects,
     ErrorInfo,
-    Event,
     EventKind,
     Finish,
     Job,
@@ -27,20 +26,44 @@ from jobstream.server.domain import (
     Outcome,
     Rescue,
     StepState,
+    Submitted,
 )
 from jobstream.server.errors import AlreadyExists, FailedPrecondition
-from jobstream.server.ids import new_job_id
+from jobstream.server.ids import new_job_ids
 from jobstream.server.store import steps
 from jobstream.server.store.dialect import Dialect
 from jobstream.server.store.ledger import Ledger, owned
 from jobstream.server.store.params import param_rows
 from jobstream.server.store.reads import Reads
-from jobstream.server.store.rows import job_from_new, job_of
+from jobstream.server.store.rows import job_of
 from jobstream.server.store.sql import JOB_COLUMNS, JOB_DEFAULTS, RawInsert, Statements
 from jobstream.v1 import errors_pb2
 
 RETRYABLE_STATES = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 """States RetryJob accepts: a succeeded job is done, a live one is not over."""
+
+SUBMIT_COLUMNS = (
+    "id",
+    "kind",
+    "queue",
+    "priority",
+    "params",
+    "labels",
+    "max_attempts",
+    "not_before",
+    "owner",
+    "request_id",
+    "request_hash",
+    "create_time",
+    "update_time",
+)
+"""The job columns a submit fills, in the order of its rows' values."""
+
+SUBMIT_FIXED = {c: JOB_DEFAULTS[c] for c in JOB_COLUMNS if c not in SUBMIT_COLUMNS} | {
+    "state": JobState.QUEUED.value,
+    "last_seq": 1,
+}
+"""The other columns: the same in every new job."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,23 +97,31 @@ class Lifecycle:
         self.ledger = ledger
         self.reads = reads
         self.policy = policy
-        self._insert_job = RawInsert(db, JobRow, JOB_COLUMNS)
+        self._insert_job = RawInsert(db, JobRow, SUBMIT_COLUMNS, fixed=SUBMIT_FIXED)
         self._insert_label = RawInsert(db, LabelRow, ("job_id", "key", "value"))
         self._insert_param = RawInsert(db, ParamRow, ("job_id", "key", "value"))
 
     def submit(
         self, effects: Effects, specs: Sequence[NewJob], now: int, *, batch: bool = False
-    ) -> list[tuple[Job, bool]]:
+    ) -> Submitted:
         """Stores new jobs (all or none); a repeated request_id with the same
         payload returns the earlier job with ``created`` False, whether the
         earlier submit is stored or sits earlier in the same batch. With
-        ``batch``, errors name the field as ``requests[i].<field>``."""
-        out: list[tuple[Job, bool]] = []
-        rows: list[dict[str, Any]] = []
+        ``batch``, errors name the field as ``requests[i].<field>``.
+
+        Each table's rows go in together (sql.RawInsert), and what every
+        new job shares (its first event's body, the column defaults) is
+        made once per call."""
+        made = new_job_ids(len(specs), now)
+        ids: list[str] = []
+        created: list[bool] = []
+        found: dict[int, Job] = {}
+        rows: list[tuple[Any, ...]] = []
+        acquirable: set[tuple[str, str]] = set()
         labels: list[tuple[str, str, str]] = []
         params: list[tuple[str, str, str]] = []
         seen_ids: set[str] = set()
-        # (owner, request_id) -> (payload digest, index in ``out``)
+        # (owner, request_id) -> (payload digest, index of the spec that made or found it)
         seen_requests: dict[tuple[str, str], tuple[str | None, int]] = {}
         for i, spec in enumerate(specs):
             where = f"requests[{i}]." if batch else ""
@@ -107,9 +138,13 @@ class Lifecycle:
                             reason=errors_pb2.REQUEST_ID_REUSED,
                             metadata={"requestId": spec.request_id, "index": str(first)},
                         )
-                    out.append((out[first][0], False))
+                    # The same payload as spec ``first``: the same job.
+                    ids.append(ids[first])
+                    created.append(False)
+                    if first in found:
+                        found[i] = found[first]
                     continue
-                seen_requests[key] = (digest, len(out))
+                seen_requests[key] = (digest, i)
                 earlier = JobRow.get_or_none(
                     (JobRow.owner == spec.owner) & (JobRow.request_id == spec.request_id)
                 )
@@ -122,9 +157,11 @@ class Lifecycle:
                             reason=errors_pb2.REQUEST_ID_REUSED,
                             metadata={"requestId": spec.request_id, "jobId": earlier.id},
                         )
-                    out.append((job_of(earlier), False))
+                    ids.append(earlier.id)
+                    created.append(False)
+                    found[i] = job_of(earlier)
                     continue
-            job_id = spec.job_id or new_job_id()
+            job_id = spec.job_id or made[i]
             if job_id in seen_ids or (
                 spec.job_id and JobRow.select().where(JobRow.id == job_id).exists()
             ):
@@ -135,47 +172,50 @@ class Lifecycle:
                     metadata={"jobId": job_id},
                 )
             seen_ids.add(job_id)
-            row = {
-                "id": job_id,
-                "kind": spec.kind,
-                "queue": spec.queue,
-                "priority": spec.priority,
-                "params": dumps(spec.params),
-                "labels": dumps(spec.labels),
-                "state": JobState.QUEUED.value,
-                "max_attempts": spec.max_attempts or self.policy.default_max_attempts,
-                "not_before": spec.not_before or now,
-                "owner": spec.owner,
-                "request_id": spec.request_id,
-                "request_hash": digest,
-                "create_time": now,
-                "update_time": now,
-                "last_seq": 1,
-            }
-            rows.append(row)
-            labels.extend((job_id, k, v) for k, v in spec.labels.items())
-            params.extend(param_rows(job_id, spec.params))
-            out.append((job_from_new(row, spec), True))
-        if rows:
-            self._insert_job.run(
-                [tuple(r.get(c, JOB_DEFAULTS[c]) for c in JOB_COLUMNS) for r in rows]
+            rows.append(
+                (
+                    job_id,
+                    spec.kind,
+                    spec.queue,
+                    spec.priority,
+                    spec.params_json or dumps(spec.params),
+                    dumps(spec.labels) if spec.labels else "{}",
+                    spec.max_attempts or self.policy.default_max_attempts,
+                    spec.not_before or now,
+                    spec.owner,
+                    spec.request_id,
+                    digest,
+                    now,
+                    now,
+                )
             )
+            if spec.labels:
+                labels.extend((job_id, k, v) for k, v in spec.labels.items())
+            params.extend(param_rows(job_id, spec.params))
+            effects.owners[job_id] = spec.owner
+            acquirable.add((spec.queue, spec.kind))
+            ids.append(job_id)
+            created.append(True)
+        if rows:
+            self._insert_job.run(rows)
             self._insert_label.run(labels)
             self._insert_param.run(params)
-            events = [
-                Event(
-                    job_id=r["id"],
-                    seq=1,
-                    time=now,
-                    kind=EventKind.STATE_CHANGE,
-                    body={"state": "queued", "reason": "submitted", "attempt": 0},
-                )
-                for r in rows
-            ]
-            self.ledger.insert_events(effects, events)
-            effects.owners.update((r["id"], r["owner"]) for r in rows)
-            effects.acquirable.update((r["queue"], r["kind"]) for r in rows)
-        return out
+            self.ledger.insert_first_events(
+                effects,
+                [row[0] for row in rows],
+                now,
+                EventKind.STATE_CHANGE,
+                {"state": JobState.QUEUED.value, "reason": "submitted", "attempt": 0},
+            )
+            effects.acquirable |= acquirable
+        return Submitted(
+            specs=specs,
+            ids=ids,
+            created=created,
+            found=found,
+            time=now,
+            default_max_attempts=self.policy.default_max_attempts,
+        )
 
     def acquire(
         self,

@@ -4,7 +4,6 @@ how a job, a step, an artifact or an error is laid out in the database."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from jobstream.server.db import ArtifactRow, JobRow, StepRow
 from jobstream.server.domain import (
@@ -14,7 +13,6 @@ from jobstream.server.domain import (
     ErrorInfo,
     Job,
     JobState,
-    NewJob,
     Progress,
     Step,
     StepState,
@@ -56,35 +54,6 @@ def job_of(row: JobRow, steps: tuple[Step, ...] = ()) -> Job:
         steps=steps,
         files=tuple(json.loads(row.files)),
         checkpoint=json.loads(row.checkpoint) if row.checkpoint is not None else None,
-    )
-
-
-def job_from_new(row: dict[str, Any], spec: NewJob) -> Job:
-    """The Job just inserted as ``row`` for ``spec``, without reading it back."""
-    return Job(
-        id=row["id"],
-        kind=spec.kind,
-        queue=spec.queue,
-        priority=spec.priority,
-        params=spec.params,
-        labels=spec.labels,
-        state=JobState.QUEUED,
-        cancel_requested=False,
-        progress=Progress(),
-        counters=Counters(),
-        result=None,
-        error=None,
-        attempt=0,
-        max_attempts=row["max_attempts"],
-        not_before=row["not_before"],
-        owner=spec.owner,
-        request_id=spec.request_id or "",
-        create_time=row["create_time"],
-        start_time=None,
-        end_time=None,
-        update_time=row["update_time"],
-        last_seq=1,
-        worker_id="",
     )
 
 
