@@ -209,6 +209,9 @@ class Attempt:
         )
         self.lease_lost = False
         self._closing = False
+        self._flusher_parked = True
+        """Whether the flusher is waiting to be woken (or has not started):
+        it then holds no batch taken from the buffer."""
         self.handler_task: asyncio.Task[Any] | None = None
         self.handler_done = False
         self._lease_deadline = self.loop.time() + lease_seconds
@@ -235,7 +238,12 @@ class Attempt:
             outcome = await self._call_handler()
             self.handler_done = True
             self._log_failure(outcome)
-            await self._drain_flusher(flusher)
+            if self._flusher_parked and self.reports.settled:
+                # Nothing buffered, nothing in flight: the flusher has
+                # nothing to send, and the finish ends the lease it renews.
+                flusher.cancel()
+            else:
+                await self._drain_flusher(flusher)
             if self.lease_lost:
                 log.warning("job %s: lease lost; not finishing it", self.job.id)
                 return
@@ -329,8 +337,10 @@ class Attempt:
 
     async def _flush_loop(self) -> None:
         while not self.lease_lost:
+            self._flusher_parked = True
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.reports.woken(), self.flush_interval)
+            self._flusher_parked = False
             closing = self._closing
             self.reports.rearm()
             due = self.loop.time() - self._last_report >= self.report_every

@@ -5,10 +5,11 @@ asked for one.
 
 A lone finish is not held back for company: it goes out as its own
 FinishJob in the next turn of the event loop, so batching costs a job no
-more than that turn. Attempts started together from one AcquireJob answer (a worker
-asks for a job per free slot) and running jobs of equal length end
-together, and their next jobs come back in one answer, so they stay
-together.
+more than that turn; and not even that when the attempt is the worker's
+only one running (nothing could join it). Attempts started together from
+one AcquireJob answer (a worker asks for a job per free slot) and running
+jobs of equal length end together, and their next jobs come back in one
+answer, so they stay together.
 
 Each attempt gets its own answer: the job and its next lease, or its own
 refusal (the lease is gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT``
@@ -83,10 +84,14 @@ class FinishBatcher:
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
         acquire: Callable[[], worker_service_pb2.AcquireJobRequest | None],
+        running: Callable[[], int],
     ) -> None:
         self.stub = stub
         self.acquire = acquire
         """What a batch leases next, per finish that asks (None: stopping)."""
+        self.running = running
+        """How many of the worker's attempts are running, the finishing one
+        included: with no other, no finish can join this one."""
         self.enabled = True
         """False once the server answered FinishJobs UNIMPLEMENTED (an older
         server): every finish then goes by itself."""
@@ -96,7 +101,7 @@ class FinishBatcher:
     async def finish(self, request: worker_service_pb2.FinishJobRequest) -> Answer:
         """The answer to ``request`` (its ``acquire_next`` set when it wants
         a next job); Alone.ALONE when it is the only one of its turn."""
-        if not self.enabled:
+        if not self.enabled or (not self._pending and self.running() <= 1):
             return Alone.ALONE
         pending = _Pending(request)
         if not self._pending:

@@ -253,6 +253,13 @@ class ReportBuffer:
         return self._acked
 
     @property
+    def settled(self) -> bool:
+        """Whether every update so far was acknowledged: none waits to be
+        taken, none is in flight."""
+        with self._cond:
+            return self._acked == self._number
+
+    @property
     def pending(self) -> int:
         """Log lines, steps, results and files waiting to be taken."""
         return len(self._items)

@@ -265,7 +265,7 @@ class Worker:
             host=socket.gethostname()[:255],
             concurrency=self.concurrency,
         )
-        self._finishes = FinishBatcher(stub, self._next_request)
+        self._finishes = FinishBatcher(stub, self._next_request, lambda: len(self._jobs))
         acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
         self._acquirer = acquirer
         try:

@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from jobstream.server.domain import Effects, Event, event_bytes
+from jobstream.server.domain import Effects, Event, Job, event_bytes
 
 WATCH_QUEUE_LIMIT = 2_000
 """Events a job watcher may have waiting before it falls back to the database."""
@@ -39,6 +39,8 @@ class JobSubscription:
         self.queued_bytes = 0
         self.overflowed = False
         self.deleted = False
+        self.ended: Job | None = None
+        """The job as a committed finish here ended it (None: not seen)."""
         self.wake = asyncio.Event()
 
     def offer(self, events: list[Event], size: int) -> None:
@@ -126,7 +128,10 @@ class Broker:
                 by_job[event.job_id].append(event)
         for job_id, events in by_job.items():
             size = sum(event_bytes(e) for e in events)  # once for all its watchers
+            ended = effects.ended.get(job_id)
             for sub in self._jobs.get(job_id, ()):
+                if ended is not None:
+                    sub.ended = ended
                 sub.offer(events, size)
         for job_id in effects.deleted_jobs:
             for sub in self._jobs.get(job_id, ()):

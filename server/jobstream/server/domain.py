@@ -636,6 +636,9 @@ class Effects:
     them), so the change log need not look them up."""
     acquirable: set[tuple[str, str]] = field(default_factory=set)
     """(queue, kind) pairs that gained a runnable job: wakes matching workers."""
+    ended: dict[str, Job] = field(default_factory=dict)
+    """Jobs a worker's finish ended, as they ended: a watch that ends with
+    the job sends this one rather than reading it back."""
 
     def merge(self, other: Effects) -> None:
         """Adds another (committed) operation's effects to these."""
@@ -644,3 +647,4 @@ class Effects:
         self.deleted_jobs |= other.deleted_jobs
         self.owners |= other.owners
         self.acquirable |= other.acquirable
+        self.ended |= other.ended

@@ -362,7 +362,7 @@ class JobService:
                     page = _next_page(events, page)
                     run, ended = _until_end(events, job.last_seq)
                     if run:
-                        yield await self._watch_item(job_id, run, ended and final, owner)
+                        yield await self._watch_item(sub, run, ended and final, owner)
                         last = run[-1].seq
                     if ended:
                         return
@@ -388,7 +388,7 @@ class JobService:
                     last = event.seq
                 run, ended = _until_end(ready, job.last_seq)
                 if run:
-                    yield await self._watch_item(job_id, run, ended and final, owner)
+                    yield await self._watch_item(sub, run, ended and final, owner)
                 if ended:
                     return
                 if from_db or sub.overflowed or sub.events or sub.deleted:
@@ -397,14 +397,19 @@ class JobService:
                 await sub.wake.wait()
 
     async def _watch_item(
-        self, job_id: str, events: Sequence[Event], final: bool, owner: str | None
+        self, sub: JobSubscription, events: Sequence[Event], final: bool, owner: str | None
     ) -> WatchItem:
         """A run of events; with ``final`` (the run ends the watch), the job
-        as it is now, unless it is gone already."""
+        as it ended: as the finish that stored the run's last event left it,
+        when it was committed here, else as it is now, unless it is gone."""
         if not final:
             return WatchItem(events=events)
+        if sub.ended is not None and sub.ended.last_seq == events[-1].seq:
+            # Read back, it would be the same job: the wait of every job a
+            # worker finishes here ends with this, one read fewer.
+            return WatchItem(events=events, final=sub.ended)
         try:
-            job = await self.get(job_id, owner)
+            job = await self.get(sub.job_id, owner)
         except NotFound:
             job = None
         return WatchItem(events=events, final=job)

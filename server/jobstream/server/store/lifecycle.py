@@ -345,7 +345,10 @@ class Lifecycle:
         self.ledger.transition(
             effects, row, state, reason, now, error=error, step_changes=ended, **fields
         )
-        return self.reads.job_with_steps(row)
+        job = self.reads.job_with_steps(row)
+        if state.terminal:
+            effects.ended[job.id] = job
+        return job
 
     def cancel(
         self, effects: Effects, job_id: str, reason: str, now: int, *, owner: str | None = None
