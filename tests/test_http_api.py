@@ -152,6 +152,33 @@ def test_watch_streams_every_event_with_its_seq_as_id(web: ServerProcess) -> Non
     assert [int(i) for k, i in first if k == "event" and i] == ids[-2:]
 
 
+def test_watch_skip_history_starts_after_the_snapshot(web: ServerProcess) -> None:
+    base = web.http_url
+    job = submit(base, "demo.count", params={"n": 400, "delay": 0.005})
+    url = f"{base}/v1/jobs/{job['id']}:watch?skipHistory=true"
+
+    def twenty_events() -> bool:
+        now: dict[str, str] = call("GET", f"{base}/v1/jobs/{job['id']}").json()["job"]
+        return int(now["lastSeq"]) >= 20
+
+    eventually(twenty_events, timeout=30)
+    got = _read_watch(url)
+    kind, snapshot_id = got[0]
+    assert kind == "snapshot" and snapshot_id is not None and int(snapshot_id) >= 20
+    ids = [int(i) for k, i in got if k == "event" and i is not None]
+    assert ids == list(range(int(snapshot_id) + 1, ids[-1] + 1)) and got[-1] == ("end", None)
+    # A job that has ended: its snapshot, no history, the end.
+    assert [k for k, _ in _read_watch(url)] == ["snapshot", "end"]
+
+
+def test_watch_final_snapshot_is_refused_over_http(web: ServerProcess) -> None:
+    base = web.http_url
+    job = submit(base, "nobody.runs")
+    answer = call("GET", f"{base}/v1/jobs/{job['id']}:watch?finalSnapshot=true")
+    assert answer.status == 400, answer.body
+    assert b"finalSnapshot" in answer.body
+
+
 def test_watch_resumes_across_a_server_restart_without_gap_or_repeat(
     start_server: Callable[..., ServerProcess],
 ) -> None:

@@ -319,6 +319,13 @@ class Gateway:
         spec = streams.RESUMABLE.get(route.method.full_name)
         if spec is None:
             raise BadRequest("", f"{route.method.name} is not served over HTTP")
+        if isinstance(message, js.WatchJobRequest) and message.final_snapshot:
+            # An event stream ends with `event: end` after the terminal
+            # event; the job as it ended is one GET /v1/jobs/{job_id} away.
+            raise BadRequest(
+                "finalSnapshot",
+                "not served over HTTP: read GET /v1/jobs/{job_id} after the stream's end event",
+            )
         streams.resume_point(request, message, spec)
         stream_call = self._stream(route)
         # Tracked so that stop() can end them: they never end by themselves.

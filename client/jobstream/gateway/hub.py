@@ -196,6 +196,9 @@ class Hubs:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 return await direct().serve(request)  # it waits for the server
             return error_response(exc)
+        if message.skip_history:
+            # As the server does: the events start after the snapshot.
+            last = max(last, job.last_seq)
         if job.state not in LIVE_STATES or last > job.last_seq:
             # Finished (read once), or a resume point the server must refuse.
             return await direct().serve(request)
