@@ -228,6 +228,8 @@ def test_cancel_and_multi_delete_from_the_page(web: ServerProcess, browser_page:
         assert running.id in page.locator("#confirm-list").inner_text()
         page.click("#confirm-yes")
         row(page, running.id).locator(".state-cancelled").wait_for()  # live, no reload
+        # A cancelled job leaves the selection, and its box says so.
+        row(page, running.id).locator("input[type=checkbox]:not(:checked)").wait_for()
 
         ids = [running.id, *(j.id for j in done)]
         for job_id in ids:

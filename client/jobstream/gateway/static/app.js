@@ -313,6 +313,9 @@ function listView(view, params) {
         selected.delete(id);
       } catch (error) { failed.push(`${id}: ${error.message}`); }
     }
+    // The acted-on jobs leave the selection: their boxes must say so too
+    // (a box left ticked would look selected and not be).
+    render();
     if (failed.length) flash(failed.join('; '));
     else flash(`${deleting ? 'deleted' : 'cancel requested for'} ${ids.length} job${ids.length > 1 ? 's' : ''}`, 'ok');
     if (deleting) await load();
