@@ -321,11 +321,12 @@ def test_the_worker_finishes_jobs_that_end_together_in_one_call(
 
 class Methods(grpc.aio.UnaryUnaryClientInterceptor):
     """Names the unary methods a worker calls, in order, and records the
-    ``max_jobs`` of each AcquireJob."""
+    ``max_jobs`` of each AcquireJob and of each finish's ``acquire_next``."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
         self.max_jobs: list[int] = []
+        self.next_jobs: list[int] = []
 
     async def intercept_unary_unary(
         self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
@@ -334,6 +335,9 @@ class Methods(grpc.aio.UnaryUnaryClientInterceptor):
         self.names.append((method.decode() if isinstance(method, bytes) else method).split("/")[-1])
         if isinstance(request, worker_service_pb2.AcquireJobRequest):
             self.max_jobs.append(request.max_jobs)
+        finishing = (worker_service_pb2.FinishJobRequest, worker_service_pb2.FinishJobsRequest)
+        if isinstance(request, finishing) and request.HasField("acquire_next"):
+            self.next_jobs.append(request.acquire_next.max_jobs)
         return await continuation(details, request)
 
 

@@ -37,7 +37,7 @@ from jobstream.client.convert import (
     job_error_to_pb,
 )
 from jobstream.client.errors import JobstreamError, from_rpc_error
-from jobstream.client.finishes import Alone, FinishBatcher
+from jobstream.client.finishes import Alone, FinishBatcher, NextJobs
 from jobstream.client.handlers import FatalJobError, Handler, JobCancelled, JobReleased
 from jobstream.client.models import Artifact, Job, JobError, JobOutcome, JsonObject
 from jobstream.client.reports import ReportBatch, ReportBuffer
@@ -176,7 +176,8 @@ class Attempt:
         flush_interval: float,
         files_root: Path | None = None,
         acquire_next: Callable[[], worker_service_pb2.AcquireJobRequest | None] | None = None,
-        on_next: Callable[[worker_service_pb2.AcquireJobResponse], bool] | None = None,
+        on_next: NextJobs | None = None,
+        on_handler_done: Callable[[float], None] | None = None,
         finishes: FinishBatcher | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -184,11 +185,12 @@ class Attempt:
         """Sends this finish with those of the worker's other attempts that
         end in the same turn (None: always by itself)."""
         self.acquire_next = acquire_next
-        """What to lease next in the FinishJob call (None: nothing)."""
+        """What to lease next in a FinishJob sent alone (None: nothing)."""
         self.on_next = on_next
-        """Runs the job that FinishJob leased; True when it took this slot."""
-        self.handed_over = False
-        """Whether this attempt's slot went to the job its FinishJob leased."""
+        """Takes the answer to what ``acquire_next`` asked for."""
+        self.on_handler_done = on_handler_done
+        """Told how long the handler ran, as soon as it returns: the slot
+        is free for the next job while this one reports and finishes."""
         self.stub = stub
         self.job = job
         self.lease_id = lease_id
@@ -235,8 +237,11 @@ class Attempt:
         """Run the attempt to its end (or until the lease is lost)."""
         flusher = asyncio.create_task(self._flush_loop(), name=f"jobstream-flush-{self.job.id}")
         try:
+            began = self.loop.time()
             outcome = await self._call_handler()
             self.handler_done = True
+            if self.on_handler_done is not None:
+                self.on_handler_done(self.loop.time() - began)
             self._log_failure(outcome)
             if self._flusher_parked and self.reports.settled:
                 # Nothing buffered, nothing in flight: the flusher has
@@ -420,17 +425,8 @@ class Attempt:
                 return await self._finish(outcome)
         if outcome.error is not None:
             request.error.CopyFrom(job_error_to_pb(outcome.error))
-        retry = None
-        following = self.acquire_next() if self.acquire_next is not None else None
-        if following is not None and outcome.outcome is not JobOutcome.RELEASED:
-            # A retry (after an answer was lost) only finishes: the first
-            # call's lease, if it was taken, is released by the server when
-            # the call is cut, or expires like an AcquireJob's lost answer.
-            retry = worker_service_pb2.FinishJobRequest()
-            retry.CopyFrom(request)
-            request.acquire_next.CopyFrom(following)
         try:
-            response = await self._send_finish(request, retry)
+            response = await self._send_finish(request)
         except JobstreamError as exc:
             if outcome.outcome is JobOutcome.SUCCEEDED:
                 # Typically a result over the server's size limit: the job
@@ -444,13 +440,9 @@ class Attempt:
             # A failure was logged at WARNING with its cause already.
             level = logging.DEBUG if outcome.outcome is JobOutcome.FAILED else logging.INFO
             log.log(level, "job %s (%s): %s", self.job.id, self.job.kind, outcome.outcome.value)
-            if response.next.HasField("job") and self.on_next is not None:
-                self.handed_over = self.on_next(response.next)
 
     async def _send_finish(
-        self,
-        request: worker_service_pb2.FinishJobRequest,
-        retry: worker_service_pb2.FinishJobRequest | None,
+        self, request: worker_service_pb2.FinishJobRequest
     ) -> worker_service_pb2.FinishJobResponse | None:
         """The FinishJob answer, through the worker's batch when it has one;
         None when the lease is lost. A finish the batch did not answer goes
@@ -467,8 +459,33 @@ class Attempt:
                 self._lease_deadline = self.loop.time() + self.lease_seconds
                 return answer
             if answer is Alone.ALONE_NO_NEXT:
-                request = retry or request
-        return await self._call(self.stub.FinishJob, request, retry=retry)
+                return await self._call(self.stub.FinishJob, request)
+        return await self._finish_alone(request)
+
+    async def _finish_alone(
+        self, request: worker_service_pb2.FinishJobRequest
+    ) -> worker_service_pb2.FinishJobResponse | None:
+        """FinishJob by itself, leasing the worker's next jobs in the same
+        call (not for a job given back: the worker is stopping)."""
+        released = request.outcome == JOB_OUTCOMES.to_pb(JobOutcome.RELEASED)
+        following = None
+        if self.acquire_next is not None and not released:
+            following = self.acquire_next()
+        if following is None:
+            return await self._call(self.stub.FinishJob, request)
+        first = worker_service_pb2.FinishJobRequest()
+        first.CopyFrom(request)
+        first.acquire_next.CopyFrom(following)
+        response = None
+        try:
+            # A retry (after an answer was lost) only finishes: the first
+            # call's leases, if taken, are released by the server when the
+            # call is cut, or expire like an AcquireJob's lost answer.
+            response = await self._call(self.stub.FinishJob, first, retry=request)
+        finally:
+            if self.on_next is not None:
+                self.on_next(following, response.next if response is not None else None)
+        return response
 
     async def _upload(self, path: Path, name: str, content_type: str) -> Artifact:
         """UploadArtifact: hash the file, then stream it in chunks. Not

@@ -1,20 +1,19 @@
-"""A worker's finishes, sent together: the attempts that end in the same
-turn of the event loop go out in one FinishJobs call (one transaction and
-one commit on the server), which also leases one next job per attempt that
-asked for one.
+"""A worker's finishes, sent together: the finishes that come while one
+FinishJobs call is on its way go out together in the next (one call, one
+transaction and one commit on the server), which also leases the worker's
+next jobs; so a worker ending jobs faster than a round trip sends fewer,
+larger calls, as a database commits a group.
 
-A lone finish is not held back for company: it goes out as its own
-FinishJob in the next turn of the event loop, so batching costs a job no
-more than that turn; and not even that when the attempt is the worker's
-only one running (nothing could join it). Attempts started together from
-one AcquireJob answer (a worker asks for a job per free slot) and running
-jobs of equal length end together, and their next jobs come back in one
-answer, so they stay together.
+A lone finish is not held back for company: with no call on its way it goes
+out as its own FinishJob in the next turn of the event loop, so batching
+costs a job no more than that turn; and not even that when the attempt is
+the worker's only one running (nothing could join it).
 
-Each attempt gets its own answer: the job and its next lease, or its own
-refusal (the lease is gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT``
-when it came alone or the batch as a whole failed, and the attempt sends its
-finish by itself (the FinishJob path with its retries).
+Each attempt gets its own answer: the job, or its own refusal (the lease is
+gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT`` when it came alone or
+the batch as a whole failed, and the attempt sends its finish by itself (the
+FinishJob path with its retries). The next jobs a batch leased go to the
+worker, not to the attempts that finished.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import grpc.aio
 from jobstream.client.errors import JobstreamError, error_class, from_rpc_error
 from jobstream.v1 import errors_pb2, worker_service_pb2, worker_service_pb2_grpc
 
-__all__ = ["Alone", "FinishBatcher"]
+__all__ = ["Alone", "FinishBatcher", "NextJobs"]
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,15 @@ class Alone(Enum):
     or expire, as a lost AcquireJob answer's would."""
 
 
+NextJobs = Callable[
+    [worker_service_pb2.AcquireJobRequest, worker_service_pb2.AcquireJobResponse | None], None
+]
+"""Takes the next jobs a finish leased for what it asked (None: the call
+failed or its answer was lost, so nothing came)."""
+
+
 Answer = worker_service_pb2.FinishJobResponse | Alone
-"""A finish's answer: the job and its next lease (``next`` set when the
-finish asked for one), or how to send the finish instead."""
+"""A finish's answer: the job, or how to send the finish instead."""
 
 
 @dataclass(slots=True)
@@ -77,18 +82,21 @@ class _Pending:
 
 
 class FinishBatcher:
-    """Gathers the finishes of one worker's attempts that end in the same
-    turn of the event loop and sends them in one FinishJobs call."""
+    """Gathers the finishes of one worker's attempts and sends them in
+    FinishJobs calls, one call on its way at a time."""
 
     def __init__(
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
         acquire: Callable[[], worker_service_pb2.AcquireJobRequest | None],
+        on_next: NextJobs,
         running: Callable[[], int],
     ) -> None:
         self.stub = stub
         self.acquire = acquire
-        """What a batch leases next, per finish that asks (None: stopping)."""
+        """What a batch leases next (None: nothing wanted, or stopping)."""
+        self.on_next = on_next
+        """Takes the answer to what ``acquire`` asked for."""
         self.running = running
         """How many of the worker's attempts are running, the finishing one
         included: with no other, no finish can join this one."""
@@ -96,43 +104,41 @@ class FinishBatcher:
         """False once the server answered FinishJobs UNIMPLEMENTED (an older
         server): every finish then goes by itself."""
         self._pending: list[_Pending] = []
-        self._calls: set[asyncio.Task[None]] = set()
+        self._call: asyncio.Task[None] | None = None
+        """The FinishJobs call on its way, if any."""
 
     async def finish(self, request: worker_service_pb2.FinishJobRequest) -> Answer:
-        """The answer to ``request`` (its ``acquire_next`` set when it wants
-        a next job); Alone.ALONE when it is the only one of its turn."""
-        if not self.enabled or (not self._pending and self.running() <= 1):
+        """The answer to ``request``; Alone.ALONE when it has no company."""
+        if not self.enabled or (not self._pending and self._call is None and self.running() <= 1):
             return Alone.ALONE
         pending = _Pending(request)
-        if not self._pending:
+        if not self._pending and self._call is None:
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append(pending)
         return await pending.future
 
     def _flush(self) -> None:
+        if self._call is not None or not self._pending:
+            return  # the call on its way flushes these when it returns
         batch, self._pending = self._pending, []
-        if len(batch) == 1:
-            batch[0].future.set_result(Alone.ALONE)
-            return
-        task = asyncio.create_task(self._send(batch), name="jobstream-finishes")
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+        self._call = asyncio.create_task(self._send(batch), name="jobstream-finishes")
+        self._call.add_done_callback(self._sent)
+
+    def _sent(self, _: asyncio.Task[None]) -> None:
+        self._call = None
+        self._flush()
 
     async def _send(self, batch: list[_Pending]) -> None:
         request = worker_service_pb2.FinishJobsRequest()
-        wanted = 0
         for pending in batch:
-            one = request.finishes.add()
-            one.CopyFrom(pending.request)
-            if one.HasField("acquire_next"):
-                wanted += 1
-                one.ClearField("acquire_next")
-        following = self.acquire() if wanted else None
+            request.finishes.add().CopyFrom(pending.request)
+        following = self.acquire()
         if following is not None:
             request.acquire_next.CopyFrom(following)
-            request.acquire_next.max_jobs = wanted
+        answered: worker_service_pb2.AcquireJobResponse | None = None
         try:
             response = await self.stub.FinishJobs(request, timeout=CALL_TIMEOUT)
+            answered = response.next
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             if error.code is grpc.StatusCode.UNIMPLEMENTED:
@@ -148,41 +154,19 @@ class FinishBatcher:
                 if not pending.future.done():
                     pending.future.set_result(Alone.ALONE_NO_NEXT)
             raise
-        leases = _leases(response.next) if following is not None else []
+        finally:
+            if following is not None:
+                self.on_next(following, answered)
         for pending, result in zip(batch, response.results, strict=False):
             if pending.future.done():
                 continue
             if result.error_code:
                 pending.future.set_exception(_refusal(result))
-                continue
-            answer = worker_service_pb2.FinishJobResponse(job=result.job)
-            if pending.request.HasField("acquire_next"):
-                answer.next.SetInParent()
-                if leases:
-                    lease = leases.pop(0)
-                    answer.next.job.CopyFrom(lease.job)
-                    answer.next.lease_id = lease.lease_id
-                    answer.next.lease_expire_time.CopyFrom(lease.lease_expire_time)
-            pending.future.set_result(answer)
+            else:
+                pending.future.set_result(worker_service_pb2.FinishJobResponse(job=result.job))
         for pending in batch[len(response.results) :]:
             if not pending.future.done():
                 pending.future.set_result(Alone.ALONE_NO_NEXT)  # a server breaking the contract
-        for lease in leases:
-            # Only a server breaking the contract leases more than asked; the
-            # lease expires and the job runs again.
-            log.error("job %s: leased beyond the finishes that asked", lease.job.id)
-
-
-def _leases(
-    next_: worker_service_pb2.AcquireJobResponse,
-) -> list[worker_service_pb2.LeasedJob]:
-    """Every lease of an AcquireJobResponse, first one first."""
-    if not next_.HasField("job"):
-        return []
-    first = worker_service_pb2.LeasedJob(
-        job=next_.job, lease_id=next_.lease_id, lease_expire_time=next_.lease_expire_time
-    )
-    return [first, *next_.more_jobs]
 
 
 def _refusal(result: worker_service_pb2.FinishJobResult) -> JobstreamError:

@@ -2,13 +2,15 @@
 a time, until stopped.
 
 A worker takes jobs of the kinds its :class:`~jobstream.client.handlers.Handlers`
-know, one AcquireJob long-poll at a time and only while a slot is free, asking
-for one job per free slot; each leased job runs as an
-:class:`~jobstream.client.attempt.Attempt`. An attempt that ends asks for the
-next job in its FinishJob call, so while jobs are waiting a slot goes from one
-to the next with one call per job; attempts that end in the same turn of the
-event loop finish together in one FinishJobs call
-(:mod:`~jobstream.client.finishes`), which leases their next jobs together.
+know, one AcquireJob long-poll at a time and only while a slot is free and
+nothing else is bringing work, asking for one job per free slot; each leased
+job runs as an :class:`~jobstream.client.attempt.Attempt`. A slot is free
+again once its handler returns, and the attempt's finish asks for the next
+jobs in the same call, so while jobs are waiting the worker goes from one to
+the next without a long-poll; the finishes that come while one is on its way
+go together in the next FinishJobs call (:mod:`~jobstream.client.finishes`).
+A worker running short jobs leases a few ahead of its free slots, so a slot
+never waits a round trip for its next job (:mod:`~jobstream.client.slots`).
 The worker runs on ``grpc.aio``: an ``async def`` handler runs as a task on
 its event loop, a plain function in a thread of its own (see JobContext).
 
@@ -35,7 +37,7 @@ from google.protobuf import duration_pb2
 from jobstream.client.attempt import Attempt
 from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
-from jobstream.client.convert import job_from_pb, time_from_pb
+from jobstream.client.convert import JOB_OUTCOMES, job_from_pb, time_from_pb
 from jobstream.client.errors import from_rpc_error, unreachable_reason
 from jobstream.client.finishes import FinishBatcher
 from jobstream.client.handlers import (
@@ -47,7 +49,9 @@ from jobstream.client.handlers import (
     JobReleased,
 )
 from jobstream.client.logformat import fallback_logging
+from jobstream.client.models import JobOutcome
 from jobstream.client.security import PLAINTEXT, Security
+from jobstream.client.slots import Slots
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 __all__ = [
@@ -90,6 +94,17 @@ ACQUIRE_MARGIN = 5.0
 """Extra seconds on AcquireJob's deadline beyond its wait: the server answers
 at the end of the wait, plus the time to commit a lease and send it."""
 
+HOLD = 1.0
+"""Most seconds a job leased ahead waits in hand for a slot before it is
+given back (a third of the lease, when that is shorter)."""
+
+PREFETCH_PER_SLOT = 32
+"""Jobs a worker may lease ahead per slot unless told otherwise (only while
+its jobs are short; see slots.py)."""
+
+RELEASE_TIMEOUT = 5.0
+"""Deadline, in seconds, of giving back a job leased ahead."""
+
 FORCE_GRACE = 5.0
 """Seconds handlers get to stop after a forced stop before their jobs are
 abandoned (their leases then expire on the server)."""
@@ -103,6 +118,10 @@ _FATAL_ACQUIRE_CODES = frozenset(
     }
 )
 """AcquireJob errors that retrying cannot fix: the worker stops with them."""
+
+
+Lease = worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob
+"""A leased job, as an AcquireJob answer holds them."""
 
 
 def default_worker_id() -> str:
@@ -120,8 +139,12 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 class Worker:
     """Leases jobs of the kinds its handlers know and runs them.
 
-    ``concurrency`` jobs run at once (a job is only acquired when a slot is
-    free); ``lease_duration`` is asked of the server for each lease;
+    ``concurrency`` jobs run at once; while its jobs are short the worker
+    leases up to ``prefetch`` more ahead of its free slots (default: 32
+    per slot; 0 never leases ahead), as many as its slots should start
+    within 50 ms by how long its recent jobs ran, and gives back any that
+    waits over a second for a slot (see :mod:`~jobstream.client.slots`);
+    ``lease_duration`` is asked of the server for each lease;
     updates are sent as soon as no report of the job is in flight (those
     written meanwhile go together in the next), and the lease is checked
     for renewal every ``flush_interval`` seconds; each AcquireJob
@@ -151,9 +174,12 @@ class Worker:
         poll_wait: float = DEFAULT_POLL_WAIT,
         security: Security = PLAINTEXT,
         files_root: str | os.PathLike[str] | None = None,
+        prefetch: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be at least 0, not {prefetch}")
         if lease_duration <= 0 or flush_interval <= 0:
             raise ValueError("lease_duration and flush_interval must be positive")
         if not 0 <= poll_wait <= 60:
@@ -163,6 +189,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.queues = tuple(queues)
         self.concurrency = concurrency
+        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
         self.lease_duration = lease_duration
         self.flush_interval = flush_interval
         self.poll_wait = poll_wait
@@ -174,6 +201,9 @@ class Worker:
         self._acquirer: asyncio.Task[None] | None = None
         self._jobs: dict[str, tuple[Attempt, asyncio.Task[None]]] = {}
         self._finishes: FinishBatcher | None = None
+        self._slots: Slots[Lease] | None = None
+        self._stub: worker_service_pb2_grpc.WorkerServiceAsyncStub | None = None
+        self._releases: set[asyncio.Task[None]] = set()
 
     def handler(self, kind: str) -> Callable[[H], H]:
         """Decorator: register a handler for ``kind`` on this worker's Handlers."""
@@ -265,8 +295,20 @@ class Worker:
             host=socket.gethostname()[:255],
             concurrency=self.concurrency,
         )
-        self._finishes = FinishBatcher(stub, self._next_request, lambda: len(self._jobs))
-        acquirer = asyncio.create_task(self._acquire_loop(stub), name="jobstream-acquire")
+        self._stub = stub
+        self._slots = Slots(
+            self.concurrency,
+            ahead=self.prefetch,
+            hold=min(HOLD, self.lease_duration / 3),
+            start=lambda lease: self._start(stub, lease),
+            give_back=self._give_back,
+        )
+        self._finishes = FinishBatcher(
+            stub, self._ask_next, self._got_next, lambda: len(self._jobs)
+        )
+        acquirer = asyncio.create_task(
+            self._acquire_loop(stub, self._slots), name="jobstream-acquire"
+        )
         self._acquirer = acquirer
         try:
             # asyncio.wait, not await: stop() cancels the acquirer, and that
@@ -283,6 +325,8 @@ class Worker:
             raise
         finally:
             self._running = False
+            if self._releases:
+                await asyncio.wait(self._releases)
             await channel.close(None)
             self._stopped.set()
             log.info("worker %s: stopped", self.worker_id)
@@ -304,6 +348,8 @@ class Worker:
         if not self._stopping:
             self._stopping = True
             log.info("worker %s: stopping", self.worker_id)
+        if self._slots is not None:
+            self._slots.close()
         for run, _ in self._jobs.values():
             run.ask_to_stop()
         if self._acquirer is not None:
@@ -332,6 +378,8 @@ class Worker:
             await asyncio.wait(tasks)
 
     async def _shutdown_now(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
         for run, _ in self._jobs.values():
             run.interrupt()
         tasks = [task for _, task in self._jobs.values()]
@@ -345,84 +393,91 @@ class Worker:
 
     # -- acquiring
 
-    async def _acquire_loop(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub) -> None:
-        slots = _Slots(self.concurrency)
+    async def _acquire_loop(
+        self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub, slots: Slots[Lease]
+    ) -> None:
         backoff = Backoff()
         outage = False
         while not self._stopping:
-            # One job per free slot: jobs leased together start together,
-            # end together when they take as long, and so finish in one
-            # call that leases their next ones together.
-            taken = await slots.take_free()
-            started = 0
+            # Only when no job is in hand and no finish is bringing the next
+            # ones: while jobs keep ending, their finishes lease the next.
+            asked = await slots.pollable()
+            if not asked:
+                return  # stopping
+            request = worker_service_pb2.AcquireJobRequest()
+            request.CopyFrom(self._acquire_request)
+            request.max_jobs = asked
+            leases: list[Lease] = []
             try:
-                request = worker_service_pb2.AcquireJobRequest()
-                request.CopyFrom(self._acquire_request)
-                request.max_jobs = taken
-                try:
-                    response = await stub.AcquireJob(
-                        request, timeout=self.poll_wait + ACQUIRE_MARGIN
+                response = await stub.AcquireJob(request, timeout=self.poll_wait + ACQUIRE_MARGIN)
+                leases = _leases(response)[:asked]
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if error.code in _FATAL_ACQUIRE_CODES:
+                    log.error("worker %s: AcquireJob refused: %s", self.worker_id, error)
+                    raise error from exc
+                delay = backoff.next()
+                if not outage:
+                    reason = unreachable_reason(error)
+                    log.warning(
+                        "worker %s: cannot acquire (%s); retrying",
+                        self.worker_id,
+                        f"cannot reach the server at {self.target}: {reason}"
+                        if reason is not None
+                        else f"{error.code.name}: {error.message}",
                     )
-                except grpc.RpcError as exc:
-                    error = from_rpc_error(exc)
-                    if error.code in _FATAL_ACQUIRE_CODES:
-                        log.error("worker %s: AcquireJob refused: %s", self.worker_id, error)
-                        raise error from exc
-                    delay = backoff.next()
-                    if not outage:
-                        reason = unreachable_reason(error)
-                        log.warning(
-                            "worker %s: cannot acquire (%s); retrying",
-                            self.worker_id,
-                            f"cannot reach the server at {self.target}: {reason}"
-                            if reason is not None
-                            else f"{error.code.name}: {error.message}",
-                        )
-                    outage = True
-                    await asyncio.sleep(delay)
-                    continue
-                if outage:
-                    log.info("worker %s: connected again", self.worker_id)
-                outage = False
-                backoff.reset()
-                for lease in _leases(response)[:taken]:
-                    try:
-                        self._start(stub, lease, slots)
-                        started += 1
-                    except Exception:
-                        # Only a server breaking the contract gets here; the
-                        # lease will expire and the job be retried.
-                        log.exception("worker %s: cannot start a leased job", self.worker_id)
+                outage = True
+                await asyncio.sleep(delay)
+                continue
             finally:
-                slots.release(taken - started)
+                slots.settle(asked, leases)
+            if outage:
+                log.info("worker %s: connected again", self.worker_id)
+            outage = False
+            backoff.reset()
 
-    def _start(
-        self,
-        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
-        response: worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob,
-        slots: _Slots,
-    ) -> None:
-        job = job_from_pb(response.job)
-        lease_seconds = self.lease_duration
-        expire = time_from_pb(response, "lease_expire_time")
-        if expire is not None and job.start_time is not None:
-            # Both times are the server's clock, so skew does not matter;
-            # the server may grant less than was asked.
-            granted = (expire - job.start_time).total_seconds()
-            if 0 < granted < lease_seconds:
-                lease_seconds = granted
-        run = Attempt(
-            stub=stub,
-            job=job,
-            lease_id=response.lease_id,
-            lease_seconds=lease_seconds,
-            handler=self.handlers.get(job.kind),
-            flush_interval=self.flush_interval,
-            files_root=self.files_root,
-            acquire_next=self._next_request,
-            on_next=lambda next_lease: self._start_next(stub, next_lease, slots),
-            finishes=self._finishes,
-        )
+    def _start(self, stub: worker_service_pb2_grpc.WorkerServiceAsyncStub, lease: Lease) -> bool:
+        """Runs a leased job in the slot just taken for it; False when it
+        cannot start (only a server breaking the contract gets there: the
+        lease expires and the job runs again)."""
+        slots = self._slots
+        assert slots is not None
+        freed = False
+
+        def free(seconds: float | None) -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                if seconds is not None:
+                    slots.ran(seconds)
+                slots.freed()
+
+        try:
+            job = job_from_pb(lease.job)
+            lease_seconds = self.lease_duration
+            expire = time_from_pb(lease, "lease_expire_time")
+            if expire is not None and job.start_time is not None:
+                # Both times are the server's clock, so skew does not matter;
+                # the server may grant less than was asked.
+                granted = (expire - job.start_time).total_seconds()
+                if 0 < granted < lease_seconds:
+                    lease_seconds = granted
+            run = Attempt(
+                stub=stub,
+                job=job,
+                lease_id=lease.lease_id,
+                lease_seconds=lease_seconds,
+                handler=self.handlers.get(job.kind),
+                flush_interval=self.flush_interval,
+                files_root=self.files_root,
+                acquire_next=self._ask_next,
+                on_next=self._got_next,
+                on_handler_done=free,
+                finishes=self._finishes,
+            )
+        except Exception:
+            log.exception("worker %s: cannot start a leased job", self.worker_id)
+            return False
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
         if self._stopping:
             run.ask_to_stop()  # acquired as the stop came
@@ -432,61 +487,70 @@ class Worker:
         def done(task: asyncio.Task[None]) -> None:
             if self._jobs.get(job.id, (None,))[0] is run:
                 self._jobs.pop(job.id)
-            if not run.handed_over:
-                slots.release(1)
+            free(None)
+            slots.finished()
             if not task.cancelled() and task.exception() is not None:
                 log.error("job %s: worker error", job.id, exc_info=task.exception())
 
         task.add_done_callback(done)
-
-    def _next_request(self) -> worker_service_pb2.AcquireJobRequest | None:
-        """What a finishing attempt asks for to lease the next job in the
-        same FinishJob call; None once the worker is stopping."""
-        return None if self._stopping else self._acquire_request
-
-    def _start_next(
-        self,
-        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
-        response: worker_service_pb2.AcquireJobResponse,
-        slots: _Slots,
-    ) -> bool:
-        """Runs the job a FinishJob leased, in the slot of the attempt that
-        just ended; False when it could not start (the slot is then freed
-        by that attempt, and the lease expires on the server)."""
-        try:
-            self._start(stub, response, slots)
-        except Exception:
-            log.exception("worker %s: cannot start a leased job", self.worker_id)
-            return False
         return True
 
+    def _ask_next(self) -> worker_service_pb2.AcquireJobRequest | None:
+        """What a finish asks for to lease the worker's next jobs in the same
+        call (they count as asked for until ``_got_next``); None when it
+        wants none, or is stopping."""
+        slots = self._slots
+        asked = slots.ask() if slots is not None and not self._stopping else 0
+        if not asked:
+            return None
+        request = worker_service_pb2.AcquireJobRequest()
+        request.CopyFrom(self._acquire_request)
+        request.max_jobs = asked
+        return request
 
-class _Slots:
-    """A worker's free slots: taken all at once by the long-poll, given back
-    one by one as attempts end."""
+    def _got_next(
+        self,
+        asked: worker_service_pb2.AcquireJobRequest,
+        answer: worker_service_pb2.AcquireJobResponse | None,
+    ) -> None:
+        """A finish that asked for next jobs was answered (None: failed)."""
+        if self._slots is not None:
+            self._slots.settle(asked.max_jobs, _leases(answer)[: asked.max_jobs] if answer else [])
 
-    def __init__(self, count: int) -> None:
-        self.free = count
-        self._changed = asyncio.Event()
+    def _give_back(self, lease: Lease) -> None:
+        """Releases a job leased ahead that will not run here (the worker
+        stops, or it waited too long for a slot): back to the queue at once,
+        its attempt not counted."""
+        stub = self._stub
+        if stub is None:
+            return
+        request = worker_service_pb2.FinishJobRequest(
+            job_id=lease.job.id,
+            lease_id=lease.lease_id,
+            outcome=JOB_OUTCOMES.to_pb(JobOutcome.RELEASED),
+        )
+        task = asyncio.create_task(self._release(stub, request), name="jobstream-give-back")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
-    async def take_free(self) -> int:
-        """Waits for a free slot, then takes every free one; returns how many."""
-        while not self.free:
-            self._changed.clear()
-            await self._changed.wait()
-        taken, self.free = self.free, 0
-        return taken
+    async def _release(
+        self,
+        stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
+        request: worker_service_pb2.FinishJobRequest,
+    ) -> None:
+        try:
+            await stub.FinishJob(request, timeout=RELEASE_TIMEOUT)
+        except grpc.RpcError as exc:
+            log.warning(
+                "job %s: could not give it back (%s); it runs again when its lease expires",
+                request.job_id,
+                from_rpc_error(exc),
+            )
+        else:
+            log.debug("job %s: given back before it started", request.job_id)
 
-    def release(self, count: int) -> None:
-        """Gives ``count`` slots back."""
-        if count > 0:
-            self.free += count
-            self._changed.set()
 
-
-def _leases(
-    response: worker_service_pb2.AcquireJobResponse,
-) -> list[worker_service_pb2.AcquireJobResponse | worker_service_pb2.LeasedJob]:
+def _leases(response: worker_service_pb2.AcquireJobResponse) -> list[Lease]:
     """Every job an AcquireJob answer leased, first one first."""
     if not response.HasField("job"):
         return []

@@ -314,9 +314,10 @@ class Lifecycle:
         """Ends the leased attempt: terminal, or QUEUED again for a retry."""
         row = self.ledger.leased(job_id, lease_id, now)
         if finish.outcome is Outcome.RELEASED and not row.cancel_requested:
-            # The worker stopped (graceful shutdown) before the handler ended:
-            # back to the queue now, and the attempt does not count.
-            reason = f"released by worker {row.worker_id}: it stopped before the job finished"
+            # The worker gave the job back before its handler ended (it is
+            # stopping, or the job waited too long in hand for a slot): back
+            # to the queue now, and the attempt does not count.
+            reason = f"released by worker {row.worker_id} before the job finished"
             self.ledger.release(effects, row, reason, now, not_before=now)
             return self.reads.get_job(job_id)
         fields: dict[str, Any] = {}
