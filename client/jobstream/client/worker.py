@@ -51,7 +51,7 @@ from jobstream.client.handlers import (
 from jobstream.client.logformat import fallback_logging
 from jobstream.client.models import JobOutcome
 from jobstream.client.security import PLAINTEXT, Security
-from jobstream.client.slots import Slots
+from jobstream.client.slots import MAX_ASK, Slots
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 __all__ = [
@@ -99,8 +99,8 @@ HOLD = 1.0
 given back (a third of the lease, when that is shorter)."""
 
 PREFETCH_PER_SLOT = 32
-"""Jobs a worker may lease ahead per slot unless told otherwise (only while
-its jobs are short; see slots.py)."""
+"""Jobs a worker may lease ahead per slot unless told otherwise, up to
+MAX_ASK in all (only while its jobs are short; see slots.py)."""
 
 RELEASE_TIMEOUT = 5.0
 """Deadline, in seconds, of giving back a job leased ahead."""
@@ -141,7 +141,7 @@ class Worker:
 
     ``concurrency`` jobs run at once; while its jobs are short the worker
     leases up to ``prefetch`` more ahead of its free slots (default: 32
-    per slot; 0 never leases ahead), as many as its slots should start
+    per slot, at most 256; 0 never leases ahead), as many as its slots should start
     within 50 ms by how long its recent jobs ran, and gives back any that
     waits over a second for a slot (see :mod:`~jobstream.client.slots`);
     ``lease_duration`` is asked of the server for each lease;
@@ -189,7 +189,9 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.queues = tuple(queues)
         self.concurrency = concurrency
-        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
+        self.prefetch = (
+            min(PREFETCH_PER_SLOT * concurrency, MAX_ASK) if prefetch is None else prefetch
+        )
         self.lease_duration = lease_duration
         self.flush_interval = flush_interval
         self.poll_wait = poll_wait
