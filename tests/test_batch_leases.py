@@ -172,6 +172,33 @@ def test_finish_jobs_answers_each_finish_and_fences_each_lease(
         assert client.get(job_id).state is JobState.RUNNING
 
 
+def test_finish_jobs_answers_each_job_as_written_and_leases_a_job_given_back(
+    client: JobClient, workers: worker_service_pb2_grpc.WorkerServiceStub
+) -> None:
+    """A batch that gives one job back and ends another answers each as
+    its finish left it (the batch's row updates are written together at the
+    end), and its acquire_next can lease the job just given back."""
+    ids = _submit(client, "batch-back", 2)
+    held = dict(_leases(workers.AcquireJob(_acquire("batch-back", 2), timeout=T)))
+    back = _finish(ids[0], held[ids[0]])
+    back.outcome = worker_service_pb2.JOB_OUTCOME_RELEASED
+    request = worker_service_pb2.FinishJobsRequest(finishes=[back, _finish(ids[1], held[ids[1]])])
+    request.acquire_next.CopyFrom(_acquire("batch-back", 2))
+    answer = workers.FinishJobs(request, timeout=T)
+    given_back, ended = answer.results
+    assert given_back.job.state == job_pb2.JOB_STATE_QUEUED and given_back.job.attempt == 0
+    assert ended.job.state == job_pb2.JOB_STATE_SUCCEEDED and ended.job.attempt == 1
+    (again, lease), *more = _leases(answer.next)
+    assert again == ids[0] and not more
+    rerun = client.get(ids[0])
+    assert rerun.state is JobState.RUNNING and rerun.attempt == 1
+    workers.FinishJob(_finish(ids[0], lease), timeout=T)
+    for job_id in ids:
+        assert client.get(job_id).state is JobState.SUCCEEDED
+        assert _finals(client, job_id) == 1
+        _gap_free(client, job_id)
+
+
 def test_a_finish_of_an_unknown_job_is_answered_not_found(
     workers: worker_service_pb2_grpc.WorkerServiceStub,
 ) -> None:

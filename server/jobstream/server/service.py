@@ -604,6 +604,14 @@ class JobService:
 
         def finish_all(effects: Effects) -> tuple[list[Job | ServiceError], list[Lease]]:
             now = now_us()
+            with self.store.jobs.ledger.together(rows_of=[item.job_id for item in items]):
+                answers = finish_each(effects, now)
+            # After the finishes are written: a job one of them queued
+            # again may be leased.
+            leases = self._lease_next(effects, acquire_next, now) if acquire_next else []
+            return answers, leases
+
+        def finish_each(effects: Effects, now: int) -> list[Job | ServiceError]:
             answers: list[Job | ServiceError] = []
             for item in items:
                 # No savepoint per finish (on PostgreSQL each costs two round
@@ -621,8 +629,7 @@ class JobService:
                     if len(effects.events) != written:
                         raise
                     answers.append(exc)
-            leases = self._lease_next(effects, acquire_next, now) if acquire_next else []
-            return answers, leases
+            return answers
 
         answers, leases = await self._leasing(finish_all, lambda done: done[1])
         for item, answer in zip(items, answers, strict=True):

@@ -7,7 +7,8 @@ lease. Lifecycle, reports and artifact storage share these.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import peewee as pw
@@ -45,6 +46,34 @@ class Ledger:
         self.dialect = dialect
         self.sql = sql
         self._insert_event = RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
+        self._held: list[tuple[Any, ...]] | None = None
+        """Event rows waiting for the end of ``together``."""
+        self._known: dict[str, JobRow] = {}
+        """Rows read at the start of ``together``, as written since."""
+
+    @contextlib.contextmanager
+    def together(self, rows_of: Sequence[str] = ()) -> Iterator[None]:
+        """The events appended and the job rows updated inside are stored
+        when the block ends: a few multi-row INSERTs and one executemany
+        per update shape, instead of a statement each (on PostgreSQL each
+        is a round trip, and a worker's batch of finishes and leases writes
+        every job). Nothing inside may read back what it wrote; the block
+        is one operation's, on the writer thread, so an error drops what it
+        held with the operation. The rows of the jobs ``rows_of`` are read
+        first in one SELECT, and ``by_id`` answers from them inside."""
+        if self._held is not None:
+            yield  # already inside one
+            return
+        self._held = []
+        self._known = self.sql.job_rows(rows_of)
+        try:
+            with self.sql.updates_together():
+                yield
+            rows = self._held
+        finally:
+            self._held = None
+            self._known = {}
+        self._insert_event.run(rows)
 
     def row(self, job_id: str, owner: str | None = None) -> JobRow:
         """The job's row, or NotFound; with ``owner``, also NotFound (in the
@@ -57,6 +86,9 @@ class Ledger:
     def by_id(self, job_id: str, *, lock: bool = False) -> JobRow | None:
         """The job's row or None, through SQL built once (peewee building a
         SELECT per call cost more than SQLite running it)."""
+        known = self._known.get(job_id)
+        if known is not None and not lock:
+            return known
         return self.sql.job_row(job_id, lock=lock)
 
     def locked_row(self, job_id: str) -> JobRow | None:
@@ -163,9 +195,11 @@ class Ledger:
     def insert_events(self, effects: Effects, events: list[Event]) -> None:
         """Stores events whose seqs are already assigned, and records them
         (and their jobs as changed) in ``effects``."""
-        self._insert_event.run(
-            [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
-        )
+        rows = [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
+        if self._held is not None:
+            self._held.extend(rows)
+        else:
+            self._insert_event.run(rows)
         effects.events.extend(events)
         effects.changed_jobs.update(e.job_id for e in events)
 

@@ -250,7 +250,8 @@ class Lifecycle:
         # All read before any is updated: the updates must not move rows
         # under an open cursor.
         rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, limit))
-        return [self._lease(effects, row, worker_id, lease_us, now) for row in rows]
+        with self.ledger.together():
+            return [self._lease(effects, row, worker_id, lease_us, now) for row in rows]
 
     def _lease(
         self, effects: Effects, row: JobRow, worker_id: str, lease_us: int, now: int
@@ -319,7 +320,9 @@ class Lifecycle:
             # to the queue now, and the attempt does not count.
             reason = f"released by worker {row.worker_id} before the job finished"
             self.ledger.release(effects, row, reason, now, not_before=now)
-            return self.reads.get_job(job_id)
+            # From the row as written, not read again: inside a batch of
+            # finishes the update is still held (Ledger.together).
+            return self.reads.job_with_steps(row)
         fields: dict[str, Any] = {}
         if finish.outcome is Outcome.SUCCEEDED:
             state, reason, step_end = JobState.SUCCEEDED, "handler succeeded", StepState.SUCCEEDED
