@@ -178,6 +178,12 @@ class Statements:
                     break
         return found
 
+    def job_rows_by(self, sql: str, params: Sequence[Any]) -> list[JobRow]:
+        """The job rows a SELECT of ``job`` columns finds, made as by
+        :meth:`job_row` (not through peewee's cursor wrapper)."""
+        cursor = execute(self.db, sql, tuple(params))
+        return [self._row(sql, cursor, values) for values in cursor.fetchall()]
+
     def _row(self, sql: str, cursor: Any, values: Sequence[Any]) -> JobRow:
         """A JobRow from one row of ``sql``'s cursor."""
         fields = self._row_fields.get(sql)
