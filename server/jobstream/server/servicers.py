@@ -3,6 +3,8 @@ Errors become statuses through :mod:`jobstream.server.status`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -13,7 +15,7 @@ from jobstream.server import convert, fields, tokens, validation
 from jobstream.server.artifacts import Artifacts
 from jobstream.server.auth import current_principal
 from jobstream.server.domain import EventKind, LogSearch, NewJob, WorkerInfo
-from jobstream.server.errors import InvalidArgument
+from jobstream.server.errors import InvalidArgument, ServiceError
 from jobstream.server.limits import (
     DEFAULT_EVENT_PAGE,
     DEFAULT_JOB_PAGE,
@@ -52,6 +54,10 @@ from jobstream.v1 import (
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
+
+UPLOAD_DRAIN_S = 1.0
+"""Most seconds a refused upload reads (and drops) what the client still
+sends before the refusal goes out."""
 
 REPEATED_OVERHEAD_BYTES = 6
 """Bytes a repeated message field adds per item on the wire (tag and
@@ -499,6 +505,15 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
         self, request: AsyncIterator[ws.UploadArtifactRequest], context: Context
     ) -> ws.UploadArtifactResponse:
         messages = aiter(request)
+        try:
+            return await self._upload(messages)
+        except ServiceError:
+            await _drain(messages)
+            raise
+
+    async def _upload(
+        self, messages: AsyncIterator[ws.UploadArtifactRequest]
+    ) -> ws.UploadArtifactResponse:
         first = await anext(messages, None)
         if first is None or first.WhichOneof("item") != "header":
             raise InvalidArgument("the first message must carry the header", field="header")
@@ -517,3 +532,14 @@ class WorkerServiceServicer(worker_service_pb2_grpc.WorkerServiceServicer):
 
         artifact, seq = await self.artifacts.upload(spec, chunks())
         return ws.UploadArtifactResponse(artifact=convert.artifact(artifact), seq=seq)
+
+
+async def _drain(messages: AsyncIterator[Any]) -> None:
+    """Reads the rest of a refused client stream, for at most
+    UPLOAD_DRAIN_S: grpc's client, still writing when the call ends, may
+    report INTERNAL ("Internal error from Core") instead of the refusal (1
+    upload in 200 with a bad name, before this)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(UPLOAD_DRAIN_S):
+            async for _ in messages:
+                pass
