@@ -249,7 +249,7 @@ class Lifecycle:
         sql = self.sql.acquire(len(queues), len(kinds))
         # All read before any is updated: the updates must not move rows
         # under an open cursor.
-        rows = list(JobRow.raw(sql, JobState.QUEUED.value, *queues, *kinds, now, limit))
+        rows = self.sql.job_rows(sql, (JobState.QUEUED.value, *queues, *kinds, now, limit))
         return [self._lease(effects, row, worker_id, lease_us, now) for row in rows]
 
     def _lease(

@@ -144,15 +144,19 @@ class Statements:
         return self._cache[key]
 
     def job_row(self, job_id: str, *, lock: bool = False) -> JobRow | None:
-        """The job's row or None, through :meth:`job_by_id`, made from the
-        cursor's values with each field's own conversion: peewee's cursor
-        wrapper (``JobRow.raw``) resolved the columns again for every row,
-        80 of the 90 µs a read of one job took."""
-        sql = self.job_by_id(lock=lock)
-        cursor = execute(self.db, sql, (job_id,))
-        values = cursor.fetchone()
-        if values is None:
-            return None
+        """The job's row or None, through :meth:`job_by_id` (see job_rows)."""
+        rows = self.job_rows(self.job_by_id(lock=lock), (job_id,))
+        return rows[0] if rows else None
+
+    def job_rows(self, sql: str, params: tuple[Any, ...]) -> list[JobRow]:
+        """The rows of a ``SELECT * FROM job`` query, made from the cursor's
+        values with each field's own conversion: peewee's cursor wrapper
+        (``JobRow.raw``) resolved the columns again for every row, 80 of
+        the 90 µs a read of one job took."""
+        cursor = execute(self.db, sql, params)
+        found = cursor.fetchall()
+        if not found:
+            return []
         fields = self._row_fields.get(sql)
         if fields is None:
             by_column = {f.column_name: f for f in JobRow._meta.sorted_fields}
@@ -161,12 +165,15 @@ class Statements:
                 for column in cursor.description
             )
             self._row_fields[sql] = fields
-        row = JobRow(__no_default__=1)
-        row.__data__ = {
-            name: python_value(value)
-            for (name, python_value), value in zip(fields, values, strict=True)
-        }
-        return row
+        rows = []
+        for values in found:
+            row = JobRow(__no_default__=1)
+            row.__data__ = {
+                name: python_value(value)
+                for (name, python_value), value in zip(fields, values, strict=True)
+            }
+            rows.append(row)
+        return rows
 
     def update_job(self, columns: Sequence[str]) -> str:
         """``UPDATE job SET <columns> WHERE id``; parameters: values, then id."""
