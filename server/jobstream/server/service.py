@@ -500,12 +500,15 @@ class JobService:
         max_jobs: int = 1,
     ) -> list[Lease]:
         """Leases up to ``max_jobs`` jobs, waiting up to ``wait_s`` for any;
-        none once the server is shutting down."""
+        none once the server is shutting down. While it waits, the commit
+        that makes a matching job acquirable leases it (see _parked); the
+        broker's wake-up stays the fallback (another server's commit, a
+        not_before passing, a lease that found nothing)."""
         lease = min(lease_us or self.lease_us, self.max_lease_us)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
 
-        def take(effects: Effects) -> list[Lease]:
+        def take(effects: Effects) -> list[Lease]:  # on the writer thread
             if self.broker.draining:
                 return []  # shutting down: no new leases
             return self.store.jobs.acquire_many(
