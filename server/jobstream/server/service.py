@@ -500,41 +500,81 @@ class JobService:
         max_jobs: int = 1,
     ) -> list[Lease]:
         """Leases up to ``max_jobs`` jobs, waiting up to ``wait_s`` for any;
-        none once the server is shutting down."""
+        none once the server is shutting down. While it waits, the commit
+        that makes a matching job acquirable leases it (see _parked); the
+        broker's wake-up stays the fallback (another server's commit, a
+        not_before passing, a lease that found nothing)."""
         lease = min(lease_us or self.lease_us, self.max_lease_us)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while not self.broker.draining:
-            with self.broker.acquirable(queues, kinds) as wake:
-                got = await self._acquire_once(worker_id, kinds, queues, lease, max_jobs)
-                remaining = deadline - loop.time()
-                if got or remaining <= 0 or self.broker.draining:
-                    return got
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), min(remaining, ACQUIRE_RECHECK_S))
-        return []
 
-    async def _acquire_once(
-        self,
-        worker_id: str,
-        kinds: Sequence[str],
-        queues: Sequence[str],
-        lease_us: int,
-        max_jobs: int,
-    ) -> list[Lease]:
-        """One acquire attempt."""
-        return await self._leasing(
-            lambda c: self.store.jobs.acquire_many(
-                c,
+        def take(effects: Effects) -> list[Lease]:  # on the writer thread
+            if self.broker.draining:
+                return []  # shutting down: no new leases
+            return self.store.jobs.acquire_many(
+                effects,
                 worker_id=worker_id,
                 kinds=kinds,
                 queues=queues,
-                lease_us=lease_us,
+                lease_us=lease,
                 now=now_us(),
                 limit=max_jobs,
-            ),
-            lambda leases: leases,
-        )
+            )
+
+        while not self.broker.draining:
+            with self.broker.acquirable(queues, kinds) as wake:
+                got = await self._leasing(take, _same)
+                remaining = deadline - loop.time()
+                if got or remaining <= 0 or self.broker.draining:
+                    return got
+                got = await self._parked(
+                    take, queues, kinds, wake, min(remaining, ACQUIRE_RECHECK_S)
+                )
+                if got:
+                    return got
+        return []
+
+    async def _parked(
+        self,
+        take: Callable[[Effects], list[Lease]],
+        queues: Sequence[str],
+        kinds: Sequence[str],
+        wake: asyncio.Event,
+        wait_s: float,
+    ) -> list[Lease]:
+        """Waits up to ``wait_s`` for a wake-up, with ``take`` parked in the
+        writer meanwhile: the group that makes a job we can run acquirable
+        (a submit) leases it to us in its own transaction, so the job starts
+        with the submit's commit, not one commit (an fsync) and one writer
+        hand-off later. Returns what that lease took once it is committed;
+        nothing when no group took ``take`` or its group failed (the caller
+        then looks again, as after any wake-up)."""
+        queue_set, kind_set = frozenset(queues), frozenset(kinds)
+
+        def wants(effects: Effects) -> bool:  # the broker's test (publish)
+            return any(q in queue_set and k in kind_set for q, k in effects.acquirable)
+
+        claim = self.writer.park(wants, take)
+        # A taken lease ends the wait even if the broker says nothing.
+        claim.add_done_callback(lambda _: wake.set())
+        try:
+            # Not wait_for: on 3.11 it swallows a cancel that comes as the
+            # wake-up does, and the call would return leases nobody receives.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await wake.wait()
+        except asyncio.CancelledError:
+            if not self.writer.unpark(claim):
+                await self._give_back(claim, _same)  # the call went away: release
+            raise
+        if self.writer.unpark(claim):
+            return []
+        try:
+            return await self._kept(claim, _same)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the group failed (the writer logged it): nothing leased
+            return []
 
     async def _leasing(
         self, op: Callable[[Effects], T], leases_of: Callable[[T], Sequence[Lease]]
@@ -542,19 +582,37 @@ class JobService:
         """Runs a write that may lease jobs. If the caller goes away while
         it commits, the leases it took are released: a cancelled call never
         strands a job as RUNNING with nobody holding its lease."""
-        attempt = asyncio.ensure_future(self.writer.run(op))
+        return await self._kept(asyncio.ensure_future(self.writer.run(op)), leases_of)
+
+    async def _kept(
+        self, attempt: asyncio.Future[T], leases_of: Callable[[T], Sequence[Lease]]
+    ) -> T:
+        """Awaits a write that may lease jobs; if the caller goes away
+        meanwhile, releases what it leased (see _give_back)."""
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            taken = [(lease.job.id, lease.lease_id) for lease in leases_of(await attempt)]
-            if taken:
-
-                def release(c: Effects) -> None:
-                    for job_id, lease_id in taken:
-                        self.store.jobs.release(c, job_id, lease_id, now_us())
-
-                await self.writer.run(release)
+            await self._give_back(attempt, leases_of)
             raise
+
+    async def _give_back(
+        self, attempt: asyncio.Future[T], leases_of: Callable[[T], Sequence[Lease]]
+    ) -> None:
+        """Releases the leases ``attempt`` took, once it is committed: its
+        caller went away, and nobody else will ever hold them. An attempt
+        that failed leased nothing: the caller still ends cancelled."""
+        try:
+            done = await attempt
+        except Exception:
+            return
+        taken = [(lease.job.id, lease.lease_id) for lease in leases_of(done)]
+        if taken:
+
+            def release(c: Effects) -> None:
+                for job_id, lease_id in taken:
+                    self.store.jobs.release(c, job_id, lease_id, now_us())
+
+            await self.writer.run(release)
 
     async def report(self, job_id: str, lease_id: str, report: Report) -> ReportAck:
         """Stores a worker's batch and renews its lease. A recorded file the
@@ -660,6 +718,11 @@ class JobService:
                 c, now_us(), limit=limit, worker_prefix=worker_prefix
             )
         )
+
+
+def _same(leases: list[Lease]) -> list[Lease]:
+    """The leases of an acquire's answer: the answer itself."""
+    return leases
 
 
 def who(actor: str) -> str:

@@ -12,6 +12,11 @@ the NOTIFY other servers receive at commit), then, once committed, to the
 commit listeners on the event loop (the broker, metrics), so nothing
 uncommitted is ever published.
 
+An operation may also be parked: it waits, outside any group, for a group
+whose operations did what it looks for, and then runs in that group's
+transaction, after them (a waiting AcquireJob leases the job a submit made
+in the submit's own commit: one fsync and one hand-off fewer).
+
 Between groups, an idle step (the SQLite trigram table's upkeep) may run
 in a transaction of its own: work taken off the operations' path.
 """
@@ -82,6 +87,14 @@ class _Op:
     in it, so its log lines carry the caller's request and job ids."""
 
 
+@dataclass(slots=True)
+class _Parked:
+    op: _Op
+    wants: Callable[[Effects], bool]
+    """Whether a group's (merged) effects call for the operation; runs on the
+    writer thread, so it must only read its argument and its own closure."""
+
+
 class Writer:
     """Runs write operations on one thread, committing them in groups."""
 
@@ -104,6 +117,10 @@ class Writer:
         self._idle_next = 0.0
         self._idle_latest = 0.0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        # Parked operations by their future (see park); the lock because the
+        # event loop parks and takes back while the writer thread claims.
+        self._parked: dict[asyncio.Future[Any], _Parked] = {}
+        self._parked_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="jobstream-writer", daemon=True)
         self.groups = 0
         self.ops = 0
@@ -125,6 +142,41 @@ class Writer:
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Op(fn, future))
         return await future
+
+    def park(
+        self, wants: Callable[[Effects], bool], fn: Callable[[Effects], T]
+    ) -> asyncio.Future[T]:
+        """Parks ``fn`` until a group's operations did what ``wants`` looks
+        for (checked on the writer thread with the group's merged effects);
+        then ``fn`` runs once, in that group's transaction after them, in a
+        savepoint of its own, and the future this returns resolves after
+        that group's commit, as ``run``'s would (with its error if the group
+        failed). Call ``unpark`` when no longer waiting."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._parked_lock:
+            self._parked[future] = _Parked(_Op(fn, future), wants)
+        return future
+
+    @property
+    def parked(self) -> int:
+        """How many parked operations wait for a group."""
+        return len(self._parked)
+
+    def unpark(self, future: asyncio.Future[Any]) -> bool:
+        """Takes a parked operation back: True if it never ran and never
+        will; False if a group took it, and its future will resolve with
+        that group's commit (leases it took must then be dealt with)."""
+        with self._parked_lock:
+            return self._parked.pop(future, None) is not None
+
+    def _claim(self, effects: Effects) -> list[_Op]:
+        """Takes the parked operations that ``effects`` calls for; each is
+        taken once, and its future is then resolved by this group."""
+        if not self._parked:  # read without the lock: parking races a group anyway
+            return []
+        with self._parked_lock:
+            claimed = [f for f, parked in self._parked.items() if parked.wants(effects)]
+            return [self._parked.pop(f).op for f in claimed]
 
     def _run(self) -> None:
         bind_thread(self._db)
@@ -183,17 +235,13 @@ class Writer:
         try:
             with self._db.atomic():
                 for op in group:
-                    try:
-                        with self._savepoint():  # a failed op rolls back alone
-                            result = op.context.run(op.fn, op.effects)
-                    except ServiceError as exc:
-                        done.append((op, None, exc))
-                    except Exception as exc:
-                        op.context.run(log.exception, "write operation failed")
-                        done.append((op, None, exc))
-                    else:
-                        committed.merge(op.effects)
-                        done.append((op, result, None))
+                    self._apply(op, done, committed)
+                # Parked operations join after the group's own, seeing what
+                # they did; they are claimed (so owed an answer) only here.
+                joined = self._claim(committed)
+                group = group + joined
+                for op in joined:
+                    self._apply(op, done, committed)
                 for step in self._at_commit:
                     step(committed)
         except Exception as exc:
@@ -208,6 +256,26 @@ class Writer:
         if self.on_group is not None:
             self.on_group(len(group), time.perf_counter() - started)
         self._loop.call_soon_threadsafe(self._deliver, done, committed)
+
+    def _apply(
+        self,
+        op: _Op,
+        done: list[tuple[_Op, Any, BaseException | None]],
+        committed: Effects,
+    ) -> None:
+        """Runs one operation of a group in its savepoint; notes its answer
+        in ``done`` and, if it stood, its effects in ``committed``."""
+        try:
+            with self._savepoint():  # a failed op rolls back alone
+                result = op.context.run(op.fn, op.effects)
+        except ServiceError as exc:
+            done.append((op, None, exc))
+        except Exception as exc:
+            op.context.run(log.exception, "write operation failed")
+            done.append((op, None, exc))
+        else:
+            committed.merge(op.effects)
+            done.append((op, result, None))
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
