@@ -70,7 +70,10 @@ class Settings:
     restart_jobs: int
     """Jobs stored for T11 (10^6 in a full run)."""
     run_jobs: int
-    """No-op jobs each system runs per sample of T12, T13 and T15."""
+    """No-op jobs each system runs per sample of T12, T13 and T15: enough
+    for a second or more of steady running, so the start of a sample (a
+    worker waking from its long-poll, a consumer from its sleep) does not
+    decide it."""
     backlog_jobs: int
     """Jobs queued before T15's backlog sample (10^5 in a full run)."""
     done_latency_samples: int
@@ -98,7 +101,7 @@ FULL = Settings(
     latency_samples=200,
     list_log_lines=1_000_000,
     restart_jobs=1_000_000,
-    run_jobs=1_000,
+    run_jobs=3_000,
     backlog_jobs=100_000,
     done_latency_samples=200,
     live_updates=300,
