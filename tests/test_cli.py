@@ -633,6 +633,7 @@ def test_help_names_the_environment_variables() -> None:
     assert "127.0.0.1:50051" in text
     assert "JOBSTREAM_SUBMIT_PRIORITY" in ok(jobstream("submit", "--help"))
     assert "JOBSTREAM_WORKER_CONCURRENCY" in ok(jobstream("worker", "--help"))
+    assert "JOBSTREAM_WORKER_PREFETCH" in ok(jobstream("worker", "--help"))
 
 
 def test_serve_passes_its_arguments_to_the_server() -> None:
@@ -787,6 +788,8 @@ def echo_worker(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Ite
         server.target,
         "--concurrency",
         "2",
+        "--prefetch",
+        "0",
         "--worker-id",
         "cli-test-worker",
     ]

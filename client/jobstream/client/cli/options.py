@@ -178,6 +178,13 @@ def _add_process_commands(commands: _Commands) -> None:
         metavar="N",
     )
     worker.add(
+        "--prefetch",
+        help="most jobs leased ahead of the free slots while jobs are short "
+        "(default: 32 per slot, at most 256; 0: never)",
+        convert=values.non_negative_int,
+        metavar="N",
+    )
+    worker.add(
         "--queue",
         help="queue to take jobs from (repeatable)",
         kind="list",

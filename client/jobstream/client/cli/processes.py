@@ -136,6 +136,7 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         queues=tuple(args.queue),
         concurrency=args.concurrency,
+        prefetch=args.prefetch,
         security=cli_security(args),
         files_root=args.files_root,
     )
