@@ -84,6 +84,7 @@ def test_quick_jobs_are_leased_ahead_and_finished_in_fewer_calls(
         for job_id in ids:
             assert client.wait(job_id, timeout=T).state is JobState.SUCCEEDED
     assert max(seen.next_jobs) > 1, seen.next_jobs  # more than its one slot
+    assert set(seen.max_jobs) == {1}, seen.max_jobs  # a long-poll: one per free slot
     finishes = seen.names.count("FinishJob") + seen.names.count("FinishJobs")
     assert finishes < len(ids) / 2, seen.names
     for job_id in ids[:10]:

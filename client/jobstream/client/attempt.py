@@ -43,7 +43,7 @@ from jobstream.client.models import Artifact, Job, JobError, JobOutcome, JsonObj
 from jobstream.client.reports import ReportBatch, ReportBuffer
 from jobstream.v1 import worker_service_pb2, worker_service_pb2_grpc
 
-__all__ = ["Attempt"]
+__all__ = ["TRANSIENT_CODES", "Attempt"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ _LEASE_LOST_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusC
 """ReportJob/FinishJob answers meaning the lease is gone (expired, moved on,
 or the job was deleted)."""
 
-_TRANSIENT_CODES = frozenset(
+TRANSIENT_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -541,7 +541,7 @@ class Attempt:
                 if error.code in _LEASE_LOST_CODES:
                     self._lose_lease(error)
                     return None
-                if error.code not in _TRANSIENT_CODES:
+                if error.code not in TRANSIENT_CODES:
                     raise error from exc
                 if self.loop.time() >= self._lease_deadline:
                     self._lose_lease(error)

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0
 """Deadline, in seconds, of a FinishJobs call."""
 
+MAX_BATCH = 256
+"""Most finishes in one FinishJobs (the server's limit)."""
+
 _NOTHING_STORED = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -120,7 +123,8 @@ class FinishBatcher:
     def _flush(self) -> None:
         if self._call is not None or not self._pending:
             return  # the call on its way flushes these when it returns
-        batch, self._pending = self._pending, []
+        # At most what one FinishJobs may carry; the rest go in the next.
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         self._call = asyncio.create_task(self._send(batch), name="jobstream-finishes")
         self._call.add_done_callback(self._sent)
 
@@ -156,7 +160,11 @@ class FinishBatcher:
             raise
         finally:
             if following is not None:
-                self.on_next(following, answered)
+                try:
+                    self.on_next(following, answered)
+                except Exception:
+                    # The batch's own answers must still reach its attempts.
+                    log.exception("cannot take the next jobs a FinishJobs leased")
         for pending, result in zip(batch, response.results, strict=False):
             if pending.future.done():
                 continue

@@ -91,12 +91,13 @@ class Slots(Generic[L]):
         """Jobs in hand waiting for a slot."""
         return len(self._held)
 
-    def wanted(self) -> int:
+    def wanted(self, *, ahead: bool = True) -> int:
         """How many jobs to ask for now: one per free slot not already
-        spoken for, and the jobs to lease ahead."""
+        spoken for, and (with ``ahead``) the jobs to lease ahead."""
         if self.closed:
             return 0
-        want = self.free + self._ahead_now() - len(self._held) - self.asked
+        extra = self._ahead_now() if ahead else 0
+        want = self.free + extra - len(self._held) - self.asked
         return max(0, min(want, MAX_ASK))
 
     def _ahead_now(self) -> int:
@@ -107,9 +108,9 @@ class Slots(Generic[L]):
             return self.ahead
         return min(self.ahead, int(self.count * AHEAD_HORIZON / mean))
 
-    def ask(self) -> int:
+    def ask(self, *, ahead: bool = True) -> int:
         """Takes ``wanted()`` jobs as asked for; the caller settles them."""
-        want = self.wanted()
+        want = self.wanted(ahead=ahead)
         self.asked += want
         return want
 
@@ -122,12 +123,14 @@ class Slots(Generic[L]):
         self._changed.set()
 
     def receive(self, lease: L) -> None:
-        """Runs a lease in a free slot, or holds it for the next one."""
-        if self.free > 0:
+        """Runs a lease in a free slot, or holds it for the next one; once
+        the worker stops, gives it back (a call that asked before the stop
+        may still bring jobs)."""
+        if self.closed:
+            self._give_back(lease)
+        elif self.free > 0:
             if self._start(lease):
                 self.free -= 1
-        elif self.closed:
-            self._give_back(lease)
         else:
             held = _Held(lease)
             held.timer = asyncio.get_running_loop().call_later(self.hold, self._expire, held)
@@ -177,11 +180,13 @@ class Slots(Generic[L]):
     async def pollable(self) -> int:
         """Waits until a long-poll is the way to get work (a slot is free,
         nothing is in hand, no call that asked for jobs is on its way and no
-        finish is about to ask), then returns how many jobs to ask for (0
-        once the worker stops)."""
+        finish is about to ask), then returns how many jobs to ask for: one
+        per free slot, none ahead, since a long-poll's answer may come much
+        later, when the jobs it finds need not be short (0 once the worker
+        stops)."""
         while not self.closed and not (
             self.free and not self._held and not self.asked and not self.finishing
         ):
             self._changed.clear()
             await self._changed.wait()
-        return self.ask()
+        return self.ask(ahead=False)

@@ -34,7 +34,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
-from jobstream.client.attempt import Attempt
+from jobstream.client.attempt import TRANSIENT_CODES, Attempt
 from jobstream.client.connection import CHANNEL_OPTIONS, DEFAULT_TARGET, Backoff
 from jobstream.client.context import JobContext
 from jobstream.client.convert import JOB_OUTCOMES, job_from_pb, time_from_pb
@@ -316,6 +316,10 @@ class Worker:
             # asyncio.wait, not await: stop() cancels the acquirer, and that
             # must not look like this task being cancelled.
             await asyncio.wait([acquirer])
+            if not acquirer.cancelled() and acquirer.exception() is not None:
+                # A refused AcquireJob stops the worker: no finish may lease
+                # more work while the running jobs drain.
+                self._request_stop()
             await self._drain()
             error = None if acquirer.cancelled() else acquirer.exception()
             if error is not None:
@@ -328,7 +332,11 @@ class Worker:
         finally:
             self._running = False
             if self._releases:
-                await asyncio.wait(self._releases)
+                # Bounded: a worker cancelled while the server is away does
+                # not wait out the retries (those leases expire instead).
+                _, late = await asyncio.wait(self._releases, timeout=RELEASE_TIMEOUT)
+                for task in late:
+                    task.cancel()
             await channel.close(None)
             self._stopped.set()
             log.info("worker %s: stopped", self.worker_id)
@@ -531,7 +539,10 @@ class Worker:
             lease_id=lease.lease_id,
             outcome=JOB_OUTCOMES.to_pb(JobOutcome.RELEASED),
         )
-        task = asyncio.create_task(self._release(stub, request), name="jobstream-give-back")
+        deadline = asyncio.get_running_loop().time() + self.lease_duration
+        task = asyncio.create_task(
+            self._release(stub, request, deadline), name="jobstream-give-back"
+        )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
@@ -539,17 +550,29 @@ class Worker:
         self,
         stub: worker_service_pb2_grpc.WorkerServiceAsyncStub,
         request: worker_service_pb2.FinishJobRequest,
+        deadline: float,
     ) -> None:
-        try:
-            await stub.FinishJob(request, timeout=RELEASE_TIMEOUT)
-        except grpc.RpcError as exc:
-            log.warning(
-                "job %s: could not give it back (%s); it runs again when its lease expires",
-                request.job_id,
-                from_rpc_error(exc),
-            )
-        else:
+        """Gives a job back, retrying transient failures while its lease may
+        still be alive (an expired lease would count the attempt)."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff()
+        while True:
+            try:
+                await stub.FinishJob(request, timeout=RELEASE_TIMEOUT)
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = backoff.next()
+                if error.code in TRANSIENT_CODES and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    continue
+                log.warning(
+                    "job %s: could not give it back (%s); it runs again when its lease expires",
+                    request.job_id,
+                    error,
+                )
+                return
             log.debug("job %s: given back before it started", request.job_id)
+            return
 
 
 def _leases(response: worker_service_pb2.AcquireJobResponse) -> list[Lease]:

@@ -8,6 +8,7 @@ lease. Lifecycle, reports and artifact storage share these.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -38,6 +39,17 @@ def owned(row: JobRow, owner: str | None) -> bool:
     return owner is None or row.owner == owner
 
 
+class _Held(threading.local):
+    """What a ``together`` block holds, per thread: the writer thread holds
+    its writes while reader threads read rows through the same Ledger, and
+    must never see them."""
+
+    events: list[tuple[Any, ...]] | None = None
+    """Event rows waiting for the end of the block (None: not in one)."""
+    rows: dict[str, JobRow] = {}  # replaced per block, never changed in place
+    """Rows read at the start of the block, as written since."""
+
+
 class Ledger:
     """Reads a job's row for a write, appends its events, moves its state."""
 
@@ -46,10 +58,7 @@ class Ledger:
         self.dialect = dialect
         self.sql = sql
         self._insert_event = RawInsert(db, EventRow, ("job_id", "seq", "time", "kind", "body"))
-        self._held: list[tuple[Any, ...]] | None = None
-        """Event rows waiting for the end of ``together``."""
-        self._known: dict[str, JobRow] = {}
-        """Rows read at the start of ``together``, as written since."""
+        self._held = _Held()
 
     @contextlib.contextmanager
     def together(self, rows_of: Sequence[str] = ()) -> Iterator[None]:
@@ -61,18 +70,19 @@ class Ledger:
         is one operation's, on the writer thread, so an error drops what it
         held with the operation. The rows of the jobs ``rows_of`` are read
         first in one SELECT, and ``by_id`` answers from them inside."""
-        if self._held is not None:
+        held = self._held
+        if held.events is not None:
             yield  # already inside one
             return
-        self._held = []
-        self._known = self.sql.job_rows(rows_of)
+        held.events = []
         try:
+            held.rows = self.sql.job_rows(rows_of)
             with self.sql.updates_together():
                 yield
-            rows = self._held
+            rows = held.events
         finally:
-            self._held = None
-            self._known = {}
+            held.events = None
+            held.rows = {}
         self._insert_event.run(rows)
 
     def row(self, job_id: str, owner: str | None = None) -> JobRow:
@@ -86,7 +96,7 @@ class Ledger:
     def by_id(self, job_id: str, *, lock: bool = False) -> JobRow | None:
         """The job's row or None, through SQL built once (peewee building a
         SELECT per call cost more than SQLite running it)."""
-        known = self._known.get(job_id)
+        known = self._held.rows.get(job_id)
         if known is not None and not lock:
             return known
         return self.sql.job_row(job_id, lock=lock)
@@ -196,8 +206,8 @@ class Ledger:
         """Stores events whose seqs are already assigned, and records them
         (and their jobs as changed) in ``effects``."""
         rows = [(e.job_id, e.seq, e.time, e.kind.value, dumps(e.body)) for e in events]
-        if self._held is not None:
-            self._held.extend(rows)
+        if self._held.events is not None:
+            self._held.events.extend(rows)
         else:
             self._insert_event.run(rows)
         effects.events.extend(events)

@@ -6,6 +6,7 @@ every row it inserts, which profiles showed dominating the write hot paths
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
@@ -99,6 +100,14 @@ def _literal(value: Any) -> str:
     raise ValueError(f"{value!r} cannot be written as a literal")
 
 
+class _HeldUpdates(threading.local):
+    """Updates an ``updates_together`` block holds, per thread (only the
+    writer thread's own statements are held)."""
+
+    updates: dict[str, list[tuple[Any, ...]]] | None = None
+    """By statement; None: not in a block."""
+
+
 class Statements:
     """SQL of hot-path queries, built once per shape: for a one-row acquire,
     peewee building the SELECT and UPDATE cost more than SQLite running them."""
@@ -109,8 +118,7 @@ class Statements:
         self._cache: dict[tuple[Any, ...], str] = {}
         self._row_fields: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
         """Per job SELECT: each column's field name and conversion."""
-        self._held: dict[str, list[tuple[Any, ...]]] | None = None
-        """Updates waiting for the end of ``updates_together``, by statement."""
+        self._held = _HeldUpdates()
 
     def acquire(self, queues: int, kinds: int) -> str:
         """The acquire SELECT; parameters: state, *queues, *kinds, now, limit."""
@@ -231,8 +239,8 @@ class Statements:
         when that block ends)."""
         sql = self.update_job(tuple(values))
         params = (*values.values(), job_id)
-        if self._held is not None:
-            self._held.setdefault(sql, []).append(params)
+        if self._held.updates is not None:
+            self._held.updates.setdefault(sql, []).append(params)
         else:
             execute(self.db, sql, params)
 
@@ -241,16 +249,18 @@ class Statements:
         """The job updates made inside run when the block ends, one
         ``executemany`` per statement shape (on PostgreSQL, one round trip
         for all of them instead of one each). Nothing inside may read a row
-        it updated; an error drops the updates with the operation."""
-        if self._held is not None:
+        it updated, nor update one row twice (the shapes run one after the
+        other, not in the order made); an error drops the updates with the
+        operation."""
+        if self._held.updates is not None:
             yield  # already inside one
             return
-        self._held = {}
+        self._held.updates = {}
         try:
             yield
-            held = self._held
+            held = self._held.updates
         finally:
-            self._held = None
+            self._held.updates = None
         if held:
             cursor = self.db.cursor()  # type: ignore[no-untyped-call]
             with pw.__exception_wrapper__:  # type: ignore[attr-defined]
