@@ -731,9 +731,12 @@ def who(actor: str) -> str:
 
 
 def _log_release(job: Job, finish: Finish) -> None:
-    """The INFO line of a job its stopping worker gave back."""
+    """The INFO line of a job its worker gave back (stopping, or a job it
+    leased ahead and could not start soon enough)."""
     if finish.outcome is Outcome.RELEASED and not job.state.terminal:
-        log.info("released job %s: its worker %s stopped before it finished", job.id, job.worker_id)
+        log.info(
+            "released job %s: its worker %s gave it back before it finished", job.id, job.worker_id
+        )
 
 
 def _next_page(events: Sequence[Event], page: int) -> int:

@@ -169,14 +169,16 @@ class Writer:
         with self._parked_lock:
             return self._parked.pop(future, None) is not None
 
-    def _claim(self, effects: Effects) -> list[_Op]:
-        """Takes the parked operations that ``effects`` calls for; each is
-        taken once, and its future is then resolved by this group."""
+    def _claim(self, effects: Effects) -> _Op | None:
+        """Takes the first parked operation that ``effects`` calls for; it
+        is taken once, and its future is then resolved by this group."""
         if not self._parked:  # read without the lock: parking races a group anyway
-            return []
+            return None
         with self._parked_lock:
-            claimed = [f for f, parked in self._parked.items() if parked.wants(effects)]
-            return [self._parked.pop(f).op for f in claimed]
+            for future, parked in self._parked.items():
+                if parked.wants(effects):
+                    return self._parked.pop(future).op
+        return None
 
     def _run(self) -> None:
         bind_thread(self._db)
@@ -237,11 +239,17 @@ class Writer:
                 for op in group:
                     self._apply(op, done, committed)
                 # Parked operations join after the group's own, seeing what
-                # they did; they are claimed (so owed an answer) only here.
-                joined = self._claim(committed)
-                group = group + joined
-                for op in joined:
-                    self._apply(op, done, committed)
+                # they did; they are claimed (so owed an answer) only here,
+                # one by one until one changes nothing: with many idle
+                # workers parked, a submit's commit runs the lease of as
+                # many as find a job, plus one (the rest stay parked, and
+                # the broker's wake-up still reaches them).
+                while (joined := self._claim(committed)) is not None:
+                    group.append(joined)
+                    written = len(committed.events)
+                    self._apply(joined, done, committed)
+                    if len(committed.events) == written:
+                        break
                 for step in self._at_commit:
                     step(committed)
         except Exception as exc:
