@@ -86,12 +86,7 @@ class Slots(Generic[L]):
         self._runs: deque[float] = deque(maxlen=RECENT_RUNS)
         self._changed = asyncio.Event()
 
-    @property
-    def held(self) -> int:
-        """Jobs in hand waiting for a slot."""
-        return len(self._held)
-
-    def wanted(self, *, ahead: bool = True) -> int:
+    def _wanted(self, *, ahead: bool = True) -> int:
         """How many jobs to ask for now: one per free slot not already
         spoken for, and (with ``ahead``) the jobs to lease ahead."""
         if self.closed:
@@ -109,8 +104,8 @@ class Slots(Generic[L]):
         return min(self.ahead, int(self.count * AHEAD_HORIZON / mean))
 
     def ask(self, *, ahead: bool = True) -> int:
-        """Takes ``wanted()`` jobs as asked for; the caller settles them."""
-        want = self.wanted(ahead=ahead)
+        """Takes ``_wanted()`` jobs as asked for; the caller settles them."""
+        want = self._wanted(ahead=ahead)
         self.asked += want
         return want
 
