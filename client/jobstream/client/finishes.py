@@ -5,9 +5,10 @@ next jobs; so a worker ending jobs faster than a round trip sends fewer,
 larger calls, as a database commits a group.
 
 A lone finish is not held back for company: with no call on its way it goes
-out as its own FinishJob in the next turn of the event loop, so batching
-costs a job no more than that turn; and not even that when the attempt is
-the worker's only one running (nothing could join it).
+out in the next turn of the event loop (a FinishJobs of one, or of those
+that ended in the same turn), so batching costs a job no more than that
+turn; and when the attempt is the worker's only one running (nothing could
+join it), at once as its own FinishJob.
 
 Each attempt gets its own answer: the job, or its own refusal (the lease is
 gone), or ``Alone.ALONE`` / ``Alone.ALONE_NO_NEXT`` when it came alone or

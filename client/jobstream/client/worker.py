@@ -414,9 +414,7 @@ class Worker:
             asked = await slots.pollable()
             if not asked:
                 return  # stopping
-            request = worker_service_pb2.AcquireJobRequest()
-            request.CopyFrom(self._acquire_request)
-            request.max_jobs = asked
+            request = self._asking_for(asked)
             leases: list[Lease] = []
             try:
                 response = await stub.AcquireJob(request, timeout=self.poll_wait + ACQUIRE_MARGIN)
@@ -489,8 +487,6 @@ class Worker:
             log.exception("worker %s: cannot start a leased job", self.worker_id)
             return False
         log.debug("job %s (%s): acquired, attempt %d", job.id, job.kind, job.attempt)
-        if self._stopping:
-            run.ask_to_stop()  # acquired as the stop came
         task = asyncio.create_task(run.run(), name=f"jobstream-job-{job.id}")
         self._jobs[job.id] = (run, task)
 
@@ -508,14 +504,15 @@ class Worker:
     def _ask_next(self) -> worker_service_pb2.AcquireJobRequest | None:
         """What a finish asks for to lease the worker's next jobs in the same
         call (they count as asked for until ``_got_next``); None when it
-        wants none, or is stopping."""
-        slots = self._slots
-        asked = slots.ask() if slots is not None and not self._stopping else 0
-        if not asked:
-            return None
+        wants none, or is stopping (its slots are closed then)."""
+        asked = self._slots.ask() if self._slots is not None else 0
+        return self._asking_for(asked) if asked else None
+
+    def _asking_for(self, jobs: int) -> worker_service_pb2.AcquireJobRequest:
+        """This worker's AcquireJob request for ``jobs`` jobs."""
         request = worker_service_pb2.AcquireJobRequest()
         request.CopyFrom(self._acquire_request)
-        request.max_jobs = asked
+        request.max_jobs = jobs
         return request
 
     def _got_next(

@@ -68,8 +68,9 @@ class Ledger:
         is a round trip, and a worker's batch of finishes and leases writes
         every job). Nothing inside may read back what it wrote; the block
         is one operation's, on the writer thread, so an error drops what it
-        held with the operation. The rows of the jobs ``rows_of`` are read
-        first in one SELECT, and ``by_id`` answers from them inside."""
+        held with the operation. On PostgreSQL the rows of the jobs
+        ``rows_of`` are read first, in one round trip (Statements.job_rows),
+        and ``by_id`` answers from them inside."""
         held = self._held
         if held.events is not None:
             yield  # already inside one
