@@ -1,19 +1,22 @@
 """The writer's group commit on a real database, each backend in turn: the
 operations queued together share one transaction, and one that fails rolls
-back alone (its own writes undone, its caller told, the others stored)."""
+back alone (its own writes undone, its caller told, the others stored).
+Submits next to each other in a group are stored as one call; when that
+call fails, each runs again alone and only the one at fault is refused."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from jobstream.server.db import bind_thread, open_database, unbind_thread
 from jobstream.server.domain import Effects, NewJob, now_us
-from jobstream.server.errors import NotFound, ServiceError
+from jobstream.server.domain import Submitted
+from jobstream.server.errors import AlreadyExists, NotFound, ServiceError
 from jobstream.server.store import Store
-from jobstream.server.writer import Writer
+from jobstream.server.writer import Merge, Writer
 
 
 def spec(job_id: str) -> NewJob:
@@ -71,4 +74,106 @@ def test_a_failed_operation_rolls_back_alone(migrated_url: str) -> None:
         assert {e.job_id for e in committed.events} == {"w-a", "w-c"}
     finally:
         db.close()
+        unbind_thread()
+
+
+Call = tuple[Sequence[NewJob], bool]
+"""One submit call's input to the submit Merge: its specs, and whether it
+was a SubmitJobs."""
+
+
+def _run_merged(
+    migrated_url: str, calls: list[Call], stored_first: Sequence[NewJob] = ()
+) -> tuple[list[Submitted | BaseException], list[int], Store, list[Effects]]:
+    """Queues ``calls`` (with a plain operation after them) before the
+    writer starts, so all are one group, on a store already holding
+    ``stored_first``. Returns each call's outcome, the number of calls each
+    run of the Merge was given, the store (its thread still bound) and the
+    committed effects."""
+    db = open_database(migrated_url)
+    bind_thread(db)
+    store = Store(db)
+    store.jobs.submit(Effects(), list(stored_first), now_us())
+    runs: list[int] = []
+    published: list[Effects] = []
+
+    def submit_calls(effects: Effects, given: Sequence[Call]) -> list[Submitted]:
+        runs.append(len(given))
+        return store.jobs.submit_calls(effects, given, now_us())
+
+    merge = Merge(submit_calls)
+
+    async def main() -> list[Submitted | BaseException]:
+        writer = Writer(db, asyncio.get_running_loop(), on_commit=[published.append])
+        futures = [asyncio.ensure_future(writer.run_merged(merge, call)) for call in calls]
+        plain = asyncio.ensure_future(
+            writer.run(lambda c: store.jobs.submit(c, [spec("m-plain")], now_us()))
+        )
+        await asyncio.sleep(0)
+        writer.start()
+        try:
+            await plain
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            await asyncio.to_thread(writer.stop)
+            assert (writer.groups, writer.ops) == (1, len(calls) + 1)
+
+    return asyncio.run(main()), runs, store, published
+
+
+def test_submits_in_one_group_are_stored_as_one_call(migrated_url: str) -> None:
+    twin = NewJob(kind="writer.test", params={"n": 1}, labels={}, request_id="twin")
+    calls: list[Call] = [
+        ([spec("m-a")], False),
+        ([twin], False),
+        ([spec("m-b"), spec("m-c")], True),
+        ([twin], False),
+    ]
+    try:
+        results, runs, store, published = _run_merged(migrated_url, calls)
+        assert runs == [4]
+        answers = [r for r in results if isinstance(r, Submitted)]
+        assert len(answers) == 4
+        assert [job.id for job, _ in answers[0]] == ["m-a"]
+        assert [job.id for job, _ in answers[2]] == ["m-b", "m-c"]
+        # The same request_id and payload in two calls: one job, made by the first.
+        [(first, made)], [(second, again)] = answers[1], answers[3]
+        assert (made, again) == (True, False)
+        assert first.id == second.id
+        for answer in answers:
+            for job, _ in answer:
+                assert store.reads.get_job(job.id).create_time == job.create_time
+        [committed] = published
+        assert {e.job_id for e in committed.events} == {"m-a", "m-b", "m-c", first.id, "m-plain"}
+    finally:
+        store.db.close()
+        unbind_thread()
+
+
+def test_a_merged_call_that_fails_runs_again_call_by_call(migrated_url: str) -> None:
+    calls: list[Call] = [
+        ([spec("m-d")], False),
+        ([spec("m-taken")], False),
+        ([spec("m-e"), spec("m-e")], True),
+        ([spec("m-f")], False),
+    ]
+    try:
+        results, runs, store, published = _run_merged(
+            migrated_url, calls, stored_first=[spec("m-taken")]
+        )
+        # One try together, then each alone.
+        assert runs == [4, 1, 1, 1, 1]
+        assert isinstance(results[0], Submitted) and isinstance(results[3], Submitted)
+        assert [job.id for job, _ in results[0]] == ["m-d"]
+        assert [job.id for job, _ in results[3]] == ["m-f"]
+        taken, twice = results[1], results[2]
+        assert isinstance(taken, AlreadyExists) and taken.field == "job_id"
+        # A batch's error names its field by index, as it does alone.
+        assert isinstance(twice, AlreadyExists) and twice.field == "requests[1].job_id"
+        with pytest.raises(NotFound):
+            store.reads.get_job("m-e")
+        [committed] = published
+        assert {e.job_id for e in committed.events} == {"m-d", "m-f", "m-plain"}
+    finally:
+        store.db.close()
         unbind_thread()

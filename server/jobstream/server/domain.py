@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, overload
 
@@ -266,6 +266,26 @@ class Submitted(Sequence[tuple["Job", bool]]):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
         return self.job(index), self.created[index]
+
+    def split(self, sizes: Sequence[int]) -> list[Submitted]:
+        """This submit as consecutive ones of ``sizes`` specs each: the
+        answers of several calls whose specs were stored together."""
+        parts: list[Submitted] = []
+        start = 0
+        for size in sizes:
+            end = start + size
+            found = {i - start: job for i, job in self.found.items() if start <= i < end}
+            parts.append(
+                replace(
+                    self,
+                    specs=self.specs[start:end],
+                    ids=self.ids[start:end],
+                    created=self.created[start:end],
+                    found=found,
+                )
+            )
+            start = end
+        return parts
 
     def job(self, index: int) -> Job:
         """The job of spec ``index``, as stored."""

@@ -46,7 +46,7 @@ from jobstream.server.errors import (
 from jobstream.server.files import FileRoots, Removal, check_recorded, remove_job_files
 from jobstream.server.readers import Readers
 from jobstream.server.store import Store
-from jobstream.server.writer import Writer
+from jobstream.server.writer import Merge, Writer
 from jobstream.v1 import errors_pb2
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,16 @@ class JobService:
         artifacts): wakes the sweeper at once."""
         self.lease_us = lease_us
         self.max_lease_us = max_lease_us
+        self._submits: Merge[tuple[Sequence[NewJob], bool], Submitted] = Merge(
+            lambda c, calls: store.jobs.submit_calls(c, calls, now_us())
+        )
 
     # ---------------------------------------------------------------- producers
 
     async def submit(self, specs: Sequence[NewJob], *, batch: bool = False) -> Submitted:
-        """Stores new jobs; see Lifecycle.submit."""
-        return await self.writer.run(
-            lambda c: self.store.jobs.submit(c, specs, now_us(), batch=batch)
-        )
+        """Stores new jobs; see Lifecycle.submit. Submits that meet in one
+        group of the writer are stored as one (one INSERT per table)."""
+        return await self.writer.run_merged(self._submits, (specs, batch))
 
     async def get(self, job_id: str, owner: str | None = None) -> Job:
         """One job with its steps; with ``owner``, another principal's job

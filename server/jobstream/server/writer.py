@@ -6,6 +6,11 @@ what makes ``synchronous=FULL`` nearly free. Each operation runs in its own
 savepoint, so one rejected call rolls back alone. An RPC's future resolves
 only after the group commits: what was acknowledged is on disk.
 
+Operations of one kind that follow each other in a group may also run as
+one call (see run_merged): many SubmitJob calls then write their jobs in
+one INSERT, as one SubmitJobs would. If that call fails, each operation
+runs again alone, so only the ones at fault hear of it.
+
 Operations record what they did in an :class:`Effects`; the group's merged
 ``Effects`` goes to the commit steps inside the transaction (the change log,
 the NOTIFY other servers receive at commit), then, once committed, to the
@@ -26,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import peewee as pw
 
@@ -43,6 +49,7 @@ from jobstream.server.errors import ServiceError, Unavailable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+In = TypeVar("In")
 
 MAX_GROUP = 512
 """Most operations committed in one transaction; bounds a group's latency."""
@@ -77,6 +84,20 @@ CommitListener = Callable[[Effects], None]
 be quick (every caller of the group waits for it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Merge(Generic[In, T]):
+    """Operations of one kind that may run as one call: ``run`` takes the
+    inputs of several and returns one result per input, in order, each what
+    that operation would have had alone."""
+
+    run: Callable[[Effects, Sequence[In]], Sequence[T]]
+
+    def alone(self, item: In, effects: Effects) -> T:
+        """One operation's call, as it runs when it cannot join others."""
+        [result] = self.run(effects, [item])
+        return result
+
+
 @dataclass(slots=True)
 class _Op:
     fn: Callable[[Effects], Any]
@@ -85,6 +106,10 @@ class _Op:
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     """The caller's context (made on the caller's side): the operation runs
     in it, so its log lines carry the caller's request and job ids."""
+    merge: Merge[Any, Any] | None = None
+    """Set for an operation made by run_merged: ``fn`` is its call alone."""
+    item: Any = None
+    """Its input to ``merge``."""
 
 
 @dataclass(slots=True)
@@ -141,6 +166,17 @@ class Writer:
         """Runs ``fn`` in the next group; returns its result after the commit."""
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Op(fn, future))
+        return await future
+
+    async def run_merged(self, merge: Merge[In, T], item: In) -> T:
+        """Runs ``merge`` on ``item`` in the next group, and returns its
+        result after the commit, as ``run`` does. Operations with the same
+        ``merge`` next to each other in a group run as one call, in one
+        savepoint; if that call fails, each runs again alone, in a
+        savepoint of its own, and hears its own outcome."""
+        future: asyncio.Future[T] = self._loop.create_future()
+        fn = functools.partial(merge.alone, item)
+        self._queue.put(_Op(fn, future, merge=merge, item=item))
         return await future
 
     def park(
@@ -236,8 +272,10 @@ class Writer:
         committed = Effects()
         try:
             with self._db.atomic():
-                for op in group:
-                    self._apply(op, done, committed)
+                for run in _runs(group):
+                    if len(run) == 1 or not self._apply_merged(run, done, committed):
+                        for op in run:
+                            self._apply(op, done, committed)
                 # Parked operations join after the group's own, seeing what
                 # they did; they are claimed (so owed an answer) only here,
                 # one by one until one changes nothing: with many idle
@@ -285,6 +323,26 @@ class Writer:
             committed.merge(op.effects)
             done.append((op, result, None))
 
+    def _apply_merged(
+        self,
+        run: list[_Op],
+        done: list[tuple[_Op, Any, BaseException | None]],
+        committed: Effects,
+    ) -> bool:
+        """Runs operations of one Merge as one call in one savepoint (in the
+        first one's context); False, with nothing kept, if the call failed."""
+        merge = run[0].merge
+        assert merge is not None
+        effects = Effects()
+        try:
+            with self._savepoint():
+                results = run[0].context.run(merge.run, effects, [op.item for op in run])
+        except Exception:  # each runs again alone: only the ones at fault fail
+            return False
+        committed.merge(effects)
+        done.extend((op, result, None) for op, result in zip(run, results, strict=True))
+        return True
+
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
         """A savepoint around one operation of a group, by a fixed name
@@ -312,3 +370,16 @@ class Writer:
                 op.future.set_result(result)
             else:
                 op.future.set_exception(exc)
+
+
+def _runs(group: list[_Op]) -> Iterator[list[_Op]]:
+    """The group's operations in order, those next to each other with the
+    same Merge together."""
+    run: list[_Op] = []
+    for op in group:
+        if run and (op.merge is None or op.merge is not run[0].merge):
+            yield run
+            run = []
+        run.append(op)
+    if run:
+        yield run

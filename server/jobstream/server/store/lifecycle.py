@@ -217,6 +217,19 @@ class Lifecycle:
             default_max_attempts=self.policy.default_max_attempts,
         )
 
+    def submit_calls(
+        self, effects: Effects, calls: Sequence[tuple[Sequence[NewJob], bool]], now: int
+    ) -> list[Submitted]:
+        """Several submit calls (specs, batch) stored as one: each call's
+        answer is what it would have had alone. Errors are a lone call's
+        (the writer runs a merged run that fails again call by call, see
+        writer.Merge), so ``batch`` only names fields for a lone call."""
+        if len(calls) == 1:
+            [(specs, batch)] = calls
+            return [self.submit(effects, specs, now, batch=batch)]
+        every = [spec for specs, _ in calls for spec in specs]
+        return self.submit(effects, every, now).split([len(specs) for specs, _ in calls])
+
     def acquire(
         self,
         effects: Effects,
