@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from jobstream.server.db import bind_thread, open_database, unbind_thread
-from jobstream.server.domain import Effects, NewJob, now_us
-from jobstream.server.domain import Submitted
+from jobstream.server.domain import Effects, NewJob, Submitted, now_us
 from jobstream.server.errors import AlreadyExists, NotFound, ServiceError
 from jobstream.server.store import Store
 from jobstream.server.writer import Merge, Writer
