@@ -82,13 +82,17 @@ was a SubmitJobs."""
 
 
 def _run_merged(
-    migrated_url: str, calls: list[Call], stored_first: Sequence[NewJob] = ()
+    migrated_url: str,
+    calls: list[Call],
+    stored_first: Sequence[NewJob] = (),
+    *,
+    plain: bool = True,
 ) -> tuple[list[Submitted | BaseException], list[int], Store, list[Effects]]:
-    """Queues ``calls`` (with a plain operation after them) before the
-    writer starts, so all are one group, on a store already holding
-    ``stored_first``. Returns each call's outcome, the number of calls each
-    run of the Merge was given, the store (its thread still bound) and the
-    committed effects."""
+    """Queues ``calls`` (with a plain operation after them, unless not
+    ``plain``) before the writer starts, so all are one group, on a store
+    already holding ``stored_first``. Returns each call's outcome, the
+    number of calls each run of the Merge was given, the store (its thread
+    still bound) and the committed effects."""
     db = open_database(migrated_url)
     bind_thread(db)
     store = Store(db)
@@ -105,17 +109,20 @@ def _run_merged(
     async def main() -> list[Submitted | BaseException]:
         writer = Writer(db, asyncio.get_running_loop(), on_commit=[published.append])
         futures = [asyncio.ensure_future(writer.run_merged(merge, call)) for call in calls]
-        plain = asyncio.ensure_future(
-            writer.run(lambda c: store.jobs.submit(c, [spec("m-plain")], now_us()))
-        )
+        if plain:
+            futures.append(
+                asyncio.ensure_future(
+                    writer.run(lambda c: [store.jobs.submit(c, [spec("m-plain")], now_us())])
+                )
+            )
         await asyncio.sleep(0)
         writer.start()
         try:
-            await plain
-            return list(await asyncio.gather(*futures, return_exceptions=True))
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            return list(outcomes[: len(calls)])
         finally:
             await asyncio.to_thread(writer.stop)
-            assert (writer.groups, writer.ops) == (1, len(calls) + 1)
+            assert (writer.groups, writer.ops) == (1, len(futures))
 
     return asyncio.run(main()), runs, store, published
 
@@ -149,7 +156,11 @@ def test_submits_in_one_group_are_stored_as_one_call(migrated_url: str) -> None:
         unbind_thread()
 
 
-def test_a_merged_call_that_fails_runs_again_call_by_call(migrated_url: str) -> None:
+@pytest.mark.parametrize("plain", [True, False], ids=["beside-another", "alone-in-its-group"])
+def test_a_merged_call_that_fails_runs_again_call_by_call(migrated_url: str, plain: bool) -> None:
+    """Beside another operation the merged run has a savepoint; as the
+    group's only run it has none, and its failure rolls back the whole
+    transaction before each call runs again."""
     calls: list[Call] = [
         ([spec("m-d")], False),
         ([spec("m-taken")], False),
@@ -158,7 +169,7 @@ def test_a_merged_call_that_fails_runs_again_call_by_call(migrated_url: str) -> 
     ]
     try:
         results, runs, store, published = _run_merged(
-            migrated_url, calls, stored_first=[spec("m-taken")]
+            migrated_url, calls, stored_first=[spec("m-taken")], plain=plain
         )
         # One try together, then each alone.
         assert runs == [4, 1, 1, 1, 1]
@@ -172,7 +183,48 @@ def test_a_merged_call_that_fails_runs_again_call_by_call(migrated_url: str) -> 
         with pytest.raises(NotFound):
             store.reads.get_job("m-e")
         [committed] = published
-        assert {e.job_id for e in committed.events} == {"m-d", "m-f", "m-plain"}
+        assert {e.job_id for e in committed.events} == {"m-d", "m-f"} | (
+            {"m-plain"} if plain else set()
+        )
     finally:
         store.db.close()
+        unbind_thread()
+
+
+def test_the_only_operation_of_a_group_that_fails_leaves_nothing(migrated_url: str) -> None:
+    """Alone in its group an operation runs without a savepoint: its failure
+    rolls back the group's transaction, and the next group starts clean."""
+    db = open_database(migrated_url)
+    bind_thread(db)
+    store = Store(db)
+    published: list[Effects] = []
+
+    def submit_then_fail(effects: Effects) -> None:
+        store.jobs.submit(effects, [spec("s-half")], now_us())
+        raise Refused("refused after its insert")
+
+    async def main() -> tuple[BaseException | None, str]:
+        writer = Writer(db, asyncio.get_running_loop(), on_commit=[published.append])
+        writer.start()
+        try:
+            failed: BaseException | None = None
+            try:
+                await writer.run(submit_then_fail)
+            except Refused as exc:
+                failed = exc
+            made = await writer.run(lambda c: store.jobs.submit(c, [spec("s-next")], now_us()))
+            return failed, made[0][0].id
+        finally:
+            await asyncio.to_thread(writer.stop)
+            assert writer.groups == 2
+
+    try:
+        failed, made = asyncio.run(main())
+        assert isinstance(failed, Refused)
+        assert made == "s-next"
+        with pytest.raises(NotFound):
+            store.reads.get_job("s-half")
+        assert [{e.job_id for e in effects.events} for effects in published] == [set(), {"s-next"}]
+    finally:
+        db.close()
         unbind_thread()

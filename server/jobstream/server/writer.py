@@ -271,9 +271,18 @@ class Writer:
         done: list[tuple[_Op, Any, BaseException | None]] = []
         committed = Effects()
         try:
-            with self._db.atomic():
-                for run in _runs(group):
-                    if len(run) == 1 or not self._apply_merged(run, done, committed):
+            with self._db.atomic() as transaction:
+                runs = list(_runs(group))
+                # The group's only run has nothing beside it to keep: it
+                # runs without a savepoint, and a failure rolls back the
+                # whole transaction instead. Savepoints cost: SQLite copies
+                # every page an operation changes (to a temporary file past
+                # 64 KiB), PostgreSQL takes two round trips.
+                sole = transaction if len(runs) == 1 else None
+                for run in runs:
+                    if len(run) == 1:
+                        self._apply(run[0], done, committed, sole)
+                    elif not self._apply_merged(run, done, committed, sole):
                         for op in run:
                             self._apply(op, done, committed)
                 # Parked operations join after the group's own, seeing what
@@ -308,11 +317,13 @@ class Writer:
         op: _Op,
         done: list[tuple[_Op, Any, BaseException | None]],
         committed: Effects,
+        sole: Any = None,
     ) -> None:
-        """Runs one operation of a group in its savepoint; notes its answer
-        in ``done`` and, if it stood, its effects in ``committed``."""
+        """Runs one operation of a group in its savepoint (with ``sole``,
+        the group's transaction, in none: see _undone); notes its answer in
+        ``done`` and, if it stood, its effects in ``committed``."""
         try:
-            with self._savepoint():  # a failed op rolls back alone
+            with self._undone(sole):  # a failed op rolls back alone
                 result = op.context.run(op.fn, op.effects)
         except ServiceError as exc:
             done.append((op, None, exc))
@@ -328,14 +339,16 @@ class Writer:
         run: list[_Op],
         done: list[tuple[_Op, Any, BaseException | None]],
         committed: Effects,
+        sole: Any = None,
     ) -> bool:
         """Runs operations of one Merge as one call in one savepoint (in the
-        first one's context); False, with nothing kept, if the call failed."""
+        first one's context; ``sole`` as for _apply); False, with nothing
+        kept, if the call failed."""
         merge = run[0].merge
         assert merge is not None
         effects = Effects()
         try:
-            with self._savepoint():
+            with self._undone(sole):
                 results = run[0].context.run(merge.run, effects, [op.item for op in run])
         except Exception:  # each runs again alone: only the ones at fault fail
             return False
@@ -344,11 +357,20 @@ class Writer:
         return True
 
     @contextlib.contextmanager
-    def _savepoint(self) -> Iterator[None]:
-        """A savepoint around one operation of a group, by a fixed name
-        (peewee's ``atomic()`` names each with a fresh uuid4: a system call
-        and two objects per operation, on the one thread every write waits
-        for). Operations may still open savepoints of their own inside."""
+    def _undone(self, sole: Any) -> Iterator[None]:
+        """What undoes an operation that fails: a savepoint around it, by a
+        fixed name (peewee's ``atomic()`` names each with a fresh uuid4: a
+        system call and two objects per operation, on the one thread every
+        write waits for); or, given ``sole`` (the group's transaction, when
+        the operation is all it holds), rolling that back, which begins it
+        anew. Operations may still open savepoints of their own inside."""
+        if sole is not None:
+            try:
+                yield
+            except BaseException:
+                sole.rollback()
+                raise
+            return
         self._db.execute_sql(f"SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
         try:
             yield
