@@ -112,7 +112,7 @@ def _run_merged(
         if plain:
             futures.append(
                 asyncio.ensure_future(
-                    writer.run(lambda c: [store.jobs.submit(c, [spec("m-plain")], now_us())])
+                    writer.run(lambda c: store.jobs.submit(c, [spec("m-plain")], now_us()))
                 )
             )
         await asyncio.sleep(0)
