@@ -10,13 +10,14 @@ counted) and runs later exactly once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from conftest import Server
-from helpers import eventually, stored_events
+from helpers import stored_events
 from test_batch_leases import Methods, Observed
 from test_worker_e2e import running_worker
 
@@ -38,13 +39,17 @@ def client(bare_server: Server) -> Iterator[JobClient]:
         yield c
 
 
-def _handlers(kind: str) -> Handlers:
-    """``kind`` returns at once, unless its params ask it to sleep."""
+def _handlers(kind: str, slept: threading.Event | None = None) -> Handlers:
+    """``kind`` returns at once, unless its params ask it to sleep (then it
+    sets ``slept`` first)."""
     handlers = Handlers()
 
     @handlers.handler(kind)
     def run(ctx: JobContext) -> None:
-        time.sleep(float(ctx.params.get("sleep", 0)))
+        sleep = float(ctx.params.get("sleep", 0))
+        if sleep and slept is not None:
+            slept.set()
+        time.sleep(sleep)
 
     return handlers
 
@@ -141,8 +146,10 @@ def test_a_stopping_worker_gives_back_the_jobs_in_hand(
 ) -> None:
     kind = "ahead-stop"
     slow, behind = _queue_behind_a_slow_job(client, kind)
-    with running_worker(bare_server.target, _handlers(kind), concurrency=1, prefetch=3):
-        eventually(lambda: client.get(slow).state is JobState.RUNNING or None, timeout=T)
+    started = threading.Event()
+    with running_worker(bare_server.target, _handlers(kind, started), concurrency=1, prefetch=3):
+        # Started, not only RUNNING: a job leased ahead is RUNNING while held.
+        assert started.wait(T)
         stopped = time.time()
         # Leaving the block stops the worker (gracefully: the slow job ends).
     ran = client.get(slow)

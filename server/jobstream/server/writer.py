@@ -3,8 +3,10 @@ commits concurrent operations in groups.
 
 Many RPCs arriving together share one transaction (and one fsync), which is
 what makes ``synchronous=FULL`` nearly free. Each operation runs in its own
-savepoint, so one rejected call rolls back alone. An RPC's future resolves
-only after the group commits: what was acknowledged is on disk.
+savepoint, so one rejected call rolls back alone (an operation alone in its
+group needs none: its failure rolls back the whole transaction). An RPC's
+future resolves only after the group commits: what was acknowledged is on
+disk.
 
 Operations of one kind that follow each other in a group may also run as
 one call (see run_merged): many SubmitJob calls then write their jobs in
@@ -323,7 +325,7 @@ class Writer:
         the group's transaction, in none: see _undone); notes its answer in
         ``done`` and, if it stood, its effects in ``committed``."""
         try:
-            with self._undone(sole):  # a failed op rolls back alone
+            with self._undone(sole):  # a failed op's writes are undone, no one else's
                 result = op.context.run(op.fn, op.effects)
         except ServiceError as exc:
             done.append((op, None, exc))
