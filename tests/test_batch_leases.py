@@ -26,7 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 from helpers import eventually, job_in, stored_events
 from test_worker_e2e import running_worker
 
-from jobstream.client import Handlers, JobClient, JobContext, JobState
+from jobstream.client import Handlers, JobClient, JobContext, JobSpec, JobState
 from jobstream.client.security import PLAINTEXT, Security
 from jobstream.v1 import errors_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 
@@ -111,6 +111,19 @@ def test_acquire_hands_out_distinct_jobs_up_to_max_jobs(
     single = _submit(client, "batch-one", 2)
     one = workers.AcquireJob(_acquire("batch-one"), timeout=T)
     assert one.job.id == single[0] and not one.more_jobs
+
+
+def test_a_batch_is_acquired_in_its_order(
+    client: JobClient, workers: worker_service_pb2_grpc.WorkerServiceStub
+) -> None:
+    """The jobs of one SubmitJobs share their creation time; the ids the
+    server makes them count up, so equal priority runs them in the order
+    they were sent."""
+    specs = [JobSpec(kind="batch-order", params={"i": i}) for i in range(40)]
+    ids = [job.id for job in client.submit_many(specs)]
+    assert len({client.get(job_id).create_time for job_id in ids}) == 1
+    got = _leases(workers.AcquireJob(_acquire("batch-order", 40), timeout=T))
+    assert [job_id for job_id, _ in got] == ids
 
 
 def test_max_jobs_beyond_its_limit_is_refused(

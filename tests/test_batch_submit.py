@@ -172,10 +172,11 @@ def test_a_batch_refused_at_its_last_job_stores_nothing(
     assert _listed(jobs, job_pb2.JobFilter(labels={"suite": suite})) == []
 
 
-def test_ids_made_together_are_distinct_and_sort_by_their_time() -> None:
+def test_ids_made_together_are_distinct_and_sort_by_their_time_and_order() -> None:
     now = time.time_ns() // 1_000
     batch = new_job_ids(1_000, now)
     assert len(set(batch)) == 1_000
+    assert batch == sorted(batch)  # in the order asked for
     assert all(SERVER_JOB_ID.fullmatch(i) for i in batch)
     assert len({i[:14] for i in batch}) == 1  # "job_" and the shared milliseconds
     later = new_job_ids(1, now + 1_000)[0]
