@@ -40,9 +40,7 @@ def new_job_ids(count: int, now_us: int) -> list[str]:
     start = int.from_bytes(os.urandom(_RANDOM_BYTES), "big") >> (
         8 * _RANDOM_BYTES - _RANDOM_START_BITS
     )
-    digits = _base32(
-        b"".join((start + i).to_bytes(_RANDOM_BYTES, "big") for i in range(count))
-    )
+    digits = _base32(b"".join((start + i).to_bytes(_RANDOM_BYTES, "big") for i in range(count)))
     prefix = "job_" + stamp
     return [prefix + digits[i : i + 16] for i in range(0, 16 * count, 16)]
 
