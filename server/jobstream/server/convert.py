@@ -121,16 +121,16 @@ def submitted(value: Submitted) -> job_service_pb2.SubmitJobsResponse:
     share (state, times, empty progress) is built once and merged into
     each, and each is filled in place in the answer (a message passed to a
     constructor is copied): a fifth of what :func:`job` costs per job."""
-    shared = job_pb2.Job(
-        params=struct_pb2.Struct(),
-        state=JOB_STATE_NUMBERS[JobState.QUEUED],
-        progress=job_pb2.Progress(),
-        counters=job_pb2.Counters(),
-        schedule_time=timestamp(value.time),
-        create_time=timestamp(value.time),
-        update_time=timestamp(value.time),
-        last_seq=1,
-    )
+    # Filled field by field: keyword arguments holding messages copy each
+    # one, which cost a lone SubmitJob's answer half its time.
+    shared = job_pb2.Job(state=JOB_STATE_NUMBERS[JobState.QUEUED], last_seq=1)
+    shared.params.SetInParent()
+    shared.progress.SetInParent()
+    shared.counters.SetInParent()
+    seconds, micros = divmod(value.time, 1_000_000)
+    for stamp in (shared.schedule_time, shared.create_time, shared.update_time):
+        stamp.seconds = seconds
+        stamp.nanos = micros * 1_000
     answer = job_service_pb2.SubmitJobsResponse()
     add = answer.responses.add
     for i, (spec, job_id, created) in enumerate(
