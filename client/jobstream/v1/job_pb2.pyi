@@ -403,7 +403,10 @@ class Job(_message.Message):
     queue: _builtins.str
     """Routing: workers acquire from the queues they name."""
     priority: _builtins.int
-    """Higher runs first among queued jobs of a queue."""
+    """Higher runs first among queued jobs of a queue; among equal priorities
+    the job submitted first runs first (jobs stored in one commit, such as
+    one SubmitJobs, in the order they came when the server makes their ids).
+    """
     state: Global___JobState.ValueType
     """Current state."""
     cancel_requested: _builtins.bool

@@ -185,7 +185,10 @@ class SubmitJobRequest(_message.Message):
     queue: _builtins.str
     """Queue to put it on; empty means "default"."""
     priority: _builtins.int
-    """Higher runs first among queued jobs of a queue."""
+    """Higher runs first among queued jobs of a queue; among equal priorities
+    the job submitted first runs first (jobs stored in one commit, such as
+    one SubmitJobs, in the order they came when the server makes their ids).
+    """
     max_attempts: _builtins.int
     """Attempts allowed (1..100); 0 takes the server default."""
     request_id: _builtins.str
