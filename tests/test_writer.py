@@ -228,3 +228,20 @@ def test_the_only_operation_of_a_group_that_fails_leaves_nothing(migrated_url: s
     finally:
         db.close()
         unbind_thread()
+
+
+def test_submits_stored_together_keep_their_order(migrated_url: str) -> None:
+    """Server-made ids of submits merged into one call count up in the
+    order the calls came: equal priorities then run in that order."""
+    calls: list[Call] = [
+        ([NewJob(kind="writer.test", params={"n": i}, labels={})], False) for i in range(6)
+    ]
+    try:
+        results, runs, store, _ = _run_merged(migrated_url, calls, plain=False)
+        assert runs == [6]
+        ids = [job.id for answer in results if isinstance(answer, Submitted) for job, _ in answer]
+        assert len(ids) == 6 and ids == sorted(ids)
+        assert len({store.reads.get_job(job_id).create_time for job_id in ids}) == 1
+    finally:
+        store.db.close()
+        unbind_thread()
