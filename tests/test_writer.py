@@ -7,13 +7,15 @@ call fails, each runs again alone and only the one at fault is refused."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from jobstream.server.db import bind_thread, open_database, unbind_thread
 from jobstream.server.domain import Effects, NewJob, Submitted, now_us
-from jobstream.server.errors import AlreadyExists, NotFound, ServiceError
+from jobstream.server.errors import AlreadyExists, NotFound, ServiceError, Unavailable
 from jobstream.server.store import Store
 from jobstream.server.writer import Merge, Writer
 
@@ -244,4 +246,107 @@ def test_submits_stored_together_keep_their_order(migrated_url: str) -> None:
         assert len({store.reads.get_job(job_id).create_time for job_id in ids}) == 1
     finally:
         store.db.close()
+        unbind_thread()
+
+
+def _calls_that_write_then_fail(
+    store: Store, names: Sequence[str], bad: str, *, end_transaction: bool = False
+) -> Merge[str, str]:
+    """A Merge whose call stores a job per name, then fails if ``bad`` is
+    among them (after its writes); with ``end_transaction``, it first ends
+    the transaction itself, as SQLite does on its own after some errors
+    (disk full, I/O error)."""
+
+    def run(effects: Effects, given: Sequence[str]) -> list[str]:
+        store.jobs.submit(effects, [spec(name) for name in given], now_us())
+        if bad in given:
+            if end_transaction:
+                store.db.execute_sql("ROLLBACK")  # type: ignore[no-untyped-call]
+            raise Refused(f"{bad} refused after its insert")
+        return list(given)
+
+    return Merge(run)
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["beside-another", "alone-in-its-group"])
+def test_a_merged_run_that_wrote_before_failing_leaves_nothing_of_its_own(
+    migrated_url: str, plain: bool
+) -> None:
+    """The merged call stores every job before it fails: its savepoint, or
+    the rollback of the whole transaction when it is the group's only run,
+    must undo all of them before each call runs again alone."""
+    db = open_database(migrated_url)
+    bind_thread(db)
+    store = Store(db)
+    names = ["x-a", "x-bad", "x-c"]
+    merge = _calls_that_write_then_fail(store, names, "x-bad")
+
+    def another(effects: Effects) -> str:
+        store.jobs.submit(effects, [spec("x-plain")], now_us())
+        return "x-plain"
+
+    async def main() -> list[str | BaseException]:
+        writer = Writer(db, asyncio.get_running_loop())
+        futures = [asyncio.ensure_future(writer.run_merged(merge, name)) for name in names]
+        if plain:
+            futures.append(asyncio.ensure_future(writer.run(another)))
+        await asyncio.sleep(0)
+        writer.start()
+        try:
+            return list(await asyncio.gather(*futures, return_exceptions=True))[: len(names)]
+        finally:
+            await asyncio.to_thread(writer.stop)
+
+    try:
+        results = asyncio.run(main())
+        assert results[0] == "x-a" and results[2] == "x-c"
+        assert isinstance(results[1], Refused)
+        assert store.reads.get_job("x-a").id == "x-a"
+        assert store.reads.get_job("x-c").id == "x-c"
+        with pytest.raises(NotFound):
+            store.reads.get_job("x-bad")
+    finally:
+        db.close()
+        unbind_thread()
+
+
+def test_an_undo_that_fails_fails_the_whole_group(
+    tmp_path: Path, _migrated_sqlite_file: Path
+) -> None:
+    """SQLite may end a transaction on its own (disk full, I/O error); the
+    rollback of a failed operation then fails too. Nothing of the group may
+    be stored, nor any of it answered as stored: every caller hears
+    UNAVAILABLE. (SQLite only: PostgreSQL's driver ignores a rollback with
+    no transaction open.)"""
+    path = tmp_path / "jobs.db"
+    shutil.copyfile(_migrated_sqlite_file, path)
+    db = open_database(str(path))
+    bind_thread(db)
+    store = Store(db)
+    names = ["y-a", "y-bad", "y-c"]
+    merge = _calls_that_write_then_fail(store, names, "y-bad", end_transaction=True)
+
+    async def main() -> list[str | BaseException]:
+        writer = Writer(db, asyncio.get_running_loop())
+        futures = [asyncio.ensure_future(writer.run_merged(merge, name)) for name in names]
+        await asyncio.sleep(0)
+        writer.start()
+        try:
+            outcomes = list(await asyncio.gather(*futures, return_exceptions=True))
+            # The writer goes on with the next group.
+            made = await writer.run(lambda c: store.jobs.submit(c, [spec("y-next")], now_us()))
+            assert made[0][0].id == "y-next"
+            return outcomes
+        finally:
+            await asyncio.to_thread(writer.stop)
+
+    try:
+        results = asyncio.run(main())
+        assert all(isinstance(r, Unavailable) for r in results), results
+        for name in names:
+            with pytest.raises(NotFound):
+                store.reads.get_job(name)
+        assert store.reads.get_job("y-next").id == "y-next"
+    finally:
+        db.close()
         unbind_thread()

@@ -86,6 +86,12 @@ CommitListener = Callable[[Effects], None]
 be quick (every caller of the group waits for it)."""
 
 
+class _Broken(Exception):
+    """A failed operation's writes could not be undone (the rollback itself
+    failed: the database ended the transaction on its own, or went away).
+    What the group did can no longer be trusted, so all of it fails."""
+
+
 @dataclass(frozen=True, slots=True)
 class Merge(Generic[In, T]):
     """Operations of one kind that may run as one call: ``run`` takes the
@@ -302,9 +308,12 @@ class Writer:
                 for step in self._at_commit:
                     step(committed)
         except Exception as exc:
-            # The commit itself failed (disk full, database gone): nothing of
-            # this group is stored, so every caller hears so.
+            # The commit itself failed (disk full, database gone), or an
+            # operation's undo did: nothing of this group is stored, so
+            # every caller hears so.
             log.exception("commit of %d operations failed", len(group))
+            if isinstance(exc, _Broken) and isinstance(exc.__cause__, Exception):
+                exc = exc.__cause__
             error = Unavailable(f"storage unavailable: {type(exc).__name__}: {exc}")
             done = [(op, None, error) for op in group]
             committed = Effects()
@@ -327,6 +336,8 @@ class Writer:
         try:
             with self._undone(sole):  # a failed op's writes are undone, no one else's
                 result = op.context.run(op.fn, op.effects)
+        except _Broken:
+            raise
         except ServiceError as exc:
             done.append((op, None, exc))
         except Exception as exc:
@@ -352,10 +363,13 @@ class Writer:
         try:
             with self._undone(sole):
                 results = run[0].context.run(merge.run, effects, [op.item for op in run])
+                answers = list(zip(run, results, strict=True))
+        except _Broken:
+            raise
         except Exception:  # each runs again alone: only the ones at fault fail
             return False
         committed.merge(effects)
-        done.extend((op, result, None) for op, result in zip(run, results, strict=True))
+        done.extend((op, result, None) for op, result in answers)
         return True
 
     @contextlib.contextmanager
@@ -370,16 +384,19 @@ class Writer:
             try:
                 yield
             except BaseException:
-                sole.rollback()
+                _undo(sole.rollback)
                 raise
             return
         self._db.execute_sql(f"SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
         try:
             yield
-        except BaseException:
-            self._db.execute_sql(f"ROLLBACK TO SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
             self._db.execute_sql(f"RELEASE SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
+        except BaseException:
+            _undo(self._back_to_savepoint)
             raise
+
+    def _back_to_savepoint(self) -> None:
+        self._db.execute_sql(f"ROLLBACK TO SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
         self._db.execute_sql(f"RELEASE SAVEPOINT {OP_SAVEPOINT}")  # type: ignore[no-untyped-call]
 
     def _deliver(
@@ -394,6 +411,14 @@ class Writer:
                 op.future.set_result(result)
             else:
                 op.future.set_exception(exc)
+
+
+def _undo(undo: Callable[[], object]) -> None:
+    """Runs an undo; if it fails, the group's transaction is broken."""
+    try:
+        undo()
+    except Exception as exc:
+        raise _Broken(f"a failed operation could not be undone: {exc}") from exc
 
 
 def _runs(group: list[_Op]) -> Iterator[list[_Op]]:
