@@ -283,9 +283,10 @@ class Writer:
                 runs = list(_runs(group))
                 # The group's only run has nothing beside it to keep: it
                 # runs without a savepoint, and a failure rolls back the
-                # whole transaction instead. Savepoints cost: SQLite copies
-                # every page an operation changes (to a temporary file past
-                # 64 KiB), PostgreSQL takes two round trips.
+                # whole transaction instead. A savepoint costs two
+                # statements (on SQLite each passes the GIL to the event
+                # loop and back, and SQLite keeps a copy of every page the
+                # operation changes; on PostgreSQL each is a round trip).
                 sole = transaction if len(runs) == 1 else None
                 for run in runs:
                     if len(run) == 1:
