@@ -126,6 +126,16 @@ def test_a_batch_is_acquired_in_its_order(
     assert [job_id for job_id, _ in got] == ids
 
 
+def test_equal_priorities_run_by_create_time_then_id(
+    client: JobClient, workers: worker_service_pb2_grpc.WorkerServiceStub
+) -> None:
+    # Submitted one after another, their ids in the opposite order.
+    ids = [client.submit("by-time", {}, job_id=f"by-time-{9 - i}").id for i in range(5)]
+    urgent = client.submit("by-time", {}, job_id="by-time-urgent", priority=1).id
+    got = _leases(workers.AcquireJob(_acquire("by-time", 6), timeout=T))
+    assert [job_id for job_id, _ in got] == [urgent, *ids]
+
+
 def test_max_jobs_beyond_its_limit_is_refused(
     client: JobClient, workers: worker_service_pb2_grpc.WorkerServiceStub
 ) -> None:
