@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,15 @@ class Refused(ServiceError):
     """What the failing operation raises after it wrote."""
 
 
+async def _one_group(writer: Writer, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Queues ``calls`` before the writer thread starts, so they are one
+    group; starts it and returns each call's outcome (its error as a value)."""
+    futures = [asyncio.ensure_future(call) for call in calls]
+    await asyncio.sleep(0)
+    writer.start()
+    return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
 def test_a_failed_operation_rolls_back_alone(migrated_url: str) -> None:
     db = open_database(migrated_url)
     bind_thread(db)
@@ -46,17 +56,14 @@ def test_a_failed_operation_rolls_back_alone(migrated_url: str) -> None:
 
     async def main() -> list[str | BaseException]:
         writer = Writer(db, asyncio.get_running_loop(), on_commit=[effects_seen.append])
-        # Queued before the writer thread starts: one group.
-        calls: list[asyncio.Future[str]] = [
-            asyncio.ensure_future(writer.run(submit("w-a"))),
-            asyncio.ensure_future(writer.run(submit("w-b", then_fail=True))),
-            asyncio.ensure_future(writer.run(submit("w-c"))),
-            asyncio.ensure_future(writer.run(submit("w-d", then_fail=True))),
+        calls = [
+            writer.run(submit("w-a")),
+            writer.run(submit("w-b", then_fail=True)),
+            writer.run(submit("w-c")),
+            writer.run(submit("w-d", then_fail=True)),
         ]
-        await asyncio.sleep(0)
-        writer.start()
         try:
-            return list(await asyncio.gather(*calls, return_exceptions=True))
+            return await _one_group(writer, calls)
         finally:
             await asyncio.to_thread(writer.stop)
             assert (writer.groups, writer.ops) == (1, 4)
@@ -110,21 +117,14 @@ def _run_merged(
 
     async def main() -> list[Submitted | BaseException]:
         writer = Writer(db, asyncio.get_running_loop(), on_commit=[published.append])
-        futures = [asyncio.ensure_future(writer.run_merged(merge, call)) for call in calls]
+        ops: list[Awaitable[Any]] = [writer.run_merged(merge, call) for call in calls]
         if plain:
-            futures.append(
-                asyncio.ensure_future(
-                    writer.run(lambda c: store.jobs.submit(c, [spec("m-plain")], now_us()))
-                )
-            )
-        await asyncio.sleep(0)
-        writer.start()
+            ops.append(writer.run(lambda c: store.jobs.submit(c, [spec("m-plain")], now_us())))
         try:
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            return list(outcomes[: len(calls)])
+            return (await _one_group(writer, ops))[: len(calls)]
         finally:
             await asyncio.to_thread(writer.stop)
-            assert (writer.groups, writer.ops) == (1, len(futures))
+            assert (writer.groups, writer.ops) == (1, len(ops))
 
     return asyncio.run(main()), runs, store, published
 
@@ -287,13 +287,11 @@ def test_a_merged_run_that_wrote_before_failing_leaves_nothing_of_its_own(
 
     async def main() -> list[str | BaseException]:
         writer = Writer(db, asyncio.get_running_loop())
-        futures = [asyncio.ensure_future(writer.run_merged(merge, name)) for name in names]
+        ops: list[Awaitable[str]] = [writer.run_merged(merge, name) for name in names]
         if plain:
-            futures.append(asyncio.ensure_future(writer.run(another)))
-        await asyncio.sleep(0)
-        writer.start()
+            ops.append(writer.run(another))
         try:
-            return list(await asyncio.gather(*futures, return_exceptions=True))[: len(names)]
+            return (await _one_group(writer, ops))[: len(names)]
         finally:
             await asyncio.to_thread(writer.stop)
 
@@ -328,11 +326,8 @@ def test_an_undo_that_fails_fails_the_whole_group(
 
     async def main() -> list[str | BaseException]:
         writer = Writer(db, asyncio.get_running_loop())
-        futures = [asyncio.ensure_future(writer.run_merged(merge, name)) for name in names]
-        await asyncio.sleep(0)
-        writer.start()
         try:
-            outcomes = list(await asyncio.gather(*futures, return_exceptions=True))
+            outcomes = await _one_group(writer, [writer.run_merged(merge, n) for n in names])
             # The writer goes on with the next group.
             made = await writer.run(lambda c: store.jobs.submit(c, [spec("y-next")], now_us()))
             assert made[0][0].id == "y-next"
