@@ -404,10 +404,10 @@ class Job(_message.Message):
     """Routing: workers acquire from the queues they name."""
     priority: _builtins.int
     """Higher runs first among queued jobs of a queue; among equal priorities,
-    the earlier create_time, then the lower id. The jobs stored in one
-    commit (one SubmitJobs, or calls that arrive together) share their
-    create_time, and ids the server makes for them count up in the order
-    the jobs came.
+    the earlier create_time, then by id (in the database's order for text).
+    The jobs stored in one commit (one SubmitJobs, or calls that arrive
+    together) share their create_time, and ids the server makes for them
+    count up in the order the jobs came.
     """
     state: Global___JobState.ValueType
     """Current state."""

@@ -186,10 +186,10 @@ class SubmitJobRequest(_message.Message):
     """Queue to put it on; empty means "default"."""
     priority: _builtins.int
     """Higher runs first among queued jobs of a queue; among equal priorities,
-    the earlier create_time, then the lower id. The jobs stored in one
-    commit (one SubmitJobs, or calls that arrive together) share their
-    create_time, and ids the server makes for them count up in the order
-    the jobs came.
+    the earlier create_time, then by id (in the database's order for text).
+    The jobs stored in one commit (one SubmitJobs, or calls that arrive
+    together) share their create_time, and ids the server makes for them
+    count up in the order the jobs came.
     """
     max_attempts: _builtins.int
     """Attempts allowed (1..100); 0 takes the server default."""
